@@ -1,0 +1,157 @@
+// Argument checks and tensor helpers shared by the CPU and CUDA implementations.
+//
+// The Python wrappers validate first and give the friendliest messages; these checks are
+// the safety net for direct torch.ops calls, so that no input reaches a kernel that could
+// read out of bounds. TORCH_CHECK_VALUE / TORCH_CHECK_TYPE raise ValueError / TypeError.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <vector>
+
+#include "index_math.h"
+
+namespace overfeat_kernels {
+
+inline Shape4 shape4(const at::Tensor& t) {
+  return {t.size(0), t.size(1), t.size(2), t.size(3)};
+}
+inline Strides4 strides4(const at::Tensor& t) {
+  return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
+}
+
+// Outputs take the input's memory format (the same rule as torch's fake tensors use).
+inline bool is_channels_last(const at::Tensor& t) {
+  return t.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+}
+
+// A new dense tensor of `sizes` in the memory format of `like`.
+inline at::Tensor empty_in_format_of(at::IntArrayRef sizes, const at::Tensor& like) {
+  return at::empty(sizes, like.options().memory_format(like.suggest_memory_format()));
+}
+
+inline void check_4d(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK_VALUE(t.dim() == 4, op, ": ", name, " must be a 4-D tensor [N, C, H, W], got ",
+                    t.dim(), "-D tensor of shape ", t.sizes());
+  TORCH_CHECK_VALUE(t.layout() == at::kStrided, op, ": ", name,
+                    " must be a dense (strided) tensor, got layout ", t.layout());
+}
+
+inline void check_floating(const at::Tensor& t, const char* op, const char* name) {
+  const auto st = t.scalar_type();
+  TORCH_CHECK_TYPE(st == at::kFloat || st == at::kHalf || st == at::kBFloat16 ||
+                       st == at::kDouble,
+                   op, ": ", name,
+                   " must be float32, float16, bfloat16 or float64, got ", st);
+}
+
+inline void check_same(const at::Tensor& t, const at::Tensor& ref, const char* op,
+                       const char* name, const char* ref_name) {
+  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), op, ": ", name, " dtype ",
+                   t.scalar_type(), " does not match ", ref_name, " dtype ", ref.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but ",
+                    ref_name, " is on ", ref.device());
+}
+
+inline void check_kernel_size(int64_t k, const char* op) {
+  TORCH_CHECK_VALUE(k >= 1, op, ": kernel_size must be >= 1, got ", k);
+}
+
+inline void check_conv3x3_args(const at::Tensor& input, const at::Tensor& weight,
+                               const std::optional<at::Tensor>& bias, int64_t padding) {
+  constexpr const char* op = "conv3x3";
+  check_4d(input, op, "input");
+  check_floating(input, op, "input");
+  check_4d(weight, op, "weight");
+  check_same(weight, input, op, "weight", "input");
+  TORCH_CHECK_VALUE(weight.size(2) == 3 && weight.size(3) == 3, op,
+                    ": weight must be [K, C, 3, 3], got shape ", weight.sizes());
+  TORCH_CHECK_VALUE(weight.size(0) >= 1, op, ": weight must have at least one output channel");
+  TORCH_CHECK_VALUE(input.size(1) >= 1, op, ": input must have at least one channel");
+  TORCH_CHECK_VALUE(weight.size(1) == input.size(1), op, ": weight expects ", weight.size(1),
+                    " input channels (shape ", weight.sizes(), ") but input has ", input.size(1),
+                    " (shape ", input.sizes(), ")");
+  TORCH_CHECK_VALUE(padding == 0 || padding == 1, op, ": padding must be 0 or 1, got ",
+                    padding);
+  TORCH_CHECK_VALUE(input.size(2) + 2 * padding >= 3 && input.size(3) + 2 * padding >= 3, op,
+                    ": input of spatial size ", input.size(2), "x", input.size(3),
+                    " is too small for a 3x3 kernel with padding ", padding);
+  if (bias.has_value()) {
+    const auto& b = *bias;
+    check_same(b, input, op, "bias", "input");
+    TORCH_CHECK_VALUE(b.dim() == 1 && b.size(0) == weight.size(0), op, ": bias must be [",
+                      weight.size(0), "], got shape ", b.sizes());
+  }
+}
+
+// grad_output (and relu_output) of conv3x3_backward must have the forward's output shape.
+inline void check_conv3x3_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
+                                        const at::Tensor& weight,
+                                        const std::optional<at::Tensor>& relu_output,
+                                        int64_t padding) {
+  check_conv3x3_args(input, weight, std::nullopt, padding);
+  const std::vector<int64_t> expected{input.size(0), weight.size(0), input.size(2) + 2 * padding - 2,
+                                      input.size(3) + 2 * padding - 2};
+  check_4d(grad_output, "conv3x3_backward", "grad_output");
+  check_same(grad_output, input, "conv3x3_backward", "grad_output", "input");
+  TORCH_CHECK_VALUE(grad_output.sizes() == at::IntArrayRef(expected),
+                    "conv3x3_backward: grad_output must have shape ", at::IntArrayRef(expected),
+                    ", got ", grad_output.sizes());
+  if (relu_output.has_value()) {
+    check_same(*relu_output, input, "conv3x3_backward", "relu_output", "input");
+    TORCH_CHECK_VALUE(relu_output->sizes() == at::IntArrayRef(expected),
+                      "conv3x3_backward: relu_output must have shape ", at::IntArrayRef(expected),
+                      ", got ", relu_output->sizes());
+  }
+}
+
+inline PoolGeometry check_offset_pool_args(const at::Tensor& input, int64_t k,
+                                           const char* op) {
+  check_4d(input, op, "input");
+  check_floating(input, op, "input");
+  check_kernel_size(k, op);
+  const Shape4 in = shape4(input);
+  const int64_t ho = pooled_extent(in.h, k), wo = pooled_extent(in.w, k);
+  TORCH_CHECK_VALUE(ho >= 1 && wo >= 1, op, ": input of spatial size ", in.h, "x", in.w,
+                    " is too small for offset pooling with kernel_size ", k,
+                    " (needs H, W >= 2*kernel_size - 1 = ", 2 * k - 1, ")");
+  return {in, {in.n * k * k, in.c, ho, wo}, k};
+}
+
+inline PoolGeometry check_offset_pool_backward_args(const at::Tensor& grad_output,
+                                                    const at::Tensor& input, int64_t k) {
+  constexpr const char* op = "offset_max_pool2d_backward";
+  const PoolGeometry g = check_offset_pool_args(input, k, op);
+  check_4d(grad_output, op, "grad_output");
+  check_same(grad_output, input, op, "grad_output", "input");
+  const std::vector<int64_t> expected{g.out.n, g.out.c, g.out.h, g.out.w};
+  TORCH_CHECK_VALUE(grad_output.sizes() == at::IntArrayRef(expected), op,
+                    ": grad_output must have shape ", at::IntArrayRef(expected), ", got ",
+                    grad_output.sizes());
+  return g;
+}
+
+// Returns the shape of deinterleave's output.
+inline Shape4 check_deinterleave_args(const at::Tensor& input, int64_t k) {
+  check_4d(input, "deinterleave", "input");
+  check_kernel_size(k, "deinterleave");
+  TORCH_CHECK_VALUE(input.size(2) % k == 0 && input.size(3) % k == 0,
+                    "deinterleave: input height and width must be multiples of kernel_size ",
+                    k, ", got shape ", input.sizes());
+  const Shape4 s = shape4(input);
+  return {s.n * k * k, s.c, s.h / k, s.w / k};
+}
+
+// Returns the shape of interleave's output.
+inline Shape4 check_interleave_args(const at::Tensor& input, int64_t k) {
+  check_4d(input, "interleave", "input");
+  check_kernel_size(k, "interleave");
+  TORCH_CHECK_VALUE(input.size(0) % (k * k) == 0,
+                    "interleave: input batch must be a multiple of kernel_size**2 = ", k * k,
+                    " (one map per offset), got shape ", input.sizes());
+  const Shape4 s = shape4(input);
+  return {s.n / (k * k), s.c, s.h * k, s.w * k};
+}
+
+}  // namespace overfeat_kernels

@@ -1,0 +1,453 @@
+// conv3x3 on CUDA: first, simple and clearly correct kernels (the tensor-core versions
+// come later). All of them accumulate in float32 (float64 for float64) with exact FMA
+// arithmetic, read any strides (NCHW, channels_last, views) and write the output in the
+// input's memory format.
+//
+// - direct_conv3x3_kernel: a 16x16 output tile x 8 output channels per block; input
+//   patches (18x18 with the halo) and weights are staged through shared memory 8 input
+//   channels at a time. It computes the forward (with bias + ReLU epilogue) and also
+//   grad-input, which is a 3x3 convolution of grad_output with the filters flipped and
+//   transposed: the weight is read through strides, so no flipped copy is made.
+// - wgrad_partial_kernel + wgrad_reduce_kernel: grad-weight as a deterministic two-stage
+//   reduction: each block sums a fixed slice of output tiles into its own workspace row,
+//   then the rows are added in order. No float atomics.
+// - bias_grad_kernel: one block per output channel, a fixed-order tree reduction.
+#include <ATen/OpMathType.h>
+#include <torch/library.h>
+
+#include "../checks.h"
+#include "../dispatch.h"
+#include "launch.cuh"
+
+namespace overfeat_kernels {
+namespace {
+
+constexpr int kTile = 16;                  // output tile side; one thread per pixel
+constexpr int kHalo = kTile + 2;           // input patch side for a 3x3 kernel
+constexpr int kThreads = kTile * kTile;
+constexpr int kOutChunk = 8;               // output channels per block
+constexpr int kInChunk = 8;                // input channels staged per step
+constexpr int kTaps = 9;
+constexpr int64_t kMaxGridYZ = 65535;
+
+// One 3x3 convolution pass: out[n, o, y, x] = sum_{i, r, s} in[n, i, y + r - pad, x + s - pad]
+// * w(o, i, r, s), where w(o, i, r, s) = w[w_base + o*w_so + i*w_si + r*w_sr + s*w_ss].
+template <typename scalar_t>
+struct DirectConvParams {
+  const scalar_t* in;
+  Strides4 in_s;
+  int64_t in_c, in_h, in_w;
+  const scalar_t* mask;  // with kMasked: an input element counts only where mask > 0
+  Strides4 mask_s;
+  const scalar_t* w;
+  int64_t w_base, w_so, w_si, w_sr, w_ss;
+  const scalar_t* bias;  // may be null
+  scalar_t* out;
+  Strides4 out_s;
+  int64_t n, out_c, out_h, out_w;
+  int64_t pad;
+  bool relu;
+};
+
+template <typename scalar_t, bool kMasked>
+__device__ __forceinline__ at::opmath_type<scalar_t> load_masked(const scalar_t* data,
+                                                                 const Strides4& s,
+                                                                 const scalar_t* mask,
+                                                                 const Strides4& mask_s,
+                                                                 int64_t n, int64_t c,
+                                                                 int64_t y, int64_t x) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const acc_t v = static_cast<acc_t>(data[offset_of(s, n, c, y, x)]);
+  if (kMasked && !(static_cast<acc_t>(mask[offset_of(mask_s, n, c, y, x)]) > acc_t(0))) {
+    return acc_t(0);
+  }
+  return v;
+}
+
+// Stages in[n, c0:c0+kInChunk, y0:y0+kHalo, x0:x0+kHalo] (zero outside the map) into
+// shared memory.
+template <typename scalar_t, bool kMasked>
+__device__ __forceinline__ void stage_patch(at::opmath_type<scalar_t> (*patch)[kHalo][kHalo],
+                                            const scalar_t* data, const Strides4& s,
+                                            const scalar_t* mask, const Strides4& mask_s,
+                                            int64_t channels, int64_t h, int64_t w, int64_t n,
+                                            int64_t c0, int64_t y0, int64_t x0, int tid) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (int i = tid; i < kInChunk * kHalo * kHalo; i += kThreads) {
+    const int c = i / (kHalo * kHalo), ry = (i / kHalo) % kHalo, rx = i % kHalo;
+    const int64_t y = y0 + ry, x = x0 + rx;
+    acc_t v = acc_t(0);
+    if (c0 + c < channels && y >= 0 && y < h && x >= 0 && x < w) {
+      v = load_masked<scalar_t, kMasked>(data, s, mask, mask_s, n, c0 + c, y, x);
+    }
+    patch[c][ry][rx] = v;
+  }
+}
+
+template <typename scalar_t, bool kMasked>
+__global__ void __launch_bounds__(kThreads)
+    direct_conv3x3_kernel(const DirectConvParams<scalar_t> p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  __shared__ acc_t s_in[kInChunk][kHalo][kHalo];
+  __shared__ acc_t s_w[kOutChunk][kInChunk][kTaps];
+
+  const int tx = threadIdx.x % kTile, ty = threadIdx.x / kTile, tid = threadIdx.x;
+  const int64_t tiles_w = ceil_div(p.out_w, kTile);
+  const int64_t oy0 = int64_t(blockIdx.x / tiles_w) * kTile;
+  const int64_t ox0 = int64_t(blockIdx.x % tiles_w) * kTile;
+  const int64_t o0 = int64_t(blockIdx.y) * kOutChunk;
+
+  for (int64_t n = blockIdx.z; n < p.n; n += gridDim.z) {
+    acc_t acc[kOutChunk];
+#pragma unroll
+    for (int o = 0; o < kOutChunk; ++o) acc[o] = acc_t(0);
+
+    for (int64_t c0 = 0; c0 < p.in_c; c0 += kInChunk) {
+      stage_patch<scalar_t, kMasked>(s_in, p.in, p.in_s, p.mask, p.mask_s, p.in_c, p.in_h,
+                                     p.in_w, n, c0, oy0 - p.pad, ox0 - p.pad, tid);
+      for (int i = tid; i < kOutChunk * kInChunk * kTaps; i += kThreads) {
+        const int o = i / (kInChunk * kTaps), c = (i / kTaps) % kInChunk, rs = i % kTaps;
+        acc_t v = acc_t(0);
+        if (o0 + o < p.out_c && c0 + c < p.in_c) {
+          v = static_cast<acc_t>(p.w[p.w_base + (o0 + o) * p.w_so + (c0 + c) * p.w_si +
+                                     (rs / 3) * p.w_sr + (rs % 3) * p.w_ss]);
+        }
+        s_w[o][c][rs] = v;
+      }
+      __syncthreads();
+#pragma unroll 2
+      for (int c = 0; c < kInChunk; ++c) {
+        acc_t x[kTaps];
+#pragma unroll
+        for (int rs = 0; rs < kTaps; ++rs) x[rs] = s_in[c][ty + rs / 3][tx + rs % 3];
+#pragma unroll
+        for (int o = 0; o < kOutChunk; ++o) {
+#pragma unroll
+          for (int rs = 0; rs < kTaps; ++rs) acc[o] = fma(s_w[o][c][rs], x[rs], acc[o]);
+        }
+      }
+      __syncthreads();
+    }
+
+    const int64_t oy = oy0 + ty, ox = ox0 + tx;
+    if (oy < p.out_h && ox < p.out_w) {
+#pragma unroll
+      for (int o = 0; o < kOutChunk; ++o) {
+        const int64_t k = o0 + o;
+        if (k >= p.out_c) break;
+        acc_t v = acc[o];
+        if (p.bias != nullptr) v += static_cast<acc_t>(p.bias[k]);
+        if (p.relu) v = relu_keep_nan(v);
+        p.out[offset_of(p.out_s, n, k, oy, ox)] = static_cast<scalar_t>(v);
+      }
+    }
+  }
+}
+
+template <typename scalar_t>
+void launch_direct_conv(const DirectConvParams<scalar_t>& p, cudaStream_t stream) {
+  if (p.n == 0 || p.out_c == 0 || p.out_h == 0 || p.out_w == 0) return;
+  const int64_t tiles = ceil_div(p.out_h, kTile) * ceil_div(p.out_w, kTile);
+  const int64_t out_blocks = ceil_div(p.out_c, kOutChunk);
+  TORCH_CHECK_VALUE(tiles <= INT32_MAX && out_blocks <= kMaxGridYZ,
+                    "conv3x3 (CUDA): map of ", p.out_h, "x", p.out_w, " with ", p.out_c,
+                    " channels exceeds the launch grid of this kernel");
+  const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(out_blocks),
+                  static_cast<unsigned>(std::min(p.n, kMaxGridYZ)));
+  bool_switch(p.mask != nullptr, [&](auto masked) {
+    direct_conv3x3_kernel<scalar_t, decltype(masked)::value><<<grid, kThreads, 0, stream>>>(p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+// grad_weight[o, c, r, s] = sum_{n, y, x} g[n, o, y, x] * in[n, c, y + r - pad, x + s - pad],
+// with g = grad_output (masked by relu_output > 0 when given).
+template <typename scalar_t>
+struct WgradParams {
+  const scalar_t* in;
+  Strides4 in_s;
+  int64_t n, in_c, in_h, in_w;
+  const scalar_t* go;
+  Strides4 go_s;
+  const scalar_t* mask;
+  Strides4 mask_s;
+  int64_t out_c, out_h, out_w;
+  int64_t pad;
+  int64_t num_tiles, tiles_per_slice;
+  at::opmath_type<scalar_t>* partial;  // [slices, out_c, in_c, 9]
+};
+
+constexpr int kWgradOutputs = kOutChunk * kInChunk * kTaps;  // per block
+constexpr int kWgradPerThread = (kWgradOutputs + kThreads - 1) / kThreads;
+
+template <typename scalar_t, bool kMasked>
+__global__ void __launch_bounds__(kThreads) wgrad_partial_kernel(const WgradParams<scalar_t> p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  __shared__ acc_t s_go[kOutChunk][kThreads];
+  __shared__ acc_t s_in[kInChunk][kHalo][kHalo];
+
+  const int tid = threadIdx.x;
+  const int64_t in_blocks = ceil_div(p.in_c, kInChunk);
+  const int64_t o0 = int64_t(blockIdx.x / in_blocks) * kOutChunk;
+  const int64_t c0 = int64_t(blockIdx.x % in_blocks) * kInChunk;
+  const int64_t slice = blockIdx.y;
+  const int64_t tiles_w = ceil_div(p.out_w, kTile);
+  const int64_t tiles_hw = ceil_div(p.out_h, kTile) * tiles_w;
+  const int64_t t_begin = slice * p.tiles_per_slice;
+  const int64_t t_end = std::min(p.num_tiles, t_begin + p.tiles_per_slice);
+
+  acc_t acc[kWgradPerThread];
+#pragma unroll
+  for (int m = 0; m < kWgradPerThread; ++m) acc[m] = acc_t(0);
+
+  for (int64_t t = t_begin; t < t_end; ++t) {
+    const int64_t n = t / tiles_hw;
+    const int64_t oy0 = ((t % tiles_hw) / tiles_w) * kTile;
+    const int64_t ox0 = ((t % tiles_hw) % tiles_w) * kTile;
+    for (int i = tid; i < kOutChunk * kThreads; i += kThreads) {
+      const int o = i / kThreads, pix = i % kThreads;
+      const int64_t y = oy0 + pix / kTile, x = ox0 + pix % kTile;
+      acc_t v = acc_t(0);
+      if (o0 + o < p.out_c && y < p.out_h && x < p.out_w) {
+        v = load_masked<scalar_t, kMasked>(p.go, p.go_s, p.mask, p.mask_s, n, o0 + o, y, x);
+      }
+      s_go[o][pix] = v;
+    }
+    stage_patch<scalar_t, false>(s_in, p.in, p.in_s, nullptr, p.in_s, p.in_c, p.in_h, p.in_w,
+                                 n, c0, oy0 - p.pad, ox0 - p.pad, tid);
+    __syncthreads();
+#pragma unroll
+    for (int m = 0; m < kWgradPerThread; ++m) {
+      const int e = tid + m * kThreads;
+      if (e < kWgradOutputs) {
+        const int o = e / (kInChunk * kTaps), c = (e / kTaps) % kInChunk;
+        const int r = (e % kTaps) / 3, s = e % 3;
+        acc_t sum = acc[m];
+        for (int pix = 0; pix < kThreads; ++pix) {
+          sum = fma(s_go[o][pix], s_in[c][pix / kTile + r][pix % kTile + s], sum);
+        }
+        acc[m] = sum;
+      }
+    }
+    __syncthreads();
+  }
+
+#pragma unroll
+  for (int m = 0; m < kWgradPerThread; ++m) {
+    const int e = tid + m * kThreads;
+    if (e >= kWgradOutputs) continue;
+    const int64_t o = o0 + e / (kInChunk * kTaps), c = c0 + (e / kTaps) % kInChunk;
+    if (o < p.out_c && c < p.in_c) {
+      p.partial[((slice * p.out_c + o) * p.in_c + c) * kTaps + e % kTaps] = acc[m];
+    }
+  }
+}
+
+// Adds the per-slice partial sums in slice order (deterministic) and casts.
+template <typename scalar_t>
+__global__ void wgrad_reduce_kernel(const at::opmath_type<scalar_t>* __restrict__ partial,
+                                    int64_t slices, int64_t numel,
+                                    scalar_t* __restrict__ grad_weight) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (int64_t idx = global_thread_index(); idx < numel; idx += grid_stride()) {
+    acc_t sum = acc_t(0);
+    for (int64_t s = 0; s < slices; ++s) sum += partial[s * numel + idx];
+    grad_weight[idx] = static_cast<scalar_t>(sum);
+  }
+}
+
+// grad_bias[o] = sum_{n, y, x} g[n, o, y, x]: a block per channel, each thread a fixed
+// strided subset, then a fixed tree in shared memory (deterministic).
+template <typename scalar_t, bool kMasked>
+__global__ void __launch_bounds__(kThreads)
+    bias_grad_kernel(const scalar_t* __restrict__ go, Strides4 go_s,
+                     const scalar_t* __restrict__ mask, Strides4 mask_s, Shape4 d,
+                     scalar_t* __restrict__ grad_bias) {
+  using acc_t = at::opmath_type<scalar_t>;
+  __shared__ acc_t s_sum[kThreads];
+  const int64_t per_channel = d.n * d.h * d.w;
+  for (int64_t o = blockIdx.x; o < d.c; o += gridDim.x) {
+    acc_t sum = acc_t(0);
+    for (int64_t e = threadIdx.x; e < per_channel; e += kThreads) {
+      const int64_t x = e % d.w, y = (e / d.w) % d.h, n = e / (d.w * d.h);
+      sum += load_masked<scalar_t, kMasked>(go, go_s, mask, mask_s, n, o, y, x);
+    }
+    s_sum[threadIdx.x] = sum;
+    __syncthreads();
+    for (int width = kThreads / 2; width > 0; width /= 2) {
+      if (threadIdx.x < width) s_sum[threadIdx.x] += s_sum[threadIdx.x + width];
+      __syncthreads();
+    }
+    if (threadIdx.x == 0) grad_bias[o] = static_cast<scalar_t>(s_sum[0]);
+    __syncthreads();
+  }
+}
+
+at::Tensor conv3x3_cuda(const at::Tensor& input, const at::Tensor& weight,
+                        const std::optional<at::Tensor>& bias, int64_t padding, bool relu) {
+  check_conv3x3_args(input, weight, bias, padding);
+  const int64_t out_h = input.size(2) + 2 * padding - 2, out_w = input.size(3) + 2 * padding - 2;
+  at::Tensor out = empty_in_format_of({input.size(0), weight.size(0), out_h, out_w}, input);
+  if (out.numel() == 0) return out;
+  const c10::cuda::CUDAGuard guard(input.device());
+  const cudaStream_t stream = current_stream();
+  const at::Tensor w = weight.contiguous();
+  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  OVERFEAT_DISPATCH_FLOATING(input.scalar_type(), "conv3x3_cuda", [&] {
+    DirectConvParams<scalar_t> p{};
+    p.in = input.const_data_ptr<scalar_t>();
+    p.in_s = strides4(input);
+    p.in_c = input.size(1);
+    p.in_h = input.size(2);
+    p.in_w = input.size(3);
+    p.w = w.const_data_ptr<scalar_t>();
+    p.w_base = 0;
+    p.w_so = w.stride(0);
+    p.w_si = w.stride(1);
+    p.w_sr = w.stride(2);
+    p.w_ss = w.stride(3);
+    p.bias = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
+    p.out = out.mutable_data_ptr<scalar_t>();
+    p.out_s = strides4(out);
+    p.n = out.size(0);
+    p.out_c = out.size(1);
+    p.out_h = out_h;
+    p.out_w = out_w;
+    p.pad = padding;
+    p.relu = relu;
+    launch_direct_conv(p, stream);
+  });
+  return out;
+}
+
+template <typename scalar_t>
+void grad_input_cuda(const at::Tensor& go, const at::Tensor& mask, const at::Tensor& w,
+                     int64_t padding, at::Tensor& grad_input, cudaStream_t stream) {
+  // grad_input[n, c, y, x] = sum_{k, r', s'} g[n, k, y + r' - (2 - pad), x + s' - (2 - pad)]
+  // * weight[k, c, 2 - r', 2 - s']: output channel c reads weight column c, input
+  // channel k reads row k, and the taps run backwards.
+  DirectConvParams<scalar_t> p{};
+  p.in = go.const_data_ptr<scalar_t>();
+  p.in_s = strides4(go);
+  p.in_c = go.size(1);
+  p.in_h = go.size(2);
+  p.in_w = go.size(3);
+  p.mask = mask.defined() ? mask.const_data_ptr<scalar_t>() : nullptr;
+  p.mask_s = mask.defined() ? strides4(mask) : p.in_s;
+  p.w = w.const_data_ptr<scalar_t>();
+  p.w_base = 2 * w.stride(2) + 2 * w.stride(3);
+  p.w_so = w.stride(1);
+  p.w_si = w.stride(0);
+  p.w_sr = -w.stride(2);
+  p.w_ss = -w.stride(3);
+  p.bias = nullptr;
+  p.out = grad_input.mutable_data_ptr<scalar_t>();
+  p.out_s = strides4(grad_input);
+  p.n = grad_input.size(0);
+  p.out_c = grad_input.size(1);
+  p.out_h = grad_input.size(2);
+  p.out_w = grad_input.size(3);
+  p.pad = 2 - padding;
+  p.relu = false;
+  launch_direct_conv(p, stream);
+}
+
+template <typename scalar_t>
+void grad_weight_cuda(const at::Tensor& go, const at::Tensor& mask, const at::Tensor& input,
+                      int64_t padding, at::Tensor& grad_weight, cudaStream_t stream) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t out_c = go.size(1), in_c = input.size(1);
+  const int64_t num_tiles =
+      input.size(0) * ceil_div(go.size(2), kTile) * ceil_div(go.size(3), kTile);
+  const int64_t blocks_per_slice = ceil_div(out_c, kOutChunk) * ceil_div(in_c, kInChunk);
+  TORCH_CHECK_VALUE(blocks_per_slice <= INT32_MAX, "conv3x3 (CUDA): ", out_c, "x", in_c,
+                    " channels exceed the launch grid of the grad-weight kernel");
+  // Enough slices to fill the device a few times; the split depends only on the shapes
+  // and the device, so results are reproducible run to run.
+  const int64_t sms = multiprocessor_count();
+  int64_t slices = std::clamp<int64_t>(ceil_div(4 * sms, blocks_per_slice), 1,
+                                       std::min(num_tiles, kMaxGridYZ));
+  const int64_t tiles_per_slice = ceil_div(num_tiles, slices);
+  slices = ceil_div(num_tiles, tiles_per_slice);
+  at::Tensor partial =
+      at::empty({slices, out_c, in_c, kTaps}, input.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+
+  WgradParams<scalar_t> p{};
+  p.in = input.const_data_ptr<scalar_t>();
+  p.in_s = strides4(input);
+  p.n = input.size(0);
+  p.in_c = in_c;
+  p.in_h = input.size(2);
+  p.in_w = input.size(3);
+  p.go = go.const_data_ptr<scalar_t>();
+  p.go_s = strides4(go);
+  p.mask = mask.defined() ? mask.const_data_ptr<scalar_t>() : nullptr;
+  p.mask_s = mask.defined() ? strides4(mask) : p.go_s;
+  p.out_c = out_c;
+  p.out_h = go.size(2);
+  p.out_w = go.size(3);
+  p.pad = padding;
+  p.num_tiles = num_tiles;
+  p.tiles_per_slice = tiles_per_slice;
+  p.partial = partial.mutable_data_ptr<acc_t>();
+  const dim3 grid(static_cast<unsigned>(blocks_per_slice), static_cast<unsigned>(slices));
+  bool_switch(mask.defined(), [&](auto masked) {
+    wgrad_partial_kernel<scalar_t, decltype(masked)::value><<<grid, kThreads, 0, stream>>>(p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  const int64_t numel = grad_weight.numel();
+  wgrad_reduce_kernel<scalar_t><<<elementwise_blocks(numel), kElementwiseThreads, 0, stream>>>(
+      partial.const_data_ptr<acc_t>(), slices, numel, grad_weight.mutable_data_ptr<scalar_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename scalar_t>
+void grad_bias_cuda(const at::Tensor& go, const at::Tensor& mask, at::Tensor& grad_bias,
+                    cudaStream_t stream) {
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(go.size(1), INT32_MAX));
+  bool_switch(mask.defined(), [&](auto masked) {
+    bias_grad_kernel<scalar_t, decltype(masked)::value><<<blocks, kThreads, 0, stream>>>(
+        go.const_data_ptr<scalar_t>(), strides4(go),
+        mask.defined() ? mask.const_data_ptr<scalar_t>() : nullptr,
+        mask.defined() ? strides4(mask) : strides4(go), shape4(go),
+        grad_bias.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward_cuda(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    const std::optional<at::Tensor>& relu_output, int64_t padding,
+    std::array<bool, 3> output_mask) {
+  check_conv3x3_backward_args(grad_output, input, weight, relu_output, padding);
+  at::Tensor grad_input = input.new_empty({0});
+  at::Tensor grad_weight = input.new_empty({0});
+  at::Tensor grad_bias = input.new_empty({0});
+  if (output_mask[0]) grad_input = empty_in_format_of(input.sizes(), input);
+  if (output_mask[1]) grad_weight = at::empty(weight.sizes(), weight.options());
+  if (output_mask[2]) grad_bias = at::empty({weight.size(0)}, weight.options());
+  if (input.size(0) == 0) {
+    grad_weight.zero_();
+    grad_bias.zero_();
+    return {grad_input, grad_weight, grad_bias};
+  }
+  const c10::cuda::CUDAGuard guard(input.device());
+  const cudaStream_t stream = current_stream();
+  const at::Tensor w = weight.contiguous();
+  const at::Tensor mask = relu_output.has_value() ? *relu_output : at::Tensor();
+  OVERFEAT_DISPATCH_FLOATING(input.scalar_type(), "conv3x3_backward_cuda", [&] {
+    if (output_mask[0]) grad_input_cuda<scalar_t>(grad_output, mask, w, padding, grad_input, stream);
+    if (output_mask[1]) grad_weight_cuda<scalar_t>(grad_output, mask, input, padding, grad_weight, stream);
+    if (output_mask[2]) grad_bias_cuda<scalar_t>(grad_output, mask, grad_bias, stream);
+  });
+  return {grad_input, grad_weight, grad_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(overfeat_kernels, CUDA, m) {
+  m.impl("conv3x3", &conv3x3_cuda);
+  m.impl("conv3x3_backward", &conv3x3_backward_cuda);
+}
+
+}  // namespace overfeat_kernels

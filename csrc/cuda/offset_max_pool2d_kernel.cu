@@ -1,0 +1,85 @@
+// Offset max-pooling on CUDA: a grid-stride loop over the output (forward) or the input
+// (backward), in memory order so that writes coalesce, with the per-element math shared
+// with the CPU (index_math.h). The backward gathers, one thread per input pixel, so it is
+// deterministic and atomic-free. First, simple versions: the fast ones come later.
+#include <ATen/OpMathType.h>
+#include <torch/library.h>
+
+#include "../checks.h"
+#include "../dispatch.h"
+#include "launch.cuh"
+
+namespace overfeat_kernels {
+namespace {
+
+template <typename scalar_t, bool kChannelsLast>
+__global__ void offset_pool_forward_kernel(const scalar_t* __restrict__ in, Strides4 in_s,
+                                           PoolGeometry g, scalar_t* __restrict__ out,
+                                           int64_t numel) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (int64_t idx = global_thread_index(); idx < numel; idx += grid_stride()) {
+    out[idx] = offset_pool_forward_element<scalar_t, acc_t>(in, in_s, g,
+                                                            unravel(idx, g.out, kChannelsLast));
+  }
+}
+
+template <typename scalar_t, bool kChannelsLast>
+__global__ void offset_pool_backward_kernel(const scalar_t* __restrict__ grad_out,
+                                            Strides4 go_s, const scalar_t* __restrict__ in,
+                                            Strides4 in_s, PoolGeometry g,
+                                            scalar_t* __restrict__ grad_in, int64_t numel) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (int64_t idx = global_thread_index(); idx < numel; idx += grid_stride()) {
+    grad_in[idx] = offset_pool_backward_element<scalar_t, acc_t>(
+        grad_out, go_s, in, in_s, g, unravel(idx, g.in, kChannelsLast));
+  }
+}
+
+at::Tensor offset_max_pool2d_cuda(const at::Tensor& input, int64_t kernel_size) {
+  const PoolGeometry g = check_offset_pool_args(input, kernel_size, "offset_max_pool2d");
+  at::Tensor out = empty_in_format_of({g.out.n, g.out.c, g.out.h, g.out.w}, input);
+  const int64_t numel = out.numel();
+  if (numel == 0) return out;
+  const c10::cuda::CUDAGuard guard(input.device());
+  const cudaStream_t stream = current_stream();
+  OVERFEAT_DISPATCH_FLOATING(input.scalar_type(), "offset_max_pool2d_cuda", [&] {
+    bool_switch(is_channels_last(input), [&](auto cl) {
+      offset_pool_forward_kernel<scalar_t, decltype(cl)::value>
+          <<<elementwise_blocks(numel), kElementwiseThreads, 0, stream>>>(
+              input.const_data_ptr<scalar_t>(), strides4(input), g,
+              out.mutable_data_ptr<scalar_t>(), numel);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return out;
+}
+
+at::Tensor offset_max_pool2d_backward_cuda(const at::Tensor& grad_output,
+                                           const at::Tensor& input, int64_t kernel_size) {
+  const PoolGeometry g = check_offset_pool_backward_args(grad_output, input, kernel_size);
+  at::Tensor grad_input = empty_in_format_of(input.sizes(), input);
+  const int64_t numel = grad_input.numel();
+  if (numel == 0) return grad_input;
+  const c10::cuda::CUDAGuard guard(input.device());
+  const cudaStream_t stream = current_stream();
+  OVERFEAT_DISPATCH_FLOATING(input.scalar_type(), "offset_max_pool2d_backward_cuda", [&] {
+    bool_switch(is_channels_last(input), [&](auto cl) {
+      offset_pool_backward_kernel<scalar_t, decltype(cl)::value>
+          <<<elementwise_blocks(numel), kElementwiseThreads, 0, stream>>>(
+              grad_output.const_data_ptr<scalar_t>(), strides4(grad_output),
+              input.const_data_ptr<scalar_t>(), strides4(input), g,
+              grad_input.mutable_data_ptr<scalar_t>(), numel);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return grad_input;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(overfeat_kernels, CUDA, m) {
+  m.impl("offset_max_pool2d", &offset_max_pool2d_cuda);
+  m.impl("offset_max_pool2d_backward", &offset_max_pool2d_backward_cuda);
+}
+
+}  // namespace overfeat_kernels

@@ -1,0 +1,149 @@
+"""Argument checks shared by the public wrappers (eager) and the fake kernels (tracing).
+
+Each check names the op and the argument and says what was expected and what came; each
+returns the output shape, so shape logic lives in one place. Shapes may be symbolic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+FLOATING = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+_FLOATING_NAMES = "float32, float16, bfloat16 or float64"
+
+
+def tensor(x: object, op: str, name: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(
+            f"{op}: {name} must be a torch.Tensor (or an array supporting DLPack), "
+            f"got {type(x).__name__}"
+        )
+    return x
+
+
+def map4d(x: object, op: str, name: str) -> Tensor:
+    x = tensor(x, op, name)
+    if x.dim() != 4:
+        raise ValueError(
+            f"{op}: {name} must be a 4-D tensor [N, C, H, W], "
+            f"got a {x.dim()}-D tensor of shape {tuple(x.shape)}"
+        )
+    if x.layout != torch.strided:
+        raise ValueError(f"{op}: {name} must be a dense (strided) tensor, got layout {x.layout}")
+    return x
+
+
+def floating(x: Tensor, op: str, name: str) -> None:
+    if x.dtype not in FLOATING:
+        raise TypeError(f"{op}: {name} must be {_FLOATING_NAMES}, got {x.dtype}")
+
+
+def same_kind(x: Tensor, ref: Tensor, op: str, name: str, ref_name: str) -> None:
+    if x.dtype != ref.dtype:
+        raise TypeError(
+            f"{op}: {name} dtype {x.dtype} does not match {ref_name} dtype {ref.dtype}"
+        )
+    if x.device != ref.device:
+        raise ValueError(f"{op}: {name} is on {x.device} but {ref_name} is on {ref.device}")
+
+
+def integer(value: object, op: str, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, torch.SymInt)):
+        raise TypeError(f"{op}: {name} must be an int, got {type(value).__name__} {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def kernel_size(k: object, op: str) -> int:
+    k = integer(k, op, "kernel_size")
+    if k < 1:
+        raise ValueError(f"{op}: kernel_size must be >= 1, got {k}")
+    return k
+
+
+def conv3x3(input: object, weight: object, bias: object, padding: object, relu: object = False
+            ) -> tuple[int, int, int, int]:
+    op = "conv3x3"
+    input = map4d(input, op, "input")
+    floating(input, op, "input")
+    weight = map4d(weight, op, "weight")
+    same_kind(weight, input, op, "weight", "input")
+    if tuple(weight.shape[2:]) != (3, 3):
+        raise ValueError(f"{op}: weight must be [K, C, 3, 3], got shape {tuple(weight.shape)}")
+    if weight.shape[0] < 1:
+        raise ValueError(f"{op}: weight must have at least one output channel")
+    if input.shape[1] < 1:
+        raise ValueError(f"{op}: input must have at least one channel")
+    if weight.shape[1] != input.shape[1]:
+        raise ValueError(
+            f"{op}: weight expects {weight.shape[1]} input channels (shape "
+            f"{tuple(weight.shape)}) but input has {input.shape[1]} (shape {tuple(input.shape)})"
+        )
+    padding = integer(padding, op, "padding")
+    if padding not in (0, 1):
+        raise ValueError(f"{op}: padding must be 0 or 1, got {padding}")
+    if not isinstance(relu, bool):
+        raise TypeError(f"{op}: relu must be a bool, got {type(relu).__name__}")
+    n, _, h, w = input.shape
+    if h + 2 * padding < 3 or w + 2 * padding < 3:
+        raise ValueError(
+            f"{op}: input of spatial size {h}x{w} is too small for a 3x3 kernel "
+            f"with padding {padding}"
+        )
+    if bias is not None:
+        bias = tensor(bias, op, "bias")
+        same_kind(bias, input, op, "bias", "input")
+        if bias.dim() != 1 or bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"{op}: bias must be [{weight.shape[0]}], got shape {tuple(bias.shape)}")
+    return (n, weight.shape[0], h + 2 * padding - 2, w + 2 * padding - 2)
+
+
+def offset_max_pool2d(input: object, k: object, op: str = "offset_max_pool2d"
+                      ) -> tuple[int, int, int, int]:
+    input = map4d(input, op, "input")
+    floating(input, op, "input")
+    k = kernel_size(k, op)
+    n, c, h, w = input.shape
+    ho, wo = (h - k + 1) // k, (w - k + 1) // k
+    if ho < 1 or wo < 1:
+        raise ValueError(
+            f"{op}: input of spatial size {h}x{w} is too small for offset pooling with "
+            f"kernel_size {k} (needs H, W >= 2*kernel_size - 1 = {2 * k - 1})"
+        )
+    return (n * k * k, c, ho, wo)
+
+
+def interleave(input: object, k: object) -> tuple[int, int, int, int]:
+    op = "interleave"
+    input = map4d(input, op, "input")
+    k = kernel_size(k, op)
+    b, c, h, w = input.shape
+    if b % (k * k) != 0:
+        raise ValueError(
+            f"{op}: input batch must be a multiple of kernel_size**2 = {k * k} "
+            f"(one map per offset), got shape {tuple(input.shape)}"
+        )
+    return (b // (k * k), c, h * k, w * k)
+
+
+def deinterleave(input: object, k: object) -> tuple[int, int, int, int]:
+    op = "deinterleave"
+    input = map4d(input, op, "input")
+    k = kernel_size(k, op)
+    n, c, h, w = input.shape
+    if h % k != 0 or w % k != 0:
+        raise ValueError(
+            f"{op}: input height and width must be multiples of kernel_size {k}, "
+            f"got shape {tuple(input.shape)}"
+        )
+    return (n * k * k, c, h // k, w // k)
+
+
+def grad_like(grad: object, ref: Tensor, expected: Sequence[int], op: str, name: str) -> Tensor:
+    grad = map4d(grad, op, name)
+    same_kind(grad, ref, op, name, "input")
+    if tuple(grad.shape) != tuple(expected):
+        raise ValueError(f"{op}: {name} must have shape {tuple(expected)}, got {tuple(grad.shape)}")
+    return grad

@@ -1,0 +1,122 @@
+"""Build of overfeat_kernels._C: one extension module with the CPU kernels and, whenever a
+CUDA toolkit is found, the CUDA kernels too (a GPU is not needed to compile them).
+
+    pip install --no-build-isolation -e .
+
+Environment:
+    CUDA_HOME / CUDA_PATH      the CUDA toolkit (found from `nvcc` when unset)
+    TORCH_CUDA_ARCH_LIST       GPU architectures (default "8.0;9.0": A100 and H100 class)
+    MAX_JOBS                   parallel compile jobs (ninja)
+    OVERFEAT_KERNELS_CPU_ONLY  set to 1 to skip the CUDA sources even with a toolkit
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_ARCH_LIST = "8.0;9.0"
+
+
+def _say(msg: str) -> None:
+    print(f"[overfeat_kernels build] {msg}", file=sys.stderr, flush=True)
+
+
+def _toolkit_at(home: Path) -> bool:
+    return (home / "bin" / "nvcc").exists() and (home / "include" / "cuda_runtime.h").exists()
+
+
+def find_cuda_home() -> str | None:
+    """The CUDA toolkit's root, or None.
+
+    torch guesses CUDA_HOME as two folders above `which nvcc`, which is wrong when `nvcc`
+    on PATH is a wrapper script (then linking fails with `cannot find -lcudart`). So we ask
+    the compiler itself where it lives (`nvcc --dryrun` prints `_HERE_=<its bin folder>`).
+    """
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            return os.environ[var]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        try:
+            proc = subprocess.run(
+                [nvcc, "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
+                capture_output=True, text=True, timeout=120,
+            )
+            for line in (proc.stdout + proc.stderr).splitlines():
+                if "_HERE_=" in line:
+                    home = Path(line.split("_HERE_=", 1)[1].strip()).resolve().parent
+                    if _toolkit_at(home):
+                        return str(home)
+        except (OSError, subprocess.SubprocessError):
+            pass
+        home = Path(nvcc).resolve().parent.parent
+        if _toolkit_at(home):
+            return str(home)
+    for cand in ["/usr/local/cuda", *sorted(glob.glob("/usr/local/cuda-*"), reverse=True)]:
+        if _toolkit_at(Path(cand)):
+            return cand
+    return None
+
+
+def _extensions():
+    cpu_only = os.environ.get("OVERFEAT_KERNELS_CPU_ONLY", "") not in ("", "0")
+    cuda_home = None if cpu_only else find_cuda_home()
+    if cuda_home:
+        # Must be set before torch.utils.cpp_extension is imported: it reads it once.
+        os.environ["CUDA_HOME"] = cuda_home
+    import torch
+    from torch.utils.cpp_extension import (
+        BuildExtension,
+        CppExtension,
+        CUDAExtension,
+        is_ninja_available,
+    )
+
+    if not is_ninja_available():
+        raise SystemExit("overfeat_kernels needs ninja to build: `pip install ninja`, then retry.")
+
+    with_cuda = bool(cuda_home) and torch.version.cuda is not None
+    sources = ["csrc/ops.cpp", *sorted(glob.glob("csrc/cpu/*.cpp", root_dir=ROOT))]
+    cxx_flags = ["-O3", "-fdiagnostics-color=always"]
+    if with_cuda:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
+        sources += sorted(glob.glob("csrc/cuda/*.cu", root_dir=ROOT))
+        ext = CUDAExtension(
+            "overfeat_kernels._C",
+            sources,
+            define_macros=[("OVERFEAT_WITH_CUDA", "1")],
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo", "-Xptxas=-warn-spills"]},
+        )
+        _say(f"CUDA toolkit: {cuda_home} (torch built for CUDA {torch.version.cuda})")
+        _say(f"GPU architectures (TORCH_CUDA_ARCH_LIST): {os.environ['TORCH_CUDA_ARCH_LIST']}")
+    else:
+        if cpu_only:
+            why = "OVERFEAT_KERNELS_CPU_ONLY is set"
+        elif not cuda_home:
+            why = "no CUDA toolkit was found (set CUDA_HOME or put nvcc on PATH)"
+        else:
+            why = f"torch {torch.__version__} is a CPU-only build"
+        bar = "!" * 78
+        _say(f"\n{bar}\n  BUILDING THE CPU KERNELS ONLY: {why}.\n"
+             f"  The ops will raise on CUDA tensors. See README, 'Building for a GPU'.\n{bar}")
+        ext = CppExtension("overfeat_kernels._C", sources, extra_compile_args={"cxx": cxx_flags})
+    _say(f"sources: {', '.join(sources)}")
+    _say(f"parallel jobs (MAX_JOBS): {os.environ.get('MAX_JOBS', 'ninja default')}")
+    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = _extensions()
+
+setup(
+    packages=find_packages(include=["overfeat_kernels", "overfeat_kernels.*"]),
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)

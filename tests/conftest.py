@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+HAS_CUDA = torch.cuda.is_available()
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU")),
+]
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def _seed(request):
+    # A fresh, reproducible seed per test (differs between tests, not between runs).
+    torch.manual_seed(hash(request.node.nodeid) % (2**31))
+
+
+def pytest_report_header(config):
+    import overfeat_kernels
+
+    info = overfeat_kernels.build_info()
+    return [f"overfeat_kernels build: {info}"]

@@ -1,0 +1,159 @@
+"""One generator of sample inputs for every op, shared by the correctness, gradient,
+opcheck and compile tests: fresh random values, odd sizes, NCHW, channels_last and
+non-contiguous views, empty batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+LAYOUTS = ("nchw", "channels_last", "strided")
+
+
+@dataclass
+class Sample:
+    name: str
+    args: tuple
+    kwargs: dict = field(default_factory=dict)
+
+    def __repr__(self) -> str:  # shows in pytest ids and failures
+        return self.name
+
+
+def make_map(shape, dtype, device, layout="nchw", requires_grad=False, values="normal"):
+    """A random [N, C, H, W] tensor in the given layout.
+
+    "strided" is a non-contiguous view (every other channel, a cropped window, and a
+    transposed storage order) of a larger tensor.
+    """
+    n, c, h, w = shape
+    if values == "normal":
+        def draw(s):
+            return torch.randn(s, dtype=torch.float64)
+    elif values == "ties":  # few distinct values: many equal maxima in a window
+        def draw(s):
+            return torch.randint(-3, 4, s).to(torch.float64)
+    else:
+        raise ValueError(values)
+    if layout == "nchw":
+        t = draw(shape).to(dtype).to(device)
+    elif layout == "channels_last":
+        t = draw(shape).to(dtype).to(device).contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":
+        big = draw((n, 2 * c, w + 3, h + 2)).to(dtype).to(device)
+        t = big[:, ::2, 1 : w + 1, 2 : h + 2].transpose(2, 3)
+        assert t.shape == shape and not t.is_contiguous()
+    else:
+        raise ValueError(layout)
+    return t.requires_grad_(requires_grad)
+
+
+# (N, C, K, H, W, padding, bias, relu, layout): odd sizes, channel counts that are not
+# multiples of the kernels' chunk of 8 and more than one chunk, 1x1 outputs, N = 0.
+CONV_CONFIGS = [
+    (2, 3, 5, 7, 13, 1, True, True, "nchw"),
+    (1, 4, 8, 5, 5, 0, False, False, "channels_last"),
+    (3, 9, 17, 17, 18, 1, True, False, "strided"),
+    (1, 12, 20, 13, 7, 1, True, True, "strided"),
+    (2, 16, 9, 20, 35, 0, True, True, "channels_last"),
+    (2, 1, 1, 3, 3, 0, True, True, "nchw"),
+    (1, 2, 3, 1, 1, 1, False, True, "nchw"),
+    (1, 5, 3, 2, 7, 1, True, False, "channels_last"),
+    (0, 3, 4, 7, 7, 1, True, False, "nchw"),
+]
+# Small enough for float64 gradcheck.
+CONV_GRAD_CONFIGS = [
+    (2, 3, 4, 5, 7, 1, True, True, "nchw"),
+    (1, 9, 2, 6, 5, 0, True, False, "channels_last"),
+    (1, 2, 10, 4, 3, 1, False, True, "strided"),
+]
+
+
+def conv3x3_samples(device, dtype=torch.float32, requires_grad=False, configs=CONV_CONFIGS):
+    out = []
+    for n, c, k, h, w, pad, bias, relu, layout in configs:
+        x = make_map((n, c, h, w), dtype, device, layout, requires_grad)
+        wt = (torch.randn(k, c, 3, 3, dtype=torch.float64) / (3 * c) ** 0.5).to(dtype).to(device)
+        b = torch.randn(k, dtype=torch.float64).to(dtype).to(device) if bias else None
+        wt.requires_grad_(requires_grad)
+        if b is not None:
+            b.requires_grad_(requires_grad)
+        name = f"N{n}C{c}K{k}H{h}W{w}p{pad}{'b' if bias else ''}{'r' if relu else ''}-{layout}"
+        out.append(Sample(name, (x, wt, b, pad, relu)))
+    return out
+
+
+# (N, C, H, W, k, layout)
+POOL_CONFIGS = [
+    (2, 3, 5, 7, 2, "nchw"),
+    (1, 4, 13, 17, 3, "channels_last"),
+    (2, 5, 18, 20, 4, "strided"),
+    (1, 2, 35, 13, 3, "nchw"),
+    (3, 1, 7, 5, 1, "channels_last"),
+    (1, 6, 20, 18, 2, "strided"),
+    (1, 3, 7, 7, 4, "nchw"),
+    (0, 3, 9, 9, 3, "nchw"),
+]
+POOL_GRAD_CONFIGS = [(2, 3, 7, 8, 2, "nchw"), (1, 2, 9, 10, 3, "channels_last"),
+                     (1, 2, 13, 7, 3, "strided")]
+
+
+def offset_pool_samples(device, dtype=torch.float32, requires_grad=False, configs=POOL_CONFIGS,
+                        values="normal"):
+    return [
+        Sample(f"N{n}C{c}H{h}W{w}k{k}-{layout}",
+               (make_map((n, c, h, w), dtype, device, layout, requires_grad, values), k))
+        for n, c, h, w, k, layout in configs
+    ]
+
+
+def pool_backward_samples(device, dtype=torch.float32, configs=POOL_CONFIGS):
+    out = []
+    for s in offset_pool_samples(device, dtype, configs=configs):
+        x, k = s.args
+        n, c, h, w = x.shape
+        shape = (n * k * k, c, (h - k + 1) // k, (w - k + 1) // k)
+        out.append(Sample(s.name, (make_map(shape, dtype, device), x, k)))
+    return out
+
+
+# (N, C, h, w, k, layout) of the per-offset maps
+INTERLEAVE_CONFIGS = [
+    (1, 3, 5, 7, 2, "nchw"),
+    (2, 4, 13, 5, 3, "channels_last"),
+    (1, 5, 7, 18, 4, "strided"),
+    (2, 2, 1, 1, 3, "nchw"),
+    (1, 3, 4, 4, 1, "channels_last"),
+    (0, 3, 5, 5, 2, "nchw"),
+]
+
+
+def interleave_samples(device, dtype=torch.float32, requires_grad=False,
+                       configs=INTERLEAVE_CONFIGS):
+    return [
+        Sample(f"N{n}C{c}h{h}w{w}k{k}-{layout}",
+               (make_map((n * k * k, c, h, w), dtype, device, layout, requires_grad), k))
+        for n, c, h, w, k, layout in configs
+    ]
+
+
+def deinterleave_samples(device, dtype=torch.float32, requires_grad=False,
+                         configs=INTERLEAVE_CONFIGS):
+    return [
+        Sample(f"N{n}C{c}H{h * k}W{w * k}k{k}-{layout}",
+               (make_map((n, c, h * k, w * k), dtype, device, layout, requires_grad), k))
+        for n, c, h, w, k, layout in configs
+    ]
+
+
+def conv3x3_backward_samples(device, dtype=torch.float32, configs=CONV_CONFIGS):
+    out = []
+    for s in conv3x3_samples(device, dtype, configs=configs):
+        x, wt, b, pad, relu = s.args
+        n, _, h, w = x.shape
+        oshape = (n, wt.shape[0], h + 2 * pad - 2, w + 2 * pad - 2)
+        relu_out = make_map(oshape, dtype, device).relu() if relu else None
+        mask = [True, True, b is not None]
+        out.append(Sample(s.name, (make_map(oshape, dtype, device), x, wt, relu_out, pad, mask)))
+    return out
