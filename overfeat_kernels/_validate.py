@@ -115,9 +115,17 @@ def offset_max_pool2d(input: object, k: object, op: str = "offset_max_pool2d"
     return (n * k * k, c, ho, wo)
 
 
+def movable(x: Tensor, op: str) -> None:
+    """interleave / deinterleave move elements of 1, 2, 4 or 8 bytes (any such dtype)."""
+    if x.element_size() not in (1, 2, 4, 8):
+        raise TypeError(f"{op}: input dtype {x.dtype} is not supported (elements of 1, 2, 4 or 8 "
+                        f"bytes only)")
+
+
 def interleave(input: object, k: object) -> tuple[int, int, int, int]:
     op = "interleave"
     input = map4d(input, op, "input")
+    movable(input, op)
     k = kernel_size(k, op)
     b, c, h, w = input.shape
     if b % (k * k) != 0:
@@ -131,6 +139,7 @@ def interleave(input: object, k: object) -> tuple[int, int, int, int]:
 def deinterleave(input: object, k: object) -> tuple[int, int, int, int]:
     op = "deinterleave"
     input = map4d(input, op, "input")
+    movable(input, op)
     k = kernel_size(k, op)
     n, c, h, w = input.shape
     if h % k != 0 or w % k != 0:

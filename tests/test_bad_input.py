@@ -99,7 +99,7 @@ def test_offset_pool_raw_op_checks():
     with pytest.raises(ValueError, match="kernel_size"):
         OPS.offset_max_pool2d(x4(1, 3, 8, 8), 0)
     with pytest.raises(ValueError, match="grad_output must have shape"):
-        OPS.offset_max_pool2d_backward(x4(4, 3, 3, 3), x4(1, 3, 8, 8), 2)
+        OPS.offset_max_pool2d_backward(x4(4, 3, 2, 3), x4(1, 3, 8, 8), 2)
 
 
 INTERLEAVE_CASES = [
