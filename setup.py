@@ -48,7 +48,9 @@ def find_cuda_home() -> str | None:
         try:
             proc = subprocess.run(
                 [nvcc, "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
-                capture_output=True, text=True, timeout=120,
+                capture_output=True,
+                text=True,
+                timeout=120,
             )
             for line in (proc.stdout + proc.stderr).splitlines():
                 if "_HERE_=" in line:
@@ -93,7 +95,10 @@ def _extensions():
             "overfeat_kernels._C",
             sources,
             define_macros=[("OVERFEAT_WITH_CUDA", "1")],
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo", "-Xptxas=-warn-spills"]},
+            extra_compile_args={
+                "cxx": cxx_flags,
+                "nvcc": ["-O3", "-lineinfo", "-Xptxas=-warn-spills"],
+            },
         )
         _say(f"CUDA toolkit: {cuda_home} (torch built for CUDA {torch.version.cuda})")
         _say(f"GPU architectures (TORCH_CUDA_ARCH_LIST): {os.environ['TORCH_CUDA_ARCH_LIST']}")
@@ -105,8 +110,10 @@ def _extensions():
         else:
             why = f"torch {torch.__version__} is a CPU-only build"
         bar = "!" * 78
-        _say(f"\n{bar}\n  BUILDING THE CPU KERNELS ONLY: {why}.\n"
-             f"  The ops will raise on CUDA tensors. See README, 'Building for a GPU'.\n{bar}")
+        _say(
+            f"\n{bar}\n  BUILDING THE CPU KERNELS ONLY: {why}.\n"
+            f"  The ops will raise on CUDA tensors. See README, 'Building for a GPU'.\n{bar}"
+        )
         ext = CppExtension("overfeat_kernels._C", sources, extra_compile_args={"cxx": cxx_flags})
     _say(f"sources: {', '.join(sources)}")
     _say(f"parallel jobs (MAX_JOBS): {os.environ.get('MAX_JOBS', 'ninja default')}")

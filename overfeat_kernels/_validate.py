@@ -43,9 +43,7 @@ def floating(x: Tensor, op: str, name: str) -> None:
 
 def same_kind(x: Tensor, ref: Tensor, op: str, name: str, ref_name: str) -> None:
     if x.dtype != ref.dtype:
-        raise TypeError(
-            f"{op}: {name} dtype {x.dtype} does not match {ref_name} dtype {ref.dtype}"
-        )
+        raise TypeError(f"{op}: {name} dtype {x.dtype} does not match {ref_name} dtype {ref.dtype}")
     if x.device != ref.device:
         raise ValueError(f"{op}: {name} is on {x.device} but {ref_name} is on {ref.device}")
 
@@ -63,8 +61,9 @@ def kernel_size(k: object, op: str) -> int:
     return k
 
 
-def conv3x3(input: object, weight: object, bias: object, padding: object, relu: object = False
-            ) -> tuple[int, int, int, int]:
+def conv3x3(
+    input: object, weight: object, bias: object, padding: object, relu: object = False
+) -> tuple[int, int, int, int]:
     op = "conv3x3"
     input = map4d(input, op, "input")
     floating(input, op, "input")
@@ -96,12 +95,15 @@ def conv3x3(input: object, weight: object, bias: object, padding: object, relu: 
         bias = tensor(bias, op, "bias")
         same_kind(bias, input, op, "bias", "input")
         if bias.dim() != 1 or bias.shape[0] != weight.shape[0]:
-            raise ValueError(f"{op}: bias must be [{weight.shape[0]}], got shape {tuple(bias.shape)}")
+            raise ValueError(
+                f"{op}: bias must be [{weight.shape[0]}], got shape {tuple(bias.shape)}"
+            )
     return (n, weight.shape[0], h + 2 * padding - 2, w + 2 * padding - 2)
 
 
-def offset_max_pool2d(input: object, k: object, op: str = "offset_max_pool2d"
-                      ) -> tuple[int, int, int, int]:
+def offset_max_pool2d(
+    input: object, k: object, op: str = "offset_max_pool2d"
+) -> tuple[int, int, int, int]:
     input = map4d(input, op, "input")
     floating(input, op, "input")
     k = kernel_size(k, op)
@@ -118,8 +120,9 @@ def offset_max_pool2d(input: object, k: object, op: str = "offset_max_pool2d"
 def movable(x: Tensor, op: str) -> None:
     """interleave / deinterleave move elements of 1, 2, 4 or 8 bytes (any such dtype)."""
     if x.element_size() not in (1, 2, 4, 8):
-        raise TypeError(f"{op}: input dtype {x.dtype} is not supported (elements of 1, 2, 4 or 8 "
-                        f"bytes only)")
+        raise TypeError(
+            f"{op}: input dtype {x.dtype} is not supported (elements of 1, 2, 4 or 8 bytes only)"
+        )
 
 
 def interleave(input: object, k: object) -> tuple[int, int, int, int]:

@@ -220,12 +220,15 @@ def _register() -> None:
         gi, gw, gb = ops.conv3x3_backward.default(
             grad, input, weight, relu_output, ctx.padding, mask
         )
-        return (gi if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None,
-                None, None)
+        return (
+            gi if mask[0] else None,
+            gw if mask[1] else None,
+            gb if mask[2] else None,
+            None,
+            None,
+        )
 
-    torch.library.register_autograd(
-        lib + "conv3x3", conv3x3_backward, setup_context=conv3x3_setup
-    )
+    torch.library.register_autograd(lib + "conv3x3", conv3x3_backward, setup_context=conv3x3_setup)
 
     # offset_max_pool2d -----------------------------------------------------------------
     def pool_setup(ctx, inputs, output):

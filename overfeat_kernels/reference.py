@@ -13,7 +13,10 @@ __all__ = ["conv3x3", "deinterleave", "dilated_equivalent", "interleave", "offse
 
 
 def conv3x3(
-    input: Tensor, weight: Tensor, bias: Tensor | None = None, padding: int = 1,
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    padding: int = 1,
     relu: bool = False,
 ) -> Tensor:
     """F.conv2d followed by F.relu when asked."""

@@ -29,9 +29,11 @@ def make_map(shape, dtype, device, layout="nchw", requires_grad=False, values="n
     """
     n, c, h, w = shape
     if values == "normal":
+
         def draw(s):
             return torch.randn(s, dtype=torch.float64)
     elif values == "ties":  # few distinct values: many equal maxima in a window
+
         def draw(s):
             return torch.randint(-3, 4, s).to(torch.float64)
     else:
@@ -95,15 +97,21 @@ POOL_CONFIGS = [
     (1, 3, 7, 7, 4, "nchw"),
     (0, 3, 9, 9, 3, "nchw"),
 ]
-POOL_GRAD_CONFIGS = [(2, 3, 7, 8, 2, "nchw"), (1, 2, 9, 10, 3, "channels_last"),
-                     (1, 2, 13, 7, 3, "strided")]
+POOL_GRAD_CONFIGS = [
+    (2, 3, 7, 8, 2, "nchw"),
+    (1, 2, 9, 10, 3, "channels_last"),
+    (1, 2, 13, 7, 3, "strided"),
+]
 
 
-def offset_pool_samples(device, dtype=torch.float32, requires_grad=False, configs=POOL_CONFIGS,
-                        values="normal"):
+def offset_pool_samples(
+    device, dtype=torch.float32, requires_grad=False, configs=POOL_CONFIGS, values="normal"
+):
     return [
-        Sample(f"N{n}C{c}H{h}W{w}k{k}-{layout}",
-               (make_map((n, c, h, w), dtype, device, layout, requires_grad, values), k))
+        Sample(
+            f"N{n}C{c}H{h}W{w}k{k}-{layout}",
+            (make_map((n, c, h, w), dtype, device, layout, requires_grad, values), k),
+        )
         for n, c, h, w, k, layout in configs
     ]
 
@@ -129,20 +137,26 @@ INTERLEAVE_CONFIGS = [
 ]
 
 
-def interleave_samples(device, dtype=torch.float32, requires_grad=False,
-                       configs=INTERLEAVE_CONFIGS):
+def interleave_samples(
+    device, dtype=torch.float32, requires_grad=False, configs=INTERLEAVE_CONFIGS
+):
     return [
-        Sample(f"N{n}C{c}h{h}w{w}k{k}-{layout}",
-               (make_map((n * k * k, c, h, w), dtype, device, layout, requires_grad), k))
+        Sample(
+            f"N{n}C{c}h{h}w{w}k{k}-{layout}",
+            (make_map((n * k * k, c, h, w), dtype, device, layout, requires_grad), k),
+        )
         for n, c, h, w, k, layout in configs
     ]
 
 
-def deinterleave_samples(device, dtype=torch.float32, requires_grad=False,
-                         configs=INTERLEAVE_CONFIGS):
+def deinterleave_samples(
+    device, dtype=torch.float32, requires_grad=False, configs=INTERLEAVE_CONFIGS
+):
     return [
-        Sample(f"N{n}C{c}H{h * k}W{w * k}k{k}-{layout}",
-               (make_map((n, c, h * k, w * k), dtype, device, layout, requires_grad), k))
+        Sample(
+            f"N{n}C{c}H{h * k}W{w * k}k{k}-{layout}",
+            (make_map((n, c, h * k, w * k), dtype, device, layout, requires_grad), k),
+        )
         for n, c, h, w, k, layout in configs
     ]
 

@@ -19,16 +19,33 @@ CONV_CASES = [
     # (description, args, exception, words the message must contain)
     ("3-D input", (x4(3, 8, 8), x4(4, 3, 3, 3)), ValueError, ["input", "4-D", "(3, 8, 8)"]),
     ("channel mismatch", (x4(1, 3, 8, 8), x4(4, 5, 3, 3)), ValueError, ["weight", "5", "3"]),
-    ("5x5 weight", (x4(1, 3, 8, 8), x4(4, 3, 5, 5)), ValueError, ["weight", "3, 3", "(4, 3, 5, 5)"]),
-    ("dtype mismatch", (x4(1, 3, 8, 8), x4(4, 3, 3, 3, dtype=torch.float64)), TypeError,
-     ["weight", "float64", "float32"]),
-    ("integer input", (torch.ones(1, 3, 8, 8, dtype=torch.int32),
-                       torch.ones(4, 3, 3, 3, dtype=torch.int32)), TypeError, ["input", "int32"]),
+    (
+        "5x5 weight",
+        (x4(1, 3, 8, 8), x4(4, 3, 5, 5)),
+        ValueError,
+        ["weight", "3, 3", "(4, 3, 5, 5)"],
+    ),
+    (
+        "dtype mismatch",
+        (x4(1, 3, 8, 8), x4(4, 3, 3, 3, dtype=torch.float64)),
+        TypeError,
+        ["weight", "float64", "float32"],
+    ),
+    (
+        "integer input",
+        (torch.ones(1, 3, 8, 8, dtype=torch.int32), torch.ones(4, 3, 3, 3, dtype=torch.int32)),
+        TypeError,
+        ["input", "int32"],
+    ),
     ("padding 2", (x4(1, 3, 8, 8), x4(4, 3, 3, 3), None, 2), ValueError, ["padding", "2"]),
     ("too small", (x4(1, 3, 2, 8), x4(4, 3, 3, 3), None, 0), ValueError, ["2x8", "too small"]),
     ("bias shape", (x4(1, 3, 8, 8), x4(4, 3, 3, 3), x4(5)), ValueError, ["bias", "[4]", "(5,)"]),
-    ("bias dtype", (x4(1, 3, 8, 8), x4(4, 3, 3, 3), x4(4, dtype=torch.float16)), TypeError,
-     ["bias", "float16"]),
+    (
+        "bias dtype",
+        (x4(1, 3, 8, 8), x4(4, 3, 3, 3), x4(4, dtype=torch.float16)),
+        TypeError,
+        ["bias", "float16"],
+    ),
     ("zero channels", (x4(1, 0, 8, 8), x4(4, 0, 3, 3)), ValueError, ["channel"]),
 ]
 
@@ -58,7 +75,7 @@ def test_conv3x3_bad_flags():
         ok.conv3x3(x4(1, 3, 8, 8), x4(4, 3, 3, 3), None, 1.0)
     with pytest.raises(TypeError, match="relu must be a bool"):
         ok.conv3x3(x4(1, 3, 8, 8), x4(4, 3, 3, 3), None, 1, "yes")
-    with pytest.raises(TypeError, match="input must be a torch.Tensor"):
+    with pytest.raises(TypeError, match=r"input must be a torch\.Tensor"):
         ok.conv3x3([[1.0]], x4(4, 3, 3, 3))
 
 
@@ -79,8 +96,12 @@ POOL_CASES = [
     ("kernel 0", (x4(1, 3, 8, 8), 0), ValueError, ["kernel_size", ">= 1", "0"]),
     ("kernel float", (x4(1, 3, 8, 8), 2.0), TypeError, ["kernel_size", "int"]),
     ("too small", (x4(1, 3, 4, 8), 3), ValueError, ["4x8", "kernel_size 3", "5"]),
-    ("integer dtype", (torch.ones(1, 3, 8, 8, dtype=torch.int64), 2), TypeError,
-     ["input", "int64"]),
+    (
+        "integer dtype",
+        (torch.ones(1, 3, 8, 8, dtype=torch.int64), 2),
+        TypeError,
+        ["input", "int64"],
+    ),
 ]
 
 
@@ -107,8 +128,13 @@ INTERLEAVE_CASES = [
     ("interleave 3-D", ok.interleave, (x4(4, 4, 4), 2), ValueError, ["4-D"]),
     ("deinterleave size", ok.deinterleave, (x4(1, 3, 5, 4), 2), ValueError, ["multiples", "2"]),
     ("deinterleave k", ok.deinterleave, (x4(1, 3, 4, 4), -1), ValueError, ["kernel_size"]),
-    ("complex128", ok.interleave, (torch.zeros(4, 1, 2, 2, dtype=torch.complex128), 2),
-     TypeError, ["complex128"]),
+    (
+        "complex128",
+        ok.interleave,
+        (torch.zeros(4, 1, 2, 2, dtype=torch.complex128), 2),
+        TypeError,
+        ["complex128"],
+    ),
 ]
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch._prims_common import suggest_memory_format
 from conftest import HALF_DTYPES
 from samples import CONV_GRAD_CONFIGS, conv3x3_samples, make_map
 from tolerance import assert_matches, to64
+from torch._prims_common import suggest_memory_format
 
 import overfeat_kernels as ok
 from overfeat_kernels import reference
@@ -56,14 +56,24 @@ def test_backward_matches_reference(device, dtype):
         out.backward(grad)
         leaves = [t for t in (x, w, b) if t is not None]
         ref_leaves = [to64(t).requires_grad_() for t in leaves]
-        ref_args = (ref_leaves[0], ref_leaves[1], ref_leaves[2] if b is not None else None,
-                    pad, relu)
+        ref_args = (
+            ref_leaves[0],
+            ref_leaves[1],
+            ref_leaves[2] if b is not None else None,
+            pad,
+            relu,
+        )
         reference.conv3x3(*ref_args).backward(to64(grad))
         lp_leaves = None
         if dtype in HALF_DTYPES:
             lp_leaves = [t.detach().clone().requires_grad_() for t in leaves]
-            lp_args = (lp_leaves[0], lp_leaves[1], lp_leaves[2] if b is not None else None,
-                       pad, relu)
+            lp_args = (
+                lp_leaves[0],
+                lp_leaves[1],
+                lp_leaves[2] if b is not None else None,
+                pad,
+                relu,
+            )
             reference.conv3x3(*lp_args).backward(grad)
         for i, (t, r) in enumerate(zip(leaves, ref_leaves, strict=True)):
             assert t.grad is not None and t.grad.shape == t.shape, (s.name, i)

@@ -13,8 +13,19 @@ from overfeat_kernels import reference
 
 
 @pytest.mark.parametrize(
-    "dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64,
-              torch.int32, torch.uint8, torch.bool], ids=str)
+    "dtype",
+    [
+        torch.float32,
+        torch.float16,
+        torch.bfloat16,
+        torch.float64,
+        torch.int64,
+        torch.int32,
+        torch.uint8,
+        torch.bool,
+    ],
+    ids=str,
+)
 def test_interleave_equals_reference(device, dtype):
     for s in interleave_samples(device):
         x, k = s.args

@@ -64,8 +64,12 @@ def test_compile_fullgraph_forward_backward(device, backend):
 
 def test_compile_dynamic_shapes(device):
     torch._dynamo.reset()
-    fn = torch.compile(lambda t: ok.interleave(ok.offset_max_pool2d(t, 3), 3), fullgraph=True,
-                       dynamic=True, backend="aot_eager")
+    fn = torch.compile(
+        lambda t: ok.interleave(ok.offset_max_pool2d(t, 3), 3),
+        fullgraph=True,
+        dynamic=True,
+        backend="aot_eager",
+    )
     for h in (17, 20, 26):
         x = torch.randn(1, 2, h, h + 1, device=device)
         assert torch.equal(fn(x), reference.interleave(reference.offset_max_pool2d(x, 3), 3))

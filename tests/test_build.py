@@ -1,0 +1,52 @@
+"""The build: which kernels are compiled in, and a safe import without the module."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import overfeat_kernels as ok
+from overfeat_kernels import _ext
+
+OP_NAMES = [
+    "conv3x3",
+    "conv3x3_backward",
+    "offset_max_pool2d",
+    "offset_max_pool2d_backward",
+    "interleave",
+    "deinterleave",
+]
+
+
+@pytest.mark.parametrize("name", OP_NAMES)
+def test_kernels_registered(name):
+    has = torch._C._dispatch_has_kernel_for_dispatch_key
+    assert has(f"overfeat_kernels::{name}", "CPU")
+    # The CUDA kernels are there exactly when the build compiled them (no GPU needed).
+    assert has(f"overfeat_kernels::{name}", "CUDA") == _ext.with_cuda()
+
+
+def test_cuda_kernels_compiled_when_required():
+    # CI builds with the CUDA toolkit and sets this: the CUDA sources must be compiled in.
+    if os.environ.get("OVERFEAT_KERNELS_REQUIRE_CUDA_BUILD") != "1":
+        pytest.skip("OVERFEAT_KERNELS_REQUIRE_CUDA_BUILD not set")
+    assert _ext.with_cuda(), ok.build_info()
+
+
+def test_import_without_compiled_module_is_safe():
+    # Block the compiled module: the package imports, and an op call says how to build.
+    code = (
+        "import sys; sys.modules['overfeat_kernels._C'] = None\n"
+        "import torch, overfeat_kernels as ok\n"
+        "assert not ok.build_info()['compiled_module']\n"
+        "try:\n"
+        "    ok.conv3x3(torch.randn(1, 1, 3, 3), torch.randn(1, 1, 3, 3))\n"
+        "except ok.ExtensionNotBuiltError as e:\n"
+        "    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "pip install --no-build-isolation -e ." in out.stdout, out.stdout + out.stderr
