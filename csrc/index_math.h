@@ -60,6 +60,28 @@ C10_HOST_DEVICE inline acc_t relu_keep_nan(acc_t v) {
 
 C10_HOST_DEVICE inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Moves `r` to the next element in the same memory order as unravel (no divisions):
+// serial loops unravel once per chunk, then advance.
+C10_HOST_DEVICE inline void advance(Coord4& r, const Shape4& d, bool channels_last) {
+  if (channels_last) {
+    if (++r.c < d.c) return;
+    r.c = 0;
+    if (++r.w < d.w) return;
+    r.w = 0;
+    if (++r.h < d.h) return;
+    r.h = 0;
+    ++r.n;
+  } else {
+    if (++r.w < d.w) return;
+    r.w = 0;
+    if (++r.h < d.h) return;
+    r.h = 0;
+    if (++r.c < d.c) return;
+    r.c = 0;
+    ++r.n;
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // Offset pooling geometry (SPEC "offset_max_pool2d").
 

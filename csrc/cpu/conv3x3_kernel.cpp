@@ -30,9 +30,10 @@ void bias_relu_(at::Tensor& out, const std::optional<at::Tensor>& bias, bool rel
     const at::Tensor b = bias.has_value() ? bias->to(out.scalar_type()).contiguous() : at::Tensor();
     const scalar_t* bp = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, out.numel(), kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t idx = begin; idx < end; ++idx) {
+      Coord4 c = unravel(begin, d, cl);
+      for (int64_t idx = begin; idx < end; ++idx, advance(c, d, cl)) {
         scalar_t v = o[idx];
-        if (bp != nullptr) v += bp[unravel(idx, d, cl).c];
+        if (bp != nullptr) v += bp[c.c];
         o[idx] = relu ? relu_keep_nan(v) : v;
       }
     });
@@ -68,8 +69,8 @@ at::Tensor masked_grad(const at::Tensor& grad_output, const std::optional<at::Te
     const scalar_t* ro = relu_output.has_value() ? relu_output->const_data_ptr<scalar_t>() : nullptr;
     acc_t* out = g.mutable_data_ptr<acc_t>();
     at::parallel_for(0, g.numel(), kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t idx = begin; idx < end; ++idx) {
-        const Coord4 p = unravel(idx, d, cl);
+      Coord4 p = unravel(begin, d, cl);
+      for (int64_t idx = begin; idx < end; ++idx, advance(p, d, cl)) {
         const bool pass = ro == nullptr || static_cast<acc_t>(ro[offset_of(ro_s, p.n, p.c, p.h, p.w)]) > acc_t(0);
         out[idx] = pass ? static_cast<acc_t>(go[offset_of(go_s, p.n, p.c, p.h, p.w)]) : acc_t(0);
       }

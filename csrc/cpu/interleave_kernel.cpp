@@ -23,8 +23,8 @@ at::Tensor permute_cpu(const at::Tensor& input, int64_t k, const Shape4& out_sha
     const T* in = static_cast<const T*>(input.const_data_ptr());
     T* o = static_cast<T*>(out.mutable_data_ptr());
     at::parallel_for(0, out.numel(), kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t idx = begin; idx < end; ++idx) {
-        const Coord4 c = unravel(idx, out_shape, cl);
+      Coord4 c = unravel(begin, out_shape, cl);
+      for (int64_t idx = begin; idx < end; ++idx, advance(c, out_shape, cl)) {
         o[idx] = in[kInterleave ? interleave_source(in_s, k, c) : deinterleave_source(in_s, k, c)];
       }
     });

@@ -23,9 +23,9 @@ at::Tensor offset_max_pool2d_cpu(const at::Tensor& input, int64_t kernel_size) {
     const scalar_t* in = input.const_data_ptr<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, out.numel(), kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t idx = begin; idx < end; ++idx) {
-        o[idx] = offset_pool_forward_element<scalar_t, acc_t>(in, in_s, g,
-                                                              unravel(idx, g.out, cl));
+      Coord4 c = unravel(begin, g.out, cl);
+      for (int64_t idx = begin; idx < end; ++idx, advance(c, g.out, cl)) {
+        o[idx] = offset_pool_forward_element<scalar_t, acc_t>(in, in_s, g, c);
       }
     });
   });
@@ -45,9 +45,9 @@ at::Tensor offset_max_pool2d_backward_cpu(const at::Tensor& grad_output,
     const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
     scalar_t* gi = grad_input.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, grad_input.numel(), kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t idx = begin; idx < end; ++idx) {
-        gi[idx] = offset_pool_backward_element<scalar_t, acc_t>(go, go_s, in, in_s, g,
-                                                                unravel(idx, g.in, cl));
+      Coord4 c = unravel(begin, g.in, cl);
+      for (int64_t idx = begin; idx < end; ++idx, advance(c, g.in, cl)) {
+        gi[idx] = offset_pool_backward_element<scalar_t, acc_t>(go, go_s, in, in_s, g, c);
       }
     });
   });

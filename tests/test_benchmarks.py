@@ -1,0 +1,61 @@
+"""The benchmark's own logic, on the CPU: its op tables compare like with like, and its
+OverFeat geometry gives the paper's layer-5 sizes. (Timing itself needs a GPU.)"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+
+spec = importlib.util.spec_from_file_location(
+    "bench_ops", Path(__file__).parents[1] / "benchmarks" / "bench_ops.py"
+)
+bench_ops = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench_ops)
+
+
+def test_overfeat_layer5_sizes():
+    sizes = [bench_ops.overfeat_accurate_layer5(h, w) for h, w in bench_ops.OVERFEAT_SCALES]
+    assert sizes[0] == (17, 17) and sizes[-1] == (35, 44)
+    assert bench_ops.OVERFEAT_LAYERS[0][3:] == (35, 44)
+
+
+def test_vgg16_layer_table():
+    layers = bench_ops.VGG16_LAYERS
+    assert len(layers) == 13
+    for (_, _, k_prev, h_prev, _), (_, c, _, h, _) in itertools.pairwise(layers):
+        assert c == k_prev and h in (h_prev, h_prev // 2)
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_conv_functions_agree(fmt):
+    x, w, b, g = (t.cpu() for t in _cpu_conv_inputs(fmt))
+    torch.testing.assert_close(bench_ops._ours_fwd(x, w, b, g), bench_ops._eager_fwd(x, w, b, g))
+    ours = bench_ops._ours_bwd(x, w, b, g)
+    base = bench_ops._cudnn_bwd(x, w, b, g)
+    for i in (0, 1):
+        torch.testing.assert_close(ours[i], base[i], rtol=1e-4, atol=1e-4)
+
+
+def _cpu_conv_inputs(fmt):
+    return (
+        torch.randn(2, 5, 9, 8).contiguous(memory_format=fmt),
+        torch.randn(4, 5, 3, 3),
+        torch.randn(4),
+        torch.randn(2, 4, 9, 8).contiguous(memory_format=fmt),
+    )
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_pool_op_table_agrees(k):
+    n, c, h, w = 2, 3, 14, 17
+    x = torch.randn(n, c, h, w)
+    p = torch.ops.overfeat_kernels.offset_max_pool2d(x, k)
+    g = torch.randn_like(p)
+    table = bench_ops.pool_ops(k, h, w, torch.contiguous_format, x.numel() * 4, p.numel() * 4)
+    for name, (ours, ref, nbytes) in table.items():
+        assert nbytes > 0
+        torch.testing.assert_close(ours(x, p, g), ref(x, p, g), msg=name)

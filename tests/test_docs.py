@@ -1,0 +1,47 @@
+"""The examples in the docstrings and the README run and print what they claim."""
+
+from __future__ import annotations
+
+import doctest
+import re
+from pathlib import Path
+
+import pytest
+
+import overfeat_kernels
+from overfeat_kernels import nn, ops
+
+
+@pytest.mark.parametrize("module", [overfeat_kernels, ops, nn], ids=lambda m: m.__name__)
+def test_docstring_examples(module):
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_readme_python_example():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    assert blocks
+    for code in blocks:
+        exec(compile(code, "README.md", "exec"), {})
+
+
+def test_cli_help_and_info(capsys):
+    from overfeat_kernels import cli
+
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "demo" in out and "examples:" in out
+    assert cli.main(["info"]) == 0
+    assert '"compiled_module": true' in capsys.readouterr().out
+
+
+def test_demo_runs_and_agrees(capsys):
+    from overfeat_kernels import cli
+
+    assert cli.main(["demo", "--device", "cpu", "--size", "12", "--channels", "8",
+                     "--reps", "1"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "all ops agree" in out and "NO" not in out.split()
