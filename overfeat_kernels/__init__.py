@@ -9,7 +9,7 @@ support.
     torch.Size([1, 128, 33, 33])
 """
 
-from . import nn, reference
+from . import dense, models, nn, reference, weights
 from ._ext import ExtensionNotBuiltError, build_info
 from .ops import conv3x3, deinterleave, interleave, offset_max_pool2d
 
@@ -20,8 +20,11 @@ __all__ = [
     "build_info",
     "conv3x3",
     "deinterleave",
+    "dense",
     "interleave",
+    "models",
     "nn",
     "offset_max_pool2d",
     "reference",
+    "weights",
 ]

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from . import ops
 
-__all__ = ["Conv3x3", "Deinterleave", "Interleave", "OffsetMaxPool2d"]
+__all__ = ["Conv3x3", "Deinterleave", "Interleave", "OffsetMaxPool2d", "convert"]
 
 
 class Conv3x3(nn.Module):
@@ -62,15 +62,7 @@ class Conv3x3(nn.Module):
     @classmethod
     def from_conv2d(cls, conv: nn.Conv2d, relu: bool = False) -> Conv3x3:
         """A Conv3x3 sharing `conv`'s parameters (no copy); `conv` must be eligible."""
-        if not (
-            isinstance(conv, nn.Conv2d)
-            and conv.kernel_size == (3, 3)
-            and conv.stride == (1, 1)
-            and conv.dilation == (1, 1)
-            and conv.groups == 1
-            and conv.padding in ((0, 0), (1, 1))
-            and conv.padding_mode == "zeros"
-        ):
+        if not eligible(conv):
             raise ValueError(
                 "Conv3x3.from_conv2d: needs an nn.Conv2d with kernel 3x3, stride 1, dilation 1, "
                 f"groups 1, zero padding 0 or 1; got {conv}"
@@ -125,3 +117,57 @@ class Deinterleave(_WithKernelSize):
 
     def forward(self, input: Tensor) -> Tensor:
         return ops.deinterleave(input, self.kernel_size)
+
+
+def eligible(module: nn.Module) -> bool:
+    """Whether `module` is an nn.Conv2d that Conv3x3 computes exactly: kernel 3x3, stride 1,
+    dilation 1, groups 1, zero padding 0 or 1."""
+    return (
+        type(module) is nn.Conv2d
+        and module.kernel_size == (3, 3)
+        and module.stride == (1, 1)
+        and module.dilation == (1, 1)
+        and module.groups == 1
+        and module.padding in ((0, 0), (1, 1))
+        and module.padding_mode == "zeros"
+    )
+
+
+def convert(module: nn.Module, verbose: bool = True) -> nn.Module:
+    """Swaps, in place, every eligible nn.Conv2d of `module` for our Conv3x3.
+
+    Eligible: kernel 3x3, stride 1, padding 0 or 1, dilation 1, groups 1. The weights are
+    shared, not copied. An nn.ReLU that directly follows the convolution in an nn.Sequential
+    is fused into it (and replaced by nn.Identity). Returns `module` (or its replacement if
+    `module` itself is eligible); with verbose, prints what was replaced.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 5))
+        >>> convert(net, verbose=False)[0]
+        Conv3x3(3, 8, padding=1, bias=True, relu=True)
+    """
+    replaced: list[str] = []
+
+    def visit(parent: nn.Module, prefix: str) -> None:
+        children = list(parent.named_children())
+        for i, (name, child) in enumerate(children):
+            if not eligible(child):
+                visit(child, f"{prefix}{name}.")
+                continue
+            fuse = (isinstance(parent, nn.Sequential) and i + 1 < len(children)
+                    and type(children[i + 1][1]) is nn.ReLU)  # fmt: skip
+            setattr(parent, name, Conv3x3.from_conv2d(child, relu=fuse))
+            if fuse:
+                setattr(parent, children[i + 1][0], nn.Identity())
+            replaced.append(f"{prefix}{name}" + (" (+ ReLU)" if fuse else ""))
+
+    if eligible(module):
+        module, replaced = Conv3x3.from_conv2d(module), ["<root>"]
+    else:
+        visit(module, "")
+    if verbose:
+        print(
+            f"overfeat_kernels.nn.convert: replaced {len(replaced)} convolution(s)"
+            + (": " + ", ".join(replaced) if replaced else "")
+        )
+    return module

@@ -1,0 +1,190 @@
+"""Dense evaluation: class score maps over whole images, coarse or at OverFeat's fine
+stride, and multi-scale classification (OverFeat §3.3–3.5; VGG §3.2).
+
+The fully-connected layers run as convolutions (fc6 as an s x s convolution, the rest
+1x1) through *views* of the model's own parameters: nothing is copied per call, and
+training the model updates what dense evaluation uses.
+
+    >>> from overfeat_kernels import models
+    >>> model = models.overfeat("accurate").eval()
+    >>> score_map(model, torch.randn(1, 3, 245, 245)).shape      # fine stride: 12 pixels
+    torch.Size([1, 1000, 3, 3])
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import ops
+
+__all__ = ["OVERFEAT_SCALES", "VGG_SCALES", "classify", "score_map", "topk"]
+
+# OverFeat Table 5: the six input sizes (height x width) of multi-scale evaluation.
+OVERFEAT_SCALES = ((245, 245), (281, 317), (317, 389), (389, 461), (425, 497), (461, 569))
+# VGG §3.2: the smallest image side Q of multi-scale evaluation.
+VGG_SCALES = (256, 384, 512)
+
+
+def _spec(model: nn.Module):
+    spec = getattr(model, "dense_spec", None)
+    if spec is None:
+        raise TypeError(
+            "dense evaluation needs a model from overfeat_kernels.models (it has no "
+            f"dense_spec): got {type(model).__name__}"
+        )
+    return spec
+
+
+def _check_images(images: object, min_size: int, fn: str) -> Tensor:
+    if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3:
+        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"{fn}: images must be a [N, 3, H, W] tensor, got {shape}")
+    if not images.is_floating_point():
+        raise TypeError(f"{fn}: images must be a float tensor (preprocessed), got {images.dtype}")
+    h, w = images.shape[-2:]
+    if h < min_size or w < min_size:
+        raise ValueError(
+            f"{fn}: images of {h}x{w} are smaller than the model's input size "
+            f"{min_size}x{min_size}; resize them to at least that"
+        )
+    return images
+
+
+def _classifier_as_convs(model: nn.Module, x: Tensor, first_dilation: int = 1) -> Tensor:
+    """Runs model.classifier on a feature map, its Linear layers as convolutions."""
+    spec = _spec(model)
+    first = True
+    for m in model.classifier:
+        if isinstance(m, nn.Linear):
+            if first:
+                s = spec.fc_kernel
+                weight = m.weight.view(m.out_features, m.in_features // (s * s), s, s)
+                x = F.conv2d(x, weight, m.bias, dilation=first_dilation)
+                first = False
+            else:
+                x = F.conv2d(x, m.weight.view(m.out_features, m.in_features, 1, 1), m.bias)
+        else:  # ReLU, Dropout: elementwise, any shape
+            x = m(x)
+    return x
+
+
+def score_map(
+    model: nn.Module, images: Tensor, fine_stride: bool = True, method: str = "offsets"
+) -> Tensor:
+    """Class score map ``[N, classes, h, w]`` of `images` (preprocessed, at least the
+    model's input size).
+
+    Args:
+        model: a VGG or OverFeat model from ``overfeat_kernels.models``.
+        images: ``[N, 3, H, W]`` float tensor, preprocessed as the model expects.
+        fine_stride: False gives the coarse map (stride 32 for VGG and OverFeat fast, 36
+            for accurate). True gives the map at k times finer stride (16, 16, 12), k being
+            the last max-pool's kernel.
+        method: for ``fine_stride=True``. ``"offsets"``: OverFeat §3.3 / Fig. 3, offset
+            pooling at the last pool, the classifier on the k*k pooled maps as one batch,
+            then interleave. ``"dilated"``: a stride-1 pool and a first classifier layer
+            dilated by k; its map contains the offsets map as its top-left block, and may
+            be larger (offset pooling drops the trailing pixels not every offset can use).
+
+    Example:
+        >>> from overfeat_kernels import models
+        >>> score_map(models.vgg16().eval(), torch.randn(1, 3, 256, 256)).shape
+        torch.Size([1, 1000, 2, 2])
+    """
+    spec = _spec(model)
+    _check_images(images, spec.input_size, "score_map")
+    if method not in ("offsets", "dilated"):
+        raise ValueError(f"score_map: method must be 'offsets' or 'dilated', got {method!r}")
+    trunk, last_pool = model.features[:-1], model.features[-1]
+    pre = trunk(images)  # the last feature map before the last max-pool
+    if not fine_stride:
+        return _classifier_as_convs(model, last_pool(pre))
+    k, s = spec.pool_kernel, spec.fc_kernel
+    if method == "dilated":
+        return _classifier_as_convs(model, F.max_pool2d(pre, k, stride=1), first_dilation=k)
+    side = min(pre.shape[-2:])
+    if (side - k + 1) // k < s:
+        need = k * s + k - 1
+        more = (need - side) * spec.stride // k
+        raise ValueError(
+            f"score_map: fine stride with method='offsets' needs a last feature map of at "
+            f"least {need}x{need} before the last pool, got {tuple(pre.shape[-2:])}: use images "
+            f"about {more} pixels larger, or method='dilated'"
+        )
+    return ops.interleave(_classifier_as_convs(model, ops.offset_max_pool2d(pre, k)), k)
+
+
+def _resize(images: Tensor, scale: int | tuple[int, int]) -> Tensor:
+    if isinstance(scale, int):  # smallest side = scale, aspect kept
+        h, w = images.shape[-2:]
+        size = (scale, max(scale, round(w * scale / h))) if h <= w else (
+            max(scale, round(h * scale / w)), scale)  # fmt: skip
+    else:
+        size = tuple(scale)
+    if tuple(images.shape[-2:]) == size:
+        return images
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+@torch.no_grad()
+def classify(
+    model: nn.Module,
+    images: Tensor,
+    scales: tuple | list | None = None,
+    flip: bool = True,
+    reduce: str | None = None,
+    fine_stride: bool | None = None,
+) -> Tensor:
+    """Multi-scale (and flipped) dense classification; returns class scores ``[N, classes]``.
+
+    Defaults follow each paper. OverFeat: the six Table 5 sizes, fine stride, per scale and
+    flip the spatial max of each class's score, then the average (``reduce="max"``). VGG:
+    smallest side Q in {256, 384, 512}, the coarse map, the spatial mean of the softmax,
+    averaged over scales and flips (``reduce="mean_softmax"``). Images of one scale go
+    through as one batch.
+
+    Args:
+        images: ``[N, 3, H, W]`` preprocessed float tensor (any size; resized per scale).
+        scales: ints (smallest side, aspect kept) or (height, width) pairs.
+        flip: also evaluate the horizontally flipped images.
+        reduce: "max" (OverFeat) or "mean_softmax" (VGG).
+        fine_stride: score maps at fine stride (default: True for OverFeat, False for VGG).
+            Where the offsets map would be empty (the smallest scales of OverFeat fast), the
+            dilated path is used: same values, a superset of positions.
+    """
+    spec = _spec(model)
+    is_overfeat = hasattr(model, "variant")
+    scales = scales if scales is not None else (OVERFEAT_SCALES if is_overfeat else VGG_SCALES)
+    reduce = reduce or ("max" if is_overfeat else "mean_softmax")
+    fine_stride = is_overfeat if fine_stride is None else fine_stride
+    if reduce not in ("max", "mean_softmax"):
+        raise ValueError(f"classify: reduce must be 'max' or 'mean_softmax', got {reduce!r}")
+    if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError("classify: images must be a [N, 3, H, W] tensor")
+    total = None
+    count = 0
+    for scale in scales:
+        x = _resize(images, scale)
+        _check_images(x, spec.input_size, f"classify (scale {scale})")
+        batch = torch.cat([x, x.flip(-1)]) if flip else x
+        try:
+            maps = score_map(model, batch, fine_stride=fine_stride)
+        except ValueError:
+            if not fine_stride:
+                raise
+            maps = score_map(model, batch, fine_stride=True, method="dilated")
+        if reduce == "max":
+            per_image = maps.amax(dim=(-2, -1))
+        else:
+            per_image = maps.float().softmax(dim=1).mean(dim=(-2, -1))
+        per_image = per_image.float().view(-1, images.shape[0], per_image.shape[1]).sum(0)
+        total = per_image if total is None else total + per_image
+        count += 2 if flip else 1
+    return total / count
+
+
+def topk(scores: Tensor, k: int = 5) -> tuple[Tensor, Tensor]:
+    """The k best (scores, class indices) per image, best first."""
+    return scores.topk(k, dim=-1)
