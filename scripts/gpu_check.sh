@@ -35,5 +35,8 @@ tail -15 "$out/pytest.log"
 echo "[gpu_check] benchmarks ${mode:-(full)} (log: $out/bench_ops.log)"
 $PYTHON benchmarks/bench_ops.py $mode --out "$out/bench_ops.json" 2>&1 | tee "$out/bench_ops.log"
 bench_status=${PIPESTATUS[0]}
+$PYTHON benchmarks/bench_models.py $mode --out "$out/bench_models.json" 2>&1 \
+  | tee "$out/bench_models.log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || bench_status=1
 echo "[gpu_check] tests exit $test_status, benchmarks exit $bench_status"
 [ "$test_status" -eq 0 ] && [ "$bench_status" -eq 0 ]

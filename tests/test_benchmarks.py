@@ -59,3 +59,36 @@ def test_pool_op_table_agrees(k):
     for name, (ours, ref, nbytes) in table.items():
         assert nbytes > 0
         torch.testing.assert_close(ours(x, p, g), ref(x, p, g), msg=name)
+
+
+bm_spec = importlib.util.spec_from_file_location(
+    "bench_models", Path(__file__).parents[1] / "benchmarks" / "bench_models.py"
+)
+bench_models = importlib.util.module_from_spec(bm_spec)
+bm_spec.loader.exec_module(bench_models)
+
+
+def test_stock_copy_computes_the_same_network():
+    from overfeat_kernels import models
+    from overfeat_kernels.nn import Conv3x3
+
+    ours = models.overfeat("fast", num_classes=3).eval()
+    stock = bench_models.to_stock(ours)
+    assert not any(isinstance(m, Conv3x3) for m in stock.modules())
+    x = torch.randn(1, 3, 231, 231)
+    with torch.no_grad():
+        torch.testing.assert_close(stock(x), ours(x))
+
+
+def test_crops_match_fine_map_positions():
+    # One crop at stride 12 per position of accurate's fine-stride map: a fair comparison.
+    from overfeat_kernels import dense, models
+
+    model = models.overfeat("accurate").to("meta").eval()
+    x = torch.empty(1, 3, 461, 569, device="meta")
+    crops = bench_models.crop_by_crop(model, x, dense.OVERFEAT_SCALES)
+    positions = sum(
+        dense.score_map(model, dense._resize(x, s)).shape[-2:].numel()
+        for s in dense.OVERFEAT_SCALES
+    )
+    assert crops == positions == 1575

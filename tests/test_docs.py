@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 
 import overfeat_kernels
-from overfeat_kernels import nn, ops
+from overfeat_kernels import dense, models, nn, ops
 
 
-@pytest.mark.parametrize("module", [overfeat_kernels, ops, nn], ids=lambda m: m.__name__)
+@pytest.mark.parametrize(
+    "module", [overfeat_kernels, ops, nn, models, dense], ids=lambda m: m.__name__
+)
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
