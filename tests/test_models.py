@@ -63,9 +63,10 @@ def test_torchvision_state_dicts_load_strictly(name):
         torch.testing.assert_close(ours(x), tv(x), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("config", ["A", "A-LRN", "C", "E"])
-def test_gradients_flow_vgg(config):
-    model = models.vgg(config, batch_norm=config == "E", num_classes=7).train()
+@pytest.mark.parametrize("batch_norm", [False, True], ids=["plain", "bn"])
+@pytest.mark.parametrize("config", list(PARAMS_M))
+def test_gradients_flow_vgg(config, batch_norm):
+    model = models.vgg(config, batch_norm=batch_norm, num_classes=7).train()
     out = model(torch.randn(2, 3, 32, 32))  # the adaptive average pool accepts any size
     nn.functional.cross_entropy(out, torch.tensor([1, 5])).backward()
     for name, p in model.named_parameters():
