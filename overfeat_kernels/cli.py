@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 
 import torch
 
@@ -13,7 +15,22 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 EPILOG = """examples:
   overfeat-kernels info                  what was built, what this machine can run
   overfeat-kernels demo                  every op vs. the reference, timed (GPU if present)
-  overfeat-kernels demo --device cpu --dtype bfloat16 --size 28
+  overfeat-kernels layers vgg16          the extractable layers and their output shapes
+  overfeat-kernels extract --model vgg16 --weights vgg16.pth --layers fc7,pool5 \\
+      --out features/ --batch-size 64 --dtype bfloat16 photos/ @more.txt
+"""
+
+EXTRACT_EPILOG = """Outputs in --out: <layer>.npy per layer (rows in index.csv order,
+memory-mappable; float32), index.csv (row,path,status,reason), manifest.json. A killed
+run, re-run with the same arguments, resumes where it stopped; other arguments are
+refused. Several GPUs:
+  torchrun --nproc_per_node 4 -m overfeat_kernels extract ...   (same files as one process)
+Exit status: 0 all images extracted, 3 finished but some inputs were skipped (see
+index.csv), 2 bad arguments, 1 failure.
+
+example:
+  overfeat-kernels extract --model vgg16 --random-init --layers conv5_3,fc7 --pool avg \\
+      --out out/ --device cpu images/
 """
 
 
@@ -39,6 +56,38 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return 1
     print("all ops agree with the reference.")
     return 0
+
+
+def _cmd_layers(args: argparse.Namespace) -> int:
+    from . import layers, models
+
+    with torch.device("meta"):  # shapes only: no weights in memory
+        model = models.build_model(args.model)
+    size = args.size or model.dense_spec.input_size
+    print(f"{args.model}: extractable layers at {size}x{size} (shape per image)")
+    for name, shape in layers.layer_shapes(model, size):
+        print(f"  {name:10} {'x'.join(map(str, shape))}")
+    return 0
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from . import extract
+
+    cfg = extract.ExtractConfig(
+        model=args.model, layers=[s for s in args.layers.split(",") if s], out=args.out,
+        inputs=args.inputs, weights=args.weights, random_init=args.random_init, seed=args.seed,
+        batch_size=args.batch_size, dtype=args.dtype, device=args.device, workers=args.workers,
+        pool=args.pool, size=args.size, dense=args.dense, format=args.format,
+        shard_size=args.shard_size, min_size=args.min_size, progress=not args.no_progress,
+    )  # fmt: skip
+    try:
+        result = extract.extract(cfg)
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        print(f"overfeat-kernels extract: error: {err}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(extract.main_summary(result))
+    return 3 if result.skipped else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +117,108 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--channels", type=int, default=64, help="channels (default: 64)")
     demo.add_argument("--reps", type=int, default=10, help="timed repetitions (default: 10)")
     demo.set_defaults(func=_cmd_demo)
+
+    from .models import MODEL_NAMES
+
+    lay = sub.add_parser("layers", help="list a model's extractable layers and their shapes")
+    lay.add_argument(
+        "model",
+        choices=list(MODEL_NAMES),
+        metavar="MODEL",
+        help="one of: " + ", ".join(MODEL_NAMES),
+    )
+    lay.add_argument("--size", type=int, default=None, help="input size (default: the model's)")
+    lay.set_defaults(func=_cmd_layers)
+
+    ex = sub.add_parser("extract", help="extract features of image files with a model",
+                        epilog=EXTRACT_EPILOG,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    ex.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image files, folders (searched recursively) or @list.txt files",
+    )
+    ex.add_argument(
+        "--model",
+        required=True,
+        choices=list(MODEL_NAMES),
+        metavar="MODEL",
+        help="one of: " + ", ".join(MODEL_NAMES),
+    )
+    src = ex.add_mutually_exclusive_group(required=True)
+    src.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="trained weights: torchvision/timm VGG .pth or .safetensors; OverFeat "
+        "release file (net_weight_0 / net_weight_1) or state dict",
+    )
+    src.add_argument(
+        "--random-init",
+        action="store_true",
+        help="random weights (seeded by --seed): for tests and timing",
+    )
+    ex.add_argument("--seed", type=int, default=0, help="seed of --random-init (default: 0)")
+    ex.add_argument(
+        "--layers",
+        required=True,
+        help="comma-separated layer names (see `overfeat-kernels layers MODEL`)",
+    )
+    ex.add_argument("--out", required=True, type=Path, help="output folder")
+    ex.add_argument("--batch-size", type=int, default=32, help="images per batch (default: 32)")
+    ex.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default="float32",
+        help="compute precision (features are saved as float32; default: float32)",
+    )
+    ex.add_argument(
+        "--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available"
+    )
+    ex.add_argument(
+        "--workers",
+        type=int,
+        default=min(8, os.cpu_count() or 1),
+        help="decoding processes (default: min(8, CPU count))",
+    )
+    ex.add_argument(
+        "--pool",
+        choices=["none", "avg", "max"],
+        default=None,
+        help="pool feature maps over space (default: none; avg with --dense)",
+    )
+    size = ex.add_mutually_exclusive_group()
+    size.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="resize the shorter side to S and crop the centre SxS (default: the "
+        "model's input size)",
+    )
+    size.add_argument(
+        "--dense",
+        action="store_true",
+        help="evaluate each whole image at its own size (fc layers as "
+        "convolutions), one pooled row per image",
+    )
+    ex.add_argument(
+        "--format",
+        choices=["npy", "safetensors"],
+        default="npy",
+        help="output format (default: npy)",
+    )
+    ex.add_argument(
+        "--shard-size", type=int, default=1000, help="images per resumable shard (default: 1000)"
+    )
+    ex.add_argument(
+        "--min-size",
+        type=int,
+        default=None,
+        help="skip images with a shorter side below this (default: 32; the model's "
+        "input size with --dense)",
+    )
+    ex.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ex.set_defaults(func=_cmd_extract)
     return parser
 
 

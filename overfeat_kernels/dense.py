@@ -52,19 +52,25 @@ def _check_images(images: object, min_size: int, fn: str) -> Tensor:
     return images
 
 
+def linear_as_conv(layer: nn.Linear, x: Tensor, kernel: int = 1, dilation: int = 1) -> Tensor:
+    """`layer` applied at every position of the map `x` as a kernel x kernel convolution,
+    through a view of its weight (no copy)."""
+    weight = layer.weight.view(layer.out_features, layer.in_features // kernel**2, kernel, kernel)
+    return F.conv2d(x, weight, layer.bias, dilation=dilation)
+
+
 def _classifier_as_convs(model: nn.Module, x: Tensor, first_dilation: int = 1) -> Tensor:
     """Runs model.classifier on a feature map, its Linear layers as convolutions."""
     spec = _spec(model)
     first = True
     for m in model.classifier:
         if isinstance(m, nn.Linear):
-            if first:
-                s = spec.fc_kernel
-                weight = m.weight.view(m.out_features, m.in_features // (s * s), s, s)
-                x = F.conv2d(x, weight, m.bias, dilation=first_dilation)
-                first = False
-            else:
-                x = F.conv2d(x, m.weight.view(m.out_features, m.in_features, 1, 1), m.bias)
+            x = (
+                linear_as_conv(m, x, spec.fc_kernel, first_dilation)
+                if first
+                else linear_as_conv(m, x)
+            )
+            first = False
         else:  # ReLU, Dropout: elementwise, any shape
             x = m(x)
     return x

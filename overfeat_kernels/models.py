@@ -23,10 +23,12 @@ from torch import Tensor, nn
 from .nn import Conv3x3
 
 __all__ = [
+    "MODEL_NAMES",
     "VGG",
     "VGG_CONFIGS",
     "DenseSpec",
     "OverFeat",
+    "build_model",
     "overfeat",
     "vgg",
     "vgg11",
@@ -245,3 +247,26 @@ class OverFeat(nn.Module):
 def overfeat(variant: str = "accurate", num_classes: int = 1000) -> OverFeat:
     """OverFeat "fast" (Table 1) or "accurate" (Table 3) with random weights."""
     return OverFeat(variant, num_classes)
+
+
+# Names for the command line and configuration files.
+MODEL_NAMES: dict[str, tuple] = {
+    **{f"vgg{d}": (vgg, c, False) for d, c in (("11", "A"), ("13", "B"), ("16", "D"), ("19", "E"))},
+    **{
+        f"vgg{d}_bn": (vgg, c, True)
+        for d, c in (("11", "A"), ("13", "B"), ("16", "D"), ("19", "E"))
+    },
+    **{f"vgg-{c}": (vgg, c, False) for c in VGG_CONFIGS},
+    "overfeat-fast": (overfeat, "fast"),
+    "overfeat-accurate": (overfeat, "accurate"),
+}
+
+
+def build_model(name: str, num_classes: int = 1000) -> nn.Module:
+    """A model by its command-line name (see MODEL_NAMES), with random weights."""
+    if name not in MODEL_NAMES:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
+    fn, *args = MODEL_NAMES[name]
+    if fn is vgg:
+        return vgg(args[0], batch_norm=args[1], num_classes=num_classes)
+    return overfeat(args[0], num_classes=num_classes)
