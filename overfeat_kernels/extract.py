@@ -27,7 +27,6 @@ import os
 import shutil
 import sys
 import time
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -87,15 +86,18 @@ class ExtractConfig:
 
 @dataclass
 class ExtractResult:
-    images: int
+    images: int  # inputs listed in index.csv
     ok: int
     skipped: int
-    seconds: float
+    seconds: float  # the whole run, start-up included
+    computed: int = 0  # images decoded and run by this process in this run
+    compute_seconds: float = 0.0  # time spent on them (decoding, model, writing shards)
     outputs: list[Path] = field(default_factory=list)
 
     @property
     def images_per_second(self) -> float:
-        return self.ok / self.seconds if self.seconds > 0 else 0.0
+        """Throughput of this run's extraction phase (start-up excluded)."""
+        return self.computed / self.compute_seconds if self.compute_seconds > 0 else 0.0
 
 
 # ---------------------------------------------------------------------------------------
@@ -259,7 +261,7 @@ def _compute_shard(model, cfg, device, paths, indices, size, min_size, bar) -> t
         good = [(i, t) for i, t, _ in batch if t is not None]
         for i, t, reason in batch:
             if t is None:
-                warnings.warn(f"skipping {paths[indices[i]]}: {reason}", stacklevel=1)
+                bar.write(f"warning: skipping {paths[indices[i]]}: {reason}", file=sys.stderr)
         status = {i: ("ok", "") if t is not None else ("skipped", r) for i, t, r in batch}
         if good:
             x = torch.stack([t for _, t in good]).to(device, non_blocking=True)
@@ -339,6 +341,11 @@ def _run(cfg: ExtractConfig, device, rank: int, world: int, start: float) -> Ext
     spec = model.dense_spec
     size = cfg.size or spec.input_size
     min_size = cfg.min_size or (spec.input_size if cfg.dense else 32)
+    if cfg.dense and min_size < spec.input_size:
+        raise ValueError(
+            f"--min-size {min_size}: with --dense, images must be at least the model's input "
+            f"size ({spec.input_size}); smaller ones are skipped, so --min-size must be >= it"
+        )
     # Shapes first: an impossible layer / size combination fails before anything is written.
     shapes = _feature_shapes(model, cfg, spec.input_size if cfg.dense else size)
     out, partial = Path(cfg.out), Path(cfg.out) / ".partial"
@@ -360,6 +367,7 @@ def _run(cfg: ExtractConfig, device, rank: int, world: int, start: float) -> Ext
     total = sum(len(range(k * cfg.shard_size, min(len(paths), (k + 1) * cfg.shard_size)))
                 for k in todo)  # fmt: skip
     done_now = 0
+    compute_start = time.perf_counter()
     with tqdm(total=total, unit="img", disable=not cfg.progress or rank != 0,
               desc=f"extract {cfg.model}", dynamic_ncols=True) as bar:  # fmt: skip
         for k in todo:
@@ -369,12 +377,15 @@ def _run(cfg: ExtractConfig, device, rank: int, world: int, start: float) -> Ext
             done_now += 1
             if os.environ.get(TEST_EXIT_AFTER_SHARDS) == str(done_now):
                 os._exit(137)
+    compute_seconds = time.perf_counter() - compute_start
     if world > 1:
         dist.barrier()
     outputs = _merge(out, partial, n_shards, cfg, shapes, settings) if rank == 0 else []
     if world > 1:
         dist.barrier()
-    return _summary(out, start, outputs)
+    result = _summary(out, start, outputs)
+    result.computed, result.compute_seconds = total, compute_seconds
+    return result
 
 
 def _merge(out: Path, partial: Path, n_shards: int, cfg: ExtractConfig,
@@ -436,8 +447,11 @@ def _summary(out: Path, start: float, outputs: list[Path]) -> ExtractResult:
 
 
 def main_summary(result: ExtractResult) -> str:
+    """The final line: images, skipped, seconds, images/s."""
+    rate = (f"{result.images_per_second:.1f} images/s over the {result.computed} computed now"
+            if result.computed else "nothing left to compute")  # fmt: skip
     return (f"extracted {result.ok} images, skipped {result.skipped}, in {result.seconds:.1f} s "
-            f"({result.images_per_second:.1f} images/s)")  # fmt: skip
+            f"({rate})")  # fmt: skip
 
 
 if __name__ == "__main__":  # pragma: no cover

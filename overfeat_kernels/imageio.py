@@ -46,8 +46,8 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
-    return np.asarray(im.convert("RGB"))
+        return np.array(Image.alpha_composite(white, rgba).convert("RGB"))
+    return np.array(im.convert("RGB"))  # a writable copy (torch refuses read-only arrays)
 
 
 def resize_center_crop(pixels: np.ndarray, size: int) -> torch.Tensor:
