@@ -19,7 +19,16 @@ from torch import Tensor, nn
 
 from . import ops
 
-__all__ = ["OVERFEAT_SCALES", "VGG_SCALES", "classify", "score_map", "topk"]
+__all__ = [
+    "OVERFEAT_SCALES",
+    "VGG_SCALES",
+    "classify",
+    "dense_maps",
+    "head_as_convs",
+    "linear_as_conv",
+    "score_map",
+    "topk",
+]
 
 # OverFeat Table 5: the six input sizes (height x width) of multi-scale evaluation.
 OVERFEAT_SCALES = ((245, 245), (281, 317), (317, 389), (389, 461), (425, 497), (461, 569))
@@ -59,21 +68,58 @@ def linear_as_conv(layer: nn.Linear, x: Tensor, kernel: int = 1, dilation: int =
     return F.conv2d(x, weight, layer.bias, dilation=dilation)
 
 
-def _classifier_as_convs(model: nn.Module, x: Tensor, first_dilation: int = 1) -> Tensor:
-    """Runs model.classifier on a feature map, its Linear layers as convolutions."""
-    spec = _spec(model)
+def head_as_convs(
+    head: nn.Sequential, x: Tensor, fc_kernel: int, first_dilation: int = 1
+) -> Tensor:
+    """Runs a fully-connected head on a feature map: its first Linear as an fc_kernel x
+    fc_kernel convolution (dilated by first_dilation), the others 1x1, through views of
+    their weights; the other modules (ReLU, Dropout) act elementwise."""
     first = True
-    for m in model.classifier:
+    for m in head:
         if isinstance(m, nn.Linear):
-            x = (
-                linear_as_conv(m, x, spec.fc_kernel, first_dilation)
-                if first
-                else linear_as_conv(m, x)
-            )
+            x = linear_as_conv(m, x, fc_kernel if first else 1, first_dilation if first else 1)
             first = False
-        else:  # ReLU, Dropout: elementwise, any shape
+        else:
             x = m(x)
     return x
+
+
+def dense_maps(
+    model: nn.Module,
+    images: Tensor,
+    heads: list[nn.Sequential] | None = None,
+    fine_stride: bool = True,
+    method: str = "offsets",
+) -> list[Tensor]:
+    """One map per head (default: the model's classifier) over `images`, sharing one pass
+    of the feature trunk and one (offset) pooling, as OverFeat's classification and
+    localization heads share layer 5. Arguments as for score_map."""
+    spec = _spec(model)
+    _check_images(images, spec.input_size, "score_map")
+    if method not in ("offsets", "dilated"):
+        raise ValueError(f"score_map: method must be 'offsets' or 'dilated', got {method!r}")
+    heads = [model.classifier] if heads is None else heads
+    trunk, last_pool = model.features[:-1], model.features[-1]
+    pre = trunk(images)  # the last feature map before the last max-pool
+    s = spec.fc_kernel
+    if not fine_stride:
+        pooled = last_pool(pre)
+        return [head_as_convs(h, pooled, s) for h in heads]
+    k = spec.pool_kernel
+    if method == "dilated":
+        pooled = F.max_pool2d(pre, k, stride=1)
+        return [head_as_convs(h, pooled, s, first_dilation=k) for h in heads]
+    side = min(pre.shape[-2:])
+    if (side - k + 1) // k < s:
+        need = k * s + k - 1
+        more = (need - side) * spec.stride // k
+        raise ValueError(
+            f"score_map: fine stride with method='offsets' needs a last feature map of at "
+            f"least {need}x{need} before the last pool, got {tuple(pre.shape[-2:])}: use images "
+            f"about {more} pixels larger, or method='dilated'"
+        )
+    pooled = ops.offset_max_pool2d(pre, k)
+    return [ops.interleave(head_as_convs(h, pooled, s), k) for h in heads]
 
 
 def score_map(
@@ -99,27 +145,7 @@ def score_map(
         >>> score_map(models.vgg16().eval(), torch.randn(1, 3, 256, 256)).shape
         torch.Size([1, 1000, 2, 2])
     """
-    spec = _spec(model)
-    _check_images(images, spec.input_size, "score_map")
-    if method not in ("offsets", "dilated"):
-        raise ValueError(f"score_map: method must be 'offsets' or 'dilated', got {method!r}")
-    trunk, last_pool = model.features[:-1], model.features[-1]
-    pre = trunk(images)  # the last feature map before the last max-pool
-    if not fine_stride:
-        return _classifier_as_convs(model, last_pool(pre))
-    k, s = spec.pool_kernel, spec.fc_kernel
-    if method == "dilated":
-        return _classifier_as_convs(model, F.max_pool2d(pre, k, stride=1), first_dilation=k)
-    side = min(pre.shape[-2:])
-    if (side - k + 1) // k < s:
-        need = k * s + k - 1
-        more = (need - side) * spec.stride // k
-        raise ValueError(
-            f"score_map: fine stride with method='offsets' needs a last feature map of at "
-            f"least {need}x{need} before the last pool, got {tuple(pre.shape[-2:])}: use images "
-            f"about {more} pixels larger, or method='dilated'"
-        )
-    return ops.interleave(_classifier_as_convs(model, ops.offset_max_pool2d(pre, k)), k)
+    return dense_maps(model, images, None, fine_stride, method)[0]
 
 
 def _resize(images: Tensor, scale: int | tuple[int, int]) -> Tensor:
