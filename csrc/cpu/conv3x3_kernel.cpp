@@ -52,13 +52,19 @@ at::Tensor conv3x3_cpu(const at::Tensor& input, const at::Tensor& weight,
   return out.to(input.scalar_type());
 }
 
-// grad_output in the compute dtype, masked by relu_output > 0 when given (one pass,
-// reading any strides), laid out like `input`.
+// grad_output in the compute dtype, masked by relu_output > 0 when given (one pass),
+// laid out like `input`. Dense inputs in that layout take a flat loop; anything else
+// (views, mixed layouts) goes through the strided path.
 at::Tensor masked_grad(const at::Tensor& grad_output, const std::optional<at::Tensor>& relu_output,
                        const at::Tensor& input, at::ScalarType compute) {
-  at::Tensor g = at::empty(grad_output.sizes(),
-                           input.options().dtype(compute).memory_format(input.suggest_memory_format()));
+  const auto fmt = input.suggest_memory_format();
+  const bool dense_go = grad_output.is_contiguous(fmt);
+  if (!relu_output.has_value() && dense_go && grad_output.scalar_type() == compute) {
+    return grad_output;  // nothing to do: no copy
+  }
+  at::Tensor g = at::empty(grad_output.sizes(), input.options().dtype(compute).memory_format(fmt));
   if (g.numel() == 0) return g;
+  const bool flat = dense_go && (!relu_output.has_value() || relu_output->is_contiguous(fmt));
   const bool cl = is_channels_last(g);
   const Shape4 d = shape4(g);
   const Strides4 go_s = strides4(grad_output);
@@ -69,6 +75,13 @@ at::Tensor masked_grad(const at::Tensor& grad_output, const std::optional<at::Te
     const scalar_t* ro = relu_output.has_value() ? relu_output->const_data_ptr<scalar_t>() : nullptr;
     acc_t* out = g.mutable_data_ptr<acc_t>();
     at::parallel_for(0, g.numel(), kGrain, [&](int64_t begin, int64_t end) {
+      if (flat) {
+        for (int64_t i = begin; i < end; ++i) {
+          const bool pass = ro == nullptr || static_cast<acc_t>(ro[i]) > acc_t(0);
+          out[i] = pass ? static_cast<acc_t>(go[i]) : acc_t(0);
+        }
+        return;
+      }
       Coord4 p = unravel(begin, d, cl);
       for (int64_t idx = begin; idx < end; ++idx, advance(p, d, cl)) {
         const bool pass = ro == nullptr || static_cast<acc_t>(ro[offset_of(ro_s, p.n, p.c, p.h, p.w)]) > acc_t(0);
@@ -80,27 +93,32 @@ at::Tensor masked_grad(const at::Tensor& grad_output, const std::optional<at::Te
 }
 
 // Sum of g over N, H, W per channel, in a fixed order (deterministic), accumulated in
-// double.
+// double. NCHW-dense planes are summed as contiguous runs.
 at::Tensor bias_grad(const at::Tensor& g, at::ScalarType out_dtype) {
   const Shape4 d = shape4(g);
   const Strides4 s = strides4(g);
-  at::Tensor gb = at::empty({d.c}, g.options().dtype(out_dtype));
+  const bool planes = s.w == 1 && s.h == d.w;
+  at::Tensor acc = at::empty({d.c}, g.options().dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "conv3x3_cpu_bias_grad", [&] {
     const scalar_t* p = g.const_data_ptr<scalar_t>();
-    at::Tensor acc = at::empty({d.c}, g.options().dtype(at::kDouble));
     double* a = acc.mutable_data_ptr<double>();
     at::parallel_for(0, d.c, 1, [&](int64_t begin, int64_t end) {
       for (int64_t c = begin; c < end; ++c) {
         double sum = 0;
-        for (int64_t n = 0; n < d.n; ++n)
-          for (int64_t y = 0; y < d.h; ++y)
-            for (int64_t x = 0; x < d.w; ++x) sum += p[offset_of(s, n, c, y, x)];
+        for (int64_t n = 0; n < d.n; ++n) {
+          if (planes) {
+            const scalar_t* plane = p + n * s.n + c * s.c;
+            for (int64_t i = 0; i < d.h * d.w; ++i) sum += plane[i];
+          } else {
+            for (int64_t y = 0; y < d.h; ++y)
+              for (int64_t x = 0; x < d.w; ++x) sum += p[offset_of(s, n, c, y, x)];
+          }
+        }
         a[c] = sum;
       }
     });
-    gb.copy_(acc);
   });
-  return gb;
+  return acc.to(out_dtype);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward_cpu(
