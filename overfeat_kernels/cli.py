@@ -14,7 +14,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 EPILOG = """examples:
   overfeat-kernels info                  what was built, what this machine can run
-  overfeat-kernels demo                  every op vs. the reference, timed (GPU if present)
+  overfeat-kernels demo                  the main job: train, localize, detect digits -> outputs/
+  overfeat-kernels selfcheck             every op vs. the reference, timed (GPU if present)
   overfeat-kernels layers vgg16          the extractable layers and their output shapes
   overfeat-kernels extract --model vgg16 --weights vgg16.pth --layers fc7,pool5 \\
       --out features/ --batch-size 64 --dtype bfloat16 photos/ @more.txt
@@ -42,10 +43,26 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from . import digits
+
+    digits.run(args.out, quick=args.quick, seed=args.seed)
+    if torch.cuda.is_available():
+        bench = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_ops.py"
+        if bench.exists():
+            import runpy
+
+            print("\nGPU present: the ops benchmark against cuDNN (--quick)")
+            sys.argv = [str(bench), "--quick", "--out", str(Path(args.out) / "bench_ops.json")]
+            runpy.run_path(str(bench), run_name="__main__")
+    return 0
+
+
+def _cmd_selfcheck(args: argparse.Namespace) -> int:
     from . import demo
 
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("overfeat-kernels demo: --device cuda but no CUDA GPU is available", file=sys.stderr)
+        print("overfeat-kernels selfcheck: --device cuda but no CUDA GPU is available",
+              file=sys.stderr)  # fmt: skip
         return 2
     rows = demo.run(
         args.device, DTYPES[args.dtype], args.batch, args.size, args.channels, args.reps
@@ -102,7 +119,20 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="print build and device information as JSON")
     info.set_defaults(func=_cmd_info)
 
-    demo = sub.add_parser("demo", help="run every op and layer against the reference, timed")
+    main_job = sub.add_parser(
+        "demo", help="the main job: digits classification, localization and detection"
+    )
+    main_job.add_argument(
+        "--out",
+        type=Path,
+        default=Path("outputs"),
+        help="folder for the PNGs and detections.json (default: outputs)",
+    )
+    main_job.add_argument("--quick", action="store_true", help="shorter training (about 1.5 min)")
+    main_job.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    main_job.set_defaults(func=_cmd_demo)
+
+    demo = sub.add_parser("selfcheck", help="run every op and layer against the reference, timed")
     demo.add_argument(
         "--device",
         choices=["cpu", "cuda"],
@@ -116,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--size", type=int, default=56, help="map height and width (default: 56)")
     demo.add_argument("--channels", type=int, default=64, help="channels (default: 64)")
     demo.add_argument("--reps", type=int, default=10, help="timed repetitions (default: 10)")
-    demo.set_defaults(func=_cmd_demo)
+    demo.set_defaults(func=_cmd_selfcheck)
 
     from .models import MODEL_NAMES
 

@@ -109,8 +109,14 @@ def _to_input(grey: Tensor) -> Tensor:
     return grey[:, None].expand(-1, 3, -1, -1).contiguous()
 
 
-def make_windows(glyphs: Glyphs, n: int, rng: random.Random, background: float = 0.3,
-                 max_shift: int = 3, noise: float = 0.05) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+def make_windows(
+    glyphs: Glyphs,
+    n: int,
+    rng: random.Random,
+    background: float = 0.3,
+    max_shift: int = 3,
+    noise: float = 0.05,
+) -> tuple[Tensor, Tensor, Tensor]:
     """n training windows: (inputs [n, 3, 32, 32], labels [n], boxes [n, 4] in the window's
     frame). Positives: a digit of random size roughly centred. Background: an empty window,
     or a digit far off-centre (what the detector must not fire on)."""
@@ -209,8 +215,15 @@ def detect(net: DigitNet, regressor: BoxRegressor, canvas: Canvas, min_confidenc
         if scale != 1.0:
             img = F.interpolate(img, scale_factor=scale, mode="bilinear", antialias=True)
         img = F.pad(img, (pad, pad, pad, pad))
-        for d in detections_from_maps(net, regressor, _to_input(img[:, 0]), scale,
-                                      background=BACKGROUND, min_confidence=min_confidence):  # fmt: skip
+        found = detections_from_maps(
+            net,
+            regressor,
+            _to_input(img[:, 0]),
+            scale,
+            background=BACKGROUND,
+            min_confidence=min_confidence,
+        )
+        for d in found:
             shift = pad / scale
             d.box = (d.box[0] - shift, d.box[1] - shift, d.box[2] - shift, d.box[3] - shift)
             raw.append(d)

@@ -40,10 +40,10 @@ def test_cli_help_and_info(capsys):
     assert '"compiled_module": true' in capsys.readouterr().out
 
 
-def test_demo_runs_and_agrees(capsys):
+def test_selfcheck_runs_and_agrees(capsys):
     from overfeat_kernels import cli
 
-    assert cli.main(["demo", "--device", "cpu", "--size", "12", "--channels", "8",
+    assert cli.main(["selfcheck", "--device", "cpu", "--size", "12", "--channels", "8",
                      "--reps", "1"]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert "all ops agree" in out and "NO" not in out.split()
