@@ -13,7 +13,6 @@ Writes JSON (default benchmarks/results/bench_models_<device>.json) and prints a
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import re
 import sys
@@ -23,28 +22,10 @@ import torch
 from torch import nn
 
 from overfeat_kernels import dense, models
-from overfeat_kernels.nn import Conv3x3
+from overfeat_kernels.nn import to_stock
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_ops import bench, environment
-
-
-def to_stock(model: nn.Module) -> nn.Module:
-    """A copy of `model` with every Conv3x3 replaced by nn.Conv2d (+ nn.ReLU when fused)."""
-    model = copy.deepcopy(model)
-
-    def visit(parent: nn.Module) -> None:
-        for name, child in parent.named_children():
-            if isinstance(child, Conv3x3):
-                conv = nn.Conv2d(child.in_channels, child.out_channels, 3,
-                                 padding=child.padding, bias=child.bias is not None)  # fmt: skip
-                conv.weight, conv.bias = child.weight, child.bias
-                setattr(parent, name, nn.Sequential(conv, nn.ReLU()) if child.relu else conv)
-            else:
-                visit(child)
-
-    visit(model)
-    return model
 
 
 def crop_by_crop(model: nn.Module, images: torch.Tensor, scales, stride: int = 12,

@@ -17,6 +17,7 @@ EPILOG = """examples:
   overfeat-kernels demo                  the main job: train, localize, detect digits -> outputs/
   overfeat-kernels selfcheck             every op vs. the reference, timed (GPU if present)
   overfeat-kernels layers vgg16          the extractable layers and their output shapes
+  overfeat-kernels train --model overfeat-fast --data train/ --out run1/
   overfeat-kernels extract --model vgg16 --weights vgg16.pth --layers fc7,pool5 \\
       --out features/ --batch-size 64 --dtype bfloat16 photos/ @more.txt
 """
@@ -105,6 +106,44 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         print(extract.main_summary(result))
     return 3 if result.skipped else 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from . import train
+
+    cfg = train.TrainConfig(
+        model=args.model, data=args.data, out=args.out, val=args.val, epochs=args.epochs,
+        batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+        momentum=args.momentum, weight_decay=args.weight_decay,
+        lr_steps=tuple(int(v) for v in args.lr_steps.split(",") if v), lr_gamma=args.lr_gamma,
+        size=args.size, workers=args.workers, device=args.device, bf16=args.bf16,
+        init_from=args.init_from, num_classes=args.num_classes, adaptation=args.adaptation,
+        freeze_until=args.freeze_until, resume=args.resume, seed=args.seed,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    try:
+        result = train.train(cfg)
+    except (ValueError, FileNotFoundError, KeyError, TypeError) as err:
+        print(f"overfeat-kernels train: error: {err}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) == 0 and result.history:
+        last = result.history[-1]
+        print(f"trained {result.epochs} epochs: loss {last['loss']:.4f}, accuracy "
+              f"{last['accuracy']:.4f}; checkpoint {result.checkpoint}")  # fmt: skip
+    return 0
+
+
+TRAIN_EPILOG = """Defaults follow OverFeat §3.1: SGD, momentum 0.6, weight decay 1e-5, learning
+rate 0.05 halved at epochs 30, 50, 60, 70, 80; random crops of the model's input size from
+images whose shorter side is 256/221 of it, and flips. A checkpoint is written atomically
+to OUT/checkpoint.pt after every epoch; --resume continues from it.
+
+examples:
+  overfeat-kernels train --model overfeat-fast --data train/ --val val/ --out run1/
+  overfeat-kernels train --model vgg16 --init-from vgg16.pth --num-classes 20 \\
+      --freeze-until pool5 --optimizer adam --lr 1e-3 --epochs 10 --data voc/ --out tl/
+  torchrun --nproc_per_node 4 -m overfeat_kernels train ...     (DDP)
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -249,6 +288,71 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("--no-progress", action="store_true", help="no progress bar")
     ex.set_defaults(func=_cmd_extract)
+
+    tr = sub.add_parser("train", help="train a model on an image folder (ImageFolder layout)",
+                        epilog=TRAIN_EPILOG,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    tr.add_argument(
+        "--model",
+        required=True,
+        choices=list(MODEL_NAMES),
+        metavar="MODEL",
+        help="one of: " + ", ".join(MODEL_NAMES),
+    )
+    tr.add_argument("--data", required=True, type=Path, help="training images: DATA/<class>/*")
+    tr.add_argument("--val", type=Path, default=None, help="validation images, same layout")
+    tr.add_argument("--out", required=True, type=Path, help="folder for checkpoint.pt")
+    tr.add_argument("--epochs", type=int, default=90, help="default: 90")
+    tr.add_argument("--batch-size", type=int, default=32, help="default: 32")
+    tr.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd", help="default: sgd")
+    tr.add_argument("--lr", type=float, default=0.05, help="learning rate (default: 0.05)")
+    tr.add_argument("--momentum", type=float, default=0.6, help="SGD momentum (default: 0.6)")
+    tr.add_argument("--weight-decay", type=float, default=1e-5, help="default: 1e-5")
+    tr.add_argument(
+        "--lr-steps",
+        default="30,50,60,70,80",
+        help="epochs at which the learning rate is multiplied by --lr-gamma",
+    )
+    tr.add_argument("--lr-gamma", type=float, default=0.5, help="default: 0.5")
+    tr.add_argument("--size", type=int, default=None, help="crop size (default: model input)")
+    tr.add_argument(
+        "--workers",
+        type=int,
+        default=min(8, os.cpu_count() or 1),
+        help="data loading processes (default: min(8, CPU count))",
+    )
+    tr.add_argument(
+        "--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available"
+    )
+    tr.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    tr.add_argument(
+        "--init-from",
+        metavar="FILE",
+        help="start from trained weights: a checkpoint of ours, torchvision / timm "
+        "VGG weights or an OverFeat release file",
+    )
+    tr.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="classes of the new head (default: the number of class folders)",
+    )
+    tr.add_argument(
+        "--adaptation",
+        type=int,
+        default=None,
+        metavar="UNITS",
+        help="add a hidden adaptation layer of UNITS before the new head",
+    )
+    tr.add_argument(
+        "--freeze-until",
+        metavar="LAYER",
+        help="keep every layer up to LAYER fixed (see `overfeat-kernels layers`)",
+    )
+    tr.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    tr.add_argument("--seed", type=int, default=0, help="default: 0")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tr.set_defaults(func=_cmd_train)
     return parser
 
 

@@ -299,10 +299,6 @@ def extract(cfg: ExtractConfig) -> ExtractResult:
 
 
 def _validate(cfg: ExtractConfig) -> None:
-    if cfg.model not in models.MODEL_NAMES:
-        raise ValueError(
-            f"--model: unknown {cfg.model!r}; choose from {', '.join(models.MODEL_NAMES)}"
-        )
     if bool(cfg.weights) == bool(cfg.random_init):
         raise ValueError("give exactly one of --weights FILE or --random-init")
     if cfg.weights and not Path(cfg.weights).is_file():

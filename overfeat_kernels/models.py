@@ -265,7 +265,7 @@ MODEL_NAMES: dict[str, tuple] = {
 def build_model(name: str, num_classes: int = 1000) -> nn.Module:
     """A model by its command-line name (see MODEL_NAMES), with random weights."""
     if name not in MODEL_NAMES:
-        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
+        raise ValueError(f"--model: unknown {name!r}; choose from {', '.join(MODEL_NAMES)}")
     fn, *args = MODEL_NAMES[name]
     if fn is vgg:
         return vgg(args[0], batch_norm=args[1], num_classes=num_classes)

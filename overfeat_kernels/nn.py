@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -9,7 +10,14 @@ from torch import Tensor, nn
 
 from . import ops
 
-__all__ = ["Conv3x3", "Deinterleave", "Interleave", "OffsetMaxPool2d", "convert"]
+__all__ = [
+    "Conv3x3",
+    "Deinterleave",
+    "Interleave",
+    "OffsetMaxPool2d",
+    "convert",
+    "to_stock",
+]
 
 
 class Conv3x3(nn.Module):
@@ -171,3 +179,30 @@ def convert(module: nn.Module, verbose: bool = True) -> nn.Module:
             + (": " + ", ".join(replaced) if replaced else "")
         )
     return module
+
+
+def to_stock(module: nn.Module) -> nn.Module:
+    """A copy of `module` with every Conv3x3 replaced by nn.Conv2d (followed by nn.ReLU when
+    fused): the same network on stock PyTorch layers (the inverse of `convert`), for
+    comparisons. Parameters are copied, not shared."""
+    module = copy.deepcopy(module)
+    if isinstance(module, Conv3x3):
+        return _stock_layer(module)
+
+    def visit(parent: nn.Module) -> None:
+        for name, child in parent.named_children():
+            if isinstance(child, Conv3x3):
+                setattr(parent, name, _stock_layer(child))
+            else:
+                visit(child)
+
+    visit(module)
+    return module
+
+
+def _stock_layer(layer: Conv3x3) -> nn.Module:
+    conv = nn.Conv2d(layer.in_channels, layer.out_channels, 3, padding=layer.padding,
+                     bias=layer.bias is not None, device=layer.weight.device,
+                     dtype=layer.weight.dtype)  # fmt: skip
+    conv.weight, conv.bias = layer.weight, layer.bias
+    return nn.Sequential(conv, nn.ReLU()) if layer.relu else conv

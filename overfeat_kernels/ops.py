@@ -74,6 +74,8 @@ def conv3x3(
         padding: 0 or 1.
         relu: apply ReLU to the result (its gradient is masked by ``output > 0``).
 
+    Under ``torch.autocast`` the inputs are cast to the autocast dtype, as for F.conv2d.
+
     Returns:
         ``[N, K, H + 2*padding - 2, W + 2*padding - 2]``.
 
@@ -84,6 +86,13 @@ def conv3x3(
         torch.Size([2, 64, 32, 32])
     """
     _ext.require()
+    if isinstance(input, Tensor) and torch.is_autocast_enabled(input.device.type):
+        # Like F.conv2d under autocast: compute in the autocast dtype (bf16 / fp16).
+        dtype = torch.get_autocast_dtype(input.device.type)
+        input, weight, bias = (
+            t.to(dtype) if isinstance(t, Tensor) and t.is_floating_point() else t
+            for t in (input, weight, bias)
+        )
     check.conv3x3(input, weight, bias, padding, relu)
     return torch.ops.overfeat_kernels.conv3x3.default(input, weight, bias, padding, relu)
 

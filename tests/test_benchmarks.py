@@ -73,7 +73,7 @@ def test_stock_copy_computes_the_same_network():
     from overfeat_kernels.nn import Conv3x3
 
     ours = models.overfeat("fast", num_classes=3).eval()
-    stock = bench_models.to_stock(ours)
+    stock = bench_models.to_stock(ours)  # overfeat_kernels.nn.to_stock
     assert not any(isinstance(m, Conv3x3) for m in stock.modules())
     x = torch.randn(1, 3, 231, 231)
     with torch.no_grad():

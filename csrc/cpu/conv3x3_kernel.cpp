@@ -4,6 +4,7 @@
 // gradient are ours, written against the same contract as the CUDA kernels.
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
 #include "../checks.h"
@@ -45,6 +46,9 @@ at::Tensor conv3x3_cpu(const at::Tensor& input, const at::Tensor& weight,
   check_conv3x3_args(input, weight, bias, padding);
   const auto size = conv3x3_output_size(input, weight, padding);
   if (input.size(0) == 0) return empty_in_format_of(size, input);
+  // The ATen calls below are our implementation, not the user's: autocast (handled in the
+  // Python wrapper) must not recast them.
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const auto compute = at::toOpMathType(input.scalar_type());
   at::Tensor out = at::conv2d(input.to(compute), weight.to(compute), {}, 1, padding)
                        .contiguous(input.suggest_memory_format());
@@ -126,6 +130,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward_cpu(
     const std::optional<at::Tensor>& relu_output, int64_t padding,
     std::array<bool, 3> output_mask) {
   check_conv3x3_backward_args(grad_output, input, weight, relu_output, padding);
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const auto dtype = input.scalar_type();
   const auto compute = at::toOpMathType(dtype);
   const at::Tensor g = masked_grad(grad_output, relu_output, input, compute);
