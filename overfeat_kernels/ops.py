@@ -86,9 +86,11 @@ def conv3x3(
         torch.Size([2, 64, 32, 32])
     """
     _ext.require()
-    if isinstance(input, Tensor) and torch.is_autocast_enabled(input.device.type):
+    device_type = input.device.type if isinstance(input, Tensor) else None
+    # Autocast exists for cpu / cuda only (asking about "meta" raises).
+    if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
         # Like F.conv2d under autocast: compute in the autocast dtype (bf16 / fp16).
-        dtype = torch.get_autocast_dtype(input.device.type)
+        dtype = torch.get_autocast_dtype(device_type)
         input, weight, bias = (
             t.to(dtype) if isinstance(t, Tensor) and t.is_floating_point() else t
             for t in (input, weight, bias)
