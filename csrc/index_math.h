@@ -204,6 +204,29 @@ C10_HOST_DEVICE inline scalar_t offset_pool_backward_element(const scalar_t* gra
   return static_cast<scalar_t>(sum);
 }
 
+// Offset-pooling output coordinates for the vectorised channels_last kernels: the linear
+// index enumerates (n, i, j, dy, dx, channel vector), channel vectors fastest, so that the
+// k*k offsets of one window position are neighbouring threads (they read the same input
+// region: it comes from DRAM about once) and each thread writes one 16-byte vector.
+struct PoolVecCoord {
+  int64_t n, i, j, dy, dx, v;
+};
+C10_HOST_DEVICE inline PoolVecCoord unravel_pool_vec(int64_t idx, const PoolGeometry& g,
+                                                     int64_t vectors) {
+  PoolVecCoord r;
+  r.v = idx % vectors;
+  idx /= vectors;
+  r.dx = idx % g.k;
+  idx /= g.k;
+  r.dy = idx % g.k;
+  idx /= g.k;
+  r.j = idx % g.out.w;
+  idx /= g.out.w;
+  r.i = idx % g.out.h;
+  r.n = idx / g.out.h;
+  return r;
+}
+
 // ---------------------------------------------------------------------------------------
 // Interleave geometry (SPEC "interleave"): out[n, c, k*i + dy, k*j + dx] =
 // in[(n*k + dy)*k + dx, c, i, j].

@@ -8,6 +8,7 @@
 #include "../checks.h"
 #include "../dispatch.h"
 #include "launch.cuh"
+#include "vector_io.cuh"
 
 namespace overfeat_kernels {
 namespace {
@@ -20,6 +21,43 @@ __global__ void offset_pool_forward_kernel(const scalar_t* __restrict__ in, Stri
   for (int64_t idx = global_thread_index(); idx < numel; idx += grid_stride()) {
     out[idx] = offset_pool_forward_element<scalar_t, acc_t>(in, in_s, g,
                                                             unravel(idx, g.out, kChannelsLast));
+  }
+}
+
+// Dense channels_last input, whole 16-byte vectors per pixel: each thread takes the k x k
+// window max of one vector of channels, for one offset, and stores it with one 16-byte
+// write; threads are ordered (n, i, j, dy, dx, vector), see unravel_pool_vec.
+template <typename scalar_t>
+__global__ void offset_pool_forward_nhwc_vec_kernel(const scalar_t* __restrict__ in,
+                                                    PoolGeometry g, int64_t vectors,
+                                                    scalar_t* __restrict__ out, int64_t total) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using V = Vec16<scalar_t>;
+  const int64_t c = g.in.c;
+  for (int64_t idx = global_thread_index(); idx < total; idx += grid_stride()) {
+    const PoolVecCoord p = unravel_pool_vec(idx, g, vectors);
+    const int64_t y0 = p.dy + g.k * p.i, x0 = p.dx + g.k * p.j;
+    const scalar_t* base = in + ((p.n * g.in.h + y0) * g.in.w + x0) * c + p.v * V::kSize;
+    V best = load16(base);
+    acc_t best_acc[V::kSize];
+#pragma unroll
+    for (int e = 0; e < V::kSize; ++e) best_acc[e] = static_cast<acc_t>(best.v[e]);
+    for (int64_t a = 0; a < g.k; ++a) {
+      for (int64_t b = 0; b < g.k; ++b) {
+        if (a == 0 && b == 0) continue;
+        const V cur = load16(base + (a * g.in.w + b) * c);
+#pragma unroll
+        for (int e = 0; e < V::kSize; ++e) {
+          const acc_t value = static_cast<acc_t>(cur.v[e]);
+          if (replaces_max(value, best_acc[e])) {  // F.max_pool2d's rule, as everywhere
+            best_acc[e] = value;
+            best.v[e] = cur.v[e];
+          }
+        }
+      }
+    }
+    const int64_t b = offset_batch(p.n, p.dy, p.dx, g.k);
+    store16(out + ((b * g.out.h + p.i) * g.out.w + p.j) * c + p.v * V::kSize, best);
   }
 }
 
@@ -43,6 +81,16 @@ at::Tensor offset_max_pool2d_cuda(const at::Tensor& input, int64_t kernel_size) 
   const c10::cuda::CUDAGuard guard(input.device());
   const cudaStream_t stream = current_stream();
   OVERFEAT_DISPATCH_FLOATING(input.scalar_type(), "offset_max_pool2d_cuda", [&] {
+    if (channels_last_vectorizable(input) && channels_last_vectorizable(out)) {
+      const int64_t vectors = g.in.c / Vec16<scalar_t>::kSize;
+      const int64_t total = numel / Vec16<scalar_t>::kSize;
+      offset_pool_forward_nhwc_vec_kernel<scalar_t>
+          <<<elementwise_blocks(total), kElementwiseThreads, 0, stream>>>(
+              input.const_data_ptr<scalar_t>(), g, vectors, out.mutable_data_ptr<scalar_t>(),
+              total);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      return;
+    }
     bool_switch(is_channels_last(input), [&](auto cl) {
       offset_pool_forward_kernel<scalar_t, decltype(cl)::value>
           <<<elementwise_blocks(numel), kElementwiseThreads, 0, stream>>>(

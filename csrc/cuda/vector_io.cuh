@@ -1,0 +1,38 @@
+// 16-byte vector loads and stores for the bandwidth-bound kernels.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+
+namespace overfeat_kernels {
+
+constexpr int kVectorBytes = 16;
+
+template <typename T>
+struct alignas(kVectorBytes) Vec16 {
+  static constexpr int kSize = kVectorBytes / sizeof(T);
+  T v[kSize];
+};
+
+template <typename T>
+__device__ __forceinline__ Vec16<T> load16(const T* p) {
+  Vec16<T> r;
+  *reinterpret_cast<uint4*>(r.v) = __ldg(reinterpret_cast<const uint4*>(p));
+  return r;
+}
+
+template <typename T>
+__device__ __forceinline__ void store16(T* p, const Vec16<T>& x) {
+  *reinterpret_cast<uint4*>(p) = *reinterpret_cast<const uint4*>(x.v);
+}
+
+// Dense channels_last with whole 16-byte vectors per pixel at 16-byte aligned addresses:
+// the layout the vectorised kernels need (anything else takes the generic kernels).
+inline bool channels_last_vectorizable(const at::Tensor& t) {
+  return t.dim() == 4 && t.is_contiguous(at::MemoryFormat::ChannelsLast) &&
+         (t.size(1) * t.element_size()) % kVectorBytes == 0 &&
+         reinterpret_cast<uintptr_t>(t.const_data_ptr()) % kVectorBytes == 0;
+}
+
+}  // namespace overfeat_kernels
