@@ -13,8 +13,6 @@ Writes JSON (default benchmarks/results/bench_models_<device>.json) and prints a
 from __future__ import annotations
 
 import argparse
-import json
-import re
 import sys
 from pathlib import Path
 
@@ -25,7 +23,7 @@ from overfeat_kernels import dense, models
 from overfeat_kernels.nn import to_stock
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_ops import bench, environment
+from bench_ops import bench, environment, write_results
 
 
 def crop_by_crop(model: nn.Module, images: torch.Tensor, scales, stride: int = 12,
@@ -111,11 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     print("bench_models on " + ", ".join(f"{k} {v}" for k, v in env.items()))
     result = {"environment": env, "quick": args.quick, "vgg16": vgg_rows(args.quick),
               "overfeat": overfeat_rows(args.quick)}  # fmt: skip
-    slug = re.sub(r"[^a-z0-9]+", "-", env["device"].lower()).strip("-")
-    out = args.out or Path(__file__).parent / "results" / f"bench_models_{slug}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {out}")
+    write_results(result, "bench_models", args.out)
     return 0
 
 

@@ -368,6 +368,16 @@ def environment() -> dict[str, str]:
     }
 
 
+def write_results(result: dict, name: str, out: Path | None) -> Path:
+    """Writes the JSON, by default to results/<name>_<device>.json beside this file."""
+    slug = re.sub(r"[^a-z0-9]+", "-", result["environment"]["device"].lower()).strip("-")
+    out = out or Path(__file__).parent / "results" / f"{name}_{slug}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -423,11 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         result["pool"] = pool_rows(ceil["copy_GBps"], args.quick)
     if "tail" in sections:
         result["tail"] = tail_rows(args.quick)
-    slug = re.sub(r"[^a-z0-9]+", "-", env["device"].lower()).strip("-")
-    out = args.out or Path(__file__).parent / "results" / f"bench_ops_{slug}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {out}")
+    write_results(result, "bench_ops", args.out)
     return 0
 
 

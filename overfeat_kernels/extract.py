@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
-from . import imageio, layers, models, weights
+from . import _distributed, imageio, layers, models, weights
 
 __all__ = ["ExtractConfig", "ExtractResult", "collect_inputs", "extract"]
 
@@ -283,19 +283,8 @@ def extract(cfg: ExtractConfig) -> ExtractResult:
     """Runs an extraction (see the module docstring); returns counts and timing."""
     start = time.perf_counter()
     _validate(cfg)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    try:
+    with _distributed.process(cfg.device) as (device, rank, world):
         return _run(cfg, device, rank, world, start)
-    finally:
-        if world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def _validate(cfg: ExtractConfig) -> None:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from . import imageio, layers, models, weights
+from . import _distributed, imageio, layers, models, weights
 
 __all__ = ["TrainConfig", "TrainResult", "freeze_until", "replace_head", "train"]
 
@@ -212,19 +212,8 @@ def _to_input(x: torch.Tensor, model: nn.Module, device: torch.device) -> torch.
 
 def train(cfg: TrainConfig) -> TrainResult:
     """Trains as configured (see the module docstring); returns the per-epoch history."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    try:
+    with _distributed.process(cfg.device) as (device, rank, world):
         return _train(cfg, device, rank, world)
-    finally:
-        if world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def _validate(cfg: TrainConfig) -> None:
