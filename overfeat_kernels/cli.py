@@ -146,6 +146,15 @@ examples:
 """
 
 
+def _add_model(parser: argparse.ArgumentParser, flag: str) -> None:
+    """The model argument of layers / extract / train (positional when flag has no dashes)."""
+    from .models import MODEL_NAMES
+
+    extra = {"required": True} if flag.startswith("--") else {}
+    parser.add_argument(flag, choices=list(MODEL_NAMES), metavar="MODEL",
+                        help="one of: " + ", ".join(MODEL_NAMES), **extra)  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="overfeat-kernels",
@@ -187,15 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--reps", type=int, default=10, help="timed repetitions (default: 10)")
     demo.set_defaults(func=_cmd_selfcheck)
 
-    from .models import MODEL_NAMES
-
     lay = sub.add_parser("layers", help="list a model's extractable layers and their shapes")
-    lay.add_argument(
-        "model",
-        choices=list(MODEL_NAMES),
-        metavar="MODEL",
-        help="one of: " + ", ".join(MODEL_NAMES),
-    )
+    _add_model(lay, "model")
     lay.add_argument("--size", type=int, default=None, help="input size (default: the model's)")
     lay.set_defaults(func=_cmd_layers)
 
@@ -208,13 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="INPUT",
         help="image files, folders (searched recursively) or @list.txt files",
     )
-    ex.add_argument(
-        "--model",
-        required=True,
-        choices=list(MODEL_NAMES),
-        metavar="MODEL",
-        help="one of: " + ", ".join(MODEL_NAMES),
-    )
+    _add_model(ex, "--model")
     src = ex.add_mutually_exclusive_group(required=True)
     src.add_argument(
         "--weights",
@@ -292,13 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train a model on an image folder (ImageFolder layout)",
                         epilog=TRAIN_EPILOG,
                         formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    tr.add_argument(
-        "--model",
-        required=True,
-        choices=list(MODEL_NAMES),
-        metavar="MODEL",
-        help="one of: " + ", ".join(MODEL_NAMES),
-    )
+    _add_model(tr, "--model")
     tr.add_argument("--data", required=True, type=Path, help="training images: DATA/<class>/*")
     tr.add_argument("--val", type=Path, default=None, help="validation images, same layout")
     tr.add_argument("--out", required=True, type=Path, help="folder for checkpoint.pt")
