@@ -36,6 +36,8 @@ BACKGROUND = 10  # class index of "no digit centred here"
 SIZES = range(12, 29)  # digit sizes (pixels) in training windows
 CANVAS_SIZES = range(14, 37)  # digit sizes on the canvases: the largest need scale 0.75
 SCALES = (1.0, 0.75)  # detection scales
+STRIDE = 8  # DigitNet's subsampling (three 2x2 pools)
+FINE_STRIDE = STRIDE // 2  # its fine stride: offset pooling at the last 2x2 pool
 
 
 class DigitNet(nn.Module):
@@ -53,7 +55,7 @@ class DigitNet(nn.Module):
             nn.Linear(96 * 4 * 4, 256), nn.ReLU(True), nn.Dropout(0.2),
             nn.Linear(256, 128), nn.ReLU(True), nn.Linear(128, num_classes),
         )  # fmt: skip
-        self.dense_spec = DenseSpec(input_size=WINDOW, pool_kernel=2, fc_kernel=4, stride=8)
+        self.dense_spec = DenseSpec(input_size=WINDOW, pool_kernel=2, fc_kernel=4, stride=STRIDE)
         # Blank canvas = 0 = the convolutions' zero padding: a training window's border then
         # looks like the canvas around a window in dense evaluation (no false edge cue).
         self.preprocessing = {"scale": 1 / 255, "mean": (0.0,) * 3, "std": (1.0,) * 3}
@@ -254,7 +256,7 @@ def render(canvas: Canvas, heat: Tensor, detections: list[B.Detection], path: Pa
     grey = (canvas.image.clamp(0, 1) * 255).to(torch.uint8).numpy()
     rgb = np.stack([grey] * 3, axis=-1).astype(np.float32)
     # Each fine-stride value covers its stride x stride cell around its window's centre.
-    stride = DigitNet().dense_spec.stride // 2
+    stride = FINE_STRIDE
     cells = heat.repeat_interleave(stride, 0).repeat_interleave(stride, 1).numpy()
     off = (WINDOW - stride) // 2
     hh, ww = min(cells.shape[0], h - off), min(cells.shape[1], w - off)
@@ -340,12 +342,13 @@ def run(out: Path | str = "outputs", quick: bool = False, seed: int = 0,
     seconds = time.perf_counter() - start
     summary = {"test_accuracy": acc, "precision": precision, "recall": recall,
                "true_positives": tp, "detections": n_det, "objects": n_obj,
-               "scales": list(SCALES), "fine_stride_px": 4, "seconds": seconds}  # fmt: skip
+               "scales": list(SCALES), "fine_stride_px": FINE_STRIDE,
+               "seconds": seconds}  # fmt: skip
     (out / "detections.json").write_text(json.dumps({"summary": summary, "canvases": records},
                                                     indent=1))  # fmt: skip
     say(
-        f"detection on {n_canvas} canvases ({n_obj} digits), scales {SCALES}, fine stride 4 px: "
-        f"precision {precision:.3f}, recall {recall:.3f} at IoU >= 0.5"
+        f"detection on {n_canvas} canvases ({n_obj} digits), scales {SCALES}, fine stride "
+        f"{FINE_STRIDE} px: precision {precision:.3f}, recall {recall:.3f} at IoU >= 0.5"
     )
     say(f"wrote {n_canvas} PNGs and detections.json to {out}/ in {seconds:.0f} s")
     return DemoResult(acc, precision, recall, n_canvas, seconds)
