@@ -1,5 +1,10 @@
-"""Build of overfeat_kernels._C: one extension module with the CPU kernels and, whenever a
-CUDA toolkit is found, the CUDA kernels too (a GPU is not needed to compile them).
+"""Build of the two extension modules:
+
+- overfeat_kernels._C: the CPU kernels and, whenever a CUDA toolkit is found, the CUDA
+  kernels too (a GPU is not needed to compile them);
+- overfeat_kernels._sim: the same CUDA sources (csrc/cuda) compiled with the host C++
+  compiler against the CUDA simulator (csrc/sim), always built: it runs the CUDA kernels
+  on CPU tensors, which is how they are tested on machines without a GPU.
 
     pip install --no-build-isolation -e .
 
@@ -7,7 +12,8 @@ Environment:
     CUDA_HOME / CUDA_PATH      the CUDA toolkit (found from `nvcc` when unset)
     TORCH_CUDA_ARCH_LIST       GPU architectures (default "8.0;9.0": A100 and H100 class)
     MAX_JOBS                   parallel compile jobs (ninja)
-    OVERFEAT_KERNELS_CPU_ONLY  set to 1 to skip the CUDA sources even with a toolkit
+    OVERFEAT_KERNELS_CPU_ONLY  set to 1 to skip nvcc even with a toolkit (the simulator
+                               module is still built)
 """
 
 from __future__ import annotations
@@ -116,8 +122,19 @@ def _extensions():
         )
         ext = CppExtension("overfeat_kernels._C", sources, extra_compile_args={"cxx": cxx_flags})
     _say(f"sources: {', '.join(sources)}")
+    sim_sources = sorted(glob.glob("csrc/sim/*.cpp", root_dir=ROOT))
+    sim = CppExtension(
+        "overfeat_kernels._sim",
+        sim_sources,
+        define_macros=[("OVERFEAT_SIM", "1")],
+        # The simulator reads the kernels' __shared__ variables from the module's symbol
+        # table: never strip it.
+        extra_compile_args={"cxx": ["-O2", "-fdiagnostics-color=always"]},
+        extra_link_args=["-ldl"],
+    )
+    _say(f"simulator sources: {', '.join(sim_sources)}")
     _say(f"parallel jobs (MAX_JOBS): {os.environ.get('MAX_JOBS', 'ninja default')}")
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+    return [ext, sim], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
 ext_modules, cmdclass = _extensions()

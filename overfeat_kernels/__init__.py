@@ -9,9 +9,12 @@ support.
     torch.Size([1, 128, 33, 33])
 """
 
-from . import dense, models, nn, reference, weights
+from . import dense, models, nn, reference, simulator, weights
 from ._ext import ExtensionNotBuiltError, build_info
 from .ops import conv3x3, deinterleave, interleave, offset_max_pool2d
+from .simulator import simulate_cuda
+
+simulator._enable_from_environment()
 
 __version__ = "0.1.0"
 
@@ -26,5 +29,7 @@ __all__ = [
     "nn",
     "offset_max_pool2d",
     "reference",
+    "simulate_cuda",
+    "simulator",
     "weights",
 ]

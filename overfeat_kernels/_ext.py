@@ -49,8 +49,17 @@ def build_info() -> dict[str, object]:
         "compiled_module": loaded(),
         "load_error": None if _load_error is None else str(_load_error),
         "cuda_kernels_compiled": with_cuda(),
+        "cuda_simulator_built": _simulator_built(),
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
         "cuda_available": torch.cuda.is_available(),
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
     }
+
+
+def _simulator_built() -> bool:
+    try:
+        from . import _sim  # noqa: F401
+    except ImportError:
+        return False
+    return True

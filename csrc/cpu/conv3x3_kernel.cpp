@@ -9,6 +9,7 @@
 
 #include "../checks.h"
 #include "../dispatch.h"
+#include "simulator_switch.h"
 
 namespace overfeat_kernels {
 namespace {
@@ -159,8 +160,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward_cpu(
 }  // namespace
 
 TORCH_LIBRARY_IMPL(overfeat_kernels, CPU, m) {
-  m.impl("conv3x3", &conv3x3_cpu);
-  m.impl("conv3x3_backward", &conv3x3_backward_cpu);
+  m.impl("conv3x3", cpu_or_simulated<kConv3x3, &conv3x3_cpu>());
+  m.impl("conv3x3_backward", cpu_or_simulated<kConv3x3Backward, &conv3x3_backward_cpu>());
 }
 
 }  // namespace overfeat_kernels

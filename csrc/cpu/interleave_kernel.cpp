@@ -5,6 +5,7 @@
 
 #include "../checks.h"
 #include "../dispatch.h"
+#include "simulator_switch.h"
 
 namespace overfeat_kernels {
 namespace {
@@ -43,8 +44,8 @@ at::Tensor deinterleave_cpu(const at::Tensor& input, int64_t kernel_size) {
 }  // namespace
 
 TORCH_LIBRARY_IMPL(overfeat_kernels, CPU, m) {
-  m.impl("interleave", &interleave_cpu);
-  m.impl("deinterleave", &deinterleave_cpu);
+  m.impl("interleave", cpu_or_simulated<kInterleave, &interleave_cpu>());
+  m.impl("deinterleave", cpu_or_simulated<kDeinterleave, &deinterleave_cpu>());
 }
 
 }  // namespace overfeat_kernels

@@ -6,6 +6,7 @@
 
 #include "../checks.h"
 #include "../dispatch.h"
+#include "simulator_switch.h"
 
 namespace overfeat_kernels {
 namespace {
@@ -57,8 +58,8 @@ at::Tensor offset_max_pool2d_backward_cpu(const at::Tensor& grad_output,
 }  // namespace
 
 TORCH_LIBRARY_IMPL(overfeat_kernels, CPU, m) {
-  m.impl("offset_max_pool2d", &offset_max_pool2d_cpu);
-  m.impl("offset_max_pool2d_backward", &offset_max_pool2d_backward_cpu);
+  m.impl("offset_max_pool2d", cpu_or_simulated<kOffsetMaxPool2d, &offset_max_pool2d_cpu>());
+  m.impl("offset_max_pool2d_backward", cpu_or_simulated<kOffsetMaxPool2dBackward, &offset_max_pool2d_backward_cpu>());
 }
 
 }  // namespace overfeat_kernels

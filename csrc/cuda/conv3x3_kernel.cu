@@ -155,8 +155,8 @@ void launch_direct_conv(const DirectConvParams<scalar_t>& p, cudaStream_t stream
   const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(out_blocks),
                   static_cast<unsigned>(std::min(p.n, kMaxGridYZ)));
   bool_switch(p.mask != nullptr, [&](auto masked) {
-    direct_conv3x3_kernel<scalar_t, decltype(masked)::value><<<grid, kThreads, 0, stream>>>(p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel<direct_conv3x3_kernel<scalar_t, decltype(masked)::value>>(grid, kThreads, 0,
+                                                                           stream, p);
   });
 }
 
@@ -392,13 +392,13 @@ void grad_weight_cuda(const at::Tensor& go, const at::Tensor& mask, const at::Te
   p.partial = partial.mutable_data_ptr<acc_t>();
   const dim3 grid(static_cast<unsigned>(blocks_per_slice), static_cast<unsigned>(slices));
   bool_switch(mask.defined(), [&](auto masked) {
-    wgrad_partial_kernel<scalar_t, decltype(masked)::value><<<grid, kThreads, 0, stream>>>(p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel<wgrad_partial_kernel<scalar_t, decltype(masked)::value>>(grid, kThreads, 0,
+                                                                          stream, p);
   });
   const int64_t numel = grad_weight.numel();
-  wgrad_reduce_kernel<scalar_t><<<elementwise_blocks(numel), kElementwiseThreads, 0, stream>>>(
-      partial.const_data_ptr<acc_t>(), slices, numel, grad_weight.mutable_data_ptr<scalar_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_kernel<wgrad_reduce_kernel<scalar_t>>(
+      elementwise_blocks(numel), kElementwiseThreads, 0, stream, partial.const_data_ptr<acc_t>(),
+      slices, numel, grad_weight.mutable_data_ptr<scalar_t>());
 }
 
 template <typename scalar_t>
@@ -406,12 +406,11 @@ void grad_bias_cuda(const at::Tensor& go, const at::Tensor& mask, at::Tensor& gr
                     cudaStream_t stream) {
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(go.size(1), INT32_MAX));
   bool_switch(mask.defined(), [&](auto masked) {
-    bias_grad_kernel<scalar_t, decltype(masked)::value><<<blocks, kThreads, 0, stream>>>(
-        go.const_data_ptr<scalar_t>(), strides4(go),
+    launch_kernel<bias_grad_kernel<scalar_t, decltype(masked)::value>>(
+        blocks, kThreads, 0, stream, go.const_data_ptr<scalar_t>(), strides4(go),
         mask.defined() ? mask.const_data_ptr<scalar_t>() : nullptr,
         mask.defined() ? strides4(mask) : strides4(go), shape4(go),
         grad_bias.mutable_data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 
@@ -445,7 +444,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward_cuda(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(overfeat_kernels, CUDA, m) {
+OVERFEAT_CUDA_LIBRARY_IMPL(m) {
   m.impl("conv3x3", &conv3x3_cuda);
   m.impl("conv3x3_backward", &conv3x3_backward_cuda);
 }

@@ -35,21 +35,19 @@ at::Tensor permute_cuda(const at::Tensor& input, int64_t k, const Shape4& out_sh
     const Strides4 in_vs{vectors * in_v.h * in_v.w, 1, vectors * in_v.w, vectors};
     const Shape4 out_v{out_shape.n, vectors, out_shape.h, out_shape.w};
     const int64_t total = numel / (kVectorBytes / input.element_size());
-    permute_kernel<uint4, kInterleave, true>
-        <<<elementwise_blocks(total), kElementwiseThreads, 0, stream>>>(
+    launch_kernel<permute_kernel<uint4, kInterleave, true>>(
+        elementwise_blocks(total), kElementwiseThreads, 0, stream,
             static_cast<const uint4*>(input.const_data_ptr()), in_vs, k, out_v,
             static_cast<uint4*>(out.mutable_data_ptr()), total);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
     return out;
   }
   dispatch_by_element_size(input, kInterleave ? "interleave" : "deinterleave", [&](auto tag) {
     using T = decltype(tag);
     bool_switch(is_channels_last(input), [&](auto cl) {
-      permute_kernel<T, kInterleave, decltype(cl)::value>
-          <<<elementwise_blocks(numel), kElementwiseThreads, 0, stream>>>(
+      launch_kernel<permute_kernel<T, kInterleave, decltype(cl)::value>>(
+          elementwise_blocks(numel), kElementwiseThreads, 0, stream,
               static_cast<const T*>(input.const_data_ptr()), strides4(input), k, out_shape,
               static_cast<T*>(out.mutable_data_ptr()), numel);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
   return out;
@@ -65,7 +63,7 @@ at::Tensor deinterleave_cuda(const at::Tensor& input, int64_t kernel_size) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(overfeat_kernels, CUDA, m) {
+OVERFEAT_CUDA_LIBRARY_IMPL(m) {
   m.impl("interleave", &interleave_cuda);
   m.impl("deinterleave", &deinterleave_cuda);
 }

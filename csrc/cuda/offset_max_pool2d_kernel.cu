@@ -84,19 +84,17 @@ at::Tensor offset_max_pool2d_cuda(const at::Tensor& input, int64_t kernel_size) 
     if (channels_last_vectorizable(input) && channels_last_vectorizable(out)) {
       const int64_t vectors = g.in.c / Vec16<scalar_t>::kSize;
       const int64_t total = numel / Vec16<scalar_t>::kSize;
-      offset_pool_forward_nhwc_vec_kernel<scalar_t>
-          <<<elementwise_blocks(total), kElementwiseThreads, 0, stream>>>(
+      launch_kernel<offset_pool_forward_nhwc_vec_kernel<scalar_t>>(
+          elementwise_blocks(total), kElementwiseThreads, 0, stream,
               input.const_data_ptr<scalar_t>(), g, vectors, out.mutable_data_ptr<scalar_t>(),
               total);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;
     }
     bool_switch(is_channels_last(input), [&](auto cl) {
-      offset_pool_forward_kernel<scalar_t, decltype(cl)::value>
-          <<<elementwise_blocks(numel), kElementwiseThreads, 0, stream>>>(
+      launch_kernel<offset_pool_forward_kernel<scalar_t, decltype(cl)::value>>(
+          elementwise_blocks(numel), kElementwiseThreads, 0, stream,
               input.const_data_ptr<scalar_t>(), strides4(input), g,
               out.mutable_data_ptr<scalar_t>(), numel);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
   return out;
@@ -112,12 +110,11 @@ at::Tensor offset_max_pool2d_backward_cuda(const at::Tensor& grad_output,
   const cudaStream_t stream = current_stream();
   OVERFEAT_DISPATCH_FLOATING(input.scalar_type(), "offset_max_pool2d_backward_cuda", [&] {
     bool_switch(is_channels_last(input), [&](auto cl) {
-      offset_pool_backward_kernel<scalar_t, decltype(cl)::value>
-          <<<elementwise_blocks(numel), kElementwiseThreads, 0, stream>>>(
+      launch_kernel<offset_pool_backward_kernel<scalar_t, decltype(cl)::value>>(
+          elementwise_blocks(numel), kElementwiseThreads, 0, stream,
               grad_output.const_data_ptr<scalar_t>(), strides4(grad_output),
               input.const_data_ptr<scalar_t>(), strides4(input), g,
               grad_input.mutable_data_ptr<scalar_t>(), numel);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
   return grad_input;
@@ -125,7 +122,7 @@ at::Tensor offset_max_pool2d_backward_cuda(const at::Tensor& grad_output,
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(overfeat_kernels, CUDA, m) {
+OVERFEAT_CUDA_LIBRARY_IMPL(m) {
   m.impl("offset_max_pool2d", &offset_max_pool2d_cuda);
   m.impl("offset_max_pool2d_backward", &offset_max_pool2d_backward_cuda);
 }

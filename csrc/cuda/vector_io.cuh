@@ -3,6 +3,8 @@
 
 #include <ATen/ATen.h>
 
+#include "cuda_headers.cuh"
+
 #include <cstdint>
 
 namespace overfeat_kernels {

@@ -1,0 +1,175 @@
+// Kernels that exercise the simulator itself (barriers, races, shuffles, votes, atomics,
+// launch limits), written as CUDA and launched like the library's kernels. Exposed as
+// overfeat_kernels_simtest::run(name, input, arg) for tests/test_simulator.py; compiled
+// into the simulator only.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <string>
+
+#include "../cuda/launch.cuh"
+
+namespace overfeat_kernels {
+namespace {
+
+constexpr int kBlock = 256;
+
+// out[t] = in[(t + 1) % n] through shared memory, with the barrier it needs.
+__global__ void barrier_kernel(const float* in, float* out) {
+  __shared__ float s[kBlock];
+  const int t = threadIdx.x;
+  s[t] = in[t];
+  __syncthreads();
+  out[t] = s[(t + 1) % kBlock];
+}
+
+// The same exchange without the barrier: a race. Thread t reads what thread t - 1 wrote,
+// so threads run in order happen to get it right; other schedules read poison (NaN).
+__global__ void race_kernel(const float* in, float* out) {
+  __shared__ float s[kBlock];
+  const int t = threadIdx.x;
+  s[t] = in[t];
+  out[t] = t > 0 ? s[t - 1] : in[kBlock - 1];
+}
+
+// A barrier inside a branch that splits the block: two call sites.
+__global__ void divergent_barrier_kernel(float* out) {
+  if (threadIdx.x < 100) {
+    __syncthreads();
+  } else {
+    __syncthreads();
+  }
+  out[threadIdx.x] = 1.f;
+}
+
+// Threads that exit before a barrier count as arrived (as on the GPU).
+__global__ void early_exit_kernel(const float* in, float* out) {
+  __shared__ float s[kBlock];
+  const int t = threadIdx.x;
+  if (t >= kBlock / 2) return;
+  s[t] = in[t];
+  __syncthreads();
+  out[t] = s[kBlock / 2 - 1 - t];
+}
+
+// Per lane: [shfl idx (lane+3)%32, shfl up 1, shfl down 2, shfl xor 5, ballot(v > 0),
+// any(v > 2), all(v > -10), shfl idx width 8 (lane+1)%8].
+__global__ void warp_kernel(const float* in, float* out) {
+  const unsigned full = 0xFFFFFFFFu;
+  const int t = threadIdx.x, lane = t % 32;
+  const float v = in[t];
+  float* o = out + t * 8;
+  o[0] = __shfl_sync(full, v, (lane + 3) % 32);
+  o[1] = __shfl_up_sync(full, v, 1);
+  o[2] = __shfl_down_sync(full, v, 2);
+  o[3] = __shfl_xor_sync(full, v, 5);
+  o[4] = static_cast<float>(__ballot_sync(full, v > 0.f) & 0xFFFFu);
+  o[5] = __any_sync(full, v > 2.f) ? 1.f : 0.f;
+  o[6] = __all_sync(full, v > -10.f) ? 1.f : 0.f;
+  o[7] = __shfl_sync(full, v, (lane + 1) % 8, 8);
+  __syncwarp();
+}
+
+// A full-warp shuffle in a block whose last warp is partial.
+__global__ void partial_warp_kernel(const float* in, float* out) {
+  out[threadIdx.x] = __shfl_sync(0xFFFFFFFFu, in[threadIdx.x], 0);
+}
+
+// Lanes of a warp at two different shuffles.
+__global__ void divergent_shuffle_kernel(const float* in, float* out) {
+  const float v = in[threadIdx.x];
+  out[threadIdx.x] = threadIdx.x % 2 ? __shfl_sync(0xFFFFFFFFu, v, 0) : __shfl_sync(0xFFFFFFFFu, v, 1);
+}
+
+// Every thread of every block adds to three counters.
+__global__ void atomics_kernel(int* counts, float* sum, int* max_id) {
+  const int id = blockIdx.x * blockDim.x + threadIdx.x;
+  atomicAdd(counts, 1);
+  atomicAdd(sum, 0.5f);
+  atomicMax(max_id, id);
+}
+
+// Nothing but a launch (for the launch-limit checks).
+__global__ void empty_kernel(float* out) {
+  if (threadIdx.x == 0 && blockIdx.x == 0 && out != nullptr) out[0] = 1.f;
+}
+
+// Static shared memory above the 48 KB a block may have.
+__global__ void big_shared_kernel(float* out) {
+  __shared__ float s[13 * 1024];  // 52 KB
+  s[threadIdx.x] = 1.f;
+  __syncthreads();
+  out[threadIdx.x] = s[threadIdx.x];
+}
+
+at::Tensor run(const std::string& name, const at::Tensor& input, int64_t arg) {
+  TORCH_CHECK(input.is_cpu() && input.scalar_type() == at::kFloat && input.is_contiguous(),
+              "simtest: input must be a contiguous float32 CPU tensor");
+  const float* in = input.const_data_ptr<float>();
+  at::Tensor out = at::empty({kBlock * 8}, input.options());
+  float* o = out.mutable_data_ptr<float>();
+  if (name == "barrier" || name == "race" || name == "early_exit") {
+    TORCH_CHECK(input.numel() >= kBlock, "simtest: needs ", kBlock, " inputs");
+    if (name == "barrier") launch_kernel<barrier_kernel>(1, kBlock, 0, nullptr, in, o);
+    if (name == "race") launch_kernel<race_kernel>(1, kBlock, 0, nullptr, in, o);
+    if (name == "early_exit") launch_kernel<early_exit_kernel>(1, kBlock, 0, nullptr, in, o);
+    return out.narrow(0, 0, name == "early_exit" ? kBlock / 2 : kBlock);
+  }
+  if (name == "divergent_barrier") {
+    launch_kernel<divergent_barrier_kernel>(1, kBlock, 0, nullptr, o);
+    return out;
+  }
+  if (name == "warp") {
+    TORCH_CHECK(input.numel() >= 64, "simtest: needs 64 inputs");
+    launch_kernel<warp_kernel>(1, 64, 0, nullptr, in, o);
+    return out.narrow(0, 0, 64 * 8).view({64, 8});
+  }
+  if (name == "partial_warp") {
+    launch_kernel<partial_warp_kernel>(1, static_cast<unsigned>(arg), 0, nullptr, in, o);
+    return out;
+  }
+  if (name == "divergent_shuffle") {
+    launch_kernel<divergent_shuffle_kernel>(1, 32, 0, nullptr, in, o);
+    return out;
+  }
+  if (name == "atomics") {
+    at::Tensor state = at::zeros({3}, input.options().dtype(at::kInt));
+    int* s = state.mutable_data_ptr<int>();
+    state[2] = -1;
+    float* sum = reinterpret_cast<float*>(s + 1);
+    *sum = 0.f;
+    launch_kernel<atomics_kernel>(static_cast<unsigned>(arg), kBlock, 0, nullptr, s, sum, s + 2);
+    return state;
+  }
+  // Launch configurations: arg selects what the GPU would refuse.
+  if (name == "launch") {
+    switch (arg) {
+      case 0: launch_kernel<empty_kernel>(1, 1024, 0, nullptr, o); break;            // fine
+      case 1: launch_kernel<empty_kernel>(1, 1025, 0, nullptr, o); break;            // threads
+      case 2: launch_kernel<empty_kernel>(dim3(1, 65536), 32, 0, nullptr, o); break;  // grid y
+      case 3: launch_kernel<empty_kernel>(0, 32, 0, nullptr, o); break;              // empty
+      case 4: launch_kernel<empty_kernel>(1, 32, 64 * 1024, nullptr, o); break;      // smem
+      case 5: {  // the same after opting in
+        C10_CUDA_CHECK(cudaFuncSetAttribute(empty_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            64 * 1024));
+        launch_kernel<empty_kernel>(1, 32, 64 * 1024, nullptr, o);
+        C10_CUDA_CHECK(cudaFuncSetAttribute(empty_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            48 * 1024));
+        break;
+      }
+      case 6: launch_kernel<big_shared_kernel>(1, 32, 0, nullptr, o); break;         // static smem
+      case 7: launch_kernel<empty_kernel>(dim3(1, 1, 65), dim3(1, 1, 65), 0, nullptr, o); break;
+      default: TORCH_CHECK(false, "simtest: unknown launch case ", arg);
+    }
+    return out.narrow(0, 0, 1);
+  }
+  TORCH_CHECK(false, "simtest: unknown test ", name);
+}
+
+}  // namespace
+}  // namespace overfeat_kernels
+
+TORCH_LIBRARY(overfeat_kernels_simtest, m) {
+  m.def("run(str name, Tensor input, int arg) -> Tensor");
+  m.impl("run", c10::DispatchKey::CPU, &overfeat_kernels::run);
+}
