@@ -8,9 +8,20 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+from overfeat_kernels import simulator  # noqa: E402
+
 HAS_CUDA = torch.cuda.is_available()
+HAS_SIM = simulator.available()
+# "sim": the CUDA kernels, run by the simulator on CPU tensors (the test sees "cpu").
 DEVICES = [
     "cpu",
+    pytest.param(
+        "sim",
+        marks=[
+            pytest.mark.sim,
+            pytest.mark.skipif(not HAS_SIM, reason="CUDA simulator not built"),
+        ],
+    ),
     pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU")),
 ]
 HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -18,7 +29,11 @@ HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 @pytest.fixture(params=DEVICES)
 def device(request):
-    return request.param
+    if request.param == "sim":
+        with simulator.simulate_cuda():
+            yield "cpu"
+    else:
+        yield request.param
 
 
 @pytest.fixture(autouse=True)

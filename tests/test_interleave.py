@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from samples import deinterleave_samples, interleave_samples, make_map
 
 import overfeat_kernels as ok
-from overfeat_kernels import reference
+from overfeat_kernels import reference, simulator
 
 
 @pytest.mark.parametrize(
@@ -67,10 +67,13 @@ def test_memory_format_kept(device):
 
 
 def test_gradients(device):
+    # In the simulator a full Jacobian (one launch per element) takes minutes: check
+    # random projections of it instead.
+    fast = simulator.enabled()
     for s in interleave_samples(device, torch.float64, True):
-        assert torch.autograd.gradcheck(ok.interleave, s.args), s.name
+        assert torch.autograd.gradcheck(ok.interleave, s.args, fast_mode=fast), s.name
     for s in deinterleave_samples(device, torch.float64, True):
-        assert torch.autograd.gradcheck(ok.deinterleave, s.args), s.name
+        assert torch.autograd.gradcheck(ok.deinterleave, s.args, fast_mode=fast), s.name
 
 
 @pytest.mark.parametrize("k", [2, 3])

@@ -171,11 +171,12 @@ std::string where(const Site& s) {
   std::string f = s.file ? s.file : "?";
   const size_t slash = f.rfind('/');
   if (slash != std::string::npos) f = f.substr(slash + 1);
-  return f + ":" + std::to_string(s.line);
+  return f + ":" + std::to_string(s.line) + ":" + std::to_string(s.column);
 }
 
 bool same_site(const Site& a, const Site& b) {
-  return a.line == b.line && (a.file == b.file || std::strcmp(a.file, b.file) == 0);
+  return a.line == b.line && a.column == b.column &&
+         (a.file == b.file || std::strcmp(a.file, b.file) == 0);
 }
 
 std::string dim_str(const Dim3& d) {

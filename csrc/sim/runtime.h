@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <source_location>
 #include <string>
 #include <vector>
 
@@ -33,8 +34,11 @@ using Dim3 = ::uint3;
 struct Site {
   const char* file;
   int line;
+  int column;  // tells apart two calls on one line
 };
-#define OVK_SITE (::ovk_sim::Site{__FILE__, __LINE__})
+#define OVK_SITE                                                                  \
+  (::ovk_sim::Site{__FILE__, __LINE__,                                            \
+                   static_cast<int>(std::source_location::current().column())})
 
 enum class Schedule : int { InOrder = 0, Reversed = 1, Shuffle = 2 };
 
@@ -79,7 +83,7 @@ struct SimThread {
   unsigned linear = 0;
   ThreadState state = ThreadState::Runnable;
   WaitKind waiting = WaitKind::None;
-  Site site{nullptr, 0};
+  Site site{nullptr, 0, 0};
   Fiber fiber;
   struct SimBlock* block = nullptr;
   std::vector<CpAsyncCopy> async_copies;  // issued, not landed, in issue order
@@ -92,7 +96,7 @@ constexpr int kLaneBytes = 64;  // operand bytes a lane may pass to a warp colle
 struct WarpExchange {
   bool open = false;
   const char* what = nullptr;
-  Site site{nullptr, 0};
+  Site site{nullptr, 0, 0};
   uint32_t mask = 0, arrived = 0;
   bool full_warp = false;
   void (*combine)(const unsigned char (*in)[kLaneBytes], unsigned char (*out)[kLaneBytes],

@@ -89,6 +89,27 @@ __global__ void atomics_kernel(int* counts, float* sum, int* max_id) {
   atomicMax(max_id, id);
 }
 
+// `rounds` barriers in a row (the cost of a barrier).
+__global__ void barriers_kernel(float* out, int rounds) {
+  __shared__ float s[kBlock];
+  for (int r = 0; r < rounds; ++r) {
+    s[threadIdx.x] = static_cast<float>(r);
+    __syncthreads();
+  }
+  out[threadIdx.x] = s[(threadIdx.x + 1) % kBlock];
+}
+
+// Writes one element past the end of `out` (n elements).
+__global__ void out_of_bounds_kernel(float* out, int n) {
+  const int t = threadIdx.x;
+  if (t <= n) out[t] = 1.f;  // the bug: <= instead of <
+}
+
+// Forgets the last element of `out`.
+__global__ void unwritten_kernel(float* out, int n) {
+  if (threadIdx.x < n - 1) out[threadIdx.x] = 1.f;
+}
+
 // Nothing but a launch (for the launch-limit checks).
 __global__ void empty_kernel(float* out) {
   if (threadIdx.x == 0 && blockIdx.x == 0 && out != nullptr) out[0] = 1.f;
@@ -114,6 +135,18 @@ at::Tensor run(const std::string& name, const at::Tensor& input, int64_t arg) {
     if (name == "race") launch_kernel<race_kernel>(1, kBlock, 0, nullptr, in, o);
     if (name == "early_exit") launch_kernel<early_exit_kernel>(1, kBlock, 0, nullptr, in, o);
     return out.narrow(0, 0, name == "early_exit" ? kBlock / 2 : kBlock);
+  }
+  if (name == "barriers") {
+    launch_kernel<barriers_kernel>(1, kBlock, 0, nullptr, o, static_cast<int>(arg));
+    return out.narrow(0, 0, kBlock);
+  }
+  if (name == "out_of_bounds" || name == "unwritten") {
+    at::Tensor small = at::empty({arg}, input.options());
+    float* p = small.mutable_data_ptr<float>();
+    const int n = static_cast<int>(arg);
+    if (name == "out_of_bounds") launch_kernel<out_of_bounds_kernel>(1, n + 1, 0, nullptr, p, n);
+    if (name == "unwritten") launch_kernel<unwritten_kernel>(1, n, 0, nullptr, p, n);
+    return small;
   }
   if (name == "divergent_barrier") {
     launch_kernel<divergent_barrier_kernel>(1, kBlock, 0, nullptr, o);
