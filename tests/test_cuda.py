@@ -1,20 +1,43 @@
-"""GPU-only checks: CuPy as an independent oracle and interop, streams, every output
-element written, 64-bit indexing on tensors of more than 2^31 elements.
+"""Checks of the CUDA kernels: an independent oracle (CuPy on a GPU, NumPy in the
+simulator), every output element written, the vectorised channels_last paths; and, on a
+GPU only, CuPy interop, streams and 64-bit indexing on tensors of more than 2^31 elements.
 
-The shared per-op tests (test_conv3x3.py, ...) also run on CUDA through the `device`
-fixture; these add what only a GPU can show. Skipped, and reported as skipped, without one.
+The `gpu` fixture runs the first group twice: on a CUDA GPU when there is one, and in the
+CUDA simulator (CPU tensors, the same kernels, NaN-poisoned buffers) in every CI run.
+The shared per-op tests (test_conv3x3.py, ...) also run on both through `device`.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from samples import conv3x3_samples, offset_pool_samples
 
 import overfeat_kernels as ok
-from overfeat_kernels import reference
+from overfeat_kernels import reference, simulator
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+GPUS = [
+    pytest.param("cuda", marks=needs_gpu),
+    pytest.param(
+        "sim",
+        marks=[
+            pytest.mark.sim,
+            pytest.mark.skipif(not simulator.available(), reason="CUDA simulator not built"),
+        ],
+    ),
+]
+
+
+@pytest.fixture(params=GPUS)
+def gpu(request):
+    """The device the CUDA kernels run on: "cuda", or "cpu" inside the simulator."""
+    if request.param == "sim":
+        with simulator.simulate_cuda():
+            yield "cpu"
+    else:
+        yield "cuda"
 
 
 @pytest.fixture
@@ -22,9 +45,18 @@ def cp():
     return pytest.importorskip("cupy")
 
 
+@pytest.fixture
+def xp(gpu):
+    """The array library of the oracle: CuPy on the GPU, NumPy in the simulator."""
+    return pytest.importorskip("cupy") if gpu == "cuda" else np
+
+
 def poison_allocator_cache():
     """Fill the caching allocator's free blocks with NaN, so that an output element a
-    kernel forgets to write reads as NaN instead of a plausible stale value."""
+    kernel forgets to write reads as NaN instead of a plausible stale value. (In the
+    simulator every new buffer is NaN-filled already.)"""
+    if not torch.cuda.is_available() or simulator.enabled():
+        return
     free = torch.cuda.mem_get_info()[0]
     blocks = [
         torch.full((1 << 24,), float("nan"), device="cuda")
@@ -33,49 +65,58 @@ def poison_allocator_cache():
     del blocks
 
 
-def cupy_windows(cp, x, k):
-    """[..., H-k+1, W-k+1, k, k] sliding windows, with CuPy's own stride tricks."""
-    return cp.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(2, 3))
+def windows(xp, x, k):
+    """[..., H-k+1, W-k+1, k, k] sliding windows, with the oracle library's stride tricks."""
+    return xp.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(2, 3))
 
 
-def test_conv3x3_against_cupy(cp):
+def to_xp(xp, t):
+    return xp.asarray(t) if xp is not np else t.cpu().numpy()
+
+
+def from_xp(xp, a):
+    return torch.from_dlpack(a) if xp is not np else torch.from_numpy(np.ascontiguousarray(a))
+
+
+def test_conv3x3_against_oracle(gpu, xp):
     poison_allocator_cache()
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        for s in conv3x3_samples("cuda", dtype):
+        for s in conv3x3_samples(gpu, dtype):
             x, w, b, pad, relu = s.args
             if x.shape[0] == 0:
                 continue
             out = ok.conv3x3(*s.args)
-            xc = cp.asarray(x.double().contiguous())
-            xc = cp.pad(xc, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-            ref = cp.einsum("nchwrs,kcrs->nkhw", cupy_windows(cp, xc, 3), cp.asarray(w.double()))
+            xc = to_xp(xp, x.double().contiguous())
+            xc = xp.pad(xc, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+            ref = xp.einsum("nchwrs,kcrs->nkhw", windows(xp, xc, 3), to_xp(xp, w.double()))
             if b is not None:
-                ref += cp.asarray(b.double())[None, :, None, None]
+                ref += to_xp(xp, b.double())[None, :, None, None]
             if relu:
-                ref = cp.maximum(ref, 0)
-            ref_t = torch.from_dlpack(ref)
+                ref = xp.maximum(ref, 0)
+            ref_t = from_xp(xp, ref)
             err = (out.double() - ref_t).abs().max().item()
             tol = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 4e-3}[dtype]
             assert err <= tol * max(1.0, ref_t.abs().max().item()), (s.name, dtype, err)
 
 
-def test_offset_pool_against_cupy(cp):
+def test_offset_pool_against_oracle(gpu, xp):
     poison_allocator_cache()
-    for s in offset_pool_samples("cuda", torch.float32):
+    for s in offset_pool_samples(gpu, torch.float32):
         x, k = s.args
         if x.shape[0] == 0:
             continue
         out = ok.offset_max_pool2d(x, k)
-        dense = cupy_windows(cp, cp.asarray(x.contiguous()), k).max(axis=(-2, -1))
+        dense = windows(xp, to_xp(xp, x.contiguous()), k).max(axis=(-2, -1))
         n, c, _, _ = x.shape
         ho, wo = out.shape[-2:]
         for dy in range(k):
             for dx in range(k):
                 ref = dense[:, :, dy : dy + k * ho : k, dx : dx + k * wo : k]
                 got = out.view(n, k, k, c, ho, wo)[:, dy, dx]
-                assert cp.array_equal(cp.asarray(got.contiguous()), ref), (s.name, dy, dx)
+                assert xp.array_equal(to_xp(xp, got.contiguous()), ref), (s.name, dy, dx)
 
 
+@needs_gpu
 def test_cupy_in_cupy_out(cp):
     x = cp.random.standard_normal((2, 3, 11, 12), dtype=cp.float32)
     w = cp.random.standard_normal((4, 3, 3, 3), dtype=cp.float32)
@@ -88,6 +129,7 @@ def test_cupy_in_cupy_out(cp):
     assert isinstance(ok.interleave(pooled, 3), cp.ndarray)
 
 
+@needs_gpu
 def test_runs_on_the_current_stream():
     x = torch.randn(4, 16, 64, 64, device="cuda")
     w = torch.randn(32, 16, 3, 3, device="cuda")
@@ -102,10 +144,10 @@ def test_runs_on_the_current_stream():
     torch.testing.assert_close(pooled, reference.offset_max_pool2d(expect, 2), rtol=1e-5, atol=1e-4)
 
 
-def test_every_output_element_written():
+def test_every_output_element_written(gpu):
     poison_allocator_cache()
-    x = torch.randn(3, 20, 33, 47, device="cuda").contiguous(memory_format=torch.channels_last)
-    w = torch.randn(19, 20, 3, 3, device="cuda", requires_grad=True)
+    x = torch.randn(3, 20, 33, 47, device=gpu).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(19, 20, 3, 3, device=gpu, requires_grad=True)
     xg = x.clone().requires_grad_()
     out = ok.conv3x3(xg, w, None, 0, True)
     assert not torch.isnan(out).any()
@@ -118,6 +160,7 @@ def _free_gib():
     return torch.cuda.mem_get_info()[0] / 2**30
 
 
+@needs_gpu
 def test_interleave_beyond_32bit_indexing():
     if _free_gib() < 12:
         pytest.skip("needs 12 GiB of free GPU memory")
@@ -129,6 +172,7 @@ def test_interleave_beyond_32bit_indexing():
     assert torch.equal(ok.deinterleave(out, k), x)
 
 
+@needs_gpu
 def test_offset_pool_beyond_32bit_indexing():
     if _free_gib() < 20:
         pytest.skip("needs 20 GiB of free GPU memory")
@@ -150,9 +194,9 @@ VECTOR_CASES = [(torch.bfloat16, 16), (torch.float16, 8), (torch.float32, 12), (
 
 @pytest.mark.parametrize("dtype,channels", VECTOR_CASES, ids=lambda v: str(v))
 @pytest.mark.parametrize("k", [2, 3])
-def test_vectorized_channels_last_paths(dtype, channels, k):
+def test_vectorized_channels_last_paths(gpu, dtype, channels, k):
     poison_allocator_cache()
-    x = torch.randn(3, channels, 23, 31, device="cuda", dtype=dtype)
+    x = torch.randn(3, channels, 23, 31, device=gpu, dtype=dtype)
     x[0, 1, 5, 7] = float("nan")
     x = x.contiguous(memory_format=torch.channels_last)
     out = ok.offset_max_pool2d(x, k)

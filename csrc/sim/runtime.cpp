@@ -224,6 +224,26 @@ void thread_main(void* arg) {
 void resolve_blocked(Worker& w) {
   SimBlock& b = w.block;
   std::vector<SimThread>& ts = w.threads;
+  // The common case first, without allocating: every live thread at one barrier.
+  const SimThread* first = nullptr;
+  bool one_barrier = true;
+  for (const SimThread& t : ts) {
+    if (t.state == ThreadState::Exited) continue;
+    if (t.waiting != WaitKind::Barrier || (first != nullptr && !same_site(first->site, t.site))) {
+      one_barrier = false;
+      break;
+    }
+    if (first == nullptr) first = &t;
+  }
+  if (one_barrier) {
+    for (SimThread& t : ts) {
+      if (t.state == ThreadState::Blocked) {
+        t.state = ThreadState::Runnable;
+        t.waiting = WaitKind::None;
+      }
+    }
+    return;
+  }
   std::vector<std::pair<Site, std::vector<unsigned>>> barrier_sites;
   bool all_at_barrier = true;
   for (SimThread& t : ts) {
