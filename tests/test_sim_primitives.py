@@ -31,6 +31,7 @@ pytestmark = [
 ]
 
 EMPTY = torch.empty(0)
+HERE = r"selftest_primitives\.cpp:\d+"  # errors name the primitive's caller
 
 
 def primitive(name, a=EMPTY, b=EMPTY, c=EMPTY, **kwargs):
@@ -220,6 +221,18 @@ def test_mma_registers_random_within_tolerance(kind):
     np.testing.assert_allclose(D, A @ B + C, rtol=0, atol=float(scale.max()) * 2**-22)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_mma_simulator_rounds_once(kind):
+    """The simulator's model (not an ISA fact): the exact sum, rounded to float once.
+    D = 2**24 + K is a float, but adding K ones to 2**24 one at a time in float would give
+    2**24. A tensor core's non-IEEE accumulation may differ: kernels compare with a
+    tolerance."""
+    K = MMA[kind][0]
+    A, B, C = np.ones((16, K)), np.ones((K, 8)), np.full((16, 8), 2.0**24)
+    D = unpack_d(mma_registers(kind, *pack_registers(kind, A, B, C)))
+    np.testing.assert_array_equal(D, np.full((16, 8), 2.0**24 + K))
+
+
 def _layout_mismatches(kind, A, B, C, expected):
     """Runs the mma and lists (lane, register, got, expected) where D differs."""
     d = mma_registers(kind, *pack_registers(kind, A, B, C))
@@ -284,6 +297,19 @@ def test_mma_tf32_ignores_low_13_bits():
     noisy = mma_registers("tf32", a_noisy, b_noisy, c)
     np.testing.assert_array_equal(noisy, clean)
     np.testing.assert_array_equal(unpack_d(noisy), A @ B + C)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("mma_half_warp", r"\.bf16\.bf16\.f32 at " + HERE + " in warp 0 is missing lanes 16-31"),
+        ("mma_partial_warp", r"needs all 32 lanes .*the warp has only 16 threads \(at " + HERE),
+    ],
+)
+def test_mma_needs_the_whole_warp(name, message):
+    """mma.sync.aligned: all 32 lanes must execute it; half a warp raises, naming them."""
+    with pytest.raises(RuntimeError, match=message):
+        primitive(name, torch.zeros(1))
 
 
 # ---- mma from matrices, fragments gathered in the kernel ---------------------------------
@@ -385,14 +411,16 @@ def test_ldmatrix_layout(num, trans):
 @pytest.mark.parametrize(
     ("variant", "message"),
     [
-        ("_misaligned", r"lane 3 gives a row address that is not 16-byte aligned"),
-        ("_global", r"lane 5 gives a row address outside this kernel's shared memory"),
-        ("_partial_warp", r"m8n8\.x4\.shared\.b16 at .* is missing lanes 16-31 .*has exited"),
+        ("_misaligned", r"lane 3 gives a row address that is not 16-byte aligned \(at " + HERE),
+        ("_global", r"lane 5 gives a row address outside this kernel's shared memory \(at " + HERE),
+        ("_partial_warp", r"x4\.shared\.b16 at " + HERE + r" .* missing lanes 16-31 .*exited"),
+        ("_divergent", r"lanes of warp 0 diverge: lane \d+ calls ldmatrix.* at " + HERE),
     ],
 )
 def test_ldmatrix_errors(variant, message):
-    """A misaligned row, a row outside shared memory, and half a warp executing the
-    .aligned instruction: each raises, naming the lane(s)."""
+    """A misaligned row, a row outside shared memory, half a warp executing the .aligned
+    instruction, and the warp split between two call sites: each raises, naming the
+    lane(s) and the caller's line in the test kernel."""
     tile, rows = ldmatrix_inputs(4, np.random.default_rng(0))
     with pytest.raises(RuntimeError, match=message):
         primitive(
@@ -461,7 +489,8 @@ def test_cp_async_zfill():
     ],
 )
 def test_cp_async_errors(case, message):
-    with pytest.raises(RuntimeError, match=message):
+    """Copies the GPU would fault on or leave undefined raise, naming the caller."""
+    with pytest.raises(RuntimeError, match=message + r".* \(at " + HERE):
         primitive(f"cp_async_{case}", torch.zeros(256))
 
 

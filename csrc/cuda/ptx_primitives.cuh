@@ -6,10 +6,12 @@
 // Section names below are those of the PTX ISA ("Parallel Thread Execution ISA").
 //
 // Call sites (simulator): warp collectives are matched by call site, and errors name it.
-// Each wrapper takes a defaulted `CallerSite site` whose default argument is evaluated
-// where the wrapper is called (__builtin_FILE / __builtin_LINE), so the site is the
-// caller's line; under nvcc CallerSite is an empty struct that costs nothing. A helper
-// that wraps these wrappers reports its own line (pass its caller's site on if needed).
+// Each wrapper takes a last parameter `CallerSite site = {}`; in the simulator its
+// constructor's default arguments __builtin_FILE() / __builtin_LINE() are evaluated where
+// the wrapper is called, so the site is the caller's line (g++ does that for a default
+// argument, or one nested in a default argument's constructor call, but not for the
+// builtins inside a braced initializer). Under nvcc CallerSite is an empty struct that
+// costs nothing. A helper that wraps these wrappers reports its own line.
 #pragma once
 
 #include <cstdint>
@@ -25,11 +27,13 @@
 namespace overfeat_kernels {
 
 #ifdef OVERFEAT_SIM
-using CallerSite = ::ovk_sim::Site;
-#define OVK_CALLER ::ovk_sim::Site{__builtin_FILE(), __builtin_LINE()}
+struct CallerSite {
+  CallerSite(const char* file = __builtin_FILE(), int line = __builtin_LINE()) : site{file, line} {}
+  operator ::ovk_sim::Site() const { return site; }
+  ::ovk_sim::Site site;
+};
 #else
 struct CallerSite {};
-#define OVK_CALLER ::overfeat_kernels::CallerSite{}
 #endif
 
 // ---- fragment coordinates ---------------------------------------------------------------
@@ -42,7 +46,8 @@ struct RowCol {
   int row, col;
 };
 
-// A (16x16, .f16/.bf16), i = 0..7: rows g (a0 a1 a4 a5) or g + 8; cols 2t + (i & 1), + 8 for i >= 4.
+// A (16x16, .f16/.bf16), i = 0..7: rows g (a0 a1 a4 a5) or g + 8; cols 2t + (i & 1),
+// plus 8 for i >= 4.
 __host__ __device__ constexpr RowCol mma_m16n8k16_a(int lane, int i) {
   return {(lane >> 2) + 8 * ((i >> 1) & 1), 2 * (lane & 3) + (i & 1) + 8 * (i >> 2)};
 }
@@ -190,7 +195,8 @@ void ldmatrix(const char* what, ::ovk_sim::Site site, uint32_t* r, const void* r
                                 " gives a row address outside this kernel's shared memory");
     }
   }
-  const auto o = ::ovk_sim::collective<LdmatrixIn, LdmatrixOut<kNum>, LdmatrixCombine<kNum, kTrans>>(
+  using Combine = LdmatrixCombine<kNum, kTrans>;
+  const auto o = ::ovk_sim::collective<LdmatrixIn, LdmatrixOut<kNum>, Combine>(
       what, site, 0xFFFFFFFFu, /*full_warp=*/true,
       LdmatrixIn{static_cast<const unsigned char*>(row)});
   std::memcpy(r, o.r, sizeof o.r);
@@ -206,7 +212,7 @@ void ldmatrix(const char* what, ::ovk_sim::Site site, uint32_t* r, const void* r
 // mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 (a: 4 x bf16x2, b: 2 x bf16x2)
 __device__ __forceinline__ void mma_m16n8k16_bf16(float d[4], const uint32_t a[4],
                                                   const uint32_t b[2], const float c[4],
-                                                  CallerSite site = OVK_CALLER) {
+                                                  CallerSite site = {}) {
 #ifdef OVERFEAT_SIM
   sim::mma<sim::MmaType::BF16>("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32", site, d,
                                a, b, c);
@@ -223,7 +229,7 @@ __device__ __forceinline__ void mma_m16n8k16_bf16(float d[4], const uint32_t a[4
 // mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 (a: 4 x f16x2, b: 2 x f16x2)
 __device__ __forceinline__ void mma_m16n8k16_f16(float d[4], const uint32_t a[4],
                                                  const uint32_t b[2], const float c[4],
-                                                 CallerSite site = OVK_CALLER) {
+                                                 CallerSite site = {}) {
 #ifdef OVERFEAT_SIM
   sim::mma<sim::MmaType::F16>("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32", site, d, a,
                               b, c);
@@ -241,7 +247,7 @@ __device__ __forceinline__ void mma_m16n8k16_f16(float d[4], const uint32_t a[4]
 // bits of each a/b register are ignored, as by the tensor core)
 __device__ __forceinline__ void mma_m16n8k8_tf32(float d[4], const uint32_t a[4],
                                                  const uint32_t b[2], const float c[4],
-                                                 CallerSite site = OVK_CALLER) {
+                                                 CallerSite site = {}) {
 #ifdef OVERFEAT_SIM
   sim::mma<sim::MmaType::TF32>("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32", site, d, a,
                                b, c);
@@ -268,7 +274,7 @@ __device__ __forceinline__ void mma_m16n8k8_tf32(float d[4], const uint32_t a[4]
 
 // ldmatrix.sync.aligned.m8n8.x1.shared.b16
 __device__ __forceinline__ void ldmatrix_x1(uint32_t r[1], const void* row,
-                                            CallerSite site = OVK_CALLER) {
+                                            CallerSite site = {}) {
 #ifdef OVERFEAT_SIM
   OVK_LDMATRIX(1, false, "x1");
 #else
@@ -279,7 +285,7 @@ __device__ __forceinline__ void ldmatrix_x1(uint32_t r[1], const void* row,
 
 // ldmatrix.sync.aligned.m8n8.x2.shared.b16
 __device__ __forceinline__ void ldmatrix_x2(uint32_t r[2], const void* row,
-                                            CallerSite site = OVK_CALLER) {
+                                            CallerSite site = {}) {
 #ifdef OVERFEAT_SIM
   OVK_LDMATRIX(2, false, "x2");
 #else
@@ -292,7 +298,7 @@ __device__ __forceinline__ void ldmatrix_x2(uint32_t r[2], const void* row,
 
 // ldmatrix.sync.aligned.m8n8.x4.shared.b16
 __device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void* row,
-                                            CallerSite site = OVK_CALLER) {
+                                            CallerSite site = {}) {
 #ifdef OVERFEAT_SIM
   OVK_LDMATRIX(4, false, "x4");
 #else
@@ -305,7 +311,7 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void* row,
 
 // ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16 (each 8x8 matrix transposed)
 __device__ __forceinline__ void ldmatrix_x1_trans(uint32_t r[1], const void* row,
-                                                  CallerSite site = OVK_CALLER) {
+                                                  CallerSite site = {}) {
 #ifdef OVERFEAT_SIM
   OVK_LDMATRIX(1, true, "x1.trans");
 #else
@@ -318,7 +324,7 @@ __device__ __forceinline__ void ldmatrix_x1_trans(uint32_t r[1], const void* row
 
 // ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16
 __device__ __forceinline__ void ldmatrix_x2_trans(uint32_t r[2], const void* row,
-                                                  CallerSite site = OVK_CALLER) {
+                                                  CallerSite site = {}) {
 #ifdef OVERFEAT_SIM
   OVK_LDMATRIX(2, true, "x2.trans");
 #else
@@ -331,7 +337,7 @@ __device__ __forceinline__ void ldmatrix_x2_trans(uint32_t r[2], const void* row
 
 // ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void* row,
-                                                  CallerSite site = OVK_CALLER) {
+                                                  CallerSite site = {}) {
 #ifdef OVERFEAT_SIM
   OVK_LDMATRIX(4, true, "x4.trans");
 #else
@@ -355,7 +361,7 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void* row
 
 // cp.async.ca.shared.global [dst], [src], 4
 __device__ __forceinline__ void cp_async_4(void* dst, const void* src,
-                                           CallerSite site = OVK_CALLER) {
+                                           CallerSite site = {}) {
 #ifdef OVERFEAT_SIM
   ::ovk_sim::cp_async(site, dst, src, 4, 4);
 #else
@@ -366,7 +372,7 @@ __device__ __forceinline__ void cp_async_4(void* dst, const void* src,
 
 // cp.async.ca.shared.global [dst], [src], 8
 __device__ __forceinline__ void cp_async_8(void* dst, const void* src,
-                                           CallerSite site = OVK_CALLER) {
+                                           CallerSite site = {}) {
 #ifdef OVERFEAT_SIM
   ::ovk_sim::cp_async(site, dst, src, 8, 8);
 #else
@@ -377,7 +383,7 @@ __device__ __forceinline__ void cp_async_8(void* dst, const void* src,
 
 // cp.async.cg.shared.global [dst], [src], 16
 __device__ __forceinline__ void cp_async_16(void* dst, const void* src,
-                                            CallerSite site = OVK_CALLER) {
+                                            CallerSite site = {}) {
 #ifdef OVERFEAT_SIM
   ::ovk_sim::cp_async(site, dst, src, 16, 16);
 #else
@@ -388,7 +394,7 @@ __device__ __forceinline__ void cp_async_16(void* dst, const void* src,
 
 // cp.async.ca.shared.global [dst], [src], 4, src_bytes
 __device__ __forceinline__ void cp_async_4_zfill(void* dst, const void* src, int src_bytes,
-                                                 CallerSite site = OVK_CALLER) {
+                                                 CallerSite site = {}) {
 #ifdef OVERFEAT_SIM
   ::ovk_sim::cp_async(site, dst, src, 4, static_cast<uint32_t>(src_bytes));
 #else
@@ -401,7 +407,7 @@ __device__ __forceinline__ void cp_async_4_zfill(void* dst, const void* src, int
 
 // cp.async.ca.shared.global [dst], [src], 8, src_bytes
 __device__ __forceinline__ void cp_async_8_zfill(void* dst, const void* src, int src_bytes,
-                                                 CallerSite site = OVK_CALLER) {
+                                                 CallerSite site = {}) {
 #ifdef OVERFEAT_SIM
   ::ovk_sim::cp_async(site, dst, src, 8, static_cast<uint32_t>(src_bytes));
 #else
@@ -414,7 +420,7 @@ __device__ __forceinline__ void cp_async_8_zfill(void* dst, const void* src, int
 
 // cp.async.cg.shared.global [dst], [src], 16, src_bytes
 __device__ __forceinline__ void cp_async_16_zfill(void* dst, const void* src, int src_bytes,
-                                                  CallerSite site = OVK_CALLER) {
+                                                  CallerSite site = {}) {
 #ifdef OVERFEAT_SIM
   ::ovk_sim::cp_async(site, dst, src, 16, static_cast<uint32_t>(src_bytes));
 #else
@@ -440,7 +446,7 @@ __device__ __forceinline__ void cp_async_commit_group() {
 // N is an immediate in PTX, hence the template. Other threads see the data only after a
 // barrier that follows the wait.
 template <int N>
-__device__ __forceinline__ void cp_async_wait_group(CallerSite site = OVK_CALLER) {
+__device__ __forceinline__ void cp_async_wait_group(CallerSite site = {}) {
   static_assert(N >= 0, "cp.async.wait_group needs N >= 0");
 #ifdef OVERFEAT_SIM
   ::ovk_sim::cp_async_wait(site, N);
@@ -451,7 +457,7 @@ __device__ __forceinline__ void cp_async_wait_group(CallerSite site = OVK_CALLER
 
 // cp.async.wait_all: commit_group then wait_group 0 (same ISA section), so it also waits
 // for copies not yet committed.
-__device__ __forceinline__ void cp_async_wait_all(CallerSite site = OVK_CALLER) {
+__device__ __forceinline__ void cp_async_wait_all(CallerSite site = {}) {
 #ifdef OVERFEAT_SIM
   ::ovk_sim::cp_async_commit();
   ::ovk_sim::cp_async_wait(site, 0);

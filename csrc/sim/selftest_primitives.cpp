@@ -39,6 +39,14 @@ __global__ void mma_registers_kernel(const int32_t* a, const int32_t* b, const f
   for (int i = 0; i < 4; ++i) d[lane * 4 + i] = rd[i];
 }
 
+// Only lanes 0-15 execute the .aligned mma (launched with 32 threads: lanes 16-31 exit
+// instead; with 16: the warp is partial). Must raise either way.
+__global__ void mma_half_warp_kernel(float* d) {
+  const uint32_t a[4] = {0, 0, 0, 0}, b[2] = {0, 0};
+  const float c[4] = {0.f, 0.f, 0.f, 0.f};
+  if (threadIdx.x < 16) mma_m16n8k16_bf16(d + 4 * threadIdx.x, a, b, c);
+}
+
 // D (16x8) = A (16xK) * B (Kx8) + C, all row-major floats: staged in shared memory, the
 // fragments gathered by the fragment-coordinate helpers, D scattered by the same.
 template <Mma kType>
@@ -61,10 +69,12 @@ __global__ void mma_tile_kernel(const float* A, const float* B, const float* C, 
   } else {
     const auto pack = kType == Mma::BF16 ? pack_bf16x2 : pack_f16x2;
     for (int r = 0; r < 4; ++r) {
-      a[r] = pack(at(sa, K, mma_m16n8k16_a(lane, 2 * r)), at(sa, K, mma_m16n8k16_a(lane, 2 * r + 1)));
+      a[r] = pack(at(sa, K, mma_m16n8k16_a(lane, 2 * r)),
+                  at(sa, K, mma_m16n8k16_a(lane, 2 * r + 1)));
     }
     for (int r = 0; r < 2; ++r) {
-      b[r] = pack(at(sb, 8, mma_m16n8k16_b(lane, 2 * r)), at(sb, 8, mma_m16n8k16_b(lane, 2 * r + 1)));
+      b[r] = pack(at(sb, 8, mma_m16n8k16_b(lane, 2 * r)),
+                  at(sb, 8, mma_m16n8k16_b(lane, 2 * r + 1)));
     }
   }
   for (int i = 0; i < 4; ++i) c[i] = at(sc, 8, mma_m16n8_c(lane, i));
@@ -101,7 +111,7 @@ __global__ void mma_ldmatrix_kernel(const float* A, const float* B, const float*
   }
 }
 
-enum class LdmatrixCase { Normal, Misaligned, Global, PartialWarp };
+enum class LdmatrixCase { Normal, Misaligned, Global, PartialWarp, Divergent };
 
 // A 32x8 b16 tile in shared memory; lane l gives the address of row rows[l] (none when
 // rows[l] < 0) and writes its kNum registers to out[l][0..kNum-1].
@@ -120,7 +130,16 @@ __global__ void ldmatrix_kernel(const int16_t* tile, const int32_t* rows, int32_
     if constexpr (kNum == 2) kTrans ? ldmatrix_x2_trans(r, row) : ldmatrix_x2(r, row);
     if constexpr (kNum == 4) kTrans ? ldmatrix_x4_trans(r, row) : ldmatrix_x4(r, row);
   };
-  if (kCase != LdmatrixCase::PartialWarp || lane < 16) load();
+  if (kCase == LdmatrixCase::Divergent) {
+    // The same instruction at two call sites: lanes of the warp diverge (must raise).
+    if (lane % 2) {
+      ldmatrix_x4(r, row);
+    } else {
+      ldmatrix_x4(r, row);
+    }
+  } else if (kCase != LdmatrixCase::PartialWarp || lane < 16) {
+    load();
+  }
   for (int j = 0; j < kNum; ++j) out[lane * kNum + j] = static_cast<int32_t>(r[j]);
 }
 
@@ -223,9 +242,9 @@ at::Tensor run_mma(const std::string& form, const at::Tensor& a, const at::Tenso
     check_input(b, at::kInt, 32 * 2, "b");
     check_input(c, at::kFloat, 32 * 4, "c");
     at::Tensor d = at::empty({32, 4}, c.options());
-    launch_kernel<mma_registers_kernel<kType>>(1, 32, 0, nullptr, a.const_data_ptr<int32_t>(),
-                                               b.const_data_ptr<int32_t>(),
-                                               c.const_data_ptr<float>(), d.mutable_data_ptr<float>());
+    launch_kernel<mma_registers_kernel<kType>>(
+        1, 32, 0, nullptr, a.const_data_ptr<int32_t>(), b.const_data_ptr<int32_t>(),
+        c.const_data_ptr<float>(), d.mutable_data_ptr<float>());
     return d;
   }
   check_input(a, at::kFloat, 16 * K, "a");
@@ -268,6 +287,8 @@ at::Tensor run_ldmatrix(const std::string& variant, const at::Tensor& tile,
     go(std::integral_constant<C, C::Global>{});
   } else if (variant == "_partial_warp") {
     go(std::integral_constant<C, C::PartialWarp>{});
+  } else if (variant == "_divergent") {
+    go(std::integral_constant<C, C::Divergent>{});
   } else {
     TORCH_CHECK(false, "simtest primitive: unknown ldmatrix variant ", variant);
   }
@@ -287,8 +308,9 @@ at::Tensor run_convert(const at::Tensor& x, const at::Tensor& y) {
   return out;
 }
 
-// name: mma_{bf16,f16,tf32}_{registers,tile}, mma_bf16_ldmatrix,
-// ldmatrix_x{1,2,4}[_trans][_misaligned|_global|_partial_warp], cp_async, cp_async_zfill,
+// name: mma_{bf16,f16,tf32}_{registers,tile}, mma_bf16_ldmatrix, mma_{half,partial}_warp,
+// ldmatrix_x{1,2,4}[_trans][_misaligned|_global|_partial_warp|_divergent], cp_async,
+// cp_async_zfill,
 // cp_async_{misaligned_dst,misaligned_src,global_dst,src_bytes_too_large}, float_to_tf32,
 // pack_bf16x2, pack_f16x2. Inputs a, b, c as each kernel above describes.
 at::Tensor primitive(const std::string& name, const at::Tensor& a, const at::Tensor& b,
@@ -304,6 +326,12 @@ at::Tensor primitive(const std::string& name, const at::Tensor& a, const at::Ten
   if (starts("ldmatrix_x1")) return run_ldmatrix<1, false>(rest("ldmatrix_x1"), a, b);
   if (starts("ldmatrix_x2")) return run_ldmatrix<2, false>(rest("ldmatrix_x2"), a, b);
   if (starts("ldmatrix_x4")) return run_ldmatrix<4, false>(rest("ldmatrix_x4"), a, b);
+  if (name == "mma_half_warp" || name == "mma_partial_warp") {
+    at::Tensor d = at::zeros({32, 4}, a.options().dtype(at::kFloat));
+    launch_kernel<mma_half_warp_kernel>(1, name == "mma_half_warp" ? 32 : 16, 0, nullptr,
+                                        d.mutable_data_ptr<float>());
+    return d;
+  }
   if (name == "cp_async") {
     check_input(a, at::kFloat, 256, "a");
     at::Tensor out = at::empty({5, 32, 7}, a.options());
