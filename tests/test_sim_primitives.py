@@ -223,7 +223,8 @@ def test_mma_registers_random_within_tolerance(kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_mma_simulator_rounds_once(kind):
-    """The simulator's model (not an ISA fact): the exact sum, rounded to float once.
+    """The simulator's model (not an ISA fact): the sum taken in double, rounded to float
+    once.
     D = 2**24 + K is a float, but adding K ones to 2**24 one at a time in float would give
     2**24. A tensor core's non-IEEE accumulation may differ: kernels compare with a
     tolerance."""
@@ -538,6 +539,9 @@ def test_float_to_tf32_edge_cases():
 
 
 def test_float_to_tf32_nan_stays_nan():
+    """The ISA leaves the NaN payload open; the simulator keeps a NaN a NaN (sign kept, low
+    13 bits clear). A GPU that only masks the low bits could turn a signalling NaN whose
+    payload lies in those bits (0x7F800001) into infinity: kernels must not rely on it."""
     for u, g in zip(NANS, float_to_tf32(NANS), strict=True):
         assert (g & 0x7F800000) == 0x7F800000 and (g & 0x007FFFFF) != 0, f"{u:#x} -> {g:#x}"
         assert g & 0x1FFF == 0 and g >> 31 == u >> 31
