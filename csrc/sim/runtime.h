@@ -134,6 +134,10 @@ void warp_collective(const char* what, Site site, uint32_t mask, bool full_warp,
 // Raises, naming the kernel, block and thread: for rule violations found in primitives.
 [[noreturn]] void fail(Site site, const std::string& what);
 
+// Whether [p, p + bytes) lies in the calling thread's block's shared memory (static
+// __shared__ variables or dynamic shared memory): for primitives that need shared memory.
+bool in_shared_memory(const void* p, size_t bytes);
+
 // cp.async bookkeeping (the copies land only in wait_group).
 void cp_async(Site site, void* dst, const void* src, uint32_t bytes, uint32_t src_bytes);
 void cp_async_commit();
