@@ -123,6 +123,17 @@ def _extensions():
         ext = CppExtension("overfeat_kernels._C", sources, extra_compile_args={"cxx": cxx_flags})
     _say(f"sources: {', '.join(sources)}")
     sim_sources = sorted(glob.glob("csrc/sim/*.cpp", root_dir=ROOT))
+    # Each CUDA source is compiled into the simulator through a one-line csrc/sim/<stem>.cpp.
+    missing = [
+        cu
+        for cu in sorted(glob.glob("csrc/cuda/*.cu", root_dir=ROOT))
+        if f"csrc/sim/{Path(cu).stem}.cpp" not in sim_sources
+    ]
+    if missing:
+        raise SystemExit(
+            f"overfeat_kernels: {', '.join(missing)} has no simulator twin: add "
+            f"csrc/sim/<stem>.cpp containing `#include \"../cuda/<stem>.cu\"`"
+        )
     sim = CppExtension(
         "overfeat_kernels._sim",
         sim_sources,

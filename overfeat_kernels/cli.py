@@ -16,6 +16,7 @@ EPILOG = """examples:
   overfeat-kernels info                  what was built, what this machine can run
   overfeat-kernels demo                  the main job: train, localize, detect digits -> outputs/
   overfeat-kernels selfcheck             every op vs. the reference, timed (GPU if present)
+  overfeat-kernels selfcheck --device sim    the CUDA kernels, run in the CPU simulator
   overfeat-kernels layers vgg16          the extractable layers and their output shapes
   overfeat-kernels train --model overfeat-fast --data train/ --out run1/
   overfeat-kernels extract --model vgg16 --weights vgg16.pth --layers fc7,pool5 \\
@@ -59,15 +60,34 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_selfcheck(args: argparse.Namespace) -> int:
-    from . import demo
+    from . import demo, simulator
 
     if args.device == "cuda" and not torch.cuda.is_available():
         print("overfeat-kernels selfcheck: --device cuda but no CUDA GPU is available",
               file=sys.stderr)  # fmt: skip
         return 2
-    rows = demo.run(
-        args.device, DTYPES[args.dtype], args.batch, args.size, args.channels, args.reps
-    )
+    if args.device == "sim":
+        if not simulator.available():
+            print("overfeat-kernels selfcheck: --device sim but the CUDA simulator module was "
+                  "not built (see `overfeat-kernels info`)", file=sys.stderr)  # fmt: skip
+            return 2
+        # The CUDA kernels on CPU tensors: correctness only; the simulator is slow, so
+        # the defaults shrink and the times say nothing about a GPU.
+        simulator.reset_launch_counts()
+        with simulator.simulate_cuda():
+            rows = demo.run(
+                "cpu", DTYPES[args.dtype], args.batch, args.size or 24, args.channels or 16,
+                args.reps or 1,
+            )  # fmt: skip
+        print("\nCUDA kernels that ran in the simulator (launches):")
+        for name, count in sorted(simulator.launch_counts().items()):
+            print(f"  {count:5d}  {name}")
+        print("(times above are of the simulator on this CPU, not of a GPU)")
+    else:
+        rows = demo.run(
+            args.device, DTYPES[args.dtype], args.batch, args.size or 56, args.channels or 64,
+            args.reps or 10,
+        )  # fmt: skip
     bad = [r["op"] for r in rows if not r["agrees"]]
     if bad:
         print(f"DISAGREEMENT with the reference: {', '.join(bad)}", file=sys.stderr)
@@ -183,17 +203,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("selfcheck", help="run every op and layer against the reference, timed")
     demo.add_argument(
         "--device",
-        choices=["cpu", "cuda"],
+        choices=["cpu", "cuda", "sim"],
         default=None,
-        help="where to run (default: cuda if available, else cpu)",
+        help="where to run: cpu, cuda, or sim (the CUDA kernels in the CPU simulator); "
+        "default: cuda if available, else cpu",
     )
     demo.add_argument(
         "--dtype", choices=sorted(DTYPES), default="float32", help="data type (default: float32)"
     )
     demo.add_argument("--batch", type=int, default=2, help="batch size (default: 2)")
-    demo.add_argument("--size", type=int, default=56, help="map height and width (default: 56)")
-    demo.add_argument("--channels", type=int, default=64, help="channels (default: 64)")
-    demo.add_argument("--reps", type=int, default=10, help="timed repetitions (default: 10)")
+    demo.add_argument(
+        "--size", type=int, default=None, help="map height and width (default: 56; sim: 24)"
+    )
+    demo.add_argument("--channels", type=int, default=None, help="channels (default: 64; sim: 16)")
+    demo.add_argument(
+        "--reps", type=int, default=None, help="timed repetitions (default: 10; sim: 1)"
+    )
     demo.set_defaults(func=_cmd_selfcheck)
 
     lay = sub.add_parser("layers", help="list a model's extractable layers and their shapes")

@@ -8,7 +8,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from overfeat_kernels import simulator  # noqa: E402
+from overfeat_kernels import simulator
 
 HAS_CUDA = torch.cuda.is_available()
 HAS_SIM = simulator.available()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -35,6 +36,29 @@ def test_cuda_kernels_compiled_when_required():
     if os.environ.get("OVERFEAT_KERNELS_REQUIRE_CUDA_BUILD") != "1":
         pytest.skip("OVERFEAT_KERNELS_REQUIRE_CUDA_BUILD not set")
     assert _ext.with_cuda(), ok.build_info()
+
+
+def test_simulator_built_when_required():
+    # CI sets this: the simulator cases must run, not be skipped.
+    if os.environ.get("OVERFEAT_KERNELS_REQUIRE_SIMULATOR") != "1":
+        pytest.skip("OVERFEAT_KERNELS_REQUIRE_SIMULATOR not set")
+    assert ok.simulator.available(), ok.build_info()
+
+
+def test_every_cuda_source_has_a_simulator_twin():
+    root = Path(__file__).resolve().parents[1] / "csrc"
+    for cu in sorted((root / "cuda").glob("*.cu")):
+        twin = root / "sim" / f"{cu.stem}.cpp"
+        assert twin.exists(), f"{cu.name} is not compiled into the simulator"
+        assert f'#include "../cuda/{cu.name}"' in twin.read_text()
+
+
+@pytest.mark.parametrize("name", OP_NAMES)
+def test_simulator_registers_every_op(name):
+    if not ok.simulator.available():
+        pytest.skip("CUDA simulator not built")
+    has = torch._C._dispatch_has_kernel_for_dispatch_key
+    assert has(f"overfeat_kernels_sim::{name}", "CPU")
 
 
 def test_import_without_compiled_module_is_safe():

@@ -205,9 +205,10 @@ def test_context_nests_and_restores():
             assert not simulator.enabled()
         assert simulator.enabled()
     assert not simulator.enabled()
-    with pytest.raises(ValueError, match="schedule must be one of"):
-        with simulator.simulate_cuda(schedule="random"):
-            pass
+    with pytest.raises(ValueError, match="schedule must be one of"), simulator.simulate_cuda(
+        schedule="random"
+    ):
+        pass
 
 
 def test_environment_variable_simulates_the_whole_process():
