@@ -47,6 +47,7 @@ __all__ = [
 
 SCHEDULES = ("in_order", "reversed", "shuffle")
 ENV_VAR = "OVERFEAT_KERNELS_SIMULATE_CUDA"
+SCHEDULE_ENV_VAR = "OVERFEAT_KERNELS_SIM_SCHEDULE"
 
 try:
     from . import _sim  # registers torch.ops.overfeat_kernels_sim.*
@@ -81,8 +82,8 @@ def enabled() -> bool:
 def simulate_cuda(
     enabled: bool = True,
     *,
-    schedule: str = "in_order",
-    seed: int = 0,
+    schedule: str | None = None,
+    seed: int | None = None,
     poison: bool = True,
 ) -> Iterator[None]:
     """Runs the ops' CUDA kernels in the simulator for CPU tensors, within the block.
@@ -93,7 +94,8 @@ def simulate_cuda(
         enabled: False runs the CPU kernels inside the block (to switch off locally).
         schedule: order of a block's threads between barriers: ``"in_order"``,
             ``"reversed"`` or ``"shuffle"`` (seeded by ``seed``; blocks are shuffled too).
-        seed: the shuffle's seed.
+            Default: ``$OVERFEAT_KERNELS_SIM_SCHEDULE`` (e.g. ``shuffle:7``), else in order.
+        seed: the shuffle's seed (default 0, or the one in the environment variable).
         poison: fill shared memory and every new CPU buffer with NaN bytes, with guard
             bands checked after each launch (slower; on by default).
 
@@ -101,8 +103,12 @@ def simulate_cuda(
         ValueError: an unknown schedule.
         ExtensionNotBuiltError: the simulator module was not built.
     """
+    if schedule is None:
+        schedule, env_seed = _schedule_from_environment()
+        seed = env_seed if seed is None else seed
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    seed = 0 if seed is None else seed
     sim = _require()
     was_enabled = bool(_ext._C.simulate_cuda_enabled())
     was_schedule = sim.get_schedule()
@@ -119,6 +125,18 @@ def simulate_cuda(
 
 
 _state = {"poison": False}
+
+
+def _schedule_from_environment() -> tuple[str, int]:
+    """``$OVERFEAT_KERNELS_SIM_SCHEDULE`` as (name, seed): ``"shuffle:7"``, ``"reversed"``."""
+    name, _, seed = os.environ.get(SCHEDULE_ENV_VAR, "").partition(":")
+    try:
+        return name or "in_order", int(seed or 0)
+    except ValueError:
+        raise ValueError(
+            f"{SCHEDULE_ENV_VAR}={os.environ[SCHEDULE_ENV_VAR]!r}: expected NAME or NAME:SEED "
+            f"with NAME one of {SCHEDULES}"
+        ) from None
 
 
 def _set_poison(sim: Any, on: bool) -> None:
@@ -182,5 +200,9 @@ def _enable_from_environment() -> None:
     """``OVERFEAT_KERNELS_SIMULATE_CUDA=1`` simulates for the whole process."""
     if os.environ.get(ENV_VAR, "") not in ("", "0") and available():
         sim = _require()
+        name, seed = _schedule_from_environment()
+        if name not in SCHEDULES:
+            raise ValueError(f"{SCHEDULE_ENV_VAR}: schedule must be one of {SCHEDULES}")
+        sim.set_schedule(SCHEDULES.index(name), seed)
         _set_poison(sim, True)
         _ext._C.set_simulate_cuda(True)

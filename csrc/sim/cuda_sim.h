@@ -176,8 +176,12 @@ inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst
 inline void __threadfence_block() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 
 // ---- memory and arithmetic built-ins ---------------------------------------------------
+// A load through the read-only path; like the GPU, refuses a misaligned vector.
 template <typename T>
-inline T __ldg(const T* p) {
+inline T __ldg(const T* p, ::ovk_sim::CallerSite caller = {}) {
+  if (reinterpret_cast<uintptr_t>(p) % alignof(T) != 0) {
+    ::ovk_sim::fail(caller.site, "misaligned " + std::to_string(sizeof(T)) + "-byte __ldg");
+  }
   return *p;
 }
 inline int __popc(unsigned x) { return __builtin_popcount(x); }

@@ -152,11 +152,15 @@ struct Worker {
   const std::function<void()>* body = nullptr;
 };
 
+thread_local std::unique_ptr<Worker> tl_worker_owner;  // freed when the OS thread ends
 thread_local Worker* tl_worker = nullptr;
 thread_local SimThread* tl_thread = nullptr;
 
 Worker& worker() {
-  if (tl_worker == nullptr) tl_worker = new Worker();  // lives as long as the OS thread
+  if (tl_worker == nullptr) {
+    tl_worker_owner = std::make_unique<Worker>();
+    tl_worker = tl_worker_owner.get();
+  }
   return *tl_worker;
 }
 
@@ -171,7 +175,7 @@ std::string where(const Site& s) {
   std::string f = s.file ? s.file : "?";
   const size_t slash = f.rfind('/');
   if (slash != std::string::npos) f = f.substr(slash + 1);
-  return f + ":" + std::to_string(s.line) + ":" + std::to_string(s.column);
+  return f + ":" + std::to_string(s.line) + (s.column ? ":" + std::to_string(s.column) : "");
 }
 
 bool same_site(const Site& a, const Site& b) {
@@ -416,7 +420,12 @@ void run_grid(const void* kernel, Dim3 grid, Dim3 block, size_t dynamic_smem,
   }
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     Worker& w = worker();
-    const std::function<void()>* saved = w.body;  // a kernel launched from a kernel's host code
+    // Reset on every exit, errors included: the pointer must not outlive `body`.
+    struct BodyScope {
+      Worker& w;
+      const std::function<void()>* saved;
+      ~BodyScope() { w.body = saved; }
+    } scope{w, w.body};
     w.body = &body;
     for (int64_t i = begin; i < end; ++i) {
       const int64_t lin = order[i];
@@ -425,7 +434,6 @@ void run_grid(const void* kernel, Dim3 grid, Dim3 block, size_t dynamic_smem,
                       static_cast<unsigned>(lin / (int64_t(grid.x) * grid.y))};
       run_block(w, info, grid, block, bidx, dynamic_smem, static_cast<uint64_t>(lin));
     }
-    w.body = saved;
   });
   if (guarded_allocator_installed()) check_guard_bands(info.name);
 }

@@ -40,6 +40,14 @@ struct Site {
   (::ovk_sim::Site{__FILE__, __LINE__,                                            \
                    static_cast<int>(std::source_location::current().column())})
 
+// The call site of a function that takes `CallerSite site = {}` last: g++ evaluates the
+// constructor's default arguments where that function is called.
+struct CallerSite {
+  CallerSite(const char* file = __builtin_FILE(), int line = __builtin_LINE())
+      : site{file, line, 0} {}
+  Site site;
+};
+
 enum class Schedule : int { InOrder = 0, Reversed = 1, Shuffle = 2 };
 
 struct Options {
