@@ -193,7 +193,7 @@ VECTOR_CASES = [(torch.bfloat16, 16), (torch.float16, 8), (torch.float32, 12), (
 
 
 @pytest.mark.parametrize("dtype,channels", VECTOR_CASES, ids=lambda v: str(v))
-@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
 def test_vectorized_channels_last_paths(gpu, dtype, channels, k):
     poison_allocator_cache()
     x = torch.randn(3, channels, 23, 31, device=gpu, dtype=dtype)
