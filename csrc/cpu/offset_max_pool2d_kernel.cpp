@@ -215,45 +215,72 @@ OVERFEAT_CPU_INLINE void nchw_forward_plane(const typename C::raw_t* in, typenam
 }
 OVERFEAT_CPU_MULTIVERSION(nchw_forward_plane)
 
-// One (n, c) plane of the backward: argmax positions of all windows of an offset as one
-// vector loop, then their gradients added to the plane, offsets in ascending order. `acc`
-// is the plane's accumulator (the grad_input plane itself for float and double).
+// dst[u] += g[u] where idx[u] == e. Adding +0 elsewhere leaves a sum's bits unchanged (a
+// sum that starts at +0 is never -0, and NaN + 0 keeps its bits), so every lane takes the
+// same branch-free add and each pixel still sums exactly its own windows' gradients.
+template <typename key_t>
+OVERFEAT_CPU_INLINE void masked_add(key_t* __restrict dst, const int32_t* __restrict idx,
+                                    const key_t* __restrict g, int32_t e, int64_t n) {
+  for (int64_t u = 0; u < n; ++u) dst[u] += idx[u] == e ? g[u] : key_t(0);
+}
+
+// One (n, c) plane of the backward, in the phase-split domain: for each offset, in
+// ascending (dy, dx) order, the argmax positions of all its windows (one vector loop over
+// the flattened windows), then for each window element (a, b) the gradients of the windows
+// whose max it is, added to that element's sub-plane run (again one vector loop). Each
+// pixel gets one add per offset, in the general path's order. `acc` (k*k sub-planes) is
+// then written back to the plane. `gpad` holds Ho x (Wo + 1) gradients, pad column 0.
 template <class C>
 OVERFEAT_CPU_INLINE void nchw_backward_plane(const typename C::raw_t* in,
                                              const typename C::raw_t* go, int64_t offset_stride,
                                              typename C::raw_t* gi, NchwGeo g,
                                              typename C::raw_t* split, int32_t* idx,
-                                             typename C::key_t* acc) {
+                                             typename C::key_t* gpad, typename C::key_t* acc) {
   using raw_t = typename C::raw_t;
   using key_t = typename C::key_t;
   const int64_t k = C::K > 0 ? C::K : g.k;
-  const int64_t plane = g.H * g.W;
-  if constexpr (C::kSameKey) acc = gi;
-  std::fill(acc, acc + plane, key_t(0));
+  std::fill(acc, acc + k * k * g.sub(), key_t(0));
   split_phases<C>(in, g, split);
   const raw_t* src[(C::K > 0 ? C::K * C::K : 1)];
   std::vector<const raw_t*> src_dyn(C::K > 0 ? 0 : k * k);
   const raw_t** s = C::K > 0 ? src : src_dyn.data();
-  int64_t off_fixed[(C::K > 0 ? C::K * C::K : 1)];
-  std::vector<int64_t> off_dyn(C::K > 0 ? 0 : k * k);
-  int64_t* off = C::K > 0 ? off_fixed : off_dyn.data();
-  for (int64_t a = 0; a < k; ++a)
-    for (int64_t b = 0; b < k; ++b) off[a * k + b] = a * g.W + b;
   for (int64_t dy = 0; dy < k; ++dy) {
     for (int64_t dx = 0; dx < k; ++dx) {
       window_runs<C>(split, g, k, dy, dx, s);
       argmax_run<C>(s, k * k, idx, g.run());
       const raw_t* gp = go + (dy * k + dx) * offset_stride;
       for (int64_t i = 0; i < g.Ho; ++i) {
-        key_t* base = acc + (dy + k * i) * g.W + dx;
-        const int32_t* ip = idx + i * g.Ws;
+        key_t* __restrict drow = gpad + i * g.Ws;
         const raw_t* grow = gp + i * g.Wo;
-        for (int64_t j = 0; j < g.Wo; ++j) base[off[ip[j]] + k * j] += C::E::key(grow[j]);
+        for (int64_t j = 0; j < g.Wo; ++j) drow[j] = C::E::key(grow[j]);
+      }
+      for (int64_t a = 0; a < k; ++a) {
+        for (int64_t b = 0; b < k; ++b) {
+          const int64_t qy = dy + a, qx = dx + b;
+          key_t* dst = acc + ((qy % k) * k + qx % k) * g.sub() + (qy / k) * g.Ws + qx / k;
+          masked_add(dst, idx, gpad, static_cast<int32_t>(a * k + b), g.run());
+        }
       }
     }
   }
-  if constexpr (!C::kSameKey) {
-    for (int64_t p = 0; p < plane; ++p) gi[p] = C::E::from_acc(acc[p]);
+  // Back from the sub-planes: pixel (py + k*i, px + k*t) is sub-plane (py, px) at (i, t).
+  // Pixels outside every sub-plane are in no window: 0.
+  const int64_t full = std::min(g.W / k, g.Ws);
+  for (int64_t y = 0; y < g.H; ++y) {
+    raw_t* __restrict row = gi + y * g.W;
+    const int64_t py = y % k, i = y / k;
+    if (i >= g.Hs) {
+      std::fill_n(row, g.W, C::E::from_acc(key_t(0)));
+      continue;
+    }
+    const key_t* sub = acc + py * k * g.sub() + i * g.Ws;
+    for (int64_t t = 0; t < full; ++t) {
+      for (int64_t px = 0; px < k; ++px) row[k * t + px] = C::E::from_acc(sub[px * g.sub() + t]);
+    }
+    for (int64_t x = k * full; x < g.W; ++x) {
+      const int64_t t = x / k;
+      row[x] = C::E::from_acc(t < g.Ws ? sub[(x % k) * g.sub() + t] : key_t(0));
+    }
   }
 }
 OVERFEAT_CPU_MULTIVERSION(nchw_backward_plane)
@@ -300,12 +327,13 @@ void nchw_backward(const at::Tensor& grad_output, const at::Tensor& input,
   at::parallel_for(0, pg.in.n * Cn, grain, [&](int64_t begin, int64_t end) {
     std::vector<raw_t> split(k * k * g.sub());
     std::vector<int32_t> idx(g.Ho * g.Ws);
-    std::vector<key_t> acc(C::kSameKey ? 0 : plane_in);
+    std::vector<key_t> gpad(g.Ho * g.Ws, key_t(0));  // pad column stays 0
+    std::vector<key_t> acc(k * k * g.sub());
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n = p / Cn, c = p % Cn;
       const raw_t* gop = go + (n * k * k * Cn + c) * plane_out;
       nchw_backward_plane_run<C>(in + p * plane_in, gop, Cn * plane_out, gi + p * plane_in, g,
-                                 split.data(), idx.data(), acc.data());
+                                 split.data(), idx.data(), gpad.data(), acc.data());
     }
   });
 }
@@ -383,15 +411,22 @@ OVERFEAT_CPU_INLINE void cl_backward_tile(const typename C::raw_t* img,
                                           const typename C::raw_t* go, ClGeo g, int64_t n,
                                           int64_t y0, int64_t y1, int64_t c0, int64_t cn,
                                           typename C::key_t* acc, int64_t acc_px,
-                                          int32_t* idx, typename C::key_t* sink) {
+                                          int32_t* idx, typename C::key_t* sink,
+                                          typename C::key_t* gbuf) {
   using raw_t = typename C::raw_t;
   using key_t = typename C::key_t;
   const int64_t k = C::K > 0 ? C::K : g.k;
-  for (int64_t y = y0; y < y1; ++y) {
-    for (int64_t x = 0; x < g.W; ++x) {
-      std::fill_n(acc + ((y - y0) * g.W + x) * acc_px, cn, key_t(0));
+  // Rows are zeroed just before the first window that adds to them (i descending), so
+  // they are still in cache when the adds come.
+  int64_t zeroed_from = y1;
+  auto zero_rows = [&](int64_t from) {
+    for (int64_t y = from; y < zeroed_from; ++y) {
+      for (int64_t x = 0; x < g.W; ++x) {
+        std::fill_n(acc + ((y - y0) * g.W + x) * acc_px, cn, key_t(0));
+      }
     }
-  }
+    zeroed_from = std::min(zeroed_from, from);
+  };
   constexpr int64_t E = C::K > 0 ? C::K * C::K : 1;
   const raw_t* src[E];
   key_t* dst[E];
@@ -401,8 +436,10 @@ OVERFEAT_CPU_INLINE void cl_backward_tile(const typename C::raw_t* img,
   key_t** d = C::K > 0 ? dst : dst_dyn.data();
   // Windows (dy, i) meet [y0, y1) iff dy + k*i <= y1 - 1 and dy + k*i + k - 1 >= y0.
   const int64_t i_top = std::min<int64_t>(g.Ho - 1, (y1 - 1) / k);
+  zero_rows(std::max(y0, std::min(y1, k * i_top + 2 * k - 1)));  // below every window
   for (int64_t i = i_top; i >= 0; --i) {
     if (k * i + 2 * k - 2 < y0) break;
+    zero_rows(std::max(y0, k * i));
     for (int64_t dy = 0; dy < k; ++dy) {
       const int64_t ya = dy + k * i;
       if (ya > y1 - 1 || ya + k - 1 < y0) continue;
@@ -420,17 +457,21 @@ OVERFEAT_CPU_INLINE void cl_backward_tile(const typename C::raw_t* img,
           }
           argmax_run<C>(s, k * k, idx, cn);
           const raw_t* gr = go + ((offset_batch(n, dy, dx, k) * g.Ho + i) * g.Wo + j) * g.C + c0;
-          // Adding +0 where a position is not the max leaves the sum's bits unchanged (a
-          // sum that starts at +0 is never -0), so every position takes a branch-free add.
+          const key_t* gk;
+          if constexpr (C::kSameKey) {
+            gk = gr;
+          } else {
+            for (int64_t c = 0; c < cn; ++c) gbuf[c] = C::E::key(gr[c]);
+            gk = gbuf;
+          }
           for (int64_t e = 0; e < k * k; ++e) {
-            key_t* __restrict de = d[e];
-            const int32_t ei = static_cast<int32_t>(e);
-            for (int64_t c = 0; c < cn; ++c) de[c] += idx[c] == ei ? C::E::key(gr[c]) : key_t(0);
+            masked_add(d[e], idx, gk, static_cast<int32_t>(e), cn);
           }
         }
       }
     }
   }
+  zero_rows(y0);  // rows above every window
 }
 OVERFEAT_CPU_MULTIVERSION(cl_backward_tile)
 
@@ -456,7 +497,7 @@ void cl_backward(const at::Tensor& grad_output, const at::Tensor& input, at::Ten
   auto* gi = static_cast<raw_t*>(grad_input.mutable_data_ptr());
   at::parallel_for(0, pg.in.n * r_count * c_tiles, 1, [&](int64_t begin, int64_t end) {
     std::vector<int32_t> idx(cb);
-    std::vector<key_t> sink(cb);
+    std::vector<key_t> sink(cb), gbuf(cb);
     std::vector<key_t> tile(C::kSameKey ? 0 : rows * g.W * cb);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t ct = t % c_tiles, rt = (t / c_tiles) % r_count, n = t / (c_tiles * r_count);
@@ -473,7 +514,7 @@ void cl_backward(const at::Tensor& grad_output, const at::Tensor& input, at::Ten
         acc_px = cn;
       }
       cl_backward_tile_run<C>(in + n * g.H * g.W * g.C, go, g, n, y0, y1, c0, cn, acc, acc_px,
-                              idx.data(), sink.data());
+                              idx.data(), sink.data(), gbuf.data());
       if constexpr (!C::kSameKey) {
         for (int64_t p = 0; p < (y1 - y0) * g.W; ++p)
           for (int64_t c = 0; c < cn; ++c) gi_tile[p * g.C + c] = C::E::from_acc(acc[p * cn + c]);
