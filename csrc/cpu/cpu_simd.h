@@ -97,11 +97,15 @@ inline bool has_avx512() { return simd_level() >= 2; }
 // (NaN payloads included) and the loops contain only plain integer and float operations.
 // key() converts raw storage to the type comparisons and sums use; the conversions are
 // exact. from_acc() rounds an accumulated sum back to storage.
+// kExactBack: to_raw(key(v)) gives back v's bits for every v (NaN payloads included), so a
+// maximum may be computed on keys alone and converted back at the end.
 template <typename scalar_t>
 struct Elem {
   using raw_t = scalar_t;
   using key_t = scalar_t;
+  static constexpr bool kExactBack = true;
   static OVERFEAT_CPU_INLINE key_t key(raw_t v) { return v; }
+  static OVERFEAT_CPU_INLINE raw_t to_raw(key_t v) { return v; }
   static OVERFEAT_CPU_INLINE raw_t from_acc(key_t v) { return v; }
 };
 
@@ -115,7 +119,21 @@ struct Elem<c10::BFloat16> {
     std::memcpy(&f, &bits, sizeof f);
     return f;
   }
-  static OVERFEAT_CPU_INLINE uint16_t from_acc(float v) { return c10::BFloat16(v).x; }
+  // A bfloat16 is the top half of its float: truncation is the exact way back.
+  static constexpr bool kExactBack = true;
+  static OVERFEAT_CPU_INLINE uint16_t to_raw(float v) {
+    uint32_t bits;
+    std::memcpy(&bits, &v, sizeof bits);
+    return static_cast<uint16_t>(bits >> 16);
+  }
+  // Round to nearest even, NaN to 0x7FC0: c10::BFloat16(float), written branch-free so
+  // that it vectorises.
+  static OVERFEAT_CPU_INLINE uint16_t from_acc(float v) {
+    uint32_t bits;
+    std::memcpy(&bits, &v, sizeof bits);
+    const uint32_t rounded = (bits + (((bits >> 16) & 1u) + 0x7FFFu)) >> 16;
+    return v != v ? uint16_t{0x7FC0} : static_cast<uint16_t>(rounded);
+  }
 };
 
 template <>
@@ -125,6 +143,8 @@ struct Elem<c10::Half> {
   static OVERFEAT_CPU_INLINE float key(uint16_t v) {
     return c10::detail::fp16_ieee_to_fp32_value(v);
   }
+  static constexpr bool kExactBack = false;  // NaN payloads would not survive
+  static OVERFEAT_CPU_INLINE uint16_t to_raw(float v) { return c10::Half(v).x; }
   static OVERFEAT_CPU_INLINE uint16_t from_acc(float v) { return c10::Half(v).x; }
 };
 

@@ -63,9 +63,10 @@ OVERFEAT_CPU_INLINE void max_run(const typename C::raw_t* const* src, int64_t kk
       for (int e = 1; e < E; ++e) {
         const raw_t v = s[e][j];
         const key_t kv = C::E::key(v);
-        if constexpr (C::kSameKey) {
+        if constexpr (C::E::kExactBack) {
           // The same rule in the form of maxps (`kv > bk ? kv : bk`: ties and a NaN bk keep
-          // bk) plus a NaN kv: two instructions with AVX-512.
+          // bk) plus a NaN kv: two instructions with AVX-512. bk holds the exact bits of
+          // the element the rule picks.
           const key_t m = kv > bk ? kv : bk;
           bk = kv != kv ? kv : m;
         } else {
@@ -74,8 +75,8 @@ OVERFEAT_CPU_INLINE void max_run(const typename C::raw_t* const* src, int64_t kk
           best = r ? v : best;
         }
       }
-      if constexpr (C::kSameKey) {
-        out[j] = bk;
+      if constexpr (C::E::kExactBack) {
+        out[j] = C::E::to_raw(bk);
       } else {
         out[j] = best;
       }
