@@ -164,8 +164,17 @@ OVERFEAT_CPU_INLINE void split_phases(const typename C::raw_t* __restrict in, co
         continue;
       }
       const raw_t* row = in + y * g.W;
-      for (int64_t t = 0; t < full; ++t) {
-        for (int64_t px = 0; px < k; ++px) dst[px * g.sub() + t] = row[k * t + px];
+      if constexpr (C::K > 0) {
+        // One pointer per phase: the form the compiler turns into vector permutes.
+        raw_t* ph[C::K];
+        for (int px = 0; px < C::K; ++px) ph[px] = dst + px * g.sub();
+        for (int64_t t = 0; t < full; ++t) {
+          for (int px = 0; px < C::K; ++px) ph[px][t] = row[C::K * t + px];
+        }
+      } else {
+        for (int64_t t = 0; t < full; ++t) {
+          for (int64_t px = 0; px < k; ++px) dst[px * g.sub() + t] = row[k * t + px];
+        }
       }
       for (int64_t t = full; t < g.Ws; ++t) {
         for (int64_t px = 0; px < k; ++px) {
@@ -207,9 +216,7 @@ OVERFEAT_CPU_INLINE void nchw_forward_plane(const typename C::raw_t* in, typenam
       max_run<C>(s, k * k, tmp, g.run());
       raw_t* o = out + (dy * k + dx) * offset_stride;
       for (int64_t i = 0; i < g.Ho; ++i) {
-        raw_t* __restrict orow = o + i * g.Wo;
-        const raw_t* trow = tmp + i * g.Ws;
-        for (int64_t j = 0; j < g.Wo; ++j) orow[j] = trow[j];
+        std::memcpy(o + i * g.Wo, tmp + i * g.Ws, g.Wo * sizeof(raw_t));
       }
     }
   }
