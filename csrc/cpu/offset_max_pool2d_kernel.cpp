@@ -142,11 +142,17 @@ OVERFEAT_CPU_INLINE void argmax_run(const typename C::raw_t* const* src, int64_t
 // (i + (dy+a) / k, j + (dx+b) / k): for fixed (dy, dx, a, b) one contiguous run over the
 // flattened (i, j) of the sub-plane, so every max and argmax below is a single long
 // unit-stride loop per offset (rows of padded length Wo + 1, the pad column dropped after).
+// G planes (channels) are handled together, their sub-planes of one phase side by side, so
+// that the runs stay long when the planes are small; lanes of pad rows and columns compute
+// values nobody reads (and add gradients of 0).
 
 struct NchwGeo {
   int64_t H, W, k, Ho, Wo, Hs, Ws;  // Hs, Ws = Ho + 1, Wo + 1: sub-plane extent
+  int64_t G;                        // planes handled together
   int64_t sub() const { return Hs * Ws; }
-  int64_t run() const { return (Ho - 1) * Ws + Wo; }  // flattened outputs incl. pad columns
+  int64_t phase() const { return G * sub(); }  // distance between the phases' sub-planes
+  // Flattened outputs of the G planes, pad rows and columns included.
+  int64_t run() const { return (G - 1) * sub() + (Ho - 1) * Ws + Wo; }
 };
 
 template <class C>
@@ -155,30 +161,31 @@ OVERFEAT_CPU_INLINE void split_phases(const typename C::raw_t* __restrict in, co
   using raw_t = typename C::raw_t;
   const int64_t k = C::K > 0 ? C::K : g.k;
   const int64_t full = std::min(g.W / k, g.Ws);  // columns t whose k phases are all inside
+  for (int64_t c = 0; c < g.G; ++c)
   for (int64_t py = 0; py < k; ++py) {
     for (int64_t i = 0; i < g.Hs; ++i) {
       const int64_t y = py + k * i;
-      raw_t* dst = split + py * k * g.sub() + i * g.Ws;
-      if (y >= g.H) {  // never read; filled for tidiness
-        for (int64_t px = 0; px < k; ++px) std::fill_n(dst + px * g.sub(), g.Ws, raw_t{});
+      raw_t* dst = split + py * k * g.phase() + c * g.sub() + i * g.Ws;
+      if (y >= g.H) {  // never read for outputs; filled for tidiness
+        for (int64_t px = 0; px < k; ++px) std::fill_n(dst + px * g.phase(), g.Ws, raw_t{});
         continue;
       }
-      const raw_t* row = in + y * g.W;
+      const raw_t* row = in + c * g.H * g.W + y * g.W;
       if constexpr (C::K > 0) {
         // One pointer per phase: the form the compiler turns into vector permutes.
         raw_t* ph[C::K];
-        for (int px = 0; px < C::K; ++px) ph[px] = dst + px * g.sub();
+        for (int px = 0; px < C::K; ++px) ph[px] = dst + px * g.phase();
         for (int64_t t = 0; t < full; ++t) {
           for (int px = 0; px < C::K; ++px) ph[px][t] = row[C::K * t + px];
         }
       } else {
         for (int64_t t = 0; t < full; ++t) {
-          for (int64_t px = 0; px < k; ++px) dst[px * g.sub() + t] = row[k * t + px];
+          for (int64_t px = 0; px < k; ++px) dst[px * g.phase() + t] = row[k * t + px];
         }
       }
       for (int64_t t = full; t < g.Ws; ++t) {
         for (int64_t px = 0; px < k; ++px) {
-          dst[px * g.sub() + t] = k * t + px < g.W ? row[k * t + px] : raw_t{};
+          dst[px * g.phase() + t] = k * t + px < g.W ? row[k * t + px] : raw_t{};
         }
       }
     }
@@ -193,7 +200,7 @@ OVERFEAT_CPU_INLINE void window_runs(const typename C::raw_t* split, const NchwG
   for (int64_t a = 0; a < k; ++a) {
     for (int64_t b = 0; b < k; ++b) {
       const int64_t qy = dy + a, qx = dx + b;
-      src[a * k + b] = split + ((qy % k) * k + qx % k) * g.sub() + (qy / k) * g.Ws + qx / k;
+      src[a * k + b] = split + ((qy % k) * k + qx % k) * g.phase() + (qy / k) * g.Ws + qx / k;
     }
   }
 }
@@ -215,8 +222,11 @@ OVERFEAT_CPU_INLINE void nchw_forward_plane(const typename C::raw_t* in, typenam
       window_runs<C>(split, g, k, dy, dx, s);
       max_run<C>(s, k * k, tmp, g.run());
       raw_t* o = out + (dy * k + dx) * offset_stride;
-      for (int64_t i = 0; i < g.Ho; ++i) {
-        std::memcpy(o + i * g.Wo, tmp + i * g.Ws, g.Wo * sizeof(raw_t));
+      for (int64_t c = 0; c < g.G; ++c) {
+        for (int64_t i = 0; i < g.Ho; ++i) {
+          std::memcpy(o + (c * g.Ho + i) * g.Wo, tmp + c * g.sub() + i * g.Ws,
+                      g.Wo * sizeof(raw_t));
+        }
       }
     }
   }
@@ -247,7 +257,7 @@ OVERFEAT_CPU_INLINE void nchw_backward_plane(const typename C::raw_t* in,
   using raw_t = typename C::raw_t;
   using key_t = typename C::key_t;
   const int64_t k = C::K > 0 ? C::K : g.k;
-  std::fill(acc, acc + k * k * g.sub(), key_t(0));
+  std::fill(acc, acc + k * k * g.phase(), key_t(0));
   split_phases<C>(in, g, split);
   const raw_t* src[(C::K > 0 ? C::K * C::K : 1)];
   std::vector<const raw_t*> src_dyn(C::K > 0 ? 0 : k * k);
@@ -257,15 +267,17 @@ OVERFEAT_CPU_INLINE void nchw_backward_plane(const typename C::raw_t* in,
       window_runs<C>(split, g, k, dy, dx, s);
       argmax_run<C>(s, k * k, idx, g.run());
       const raw_t* gp = go + (dy * k + dx) * offset_stride;
-      for (int64_t i = 0; i < g.Ho; ++i) {
-        key_t* __restrict drow = gpad + i * g.Ws;
-        const raw_t* grow = gp + i * g.Wo;
-        for (int64_t j = 0; j < g.Wo; ++j) drow[j] = C::E::key(grow[j]);
+      for (int64_t c = 0; c < g.G; ++c) {
+        for (int64_t i = 0; i < g.Ho; ++i) {
+          key_t* __restrict drow = gpad + c * g.sub() + i * g.Ws;
+          const raw_t* grow = gp + (c * g.Ho + i) * g.Wo;
+          for (int64_t j = 0; j < g.Wo; ++j) drow[j] = C::E::key(grow[j]);
+        }
       }
       for (int64_t a = 0; a < k; ++a) {
         for (int64_t b = 0; b < k; ++b) {
           const int64_t qy = dy + a, qx = dx + b;
-          key_t* dst = acc + ((qy % k) * k + qx % k) * g.sub() + (qy / k) * g.Ws + qx / k;
+          key_t* dst = acc + ((qy % k) * k + qx % k) * g.phase() + (qy / k) * g.Ws + qx / k;
           masked_add(dst, idx, gpad, static_cast<int32_t>(a * k + b), g.run());
         }
       }
@@ -274,27 +286,35 @@ OVERFEAT_CPU_INLINE void nchw_backward_plane(const typename C::raw_t* in,
   // Back from the sub-planes: pixel (py + k*i, px + k*t) is sub-plane (py, px) at (i, t).
   // Pixels outside every sub-plane are in no window: 0.
   const int64_t full = std::min(g.W / k, g.Ws);
-  for (int64_t y = 0; y < g.H; ++y) {
-    raw_t* __restrict row = gi + y * g.W;
-    const int64_t py = y % k, i = y / k;
-    if (i >= g.Hs) {
-      std::fill_n(row, g.W, C::E::from_acc(key_t(0)));
-      continue;
-    }
-    const key_t* sub = acc + py * k * g.sub() + i * g.Ws;
-    for (int64_t t = 0; t < full; ++t) {
-      for (int64_t px = 0; px < k; ++px) row[k * t + px] = C::E::from_acc(sub[px * g.sub() + t]);
-    }
-    for (int64_t x = k * full; x < g.W; ++x) {
-      const int64_t t = x / k;
-      row[x] = C::E::from_acc(t < g.Ws ? sub[(x % k) * g.sub() + t] : key_t(0));
+  for (int64_t c = 0; c < g.G; ++c) {
+    for (int64_t y = 0; y < g.H; ++y) {
+      raw_t* __restrict row = gi + (c * g.H + y) * g.W;
+      const int64_t py = y % k, i = y / k;
+      if (i >= g.Hs) {
+        std::fill_n(row, g.W, C::E::from_acc(key_t(0)));
+        continue;
+      }
+      const key_t* sub = acc + py * k * g.phase() + c * g.sub() + i * g.Ws;
+      for (int64_t t = 0; t < full; ++t) {
+        for (int64_t px = 0; px < k; ++px) {
+          row[k * t + px] = C::E::from_acc(sub[px * g.phase() + t]);
+        }
+      }
+      for (int64_t x = k * full; x < g.W; ++x) {
+        const int64_t t = x / k;
+        row[x] = C::E::from_acc(t < g.Ws ? sub[(x % k) * g.phase() + t] : key_t(0));
+      }
     }
   }
 }
 OVERFEAT_CPU_MULTIVERSION(nchw_backward_plane)
 
+// Planes per group: about kGroupElems input elements (the group's buffers stay in L2).
+constexpr int64_t kGroupElems = 8192;
+
 NchwGeo nchw_geo(const PoolGeometry& g) {
-  return {g.in.h, g.in.w, g.k, g.out.h, g.out.w, g.out.h + 1, g.out.w + 1};
+  const int64_t group = std::clamp<int64_t>(kGroupElems / (g.in.h * g.in.w), 1, g.in.c);
+  return {g.in.h, g.in.w, g.k, g.out.h, g.out.w, g.out.h + 1, g.out.w + 1, group};
 }
 
 template <typename scalar_t, int K>
@@ -306,15 +326,18 @@ void nchw_forward(const at::Tensor& input, at::Tensor& out, const PoolGeometry& 
   const int64_t plane_in = g.H * g.W, plane_out = g.Ho * g.Wo;
   const auto* in = static_cast<const raw_t*>(input.const_data_ptr());
   auto* o = static_cast<raw_t*>(out.mutable_data_ptr());
-  const int64_t grain = std::max<int64_t>(1, kTaskElems / plane_in);
-  at::parallel_for(0, pg.in.n * Cn, grain, [&](int64_t begin, int64_t end) {
-    std::vector<raw_t> split(k * k * g.sub());
-    std::vector<raw_t> tmp(g.Ho * g.Ws);
+  const int64_t groups = ceil_div(Cn, g.G);
+  const int64_t grain = std::max<int64_t>(1, kTaskElems / (g.G * plane_in));
+  at::parallel_for(0, pg.in.n * groups, grain, [&](int64_t begin, int64_t end) {
+    std::vector<raw_t> split(k * k * g.phase());
+    std::vector<raw_t> tmp(g.phase());
     for (int64_t p = begin; p < end; ++p) {
-      const int64_t n = p / Cn, c = p % Cn;
-      raw_t* dst = o + (n * k * k * Cn + c) * plane_out;
-      nchw_forward_plane_run<C>(in + p * plane_in, dst, Cn * plane_out, g, split.data(),
-                                tmp.data());
+      const int64_t n = p / groups, c0 = (p % groups) * g.G;
+      NchwGeo gg = g;
+      gg.G = std::min(g.G, Cn - c0);
+      raw_t* dst = o + (n * k * k * Cn + c0) * plane_out;
+      nchw_forward_plane_run<C>(in + (n * Cn + c0) * plane_in, dst, Cn * plane_out, gg,
+                                split.data(), tmp.data());
     }
   });
 }
@@ -331,17 +354,22 @@ void nchw_backward(const at::Tensor& grad_output, const at::Tensor& input,
   const auto* in = static_cast<const raw_t*>(input.const_data_ptr());
   const auto* go = static_cast<const raw_t*>(grad_output.const_data_ptr());
   auto* gi = static_cast<raw_t*>(grad_input.mutable_data_ptr());
-  const int64_t grain = std::max<int64_t>(1, kTaskElems / plane_in);
-  at::parallel_for(0, pg.in.n * Cn, grain, [&](int64_t begin, int64_t end) {
-    std::vector<raw_t> split(k * k * g.sub());
-    std::vector<int32_t> idx(g.Ho * g.Ws);
-    std::vector<key_t> gpad(g.Ho * g.Ws, key_t(0));  // pad column stays 0
-    std::vector<key_t> acc(k * k * g.sub());
+  const int64_t groups = ceil_div(Cn, g.G);
+  const int64_t grain = std::max<int64_t>(1, kTaskElems / (g.G * plane_in));
+  at::parallel_for(0, pg.in.n * groups, grain, [&](int64_t begin, int64_t end) {
+    std::vector<raw_t> split(k * k * g.phase());
+    std::vector<int32_t> idx(g.phase());
+    std::vector<key_t> gpad(g.phase(), key_t(0));  // pad rows and columns stay 0
+    std::vector<key_t> acc(k * k * g.phase());
     for (int64_t p = begin; p < end; ++p) {
-      const int64_t n = p / Cn, c = p % Cn;
-      const raw_t* gop = go + (n * k * k * Cn + c) * plane_out;
-      nchw_backward_plane_run<C>(in + p * plane_in, gop, Cn * plane_out, gi + p * plane_in, g,
-                                 split.data(), idx.data(), gpad.data(), acc.data());
+      const int64_t n = p / groups, c0 = (p % groups) * g.G;
+      NchwGeo gg = g;
+      gg.G = std::min(g.G, Cn - c0);
+      const int64_t first = n * Cn + c0;
+      const raw_t* gop = go + (n * k * k * Cn + c0) * plane_out;
+      nchw_backward_plane_run<C>(in + first * plane_in, gop, Cn * plane_out,
+                                 gi + first * plane_in, gg, split.data(), idx.data(),
+                                 gpad.data(), acc.data());
     }
   });
 }
