@@ -180,12 +180,19 @@ def make_canvas(glyphs: Glyphs, rng: random.Random, height: int = 112, width: in
 
 
 def train_classifier(net: DigitNet, glyphs: Glyphs, steps: int, rng: random.Random,
-                     batch: int = 128, lr: float = 2e-3) -> list[float]:  # fmt: skip
+                     batch: int = 128, lr: float = 2e-3,
+                     progress: bool = False) -> list[float]:  # fmt: skip
+    """Trains `net` on random windows of `glyphs` for `steps` Adam steps; returns the loss
+    per step. `progress` shows a progress bar (on stderr)."""
+    from tqdm import tqdm
+
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, steps * 2 // 3), gamma=0.2)
     net.train()
     losses = []
-    for _ in range(steps):
+    bar = tqdm(range(steps), desc="classifier", unit="step", disable=not progress,
+               dynamic_ncols=True, leave=False)  # fmt: skip
+    for _ in bar:
         x, y, _ = make_windows(glyphs, batch, rng)
         loss = F.cross_entropy(net(x), y)
         opt.zero_grad()
@@ -193,6 +200,7 @@ def train_classifier(net: DigitNet, glyphs: Glyphs, steps: int, rng: random.Rand
         opt.step()
         sched.step()
         losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
     net.eval()
     return losses
 
@@ -297,9 +305,11 @@ def run(out: Path | str = "outputs", quick: bool = False, seed: int = 0,
         f"(scikit-learn), windows {WINDOW}x{WINDOW}, digit sizes {SIZES.start}-{SIZES.stop - 1}"
     )
 
+    from tqdm import tqdm
+
     net = DigitNet()
     steps = 400 if quick else 1200
-    losses = train_classifier(net, train, steps, rng)
+    losses = train_classifier(net, train, steps, rng, progress=verbose)
     acc = test_accuracy(net, test, random.Random(seed + 1))
     say(
         f"classifier: {steps} steps, loss {np.mean(losses[:20]):.3f} -> "
@@ -314,7 +324,9 @@ def run(out: Path | str = "outputs", quick: bool = False, seed: int = 0,
             x, y, b = make_windows(train, 128, rng, background=0.0, max_shift=8)
             yield x, b, y
 
-    reg_losses = train_regressor(net, regressor, reg_batches(), lr=2e-3)
+    bar = tqdm(reg_batches(), total=reg_steps, desc="box regressor", unit="step",
+               disable=not verbose, dynamic_ncols=True, leave=False)  # fmt: skip
+    reg_losses = train_regressor(net, regressor, bar, lr=2e-3)
     say(
         f"box regressor (trunk frozen): {reg_steps} steps, L2 loss "
         f"{np.mean(reg_losses[:20]):.4f} -> {np.mean(reg_losses[-20:]):.4f}"
@@ -324,7 +336,8 @@ def run(out: Path | str = "outputs", quick: bool = False, seed: int = 0,
     canvas_rng = random.Random(seed + 2)
     records, all_dets, all_truth = [], [], []
     tp = n_det = n_obj = 0
-    for c in range(n_canvas):
+    for c in tqdm(range(n_canvas), desc="detection", unit="canvas", disable=not verbose,
+                  dynamic_ncols=True, leave=False):  # fmt: skip
         canvas = make_canvas(test, canvas_rng)
         dets = detect(net, regressor, canvas)
         m = B.evaluate(dets, canvas.truth)

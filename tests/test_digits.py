@@ -34,3 +34,15 @@ def test_canvas_digits_do_not_overlap():
 
     boxes = [b for b, _ in canvas.truth]
     assert all(intersection(a, b) == 0 for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+
+
+def test_training_shows_a_progress_bar(capsys):
+    import random
+
+    train, _ = digits.load_glyphs()
+    net = digits.DigitNet()
+    digits.train_classifier(net, train, 3, random.Random(0), batch=8, progress=True)
+    err = capsys.readouterr().err
+    assert "classifier" in err and "3/3" in err
+    digits.train_classifier(net, train, 2, random.Random(0), batch=8)  # default: silent
+    assert capsys.readouterr().err == ""

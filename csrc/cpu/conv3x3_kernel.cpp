@@ -1,7 +1,8 @@
-// conv3x3 on the CPU. The convolution sums themselves are handed to ATen, computed in
-// float32 (float64 for float64) so half-precision inputs get float32 accumulation and one
-// rounding at the end. The bias + ReLU epilogue, the ReLU gradient mask and the bias
-// gradient are ours, written against the same contract as the CUDA kernels.
+// conv3x3 on the CPU. The convolution sums themselves are handed to ATen (oneDNN), computed
+// in float32 (float64 for float64) so half-precision inputs get float32 accumulation and
+// one rounding at the end; the bias is added inside that call and ReLU in place. The ReLU
+// gradient mask and the bias gradient are ours, vector loops written against the same
+// contract as the CUDA kernels.
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
@@ -9,6 +10,7 @@
 
 #include "../checks.h"
 #include "../dispatch.h"
+#include "cpu_simd.h"
 #include "simulator_switch.h"
 
 namespace overfeat_kernels {
@@ -22,26 +24,6 @@ std::vector<int64_t> conv3x3_output_size(const at::Tensor& input, const at::Tens
           input.size(3) + 2 * padding - 2};
 }
 
-// out (dense, compute dtype) += bias[c], then ReLU, in one pass.
-void bias_relu_(at::Tensor& out, const std::optional<at::Tensor>& bias, bool relu) {
-  if (!bias.has_value() && !relu) return;
-  const bool cl = is_channels_last(out);
-  const Shape4 d = shape4(out);
-  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "conv3x3_cpu_epilogue", [&] {
-    scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    const at::Tensor b = bias.has_value() ? bias->to(out.scalar_type()).contiguous() : at::Tensor();
-    const scalar_t* bp = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
-    at::parallel_for(0, out.numel(), kGrain, [&](int64_t begin, int64_t end) {
-      Coord4 c = unravel(begin, d, cl);
-      for (int64_t idx = begin; idx < end; ++idx, advance(c, d, cl)) {
-        scalar_t v = o[idx];
-        if (bp != nullptr) v += bp[c.c];
-        o[idx] = relu ? relu_keep_nan(v) : v;
-      }
-    });
-  });
-}
-
 at::Tensor conv3x3_cpu(const at::Tensor& input, const at::Tensor& weight,
                        const std::optional<at::Tensor>& bias, int64_t padding, bool relu) {
   check_conv3x3_args(input, weight, bias, padding);
@@ -51,14 +33,41 @@ at::Tensor conv3x3_cpu(const at::Tensor& input, const at::Tensor& weight,
   // Python wrapper) must not recast them.
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const auto compute = at::toOpMathType(input.scalar_type());
-  at::Tensor out = at::conv2d(input.to(compute), weight.to(compute), {}, 1, padding)
-                       .contiguous(input.suggest_memory_format());
-  bias_relu_(out, bias, relu);
-  return out.to(input.scalar_type());
+  // .to() returns the tensor itself when it already has the compute dtype: no copies for
+  // float32 / float64. The bias goes into oneDNN's call (added inside its epilogue), and
+  // ReLU runs in place on the result with ATen's vectorised kernel (NaN passes, as F.relu).
+  const std::optional<at::Tensor> b =
+      bias.has_value() ? std::optional<at::Tensor>(bias->to(compute)) : std::nullopt;
+  at::Tensor out = at::conv2d(input.to(compute), weight.to(compute), b, 1, padding);
+  if (relu) out.relu_();
+  return out.to(input.scalar_type()).contiguous(input.suggest_memory_format());
 }
 
+// out[i] = relu_output[i] > 0 ? grad_output[i] : 0 in the compute dtype, one vector pass
+// over dense runs (without relu_output: the conversion alone).
+template <class Cf>
+OVERFEAT_CPU_INLINE void mask_run(const typename Cf::raw_t* __restrict go,
+                                  const typename Cf::raw_t* __restrict ro,
+                                  typename Cf::key_t* __restrict out, int64_t n) {
+  using E = typename Cf::E;
+  using key_t = typename Cf::key_t;
+  if (ro == nullptr) {
+    for (int64_t i = 0; i < n; ++i) out[i] = E::key(go[i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) out[i] = E::key(ro[i]) > key_t(0) ? E::key(go[i]) : key_t(0);
+  }
+}
+OVERFEAT_CPU_MULTIVERSION(mask_run)
+
+template <typename scalar_t>
+struct ElemCfg {
+  using E = cpu::Elem<scalar_t>;
+  using raw_t = typename E::raw_t;
+  using key_t = typename E::key_t;
+};
+
 // grad_output in the compute dtype, masked by relu_output > 0 when given (one pass),
-// laid out like `input`. Dense inputs in that layout take a flat loop; anything else
+// laid out like `input`. Dense inputs in that layout take the vector pass; anything else
 // (views, mixed layouts) goes through the strided path.
 at::Tensor masked_grad(const at::Tensor& grad_output, const std::optional<at::Tensor>& relu_output,
                        const at::Tensor& input, at::ScalarType compute) {
@@ -76,17 +85,24 @@ at::Tensor masked_grad(const at::Tensor& grad_output, const std::optional<at::Te
   const Strides4 ro_s = relu_output.has_value() ? strides4(*relu_output) : go_s;
   OVERFEAT_DISPATCH_FLOATING(grad_output.scalar_type(), "conv3x3_cpu_masked_grad", [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    using Cf = ElemCfg<scalar_t>;
+    using raw_t = typename Cf::raw_t;
+    static_assert(std::is_same_v<acc_t, typename Cf::key_t>);
+    acc_t* out = g.mutable_data_ptr<acc_t>();
+    if (flat) {
+      const auto* go = static_cast<const raw_t*>(grad_output.const_data_ptr());
+      const auto* ro = relu_output.has_value()
+                           ? static_cast<const raw_t*>(relu_output->const_data_ptr())
+                           : nullptr;
+      at::parallel_for(0, g.numel(), kGrain, [&](int64_t begin, int64_t end) {
+        mask_run_run<Cf>(go + begin, ro == nullptr ? nullptr : ro + begin, out + begin,
+                         end - begin);
+      });
+      return;
+    }
     const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
     const scalar_t* ro = relu_output.has_value() ? relu_output->const_data_ptr<scalar_t>() : nullptr;
-    acc_t* out = g.mutable_data_ptr<acc_t>();
     at::parallel_for(0, g.numel(), kGrain, [&](int64_t begin, int64_t end) {
-      if (flat) {
-        for (int64_t i = begin; i < end; ++i) {
-          const bool pass = ro == nullptr || static_cast<acc_t>(ro[i]) > acc_t(0);
-          out[i] = pass ? static_cast<acc_t>(go[i]) : acc_t(0);
-        }
-        return;
-      }
       Coord4 p = unravel(begin, d, cl);
       for (int64_t idx = begin; idx < end; ++idx, advance(p, d, cl)) {
         const bool pass = ro == nullptr || static_cast<acc_t>(ro[offset_of(ro_s, p.n, p.c, p.h, p.w)]) > acc_t(0);
@@ -97,29 +113,74 @@ at::Tensor masked_grad(const at::Tensor& grad_output, const std::optional<at::Te
   return g;
 }
 
-// Sum of g over N, H, W per channel, in a fixed order (deterministic), accumulated in
-// double. NCHW-dense planes are summed as contiguous runs.
+// Sum of a contiguous run in double: kLanes partial sums (element i goes to lane i % kLanes)
+// combined in a fixed order, so the loop vectorises and the result is deterministic.
+constexpr int kLanes = 8;
+template <class Cf>
+OVERFEAT_CPU_INLINE double sum_run(const typename Cf::key_t* __restrict p, int64_t n) {
+  double lane[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int l = 0; l < kLanes; ++l) lane[l] += static_cast<double>(p[i + l]);
+  for (; i < n; ++i) lane[i % kLanes] += static_cast<double>(p[i]);
+  double sum = 0;
+  for (int l = 0; l < kLanes; ++l) sum += lane[l];
+  return sum;
+}
+
+// acc[c] += p[px*stride + c] for every pixel px < n and c < cn (channels_last rows).
+template <class Cf>
+OVERFEAT_CPU_INLINE void sum_pixels(const typename Cf::key_t* p, int64_t n, int64_t stride,
+                                    double* __restrict acc, int64_t cn) {
+  for (int64_t px = 0; px < n; ++px) {
+    const typename Cf::key_t* row = p + px * stride;
+    for (int64_t c = 0; c < cn; ++c) acc[c] += static_cast<double>(row[c]);
+  }
+}
+
+// Defines sum_run_run / sum_pixels_run for the variants (the macro needs void functions).
+template <class Cf>
+OVERFEAT_CPU_INLINE void sum_run_into(const typename Cf::key_t* p, int64_t n, double* out) {
+  *out += sum_run<Cf>(p, n);
+}
+OVERFEAT_CPU_MULTIVERSION(sum_run_into)
+OVERFEAT_CPU_MULTIVERSION(sum_pixels)
+
+// Sum of g over N, H, W per channel, accumulated in double in an order that does not depend
+// on the thread count (each channel is summed by one thread). Dense NCHW planes and dense
+// channels_last rows take vector loops; other layouts the strided loop.
 at::Tensor bias_grad(const at::Tensor& g, at::ScalarType out_dtype) {
   const Shape4 d = shape4(g);
   const Strides4 s = strides4(g);
   const bool planes = s.w == 1 && s.h == d.w;
-  at::Tensor acc = at::empty({d.c}, g.options().dtype(at::kDouble));
+  const bool pixels = s.c == 1 && s.w == d.c && s.h == d.w * d.c && s.n == d.h * d.w * d.c;
+  at::Tensor acc = at::zeros({d.c}, g.options().dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "conv3x3_cpu_bias_grad", [&] {
+    using Cf = ElemCfg<scalar_t>;
     const scalar_t* p = g.const_data_ptr<scalar_t>();
     double* a = acc.mutable_data_ptr<double>();
+    if (pixels && !planes) {
+      constexpr int64_t cb = 64;
+      at::parallel_for(0, ceil_div(d.c, cb), 1, [&](int64_t begin, int64_t end) {
+        for (int64_t t = begin; t < end; ++t) {
+          const int64_t c0 = t * cb, cn = std::min(cb, d.c - c0);
+          sum_pixels_run<Cf>(p + c0, d.n * d.h * d.w, d.c, a + c0, cn);
+        }
+      });
+      return;
+    }
     at::parallel_for(0, d.c, 1, [&](int64_t begin, int64_t end) {
       for (int64_t c = begin; c < end; ++c) {
-        double sum = 0;
         for (int64_t n = 0; n < d.n; ++n) {
           if (planes) {
-            const scalar_t* plane = p + n * s.n + c * s.c;
-            for (int64_t i = 0; i < d.h * d.w; ++i) sum += plane[i];
+            sum_run_into_run<Cf>(p + n * s.n + c * s.c, d.h * d.w, a + c);
           } else {
+            double sum = 0;
             for (int64_t y = 0; y < d.h; ++y)
               for (int64_t x = 0; x < d.w; ++x) sum += p[offset_of(s, n, c, y, x)];
+            a[c] += sum;
           }
         }
-        a[c] = sum;
       }
     });
   });

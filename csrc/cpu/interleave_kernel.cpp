@@ -1,44 +1,198 @@
-// Interleave / deinterleave on the CPU: a permutation, one parallel pass over the output
-// in its memory order, gathering through the shared index math.
+// Interleave / deinterleave on the CPU: permutations, moved as raw elements of their width
+// (so every dtype of 1, 2, 4 or 8 bytes works).
+//
+// Dense NCHW maps are woven a row at a time: an interleaved row y = k*i + dy is the k rows
+// i of the offsets (dy, 0..k-1), merged element by element, a loop of contiguous loads and
+// a grouped store (the reverse for deinterleave) that the compiler vectorises. Dense
+// channels_last maps move whole pixels, C contiguous elements at a time. Anything else
+// (strided views) takes the general path through the shared index math.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
 #include "../checks.h"
 #include "../dispatch.h"
+#include "cpu_simd.h"
 #include "simulator_switch.h"
 
 namespace overfeat_kernels {
 namespace {
 
 constexpr int64_t kGrain = 8192;
+// Work per parallel task of the fast paths, in elements.
+constexpr int64_t kTaskElems = 32768;
 
-template <bool kInterleave>
-at::Tensor permute_cpu(const at::Tensor& input, int64_t k, const Shape4& out_shape) {
+template <typename T_, int K_>
+struct Cfg {
+  using T = T_;
+  static constexpr int K = K_;  // 0: the run-time k
+};
+
+// Calls f(std::integral_constant<int, K>) with K = k for the common sizes, else K = 0.
+template <typename F>
+void k_switch(int64_t k, F&& f) {
+  switch (k) {
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    default: f(std::integral_constant<int, 0>{}); break;
+  }
+}
+
+// NCHW, one (n, c) plane of the interleaved map ([H, W] = [h*k, w*k]). `small` points at
+// plane (n*k*k, c) of the per-offset maps; consecutive offsets are `offset_stride` apart.
+// kToSmall: deinterleave (interleaved -> per-offset), else interleave.
+template <class C, bool kToSmall>
+OVERFEAT_CPU_INLINE void nchw_plane(typename C::T* big, typename C::T* small,
+                                    int64_t offset_stride, int64_t h, int64_t w, int64_t k_rt) {
+  using T = typename C::T;
+  const int64_t k = C::K > 0 ? C::K : k_rt;
+  const int64_t W = w * k;
+  for (int64_t i = 0; i < h; ++i) {
+    for (int64_t dy = 0; dy < k; ++dy) {
+      T* row = big + (k * i + dy) * W;
+      T* s = small + dy * k * offset_stride + i * w;  // offset (dy, 0), row i
+      if constexpr (C::K > 0) {
+        T* runs[C::K];
+        for (int dx = 0; dx < C::K; ++dx) runs[dx] = s + dx * offset_stride;
+        if constexpr (kToSmall) {
+          for (int64_t j = 0; j < w; ++j)
+            for (int dx = 0; dx < C::K; ++dx) runs[dx][j] = row[C::K * j + dx];
+        } else {
+          for (int64_t j = 0; j < w; ++j)
+            for (int dx = 0; dx < C::K; ++dx) row[C::K * j + dx] = runs[dx][j];
+        }
+      } else {
+        for (int64_t dx = 0; dx < k; ++dx) {
+          T* run = s + dx * offset_stride;
+          if constexpr (kToSmall) {
+            for (int64_t j = 0; j < w; ++j) run[j] = row[k * j + dx];
+          } else {
+            for (int64_t j = 0; j < w; ++j) row[k * j + dx] = run[j];
+          }
+        }
+      }
+    }
+  }
+}
+
+template <class C>
+OVERFEAT_CPU_INLINE void nchw_interleave_plane(const typename C::T* small, typename C::T* big,
+                                               int64_t offset_stride, int64_t h, int64_t w,
+                                               int64_t k) {
+  nchw_plane<C, false>(big, const_cast<typename C::T*>(small), offset_stride, h, w, k);
+}
+OVERFEAT_CPU_MULTIVERSION(nchw_interleave_plane)
+
+template <class C>
+OVERFEAT_CPU_INLINE void nchw_deinterleave_plane(const typename C::T* big, typename C::T* small,
+                                                 int64_t offset_stride, int64_t h, int64_t w,
+                                                 int64_t k) {
+  nchw_plane<C, true>(const_cast<typename C::T*>(big), small, offset_stride, h, w, k);
+}
+OVERFEAT_CPU_MULTIVERSION(nchw_deinterleave_plane)
+
+// Both directions over dense NCHW maps: big [N, C, h*k, w*k], small [N*k*k, C, h, w].
+template <typename T, int K>
+void nchw_permute(const at::Tensor& input, at::Tensor& out, bool interleave, int64_t k) {
+  using Cf = Cfg<T, K>;
+  const at::Tensor& big = interleave ? out : input;
+  const int64_t n = big.size(0), c = big.size(1);
+  const int64_t h = big.size(2) / k, w = big.size(3) / k;
+  const int64_t plane_small = h * w, plane_big = plane_small * k * k;
+  const int64_t grain = std::max<int64_t>(1, kTaskElems / std::max<int64_t>(1, plane_big));
+  const T* in = static_cast<const T*>(input.const_data_ptr());
+  T* o = static_cast<T*>(out.mutable_data_ptr());
+  at::parallel_for(0, n * c, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t ni = p / c, ci = p % c;
+      const int64_t small_off = (ni * k * k * c + ci) * plane_small;
+      if (interleave) {
+        nchw_interleave_plane_run<Cf>(in + small_off, o + p * plane_big, c * plane_small, h, w,
+                                      k);
+      } else {
+        nchw_deinterleave_plane_run<Cf>(in + p * plane_big, o + small_off, c * plane_small, h, w,
+                                        k);
+      }
+    }
+  });
+}
+
+// channels_last: pixels are runs of C elements. big [N, h*k, w*k, C] and small
+// [N*k*k, h, w, C] in memory; one task per interleaved row (n, y).
+template <typename T>
+void cl_permute(const at::Tensor& input, at::Tensor& out, bool interleave, int64_t k) {
+  const at::Tensor& big = interleave ? out : input;
+  const int64_t n = big.size(0), c = big.size(1), H = big.size(2), W = big.size(3);
+  const int64_t h = H / k, w = W / k;
+  const size_t px_bytes = static_cast<size_t>(c) * sizeof(T);
+  const int64_t grain = std::max<int64_t>(1, kTaskElems / std::max<int64_t>(1, W * c));
+  const T* in = static_cast<const T*>(input.const_data_ptr());
+  T* o = static_cast<T*>(out.mutable_data_ptr());
+  at::parallel_for(0, n * H, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t ni = r / H, y = r % H, i = y / k, dy = y % k;
+      const int64_t big_row = r * W * c;
+      for (int64_t dx = 0; dx < k; ++dx) {
+        const int64_t small_row = ((offset_batch(ni, dy, dx, k) * h + i) * w) * c;
+        for (int64_t j = 0; j < w; ++j) {
+          const int64_t b = big_row + (k * j + dx) * c, s = small_row + j * c;
+          if (interleave) {
+            std::memcpy(o + b, in + s, px_bytes);
+          } else {
+            std::memcpy(o + s, in + b, px_bytes);
+          }
+        }
+      }
+    }
+  });
+}
+
+// The general path: any strides, one element at a time in the output's memory order.
+template <typename T>
+void general_permute(const at::Tensor& input, at::Tensor& out, bool interleave, int64_t k,
+                     const Shape4& out_shape, bool cl) {
+  const Strides4 in_s = strides4(input);
+  const T* in = static_cast<const T*>(input.const_data_ptr());
+  T* o = static_cast<T*>(out.mutable_data_ptr());
+  at::parallel_for(0, out.numel(), kGrain, [&](int64_t begin, int64_t end) {
+    Coord4 c = unravel(begin, out_shape, cl);
+    for (int64_t idx = begin; idx < end; ++idx, advance(c, out_shape, cl)) {
+      o[idx] = in[interleave ? interleave_source(in_s, k, c) : deinterleave_source(in_s, k, c)];
+    }
+  });
+}
+
+at::Tensor permute_cpu(const at::Tensor& input, int64_t k, const Shape4& out_shape,
+                       bool interleave) {
   at::Tensor out = empty_in_format_of({out_shape.n, out_shape.c, out_shape.h, out_shape.w}, input);
   if (out.numel() == 0) return out;
   const bool cl = is_channels_last(input);
-  const Strides4 in_s = strides4(input);
-  const char* op = kInterleave ? "interleave" : "deinterleave";
+  const bool dense =
+      input.is_contiguous(cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+  const char* op = interleave ? "interleave" : "deinterleave";
   dispatch_by_element_size(input, op, [&](auto tag) {
     using T = decltype(tag);
-    const T* in = static_cast<const T*>(input.const_data_ptr());
-    T* o = static_cast<T*>(out.mutable_data_ptr());
-    at::parallel_for(0, out.numel(), kGrain, [&](int64_t begin, int64_t end) {
-      Coord4 c = unravel(begin, out_shape, cl);
-      for (int64_t idx = begin; idx < end; ++idx, advance(c, out_shape, cl)) {
-        o[idx] = in[kInterleave ? interleave_source(in_s, k, c) : deinterleave_source(in_s, k, c)];
-      }
-    });
+    if (!dense) {
+      general_permute<T>(input, out, interleave, k, out_shape, cl);
+    } else if (cl) {
+      cl_permute<T>(input, out, interleave, k);
+    } else {
+      k_switch(k, [&](auto kc) { nchw_permute<T, decltype(kc)::value>(input, out, interleave, k); });
+    }
   });
   return out;
 }
 
 at::Tensor interleave_cpu(const at::Tensor& input, int64_t kernel_size) {
-  return permute_cpu<true>(input, kernel_size, check_interleave_args(input, kernel_size));
+  return permute_cpu(input, kernel_size, check_interleave_args(input, kernel_size), true);
 }
 
 at::Tensor deinterleave_cpu(const at::Tensor& input, int64_t kernel_size) {
-  return permute_cpu<false>(input, kernel_size, check_deinterleave_args(input, kernel_size));
+  return permute_cpu(input, kernel_size, check_deinterleave_args(input, kernel_size), false);
 }
 
 }  // namespace

@@ -1,0 +1,159 @@
+// CPU-only helpers for the fast paths of the CPU kernels.
+//
+// The extension is compiled for the baseline x86-64 ISA (SSE2). The hot loops of the CPU
+// kernels are written as plain loops over contiguous runs that the compiler vectorises;
+// OVERFEAT_CPU_MULTIVERSION compiles such a loop nest again for AVX2 and for AVX-512 (512-bit
+// vectors and mask registers) and picks the variant at run time, so that every machine gets
+// its widest vectors without changing the build flags. Everything a multiversioned body calls must be OVERFEAT_CPU_INLINE, so that it
+// is compiled inside (and with the ISA of) the variant.
+#pragma once
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#define OVERFEAT_CPU_HAVE_AVX2_VARIANT 1
+#define OVERFEAT_CPU_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define OVERFEAT_CPU_TARGET_AVX512 \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,prefer-vector-width=512")))
+#define OVERFEAT_CPU_INLINE inline __attribute__((always_inline))
+#else
+#define OVERFEAT_CPU_HAVE_AVX2_VARIANT 0
+#define OVERFEAT_CPU_TARGET_AVX2
+#define OVERFEAT_CPU_TARGET_AVX512
+#define OVERFEAT_CPU_INLINE inline
+#endif
+
+namespace overfeat_kernels {
+namespace cpu {
+
+// The widest variant to use: 0 baseline, 1 AVX2, 2 AVX-512; what the CPU supports, lowered
+// by OVERFEAT_KERNELS_CPU_ISA=baseline|avx2 (read once; the tests run every variant so).
+inline int simd_level() {
+#if OVERFEAT_CPU_HAVE_AVX2_VARIANT
+  static const int level = [] {
+    int l = 0;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+      l = 1;
+      if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
+        l = 2;
+      }
+    }
+    const char* cap = std::getenv("OVERFEAT_KERNELS_CPU_ISA");
+    if (cap != nullptr && std::strcmp(cap, "baseline") == 0) l = 0;
+    if (cap != nullptr && std::strcmp(cap, "avx2") == 0 && l > 1) l = 1;
+    return l;
+  }();
+  return level;
+#else
+  return 0;
+#endif
+}
+inline bool has_avx2() { return simd_level() >= 1; }
+inline bool has_avx512() { return simd_level() >= 2; }
+
+// Defines NAME_run<Cfg>(args...), which calls the OVERFEAT_CPU_INLINE function template
+// NAME<Cfg>(args...) compiled for AVX-512 or AVX2 when the CPU has it, else for the
+// baseline ISA.
+#if OVERFEAT_CPU_HAVE_AVX2_VARIANT
+#define OVERFEAT_CPU_MULTIVERSION(NAME)                                              \
+  template <class Cfg, class... Args>                                                \
+  OVERFEAT_CPU_TARGET_AVX512 __attribute__((noinline)) void NAME##_avx512(Args... a) { \
+    NAME<Cfg>(a...);                                                                 \
+  }                                                                                  \
+  template <class Cfg, class... Args>                                                \
+  OVERFEAT_CPU_TARGET_AVX2 __attribute__((noinline)) void NAME##_avx2(Args... a) {   \
+    NAME<Cfg>(a...);                                                                 \
+  }                                                                                  \
+  template <class Cfg, class... Args>                                            \
+  __attribute__((noinline)) void NAME##_base(Args... a) {                        \
+    NAME<Cfg>(a...);                                                             \
+  }                                                                              \
+  template <class Cfg, class... Args>                                            \
+  void NAME##_run(Args... a) {                                                   \
+    if (::overfeat_kernels::cpu::has_avx512()) {                                 \
+      NAME##_avx512<Cfg>(a...);                                                  \
+    } else if (::overfeat_kernels::cpu::has_avx2()) {                            \
+      NAME##_avx2<Cfg>(a...);                                                    \
+    } else {                                                                     \
+      NAME##_base<Cfg>(a...);                                                    \
+    }                                                                            \
+  }
+#else
+#define OVERFEAT_CPU_MULTIVERSION(NAME) \
+  template <class Cfg, class... Args>   \
+  void NAME##_run(Args... a) {          \
+    NAME<Cfg>(a...);                    \
+  }
+#endif
+
+// Elements are handled as their raw storage: float and double as themselves, the 16-bit
+// floats as uint16_t bit patterns, so that selecting a maximum copies the exact input bits
+// (NaN payloads included) and the loops contain only plain integer and float operations.
+// key() converts raw storage to the type comparisons and sums use; the conversions are
+// exact. from_acc() rounds an accumulated sum back to storage.
+// kExactBack: to_raw(key(v)) gives back v's bits for every v (NaN payloads included), so a
+// maximum may be computed on keys alone and converted back at the end.
+template <typename scalar_t>
+struct Elem {
+  using raw_t = scalar_t;
+  using key_t = scalar_t;
+  static constexpr bool kExactBack = true;
+  static OVERFEAT_CPU_INLINE key_t key(raw_t v) { return v; }
+  static OVERFEAT_CPU_INLINE raw_t to_raw(key_t v) { return v; }
+  static OVERFEAT_CPU_INLINE raw_t from_acc(key_t v) { return v; }
+};
+
+template <>
+struct Elem<c10::BFloat16> {
+  using raw_t = uint16_t;
+  using key_t = float;
+  static OVERFEAT_CPU_INLINE float key(uint16_t v) {
+    const uint32_t bits = static_cast<uint32_t>(v) << 16;
+    float f;
+    std::memcpy(&f, &bits, sizeof f);
+    return f;
+  }
+  // A bfloat16 is the top half of its float: truncation is the exact way back.
+  static constexpr bool kExactBack = true;
+  static OVERFEAT_CPU_INLINE uint16_t to_raw(float v) {
+    uint32_t bits;
+    std::memcpy(&bits, &v, sizeof bits);
+    return static_cast<uint16_t>(bits >> 16);
+  }
+  // Round to nearest even, NaN to 0x7FC0: c10::BFloat16(float), written branch-free so
+  // that it vectorises.
+  static OVERFEAT_CPU_INLINE uint16_t from_acc(float v) {
+    uint32_t bits;
+    std::memcpy(&bits, &v, sizeof bits);
+    const uint32_t rounded = (bits + (((bits >> 16) & 1u) + 0x7FFFu)) >> 16;
+    return v != v ? uint16_t{0x7FC0} : static_cast<uint16_t>(rounded);
+  }
+};
+
+template <>
+struct Elem<c10::Half> {
+  using raw_t = uint16_t;
+  using key_t = float;
+  static OVERFEAT_CPU_INLINE float key(uint16_t v) {
+    return c10::detail::fp16_ieee_to_fp32_value(v);
+  }
+  static constexpr bool kExactBack = false;  // NaN payloads would not survive
+  static OVERFEAT_CPU_INLINE uint16_t to_raw(float v) { return c10::Half(v).x; }
+  static OVERFEAT_CPU_INLINE uint16_t from_acc(float v) { return c10::Half(v).x; }
+};
+
+// F.max_pool2d's rule (index_math.h replaces_max) as a branch-free select: a strictly
+// greater value or a NaN replaces the running maximum.
+template <typename key_t>
+OVERFEAT_CPU_INLINE bool replaces(key_t v, key_t best) {
+  return (v > best) | (v != v);
+}
+
+}  // namespace cpu
+}  // namespace overfeat_kernels
