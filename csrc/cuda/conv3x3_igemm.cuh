@@ -1,0 +1,354 @@
+// conv3x3 on tensor cores: an implicit GEMM.
+//
+//   out[m, k] = sum_{tap, c} A[m, (tap, c)] * B[(tap, c), k]
+//
+// m = (n, y, x) runs over the output pixels (M = N·H'·W'), k over the filters (K), and the
+// reduction over the 9 taps × Cp channels. A is never formed: a row of A at tap (r, s) is
+// the input pixel (y + r - pad, x + s - pad), read straight from an NHWC map with its
+// channels padded to a multiple of one 16-byte vector (Cp); B is the filter copy
+// [K][3][3][Cp] (the reduction contiguous). See conv3x3_kernel.cu for who prepares what.
+//
+// Per CTA: a kBM × kBN output tile (pixels × filters); warps of 64 × 32, each 4 × 4 mma
+// tiles of 16 × 8 with fp32 accumulators. The reduction advances by k-blocks of 64 bytes
+// of channels (32 bf16/fp16, 16 tf32) of one tap: a k-block is 4 vectors of 16 bytes per
+// row, loaded by 16-byte cp.async (zero-fill where the pixel is outside the map, the
+// vector beyond Cp or the filter beyond K) into a kStages-deep shared-memory ring.
+//
+// Shared-memory rows are 64 bytes; ldmatrix reads one 16-byte vector from each of 8
+// consecutive rows. Unswizzled, rows r and r + 2 would fall on the same banks; storing
+// vector v of row r at slot v ^ ((r >> 1) & 3) spreads any 8 consecutive rows over all 32
+// banks (rows 2j and 2j + 1 share a key but sit in different halves of a 128-byte line).
+//
+// The byte layout is the same for 2-byte and 4-byte elements: a 16-byte vector holds 8
+// bf16/fp16 or 4 floats, an mma k-step is 2 vectors (k16 for bf16/fp16, k8 for tf32), and
+// ldmatrix's "8 × 8 b16" matrices are 8 rows × 4 floats for tf32, which is exactly the
+// m16n8k8 .tf32 fragment layout (lane l: row l / 4, element l % 4). So one kernel serves
+// all three; tf32 operands are rounded with cvt.rna after ldmatrix, as cuDNN's TF32 does.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "../dispatch.h"
+#include "../index_math.h"
+#include "launch.cuh"
+#include "ptx_primitives.cuh"
+
+namespace overfeat_kernels {
+namespace igemm {
+
+constexpr int kVecBytes = 16;
+constexpr int kRowBytes = 64;                      // one k-block of one row
+constexpr int kVecsPerRow = kRowBytes / kVecBytes;  // 4
+constexpr int kWarpM = 64, kWarpN = 32;             // warp tile
+constexpr int kMmaM = 16, kMmaN = 8;
+constexpr int kMi = kWarpM / kMmaM, kNi = kWarpN / kMmaN;  // 4 x 4 mma tiles per warp
+constexpr int kKSteps = kRowBytes / (2 * kVecBytes);       // mma k-steps per k-block: 2
+
+// A tile configuration: warps_m × warps_n warps of 64 × 32.
+template <int kWarpsM_, int kWarpsN_, int kStages_>
+struct TileConfig {
+  static constexpr int kWarpsM = kWarpsM_, kWarpsN = kWarpsN_, kStages = kStages_;
+  static constexpr int kThreads = 32 * kWarpsM * kWarpsN;
+  static constexpr int kBM = kWarpM * kWarpsM, kBN = kWarpN * kWarpsN;
+  static constexpr int kStageBytes = (kBM + kBN) * kRowBytes;
+  static constexpr int kPipeBytes = kStages * kStageBytes;
+  // Each thread copies the same vector column of several rows (threads is a multiple of 4).
+  static constexpr int kRowsPerPass = kThreads / kVecsPerRow;
+  static constexpr int kARows = kBM / kRowsPerPass, kBRows = kBN / kRowsPerPass;
+  static_assert(kBM % kRowsPerPass == 0 && kBN % kRowsPerPass == 0, "tile/threads mismatch");
+  static_assert(kARows <= 7, "per-row tap masks are packed 9 bits per row into 64 bits");
+};
+// Large maps: 128 × 64 per CTA, 4 warps. Small maps (few CTAs): 64 × 64, 2 warps, so
+// that twice as many CTAs spread over the SMs.
+using LargeTiles = TileConfig<2, 2, 3>;
+using SmallTiles = TileConfig<1, 2, 3>;
+
+// Per element type: the mma and the operand conversion.
+template <typename T>
+struct MmaTraits;
+template <>
+struct MmaTraits<at::BFloat16> {
+  __device__ __forceinline__ static uint32_t operand(uint32_t r) { return r; }
+  __device__ __forceinline__ static void mma(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+    mma_m16n8k16_bf16(d, a, b, d);
+  }
+};
+template <>
+struct MmaTraits<at::Half> {
+  __device__ __forceinline__ static uint32_t operand(uint32_t r) { return r; }
+  __device__ __forceinline__ static void mma(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+    mma_m16n8k16_f16(d, a, b, d);
+  }
+};
+template <>
+struct MmaTraits<float> {
+  // The tensor core would truncate the low mantissa bits; round as cuDNN's TF32 does.
+  __device__ __forceinline__ static uint32_t operand(uint32_t r) {
+    return float_to_tf32(__uint_as_float(r));
+  }
+  __device__ __forceinline__ static void mma(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+    mma_m16n8k8_tf32(d, a, b, d);
+  }
+};
+
+template <typename T>
+struct Params {
+  const T* in;    // [n][h][w][cp], 16-byte aligned, cp a multiple of 16 / sizeof(T)
+  const T* filt;  // [k][3][3][cp]
+  const T* bias;  // [k] or null
+  T* out;         // [n][k][out_h][out_w] with strides out_s
+  Strides4 out_s;
+  int64_t n, m;  // m = n · out_h · out_w
+  int h, w, cp, k, out_h, out_w, pad;
+  bool relu;
+};
+
+// Byte offset of 16-byte vector `v` of row `row` in a tile (the XOR swizzle above).
+__host__ __device__ constexpr int swizzled(int row, int v) {
+  return row * kRowBytes + ((v ^ ((row >> 1) & 3)) * kVecBytes);
+}
+
+// Bit (tap + 9·i) of the result: whether tap (r, s) of pixel m reads inside the map.
+__device__ __forceinline__ uint32_t tap_mask(int64_t m, int64_t pixels, int64_t hw_out,
+                                             int out_w, int h, int w, int pad) {
+  if (m >= pixels) return 0;
+  const int64_t rem = m % hw_out;
+  const int y = static_cast<int>(rem / out_w) - pad, x = static_cast<int>(rem % out_w) - pad;
+  uint32_t bits = 0;
+#pragma unroll
+  for (int t = 0; t < 9; ++t) {
+    const int iy = y + t / 3, ix = x + t % 3;
+    if (iy >= 0 && iy < h && ix >= 0 && ix < w) bits |= 1u << t;
+  }
+  return bits;
+}
+
+template <typename T, typename Cfg, bool kOutChannelsLast>
+__global__ void __launch_bounds__(Cfg::kThreads)
+    conv3x3_igemm_kernel(const Params<T> p) {
+  constexpr int kVec = kVecBytes / static_cast<int>(sizeof(T));  // elements per vector
+  constexpr int kBK = kRowBytes / static_cast<int>(sizeof(T));   // elements per k-block
+  constexpr int kOutStride = Cfg::kBN + kVec;  // staging row (elements), padded a vector
+  static_assert(Cfg::kBM * kOutStride * sizeof(T) <= Cfg::kPipeBytes, "staging too large");
+  __shared__ __align__(16) unsigned char smem[Cfg::kPipeBytes];
+
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int warp_m = warp % Cfg::kWarpsM, warp_n = warp / Cfg::kWarpsM;
+  const int64_t m0 = int64_t(blockIdx.x) * Cfg::kBM;
+  const int k0 = blockIdx.y * Cfg::kBN;
+  const int64_t hw_out = int64_t(p.out_h) * p.out_w;
+
+  // ---- loader state: this thread copies vector `lv` of rows lrow + j·kRowsPerPass ----
+  const int lv = tid % kVecsPerRow, lrow = tid / kVecsPerRow;
+  int64_t a_off[Cfg::kARows];  // element offset of tap (0, 0) of the row's pixel
+  uint64_t a_taps = 0;         // 9 bits per row
+#pragma unroll
+  for (int j = 0; j < Cfg::kARows; ++j) {
+    const int64_t m = m0 + lrow + j * Cfg::kRowsPerPass;
+    const int64_t img = m / hw_out, rem = m % hw_out;
+    const int64_t y = rem / p.out_w - p.pad, x = rem % p.out_w - p.pad;
+    a_off[j] = ((img * p.h + y) * p.w + x) * p.cp;
+    a_taps |= uint64_t(tap_mask(m, p.m, hw_out, p.out_w, p.h, p.w, p.pad)) << (9 * j);
+  }
+  const int taps_stride = 9 * p.cp;
+  // Filter rows beyond K read nothing (zero-fill).
+  uint32_t b_valid = 0;
+#pragma unroll
+  for (int j = 0; j < Cfg::kBRows; ++j) {
+    if (k0 + lrow + j * Cfg::kRowsPerPass < p.k) b_valid |= 1u << j;
+  }
+  const T* b_row = p.filt + int64_t(k0 + lrow) * taps_stride;
+
+  const int c_blocks = (p.cp + kBK - 1) / kBK;
+  const int k_blocks = 9 * c_blocks;
+  // The k-block the next load_stage copies: tap t = (r, s) and channel base c.
+  int ld_tap = 0, ld_c = 0;
+  int64_t ld_tap_off = 0;  // (r·W + s)·Cp
+
+  const auto load_stage = [&](int stage) {
+    unsigned char* sa = smem + stage * Cfg::kStageBytes;
+    unsigned char* sb = sa + Cfg::kBM * kRowBytes;
+    const int c = ld_c + lv * kVec;
+    const bool c_ok = c < p.cp;
+#pragma unroll
+    for (int j = 0; j < Cfg::kARows; ++j) {
+      const int row = lrow + j * Cfg::kRowsPerPass;
+      const bool ok = c_ok && ((a_taps >> (9 * j + ld_tap)) & 1u) != 0;
+      const T* src = ok ? p.in + (a_off[j] + ld_tap_off + c) : p.in;
+      cp_async_16_zfill(sa + swizzled(row, lv), src, ok ? kVecBytes : 0);
+    }
+#pragma unroll
+    for (int j = 0; j < Cfg::kBRows; ++j) {
+      const int row = lrow + j * Cfg::kRowsPerPass;
+      const bool ok = c_ok && ((b_valid >> j) & 1u);
+      const T* src =
+          ok ? b_row + (int64_t(j) * Cfg::kRowsPerPass * taps_stride + ld_tap * p.cp + c) : p.filt;
+      cp_async_16_zfill(sb + swizzled(row, lv), src, ok ? kVecBytes : 0);
+    }
+    // Advance to the next k-block: the next channel block, else the next tap.
+    ld_c += kBK;
+    if (ld_c >= p.cp) {
+      ld_c = 0;
+      ++ld_tap;
+      ld_tap_off += ld_tap % 3 == 0 ? int64_t(p.w - 2) * p.cp : int64_t(p.cp);
+    }
+  };
+
+  float acc[kMi][kNi][4];
+#pragma unroll
+  for (int i = 0; i < kMi; ++i) {
+#pragma unroll
+    for (int j = 0; j < kNi; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+    }
+  }
+
+  // ldmatrix row addresses (byte offsets in a stage): lane l gives row l % 8 of matrix
+  // l / 8. A (x4 = rows 0-7 / 8-15 × k-vectors 0 / 1 of a 16 × 16 tile: a0..a3); B (x4 =
+  // filters 0-7 / 8-15 × k-vectors 0 / 1: b0 b1 of two n8 tiles).
+  const int mat = lane / 8, mrow = lane % 8;
+  const int a_row0 = warp_m * kWarpM + (mat & 1) * 8 + mrow;
+  const int b_row0 = warp_n * kWarpN + (mat >> 1) * 8 + mrow;
+
+  // Prologue: kStages - 1 k-blocks in flight. Every thread commits a group per step (empty
+  // ones too) so that wait_group counts line up.
+#pragma unroll
+  for (int s = 0; s < Cfg::kStages - 1; ++s) {
+    if (s < k_blocks) load_stage(s);
+    cp_async_commit_group();
+  }
+
+  for (int kb = 0; kb < k_blocks; ++kb) {
+    cp_async_wait_group<Cfg::kStages - 2>();  // k-block kb has landed (this thread's part)
+    __syncthreads();  // ... everyone's part; and everyone is done with k-block kb - 1
+    if (kb + Cfg::kStages - 1 < k_blocks) load_stage((kb + Cfg::kStages - 1) % Cfg::kStages);
+    cp_async_commit_group();
+
+    const unsigned char* sa = smem + (kb % Cfg::kStages) * Cfg::kStageBytes;
+    const unsigned char* sb = sa + Cfg::kBM * kRowBytes;
+#pragma unroll
+    for (int ks = 0; ks < kKSteps; ++ks) {
+      uint32_t a[kMi][4], b[kNi][2];
+#pragma unroll
+      for (int i = 0; i < kMi; ++i) {
+        ldmatrix_x4(a[i], sa + swizzled(a_row0 + i * kMmaM, 2 * ks + (mat >> 1)));
+#pragma unroll
+        for (int e = 0; e < 4; ++e) a[i][e] = MmaTraits<T>::operand(a[i][e]);
+      }
+#pragma unroll
+      for (int j = 0; j < kNi / 2; ++j) {
+        uint32_t r[4];
+        ldmatrix_x4(r, sb + swizzled(b_row0 + j * 16, 2 * ks + (mat & 1)));
+        b[2 * j][0] = MmaTraits<T>::operand(r[0]);
+        b[2 * j][1] = MmaTraits<T>::operand(r[1]);
+        b[2 * j + 1][0] = MmaTraits<T>::operand(r[2]);
+        b[2 * j + 1][1] = MmaTraits<T>::operand(r[3]);
+      }
+#pragma unroll
+      for (int i = 0; i < kMi; ++i) {
+#pragma unroll
+        for (int j = 0; j < kNi; ++j) MmaTraits<T>::mma(acc[i][j], a[i], b[j]);
+      }
+    }
+  }
+  cp_async_wait_group<0>();  // only empty groups remain, but leave none in flight
+  __syncthreads();           // the ring is free: reuse it to stage the output tile
+
+  // ---- epilogue: + bias, ReLU, convert, through shared memory to wide stores ----------
+  T* stage = reinterpret_cast<T*>(smem);
+  const int g = lane / 4, t4 = lane % 4;
+#pragma unroll
+  for (int j = 0; j < kNi; ++j) {
+    const int col = warp_n * kWarpN + j * kMmaN + 2 * t4;
+    float bias0 = 0.f, bias1 = 0.f;
+    if (p.bias != nullptr) {
+      if (k0 + col < p.k) bias0 = static_cast<float>(p.bias[k0 + col]);
+      if (k0 + col + 1 < p.k) bias1 = static_cast<float>(p.bias[k0 + col + 1]);
+    }
+#pragma unroll
+    for (int i = 0; i < kMi; ++i) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {  // rows g and g + 8 of the mma tile
+        const int row = warp_m * kWarpM + i * kMmaM + g + 8 * h;
+        float v0 = acc[i][j][2 * h] + bias0, v1 = acc[i][j][2 * h + 1] + bias1;
+        if (p.relu) {
+          v0 = relu_keep_nan(v0);
+          v1 = relu_keep_nan(v1);
+        }
+        stage[row * kOutStride + col] = static_cast<T>(v0);
+        stage[row * kOutStride + col + 1] = static_cast<T>(v1);
+      }
+    }
+  }
+  __syncthreads();
+
+  if constexpr (kOutChannelsLast) {
+    // out[m][k] is out_s.c == 1 and one pixel every out_s.w: a row of the tile is
+    // contiguous; 16-byte stores where a whole aligned vector is inside K.
+    constexpr int kVecsOut = Cfg::kBN / kVec;
+    const bool vec_ok = p.k % kVec == 0;
+    for (int q = tid; q < Cfg::kBM * kVecsOut; q += Cfg::kThreads) {
+      const int row = q / kVecsOut, cv = q % kVecsOut;
+      const int64_t m = m0 + row;
+      const int k = k0 + cv * kVec;
+      if (m >= p.m || k >= p.k) continue;
+      T* dst = p.out + m * p.out_s.w + k;
+      const T* src = stage + row * kOutStride + cv * kVec;
+      if (vec_ok) {
+        *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+      } else {
+        for (int e = 0; e < kVec && k + e < p.k; ++e) dst[e] = src[e];
+      }
+    }
+  } else {
+    // Any other layout (NCHW): element by element, pixels fastest across threads, so a
+    // warp writes 32 neighbouring pixels of one channel plane.
+    for (int q = tid; q < Cfg::kBM * Cfg::kBN; q += Cfg::kThreads) {
+      const int row = q % Cfg::kBM, col = q / Cfg::kBM;
+      const int64_t m = m0 + row;
+      const int k = k0 + col;
+      if (m >= p.m || k >= p.k) continue;
+      const int64_t img = m / hw_out, rem = m % hw_out;
+      p.out[offset_of(p.out_s, img, k, rem / p.out_w, rem % p.out_w)] =
+          stage[row * kOutStride + col];
+    }
+  }
+}
+
+// Which tile configuration a shape gets (a pure function of the shape; documented and
+// tested in tests/test_conv3x3_tc.py). The 128 × 64 tile needs about two waves of CTAs
+// on the device to keep every SM busy; when it would give fewer CTAs than 2 × sms, the
+// 64 × 64 tile doubles the CTA count (small maps, batch 1: e.g. VGG's 14 × 14 layers).
+enum class TileChoice : int { Large = 0, Small = 1 };
+inline TileChoice choose_tiles(int64_t pixels, int64_t filters, int64_t sms) {
+  const int64_t large_ctas =
+      ceil_div(pixels, LargeTiles::kBM) * ceil_div(filters, LargeTiles::kBN);
+  return large_ctas < 2 * sms ? TileChoice::Small : TileChoice::Large;
+}
+
+template <typename T, typename Cfg>
+void launch_with(const Params<T>& p, bool out_channels_last, cudaStream_t stream) {
+  const int64_t m_tiles = ceil_div(p.m, Cfg::kBM);
+  const int64_t n_tiles = ceil_div(p.k, Cfg::kBN);
+  TORCH_CHECK_VALUE(m_tiles <= INT32_MAX && n_tiles <= 65535, "conv3x3 (CUDA): ", p.m,
+                    " pixels with ", p.k, " filters exceed the launch grid of this kernel");
+  const dim3 grid(static_cast<unsigned>(m_tiles), static_cast<unsigned>(n_tiles));
+  bool_switch(out_channels_last, [&](auto cl) {
+    launch_kernel<conv3x3_igemm_kernel<T, Cfg, decltype(cl)::value>>(grid, Cfg::kThreads, 0,
+                                                                    stream, p);
+  });
+}
+
+template <typename T>
+void launch(const Params<T>& p, bool out_channels_last, cudaStream_t stream) {
+  if (p.m == 0 || p.k == 0) return;
+  if (choose_tiles(p.m, p.k, multiprocessor_count()) == TileChoice::Large) {
+    launch_with<T, LargeTiles>(p, out_channels_last, stream);
+  } else {
+    launch_with<T, SmallTiles>(p, out_channels_last, stream);
+  }
+}
+
+}  // namespace igemm
+}  // namespace overfeat_kernels
