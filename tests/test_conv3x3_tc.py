@@ -111,14 +111,24 @@ def _run_forward(args):
     return out, simulator.launch_counts()
 
 
+@pytest.fixture(params=["auto", "large"])
+def tiles(request, monkeypatch):
+    """The heuristic's tile choice (small for these shapes), and the large tiles forced."""
+    if request.param == "large":
+        monkeypatch.setenv("OVERFEAT_KERNELS_CONV_TILES", "large")
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("cfg", CONFIGS, ids=_name)
-def test_forward(cfg, dtype):
+def test_forward(cfg, dtype, tiles):
     x, w, b, pad, relu = _inputs(cfg, _dtype(dtype))
     with _tf32(dtype == TF32):
         out, launches = _run_forward((x, w, b, pad, relu))
     assert any(IGEMM in name for name in launches), launches
     assert not any(DIRECT in name for name in launches), launches
+    if tiles == "large":
+        assert all("TileConfig<2, 2," in name for name in launches), launches
     assert out.shape == (cfg[0], cfg[2], cfg[3] + 2 * pad - 2, cfg[4] + 2 * pad - 2)
     expect_cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     if expect_cl:
@@ -139,7 +149,7 @@ GRAD_CONFIGS = [CONFIGS[i] for i in (0, 1, 3, 4, 6, 7, 10, 13)]
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("cfg", GRAD_CONFIGS, ids=_name)
-def test_backward(cfg, dtype):
+def test_backward(cfg, dtype, tiles):
     x, w, b, pad, relu = _inputs(cfg, _dtype(dtype), requires_grad=True)
     if b is not None:
         b.requires_grad_()
@@ -158,7 +168,9 @@ def test_backward(cfg, dtype):
     mask = (to64(out) > 0) if relu else None
     ref_leaves = [to64(t).requires_grad_() for t in leaves]
     g64 = to64(grad) if mask is None else to64(grad) * mask
-    pre = F.conv2d(ref_leaves[0], ref_leaves[1], ref_leaves[2] if b is not None else None, padding=pad)
+    pre = F.conv2d(
+        ref_leaves[0], ref_leaves[1], ref_leaves[2] if b is not None else None, padding=pad
+    )
     ref64 = torch.autograd.grad(pre, ref_leaves, g64)
     if dtype == TF32:
         r = lambda t: to64(_round_tf32(t.detach()))  # noqa: E731
@@ -178,7 +190,7 @@ def test_backward(cfg, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, TF32], ids=str)
-def test_schedule_independent(dtype):
+def test_schedule_independent(dtype, tiles):
     cfg = (2, 17, 20, 9, 11, 1, "channels_last", True, True)
     x, w, b, pad, relu = _inputs(cfg, _dtype(dtype), requires_grad=True)
 
@@ -210,29 +222,43 @@ def test_float64_and_exact_float32_stay_on_the_direct_kernel():
         assert any(DIRECT in k for k in launches) and not any(IGEMM in k for k in launches)
 
 
-# The tile heuristic: the large 128 x 64 tile when it gives at least two CTAs per SM,
-# else the small 64 x 64 tile (VGG's 14 x 14 and 28 x 28 layers at batch 1).
+# The tile heuristic: the large tile (128 x 128; tf32 128 x 64) when it gives at least two
+# CTAs per SM, else the small 64 x 64 tile (VGG's 14 x 14 and 28 x 28 layers at batch 1).
 @pytest.mark.parametrize(
-    ("pixels", "filters", "sms", "choice"),
+    ("pixels", "filters", "element_bytes", "sms", "choice"),
     [
-        (224 * 224, 64, 132, 0),  # VGG conv1, batch 1: 392 CTAs
-        (14 * 14, 512, 132, 1),  # VGG conv5, batch 1: 16 CTAs
-        (28 * 28, 512, 132, 1),  # VGG conv4, batch 1: 56 CTAs
-        (32 * 28 * 28, 512, 132, 0),  # batch 32
-        (128 * 264, 64, 132, 0),  # exactly 2 waves
-        (128 * 264 - 128, 64, 132, 1),  # one CTA short
-        (1, 1, 1, 1),
-        (256, 64, 1, 0),
+        (224 * 224, 64, 2, 132, 0),  # VGG conv1, batch 1: 392 CTAs
+        (14 * 14, 512, 2, 132, 1),  # VGG conv5, batch 1: 8 CTAs
+        (28 * 28, 512, 2, 132, 1),  # VGG conv4, batch 1: 28 CTAs
+        (112 * 112, 128, 2, 132, 1),  # VGG conv2, batch 1: 98 CTAs
+        (32 * 28 * 28, 512, 2, 132, 0),  # batch 32
+        (128 * 264, 128, 2, 132, 0),  # exactly 2 per SM
+        (128 * 264 - 128, 128, 2, 132, 1),  # one CTA short
+        (128 * 132, 256, 2, 132, 0),  # 2 per SM through N
+        (128 * 132, 128, 2, 132, 1),
+        (128 * 132, 64, 4, 132, 1),  # tf32: 128 x 64 tiles
+        (128 * 132, 65, 4, 132, 0),
+        (1, 1, 2, 1, 1),
+        (256, 64, 2, 1, 0),
     ],
 )
-def test_tile_heuristic(pixels, filters, sms, choice):
-    assert torch.ops.overfeat_kernels_simtest.conv_tiles(pixels, filters, sms) == choice
+def test_tile_heuristic(pixels, filters, element_bytes, sms, choice):
+    tiles = torch.ops.overfeat_kernels_simtest.conv_tiles
+    assert tiles(pixels, filters, element_bytes, sms) == choice
+
+
+def test_tile_override_is_checked(monkeypatch):
+    monkeypatch.setenv("OVERFEAT_KERNELS_CONV_TILES", "huge")
+    x = torch.randn(1, 8, 5, 5, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="OVERFEAT_KERNELS_CONV_TILES"):
+        _run_forward((x, torch.randn(8, 8, 3, 3, dtype=torch.bfloat16), None, 1, False))
 
 
 def test_tile_heuristic_picks_the_launched_kernel():
-    # 130 x 130 pixels, 96 filters: 133 x 2 = 266 large CTAs >= 2 x 132: the large tiles.
-    # 13 x 13: the small ones.
-    for hw, cfg in [(130, "TileConfig<2, 2, 3>"), (13, "TileConfig<1, 2, 3>")]:
+    # 184 x 184 pixels, 8 filters: 265 large CTAs >= 2 x 132: the large tiles; 13 x 13:
+    # the small ones.
+    for hw, cfg in [(184, "TileConfig<2, 2, 64, 3>"), (13, "TileConfig<1, 2, 32, 3>")]:
         x = make_map((1, 8, hw, hw), torch.bfloat16, "cpu", "channels_last")
-        _, launches = _run_forward((x, torch.randn(96, 8, 3, 3, dtype=torch.bfloat16), None, 1, False))
+        w = torch.randn(8, 8, 3, 3, dtype=torch.bfloat16)
+        _, launches = _run_forward((x, w, None, 1, False))
         assert any(IGEMM in k and cfg in k for k in launches), launches

@@ -28,6 +28,9 @@
 
 #include <ATen/ATen.h>
 
+#include <cstdlib>
+#include <string>
+
 #include "../dispatch.h"
 #include "../index_math.h"
 #include "launch.cuh"
@@ -39,15 +42,17 @@ namespace igemm {
 constexpr int kVecBytes = 16;
 constexpr int kRowBytes = 64;                      // one k-block of one row
 constexpr int kVecsPerRow = kRowBytes / kVecBytes;  // 4
-constexpr int kWarpM = 64, kWarpN = 32;             // warp tile
+constexpr int kWarpM = 64;                          // warp tile rows (pixels)
 constexpr int kMmaM = 16, kMmaN = 8;
-constexpr int kMi = kWarpM / kMmaM, kNi = kWarpN / kMmaN;  // 4 x 4 mma tiles per warp
-constexpr int kKSteps = kRowBytes / (2 * kVecBytes);       // mma k-steps per k-block: 2
+constexpr int kMi = kWarpM / kMmaM;                   // 4 mma tiles along M per warp
+constexpr int kKSteps = kRowBytes / (2 * kVecBytes);  // mma k-steps per k-block: 2
 
-// A tile configuration: warps_m × warps_n warps of 64 × 32.
-template <int kWarpsM_, int kWarpsN_, int kStages_>
+// A tile configuration: warps_m × warps_n warps of 64 × warp_n (32 or 64) each.
+template <int kWarpsM_, int kWarpsN_, int kWarpN_, int kStages_>
 struct TileConfig {
-  static constexpr int kWarpsM = kWarpsM_, kWarpsN = kWarpsN_, kStages = kStages_;
+  static constexpr int kWarpsM = kWarpsM_, kWarpsN = kWarpsN_, kWarpN = kWarpN_;
+  static constexpr int kStages = kStages_;
+  static constexpr int kNi = kWarpN / kMmaN;  // mma tiles along N per warp
   static constexpr int kThreads = 32 * kWarpsM * kWarpsN;
   static constexpr int kBM = kWarpM * kWarpsM, kBN = kWarpN * kWarpsN;
   static constexpr int kStageBytes = (kBM + kBN) * kRowBytes;
@@ -56,12 +61,18 @@ struct TileConfig {
   static constexpr int kRowsPerPass = kThreads / kVecsPerRow;
   static constexpr int kARows = kBM / kRowsPerPass, kBRows = kBN / kRowsPerPass;
   static_assert(kBM % kRowsPerPass == 0 && kBN % kRowsPerPass == 0, "tile/threads mismatch");
-  static_assert(kARows <= 7, "per-row tap masks are packed 9 bits per row into 64 bits");
+  static_assert(kARows <= 4, "9 tap bits per row; after the shift by the tap, 32 bits");
+  // Rows a thread copies are kRowsPerPass apart, a multiple of 8: they share the swizzle
+  // key, so their shared-memory slots differ by constants.
+  static_assert(kRowsPerPass % 8 == 0, "rows of one thread must share the swizzle key");
+  static_assert(kNi % 2 == 0, "B fragments come in pairs of n8 tiles (ldmatrix.x4)");
 };
-// Large maps: 128 × 64 per CTA, 4 warps. Small maps (few CTAs): 64 × 64, 2 warps, so
-// that twice as many CTAs spread over the SMs.
-using LargeTiles = TileConfig<2, 2, 3>;
-using SmallTiles = TileConfig<1, 2, 3>;
+// Large maps: 128 × 128 per CTA, 4 warps of 64 × 64 (bf16 / fp16; tf32's output tile
+// would not fit the staging buffer, so it takes 128 × 64, warps of 64 × 32). Small maps
+// (few CTAs): 64 × 64, 2 warps of 64 × 32, four times as many CTAs as 128 × 128.
+template <typename T>
+using LargeTiles = std::conditional_t<sizeof(T) == 2, TileConfig<2, 2, 64, 3>, TileConfig<2, 2, 32, 3>>;
+using SmallTiles = TileConfig<1, 2, 32, 3>;
 
 // Per element type: the mma and the operand conversion.
 template <typename T>
@@ -132,6 +143,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   static_assert(Cfg::kBM * kOutStride * sizeof(T) <= Cfg::kPipeBytes, "staging too large");
   __shared__ __align__(16) unsigned char smem[Cfg::kPipeBytes];
 
+  constexpr int kNi = Cfg::kNi, kWarpN = Cfg::kWarpN;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int warp_m = warp % Cfg::kWarpsM, warp_n = warp / Cfg::kWarpsM;
   const int64_t m0 = int64_t(blockIdx.x) * Cfg::kBM;
@@ -140,57 +152,61 @@ __global__ void __launch_bounds__(Cfg::kThreads)
 
   // ---- loader state: this thread copies vector `lv` of rows lrow + j·kRowsPerPass ----
   const int lv = tid % kVecsPerRow, lrow = tid / kVecsPerRow;
-  int64_t a_off[Cfg::kARows];  // element offset of tap (0, 0) of the row's pixel
-  uint64_t a_taps = 0;         // 9 bits per row
+  // Destination of its first row in a stage; the others follow at constant distances
+  // (they share the swizzle key).
+  const int st_a = swizzled(lrow, lv), st_b = Cfg::kBM * kRowBytes + swizzled(lrow, lv);
+  int64_t a_off[Cfg::kARows];  // element offset of tap (0, 0), vector lv, of the row's pixel
+  uint64_t a_taps = 0;         // bit 9·j + tap: tap (r, s) of row j lies inside the map
 #pragma unroll
   for (int j = 0; j < Cfg::kARows; ++j) {
     const int64_t m = m0 + lrow + j * Cfg::kRowsPerPass;
     const int64_t img = m / hw_out, rem = m % hw_out;
     const int64_t y = rem / p.out_w - p.pad, x = rem % p.out_w - p.pad;
-    a_off[j] = ((img * p.h + y) * p.w + x) * p.cp;
+    a_off[j] = ((img * p.h + y) * p.w + x) * p.cp + lv * kVec;
     a_taps |= uint64_t(tap_mask(m, p.m, hw_out, p.out_w, p.h, p.w, p.pad)) << (9 * j);
   }
-  const int taps_stride = 9 * p.cp;
-  // Filter rows beyond K read nothing (zero-fill).
-  uint32_t b_valid = 0;
+  const int64_t taps_stride = 9 * int64_t(p.cp);  // one filter
+  uint32_t b_valid = 0;                            // filter rows beyond K read nothing
 #pragma unroll
   for (int j = 0; j < Cfg::kBRows; ++j) {
     if (k0 + lrow + j * Cfg::kRowsPerPass < p.k) b_valid |= 1u << j;
   }
-  const T* b_row = p.filt + int64_t(k0 + lrow) * taps_stride;
+  const int64_t b_off = int64_t(k0 + lrow) * taps_stride + lv * kVec;
 
   const int c_blocks = (p.cp + kBK - 1) / kBK;
   const int k_blocks = 9 * c_blocks;
-  // The k-block the next load_stage copies: tap t = (r, s) and channel base c.
-  int ld_tap = 0, ld_c = 0;
-  int64_t ld_tap_off = 0;  // (r·W + s)·Cp
+  // The k-block the next load_stage copies: tap (r, s) = ld_tap, channels ld_c.. of it.
+  int ld_tap = 0, ld_c = 0, ld_stage = 0;
+  int64_t ld_a = 0;  // (r·W + s)·Cp + ld_c: offset of the k-block in the input
+  int ld_b = 0;      // ld_tap·Cp + ld_c: offset of the k-block in a filter
 
-  const auto load_stage = [&](int stage) {
-    unsigned char* sa = smem + stage * Cfg::kStageBytes;
-    unsigned char* sb = sa + Cfg::kBM * kRowBytes;
-    const int c = ld_c + lv * kVec;
-    const bool c_ok = c < p.cp;
+  const auto load_stage = [&]() {
+    const int stage = ld_stage * Cfg::kStageBytes;
+    const bool c_ok = ld_c + lv * kVec < p.cp;
+    const uint32_t taps = static_cast<uint32_t>(a_taps >> ld_tap);
 #pragma unroll
     for (int j = 0; j < Cfg::kARows; ++j) {
-      const int row = lrow + j * Cfg::kRowsPerPass;
-      const bool ok = c_ok && ((a_taps >> (9 * j + ld_tap)) & 1u) != 0;
-      const T* src = ok ? p.in + (a_off[j] + ld_tap_off + c) : p.in;
-      cp_async_16_zfill(sa + swizzled(row, lv), src, ok ? kVecBytes : 0);
+      const bool ok = c_ok && ((taps >> (9 * j)) & 1u) != 0;
+      const T* src = ok ? p.in + (a_off[j] + ld_a) : p.in;
+      cp_async_16_zfill(smem + stage + st_a + j * Cfg::kRowsPerPass * kRowBytes, src,
+                        ok ? kVecBytes : 0);
     }
 #pragma unroll
     for (int j = 0; j < Cfg::kBRows; ++j) {
-      const int row = lrow + j * Cfg::kRowsPerPass;
-      const bool ok = c_ok && ((b_valid >> j) & 1u);
-      const T* src =
-          ok ? b_row + (int64_t(j) * Cfg::kRowsPerPass * taps_stride + ld_tap * p.cp + c) : p.filt;
-      cp_async_16_zfill(sb + swizzled(row, lv), src, ok ? kVecBytes : 0);
+      const bool ok = c_ok && ((b_valid >> j) & 1u) != 0;
+      const T* src = ok ? p.filt + (b_off + j * Cfg::kRowsPerPass * taps_stride + ld_b) : p.filt;
+      cp_async_16_zfill(smem + stage + st_b + j * Cfg::kRowsPerPass * kRowBytes, src,
+                        ok ? kVecBytes : 0);
     }
     // Advance to the next k-block: the next channel block, else the next tap.
+    ld_stage = ld_stage == Cfg::kStages - 1 ? 0 : ld_stage + 1;
     ld_c += kBK;
+    ld_a += kBK;
+    ld_b += kBK;
     if (ld_c >= p.cp) {
+      ld_a += (++ld_tap % 3 == 0 ? int64_t(p.w - 3) * p.cp : 0) + p.cp - ld_c;
+      ld_b += p.cp - ld_c;
       ld_c = 0;
-      ++ld_tap;
-      ld_tap_off += ld_tap % 3 == 0 ? int64_t(p.w - 2) * p.cp : int64_t(p.cp);
     }
   };
 
@@ -206,40 +222,48 @@ __global__ void __launch_bounds__(Cfg::kThreads)
 
   // ldmatrix row addresses (byte offsets in a stage): lane l gives row l % 8 of matrix
   // l / 8. A (x4 = rows 0-7 / 8-15 × k-vectors 0 / 1 of a 16 × 16 tile: a0..a3); B (x4 =
-  // filters 0-7 / 8-15 × k-vectors 0 / 1: b0 b1 of two n8 tiles).
+  // filters 0-7 / 8-15 × k-vectors 0 / 1: b0 b1 of two n8 tiles). Rows 16 apart share
+  // the swizzle key, so only the k-step changes the slot.
   const int mat = lane / 8, mrow = lane % 8;
   const int a_row0 = warp_m * kWarpM + (mat & 1) * 8 + mrow;
   const int b_row0 = warp_n * kWarpN + (mat >> 1) * 8 + mrow;
+  int a_ld[kKSteps], b_ld[kKSteps];
+#pragma unroll
+  for (int ks = 0; ks < kKSteps; ++ks) {
+    a_ld[ks] = swizzled(a_row0, 2 * ks + (mat >> 1));
+    b_ld[ks] = Cfg::kBM * kRowBytes + swizzled(b_row0, 2 * ks + (mat & 1));
+  }
 
   // Prologue: kStages - 1 k-blocks in flight. Every thread commits a group per step (empty
   // ones too) so that wait_group counts line up.
 #pragma unroll
   for (int s = 0; s < Cfg::kStages - 1; ++s) {
-    if (s < k_blocks) load_stage(s);
+    if (s < k_blocks) load_stage();
     cp_async_commit_group();
   }
 
+  int rd_stage = 0;
   for (int kb = 0; kb < k_blocks; ++kb) {
     cp_async_wait_group<Cfg::kStages - 2>();  // k-block kb has landed (this thread's part)
     __syncthreads();  // ... everyone's part; and everyone is done with k-block kb - 1
-    if (kb + Cfg::kStages - 1 < k_blocks) load_stage((kb + Cfg::kStages - 1) % Cfg::kStages);
+    if (kb + Cfg::kStages - 1 < k_blocks) load_stage();
     cp_async_commit_group();
 
-    const unsigned char* sa = smem + (kb % Cfg::kStages) * Cfg::kStageBytes;
-    const unsigned char* sb = sa + Cfg::kBM * kRowBytes;
+    const unsigned char* st = smem + rd_stage * Cfg::kStageBytes;
+    rd_stage = rd_stage == Cfg::kStages - 1 ? 0 : rd_stage + 1;
 #pragma unroll
     for (int ks = 0; ks < kKSteps; ++ks) {
       uint32_t a[kMi][4], b[kNi][2];
 #pragma unroll
       for (int i = 0; i < kMi; ++i) {
-        ldmatrix_x4(a[i], sa + swizzled(a_row0 + i * kMmaM, 2 * ks + (mat >> 1)));
+        ldmatrix_x4(a[i], st + a_ld[ks] + i * kMmaM * kRowBytes);
 #pragma unroll
         for (int e = 0; e < 4; ++e) a[i][e] = MmaTraits<T>::operand(a[i][e]);
       }
 #pragma unroll
       for (int j = 0; j < kNi / 2; ++j) {
         uint32_t r[4];
-        ldmatrix_x4(r, sb + swizzled(b_row0 + j * 16, 2 * ks + (mat & 1)));
+        ldmatrix_x4(r, st + b_ld[ks] + j * 16 * kRowBytes);
         b[2 * j][0] = MmaTraits<T>::operand(r[0]);
         b[2 * j][1] = MmaTraits<T>::operand(r[1]);
         b[2 * j + 1][0] = MmaTraits<T>::operand(r[2]);
@@ -316,14 +340,17 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   }
 }
 
-// Which tile configuration a shape gets (a pure function of the shape; documented and
-// tested in tests/test_conv3x3_tc.py). The 128 × 64 tile needs about two waves of CTAs
-// on the device to keep every SM busy; when it would give fewer CTAs than 2 × sms, the
-// 64 × 64 tile doubles the CTA count (small maps, batch 1: e.g. VGG's 14 × 14 layers).
+// Which tile configuration a shape gets: a pure function of the GEMM's shape (pixels =
+// N·H'·W', filters = K), the element size and the SM count; tested in
+// tests/test_conv3x3_tc.py. The large tile (128 × 128, tf32 128 × 64) keeps an SM busy
+// only with two resident CTAs; when it would give fewer than 2 CTAs per SM, the 64 × 64
+// tile gives 2-4 times as many (small maps at batch 1: VGG's 14 × 14 and 28 × 28 layers).
 enum class TileChoice : int { Large = 0, Small = 1 };
-inline TileChoice choose_tiles(int64_t pixels, int64_t filters, int64_t sms) {
-  const int64_t large_ctas =
-      ceil_div(pixels, LargeTiles::kBM) * ceil_div(filters, LargeTiles::kBN);
+inline TileChoice choose_tiles(int64_t pixels, int64_t filters, int64_t element_bytes,
+                               int64_t sms) {
+  const int64_t bm = element_bytes == 2 ? LargeTiles<at::Half>::kBM : LargeTiles<float>::kBM;
+  const int64_t bn = element_bytes == 2 ? LargeTiles<at::Half>::kBN : LargeTiles<float>::kBN;
+  const int64_t large_ctas = ceil_div(pixels, bm) * ceil_div(filters, bn);
   return large_ctas < 2 * sms ? TileChoice::Small : TileChoice::Large;
 }
 
@@ -343,8 +370,20 @@ void launch_with(const Params<T>& p, bool out_channels_last, cudaStream_t stream
 template <typename T>
 void launch(const Params<T>& p, bool out_channels_last, cudaStream_t stream) {
   if (p.m == 0 || p.k == 0) return;
-  if (choose_tiles(p.m, p.k, multiprocessor_count()) == TileChoice::Large) {
-    launch_with<T, LargeTiles>(p, out_channels_last, stream);
+  // OVERFEAT_KERNELS_CONV_TILES=large|small overrides the heuristic: for tests (every
+  // configuration on small shapes) and benchmarks.
+  const char* force = std::getenv("OVERFEAT_KERNELS_CONV_TILES");
+  TileChoice choice = TileChoice::Large;
+  if (force == nullptr || *force == '\0') {
+    choice = choose_tiles(p.m, p.k, sizeof(T), multiprocessor_count());
+  } else {
+    const std::string f(force);
+    TORCH_CHECK_VALUE(f == "large" || f == "small",
+                      "OVERFEAT_KERNELS_CONV_TILES must be 'large' or 'small', got '", f, "'");
+    choice = f == "large" ? TileChoice::Large : TileChoice::Small;
+  }
+  if (choice == TileChoice::Large) {
+    launch_with<T, LargeTiles<T>>(p, out_channels_last, stream);
   } else {
     launch_with<T, SmallTiles>(p, out_channels_last, stream);
   }
