@@ -221,7 +221,9 @@ def hottest_loop(instrs: list[tuple[int, str, str]]) -> LoopMix | None:
     return LoopMix(best[0], best[1], counts, total, round(counts["HMMA"] / total, 4))
 
 
-def occupancy(regs: int, shared: int, threads: int | None) -> tuple[int | None, float | None, str | None]:
+def occupancy(
+    regs: int, shared: int, threads: int | None
+) -> tuple[int | None, float | None, str | None]:
     if not threads:
         return None, None, None
     warps = -(-threads // 32)
@@ -240,9 +242,15 @@ def occupancy(regs: int, shared: int, threads: int | None) -> tuple[int | None, 
 
 def report_object(path: str, arch: str, cuobjdump: str) -> list[KernelReport]:
     def run(flag: str) -> str:
-        return subprocess.run([cuobjdump, flag, path], capture_output=True, text=True, check=True).stdout
+        return subprocess.run(
+            [cuobjdump, flag, path], capture_output=True, text=True, check=True
+        ).stdout
 
-    sass, res, threads = parse_sass(run("-sass")), parse_resources(run("-res-usage")), parse_max_threads(run("-elf"))
+    sass, res, threads = (
+        parse_sass(run("-sass")),
+        parse_resources(run("-res-usage")),
+        parse_max_threads(run("-elf")),
+    )
     names = demangle(sorted(sass))
     out = []
     for mangled, instrs in sorted(sass.items(), key=lambda kv: names[kv[0]]):
@@ -256,8 +264,19 @@ def report_object(path: str, arch: str, cuobjdump: str) -> list[KernelReport]:
         name = short_name(names[mangled])
         out.append(
             KernelReport(
-                arch, name, mangled, r["registers"], spill_bytes(instrs), r["stack"], r["shared"],
-                t, blocks, occ, by, counts, hottest_loop(instrs),
+                arch,
+                name,
+                mangled,
+                r["registers"],
+                spill_bytes(instrs),
+                r["stack"],
+                r["shared"],
+                t,
+                blocks,
+                occ,
+                by,
+                counts,
+                hottest_loop(instrs),
             )
         )
     return out
@@ -268,26 +287,35 @@ def build_objects(archs: list[str], out_dir: str) -> list[tuple[str, str]]:
     nvcc = find_tool("nvcc")
     if nvcc is None:
         raise SystemExit("sass_report: nvcc not found (set CUDA_HOME or put it on PATH)")
-    from torch.utils.cpp_extension import include_paths
-
     import sysconfig
 
+    from torch.utils.cpp_extension import include_paths
+
     cuda_home = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
-    incs = [f"-I{p}" for p in include_paths()] + [f"-I{sysconfig.get_paths()['include']}", f"-I{cuda_home}/include"]
+    incs = [f"-I{p}" for p in include_paths()] + [
+        f"-I{sysconfig.get_paths()['include']}",
+        f"-I{cuda_home}/include",
+    ]
     objects = []
     for arch in archs:
         for src in sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu"))):
             obj = os.path.join(out_dir, f"{os.path.basename(src)}.{arch}.cubin")
-            cmd = [nvcc, "-std=c++20", "-O3", f"-arch={arch}", "-cubin", "-DOVERFEAT_WITH_CUDA=1",
-                   "-D_GLIBCXX_USE_CXX11_ABI=1", "-DTORCH_EXTENSION_NAME=_C", "--expt-relaxed-constexpr",
-                   *incs, src, "-o", obj]  # fmt: skip
+            cmd = [
+                *(nvcc, "-std=c++20", "-O3", f"-arch={arch}", "-cubin"),
+                *("-DOVERFEAT_WITH_CUDA=1", "-D_GLIBCXX_USE_CXX11_ABI=1"),
+                *("-DTORCH_EXTENSION_NAME=_C", "--expt-relaxed-constexpr"),
+                *(*incs, src, "-o", obj),
+            ]
             subprocess.run(cmd, check=True, capture_output=True)
             objects.append((arch, obj))
     return objects
 
 
 def table(reports: list[KernelReport]) -> str:
-    head = "| arch | kernel | regs | spill B | smem B | threads | blocks/SM | occupancy | loop HMMA | LDSM | LDGSTS | BAR | other | HMMA % |"
+    head = (
+        "| arch | kernel | regs | spill B | smem B | threads | blocks/SM | occupancy "
+        "| loop HMMA | LDSM | LDGSTS | BAR | other | HMMA % |"
+    )
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in reports:
         loop = r.hottest_loop
@@ -298,8 +326,11 @@ def table(reports: list[KernelReport]) -> str:
         )
         rows.append(
             f"| {r.arch} | `{r.name}` | {r.registers} | {r.spill_bytes} | {r.shared_bytes} | "
-            f"{r.threads_per_block or '-'} | {r.blocks_per_sm if r.blocks_per_sm is not None else '-'} | "
-            f"{'-' if r.occupancy is None else f'{100 * r.occupancy:.0f} %'} | " + " | ".join(mix) + " |"
+            f"{r.threads_per_block or '-'} | "
+            f"{r.blocks_per_sm if r.blocks_per_sm is not None else '-'} | "
+            f"{'-' if r.occupancy is None else f'{100 * r.occupancy:.0f} %'} | "
+            + " | ".join(mix)
+            + " |"
         )
     return "\n".join(rows)
 

@@ -155,57 +155,66 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   // Destination of its first row in a stage; the others follow at constant distances
   // (they share the swizzle key).
   const int st_a = swizzled(lrow, lv), st_b = Cfg::kBM * kRowBytes + swizzled(lrow, lv);
-  int64_t a_off[Cfg::kARows];  // element offset of tap (0, 0), vector lv, of the row's pixel
-  uint64_t a_taps = 0;         // bit 9·j + tap: tap (r, s) of row j lies inside the map
+  // Byte address of tap (0, 0), vector lv, of each row's pixel, as an integer: it may lie
+  // outside the map (border pixels) and is dereferenced only for taps inside it.
+  uint64_t a_addr[Cfg::kARows];
+  uint64_t a_taps = 0;  // bit 9·j + tap: tap (r, s) of row j lies inside the map
 #pragma unroll
   for (int j = 0; j < Cfg::kARows; ++j) {
     const int64_t m = m0 + lrow + j * Cfg::kRowsPerPass;
     const int64_t img = m / hw_out, rem = m % hw_out;
     const int64_t y = rem / p.out_w - p.pad, x = rem % p.out_w - p.pad;
-    a_off[j] = ((img * p.h + y) * p.w + x) * p.cp + lv * kVec;
+    const int64_t off = ((img * p.h + y) * p.w + x) * p.cp + lv * kVec;
+    a_addr[j] = reinterpret_cast<uint64_t>(p.in) + static_cast<uint64_t>(off * int64_t(sizeof(T)));
     a_taps |= uint64_t(tap_mask(m, p.m, hw_out, p.out_w, p.h, p.w, p.pad)) << (9 * j);
   }
-  const int64_t taps_stride = 9 * int64_t(p.cp);  // one filter
-  uint32_t b_valid = 0;                            // filter rows beyond K read nothing
+  const int64_t filter_bytes = 9 * int64_t(p.cp) * int64_t(sizeof(T));
+  uint32_t b_valid = 0;  // filter rows beyond K read nothing
 #pragma unroll
   for (int j = 0; j < Cfg::kBRows; ++j) {
     if (k0 + lrow + j * Cfg::kRowsPerPass < p.k) b_valid |= 1u << j;
   }
-  const int64_t b_off = int64_t(k0 + lrow) * taps_stride + lv * kVec;
+  const unsigned char* b_src =
+      reinterpret_cast<const unsigned char*>(p.filt) + int64_t(k0 + lrow) * filter_bytes +
+      lv * kVecBytes;
 
   const int c_blocks = (p.cp + kBK - 1) / kBK;
   const int k_blocks = 9 * c_blocks;
   // The k-block the next load_stage copies: tap (r, s) = ld_tap, channels ld_c.. of it.
-  int ld_tap = 0, ld_c = 0, ld_stage = 0;
-  int64_t ld_a = 0;  // (r·W + s)·Cp + ld_c: offset of the k-block in the input
-  int ld_b = 0;      // ld_tap·Cp + ld_c: offset of the k-block in a filter
+  int ld_tap = 0, ld_c = 0, ld_stage = 0;  // ld_stage: byte offset of the stage
+  int64_t ld_a = 0;  // ((r·W + s)·Cp + ld_c)·sizeof(T): the k-block in the input
+  int ld_b = 0;      // (ld_tap·Cp + ld_c)·sizeof(T): the k-block in a filter
 
   const auto load_stage = [&]() {
-    const int stage = ld_stage * Cfg::kStageBytes;
     const bool c_ok = ld_c + lv * kVec < p.cp;
-    const uint32_t taps = static_cast<uint32_t>(a_taps >> ld_tap);
+    const uint32_t taps = c_ok ? static_cast<uint32_t>(a_taps >> ld_tap) : 0u;
+    const uint32_t b_ok = c_ok ? b_valid : 0u;
 #pragma unroll
     for (int j = 0; j < Cfg::kARows; ++j) {
-      const bool ok = c_ok && ((taps >> (9 * j)) & 1u) != 0;
-      const T* src = ok ? p.in + (a_off[j] + ld_a) : p.in;
-      cp_async_16_zfill(smem + stage + st_a + j * Cfg::kRowsPerPass * kRowBytes, src,
+      const bool ok = (taps & (1u << (9 * j))) != 0;
+      const void* src = ok ? reinterpret_cast<const void*>(a_addr[j] + ld_a)
+                           : static_cast<const void*>(p.in);
+      cp_async_16_zfill(smem + ld_stage + st_a + j * Cfg::kRowsPerPass * kRowBytes, src,
                         ok ? kVecBytes : 0);
     }
 #pragma unroll
     for (int j = 0; j < Cfg::kBRows; ++j) {
-      const bool ok = c_ok && ((b_valid >> j) & 1u) != 0;
-      const T* src = ok ? p.filt + (b_off + j * Cfg::kRowsPerPass * taps_stride + ld_b) : p.filt;
-      cp_async_16_zfill(smem + stage + st_b + j * Cfg::kRowsPerPass * kRowBytes, src,
+      const bool ok = (b_ok & (1u << j)) != 0;
+      const void* src = ok ? static_cast<const void*>(b_src + (ld_b + j * Cfg::kRowsPerPass *
+                                                                         filter_bytes))
+                           : static_cast<const void*>(p.filt);
+      cp_async_16_zfill(smem + ld_stage + st_b + j * Cfg::kRowsPerPass * kRowBytes, src,
                         ok ? kVecBytes : 0);
     }
     // Advance to the next k-block: the next channel block, else the next tap.
-    ld_stage = ld_stage == Cfg::kStages - 1 ? 0 : ld_stage + 1;
+    ld_stage = ld_stage == (Cfg::kStages - 1) * Cfg::kStageBytes ? 0 : ld_stage + Cfg::kStageBytes;
     ld_c += kBK;
-    ld_a += kBK;
-    ld_b += kBK;
+    ld_a += kRowBytes;
+    ld_b += kRowBytes;
     if (ld_c >= p.cp) {
-      ld_a += (++ld_tap % 3 == 0 ? int64_t(p.w - 3) * p.cp : 0) + p.cp - ld_c;
-      ld_b += p.cp - ld_c;
+      const int back = (p.cp - ld_c) * static_cast<int>(sizeof(T));  // to the tap's end
+      ld_a += back + (++ld_tap % 3 == 0 ? int64_t(p.w - 3) * p.cp * int64_t(sizeof(T)) : 0);
+      ld_b += back;
       ld_c = 0;
     }
   };
@@ -242,15 +251,15 @@ __global__ void __launch_bounds__(Cfg::kThreads)
     cp_async_commit_group();
   }
 
-  int rd_stage = 0;
+  int rd_stage = 0;  // byte offset of the stage the warps read
   for (int kb = 0; kb < k_blocks; ++kb) {
     cp_async_wait_group<Cfg::kStages - 2>();  // k-block kb has landed (this thread's part)
     __syncthreads();  // ... everyone's part; and everyone is done with k-block kb - 1
     if (kb + Cfg::kStages - 1 < k_blocks) load_stage();
     cp_async_commit_group();
 
-    const unsigned char* st = smem + rd_stage * Cfg::kStageBytes;
-    rd_stage = rd_stage == Cfg::kStages - 1 ? 0 : rd_stage + 1;
+    const unsigned char* st = smem + rd_stage;
+    rd_stage = rd_stage == (Cfg::kStages - 1) * Cfg::kStageBytes ? 0 : rd_stage + Cfg::kStageBytes;
 #pragma unroll
     for (int ks = 0; ks < kKSteps; ++ks) {
       uint32_t a[kMi][4], b[kNi][2];
