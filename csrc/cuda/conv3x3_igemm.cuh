@@ -174,9 +174,9 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   for (int j = 0; j < Cfg::kBRows; ++j) {
     if (k0 + lrow + j * Cfg::kRowsPerPass < p.k) b_valid |= 1u << j;
   }
-  const unsigned char* b_src =
-      reinterpret_cast<const unsigned char*>(p.filt) + int64_t(k0 + lrow) * filter_bytes +
-      lv * kVecBytes;
+  // Filter rows past K: an address never read (ignore-src), as for A.
+  const uint64_t b_src = reinterpret_cast<uint64_t>(p.filt) +
+                         static_cast<uint64_t>(int64_t(k0 + lrow) * filter_bytes + lv * kVecBytes);
 
   const int c_blocks = (p.cp + kBK - 1) / kBK;
   const int k_blocks = 9 * c_blocks;
@@ -191,20 +191,16 @@ __global__ void __launch_bounds__(Cfg::kThreads)
     const uint32_t b_ok = c_ok ? b_valid : 0u;
 #pragma unroll
     for (int j = 0; j < Cfg::kARows; ++j) {
-      const bool ok = (taps & (1u << (9 * j))) != 0;
-      const void* src = ok ? reinterpret_cast<const void*>(a_addr[j] + ld_a)
-                           : static_cast<const void*>(p.in);
-      cp_async_16_zfill(smem + ld_stage + st_a + j * Cfg::kRowsPerPass * kRowBytes, src,
-                        ok ? kVecBytes : 0);
+      // Outside the map the address is not read (ignore-src): zeros land instead.
+      cp_async_16_ignore_src(smem + ld_stage + st_a + j * Cfg::kRowsPerPass * kRowBytes,
+                             reinterpret_cast<const void*>(a_addr[j] + ld_a),
+                             (taps & (1u << (9 * j))) == 0);
     }
 #pragma unroll
     for (int j = 0; j < Cfg::kBRows; ++j) {
-      const bool ok = (b_ok & (1u << j)) != 0;
-      const void* src = ok ? static_cast<const void*>(b_src + (ld_b + j * Cfg::kRowsPerPass *
-                                                                         filter_bytes))
-                           : static_cast<const void*>(p.filt);
-      cp_async_16_zfill(smem + ld_stage + st_b + j * Cfg::kRowsPerPass * kRowBytes, src,
-                        ok ? kVecBytes : 0);
+      const uint64_t src = b_src + ld_b + uint64_t(j * Cfg::kRowsPerPass * filter_bytes);
+      cp_async_16_ignore_src(smem + ld_stage + st_b + j * Cfg::kRowsPerPass * kRowBytes,
+                             reinterpret_cast<const void*>(src), (b_ok & (1u << j)) == 0);
     }
     // Advance to the next k-block: the next channel block, else the next tap.
     ld_stage = ld_stage == (Cfg::kStages - 1) * Cfg::kStageBytes ? 0 : ld_stage + Cfg::kStageBytes;
