@@ -134,7 +134,10 @@ __device__ __forceinline__ uint32_t tap_mask(int64_t m, int64_t pixels, int64_t 
   return bits;
 }
 
-template <typename T, typename Cfg, bool kOutChannelsLast>
+// kChannelTail: Cp is not a multiple of the k-block, so the last k-block of a tap has
+// vectors past Cp (zero-filled). Without it (C % 32 == 0 for bf16 / fp16, the usual case),
+// the loader skips that test.
+template <typename T, typename Cfg, bool kOutChannelsLast, bool kChannelTail>
 __global__ void __launch_bounds__(Cfg::kThreads)
     conv3x3_igemm_kernel(const Params<T> p) {
   constexpr int kVec = kVecBytes / static_cast<int>(sizeof(T));  // elements per vector
@@ -181,19 +184,22 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   const int c_blocks = (p.cp + kBK - 1) / kBK;
   const int k_blocks = 9 * c_blocks;
   // The k-block the next load_stage copies: tap (r, s) = ld_tap, channels ld_c.. of it.
-  int ld_tap = 0, ld_c = 0, ld_stage = 0;  // ld_stage: byte offset of the stage
-  int64_t ld_a = 0;  // ((r·W + s)·Cp + ld_c)·sizeof(T): the k-block in the input
-  int ld_b = 0;      // (ld_tap·Cp + ld_c)·sizeof(T): the k-block in a filter
+  int ld_tap = 0, ld_s = 0, ld_c = 0;  // ld_s = s, the tap's column
+  int ld_stage = 0;                     // byte offset of the stage
+  // ((r·W + s)·Cp + ld_c)·sizeof(T): the k-block in the input (32 bits: fits_igemm).
+  int ld_a = 0;
+  int ld_b = 0;  // (ld_tap·Cp + ld_c)·sizeof(T): the k-block in a filter
+  const int next_row = (p.w - 3) * p.cp * static_cast<int>(sizeof(T));  // s = 2 -> next r
 
   const auto load_stage = [&]() {
-    const bool c_ok = ld_c + lv * kVec < p.cp;
+    const bool c_ok = !kChannelTail || ld_c + lv * kVec < p.cp;
     const uint32_t taps = c_ok ? static_cast<uint32_t>(a_taps >> ld_tap) : 0u;
     const uint32_t b_ok = c_ok ? b_valid : 0u;
 #pragma unroll
     for (int j = 0; j < Cfg::kARows; ++j) {
       // Outside the map the address is not read (ignore-src): zeros land instead.
       cp_async_16_ignore_src(smem + ld_stage + st_a + j * Cfg::kRowsPerPass * kRowBytes,
-                             reinterpret_cast<const void*>(a_addr[j] + ld_a),
+                             reinterpret_cast<const void*>(a_addr[j] + int64_t(ld_a)),
                              (taps & (1u << (9 * j))) == 0);
     }
 #pragma unroll
@@ -209,7 +215,9 @@ __global__ void __launch_bounds__(Cfg::kThreads)
     ld_b += kRowBytes;
     if (ld_c >= p.cp) {
       const int back = (p.cp - ld_c) * static_cast<int>(sizeof(T));  // to the tap's end
-      ld_a += back + (++ld_tap % 3 == 0 ? int64_t(p.w - 3) * p.cp * int64_t(sizeof(T)) : 0);
+      ++ld_tap;
+      ld_s = ld_s == 2 ? 0 : ld_s + 1;
+      ld_a += back + (ld_s == 0 ? next_row : 0);
       ld_b += back;
       ld_c = 0;
     }
@@ -366,9 +374,12 @@ void launch_with(const Params<T>& p, bool out_channels_last, cudaStream_t stream
   TORCH_CHECK_VALUE(m_tiles <= INT32_MAX && n_tiles <= 65535, "conv3x3 (CUDA): ", p.m,
                     " pixels with ", p.k, " filters exceed the launch grid of this kernel");
   const dim3 grid(static_cast<unsigned>(m_tiles), static_cast<unsigned>(n_tiles));
+  constexpr int kBK = kRowBytes / static_cast<int>(sizeof(T));
   bool_switch(out_channels_last, [&](auto cl) {
-    launch_kernel<conv3x3_igemm_kernel<T, Cfg, decltype(cl)::value>>(grid, Cfg::kThreads, 0,
-                                                                    stream, p);
+    bool_switch(p.cp % kBK != 0, [&](auto tail) {
+      launch_kernel<conv3x3_igemm_kernel<T, Cfg, decltype(cl)::value, decltype(tail)::value>>(
+          grid, Cfg::kThreads, 0, stream, p);
+    });
   });
 }
 

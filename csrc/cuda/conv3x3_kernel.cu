@@ -328,11 +328,13 @@ bool dense_channels_last(const at::Tensor& t) {
          t.stride(0) == t.size(2) * t.size(3) * t.size(1);
 }
 
-// Sizes the implicit GEMM keeps in 32-bit registers.
+// Sizes the implicit GEMM keeps in 32-bit registers (anything larger takes the direct
+// kernels): channels, map sides, and the byte offset of a tap within three input rows.
 bool fits_igemm(const at::Tensor& in, int64_t out_c) {
   constexpr int64_t kLimit = INT32_MAX / 16;
+  const int64_t cp = in.size(1) + 8;
   return in.size(1) < kLimit && in.size(2) < kLimit && in.size(3) < kLimit && out_c < kLimit &&
-         9 * (in.size(1) + 8) < kLimit;
+         9 * cp < kLimit && 3 * (in.size(3) + 3) * cp * in.element_size() < kLimit;
 }
 
 // out = conv3x3(in, filt) (+ bias, ReLU) on tensor cores, where `filt` is [K][3][3][Cp]
