@@ -8,11 +8,14 @@
 // channels padded to a multiple of one 16-byte vector (Cp); B is the filter copy
 // [K][3][3][Cp] (the reduction contiguous). See conv3x3_kernel.cu for who prepares what.
 //
-// Per CTA: a kBM × kBN output tile (pixels × filters); warps of 64 × 32, each 4 × 4 mma
-// tiles of 16 × 8 with fp32 accumulators. The reduction advances by k-blocks of 64 bytes
-// of channels (32 bf16/fp16, 16 tf32) of one tap: a k-block is 4 vectors of 16 bytes per
-// row, loaded by 16-byte cp.async (zero-fill where the pixel is outside the map, the
-// vector beyond Cp or the filter beyond K) into a kStages-deep shared-memory ring.
+// Per CTA: a kBM × kBN output tile (pixels × filters); warps of 64 × 32 or 64 × 64, each
+// 4 × 4 (or 4 × 8) mma tiles of 16 × 8 with fp32 accumulators. The reduction advances by
+// k-blocks of 64 bytes of channels (32 bf16/fp16, 16 tf32) of one tap: a k-block is 4
+// vectors of 16 bytes per row, loaded by 16-byte cp.async (zero-filled, through the
+// ignore-src predicate, where the pixel is outside the map, the vector beyond Cp or the
+// filter beyond K) into a kStages-deep shared-memory ring. The epilogue adds the bias,
+// applies ReLU (NaN kept), converts, stages the tile in the drained ring and writes rows
+// of 16-byte vectors (channels_last) or pixel-contiguous runs (NCHW).
 //
 // Shared-memory rows are 64 bytes; ldmatrix reads one 16-byte vector from each of 8
 // consecutive rows. Unswizzled, rows r and r + 2 would fall on the same banks; storing

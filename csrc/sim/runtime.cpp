@@ -171,7 +171,7 @@ std::string where(const Site& s) {
   std::string f = s.file ? s.file : "?";
   const size_t slash = f.rfind('/');
   if (slash != std::string::npos) f = f.substr(slash + 1);
-  return f + ":" + std::to_string(s.line) + ":" + std::to_string(s.column);
+  return f + ":" + std::to_string(s.line) + (s.column ? ":" + std::to_string(s.column) : "");
 }
 
 bool same_site(const Site& a, const Site& b) {
