@@ -9,7 +9,11 @@ benchmarks/results/bench_ops_<device>.json).
 
 Conv rows: ours (conv3x3 with fused bias + ReLU) against cuDNN through F.conv2d
 (cudnn.benchmark=True, the faster of NCHW / channels_last, same dtype and TF32 setting):
-ratio against the conv alone and against eager conv + bias + ReLU; TFLOP/s.
+ratio against the conv alone and against eager conv + bias + ReLU; TFLOP/s. "ours" is the
+tensor-core implicit GEMM for bf16 / fp16 / fp32-tf32 (csrc/cuda/conv3x3_igemm.cuh) and the
+direct kernel for exact fp32; its NCHW times include the explicit conversion of the input
+to padded NHWC that the implicit GEMM makes (also for C % 8 != 0, e.g. C = 3), so that
+cost is counted, not hidden.
 Pool / interleave rows: achieved GB/s (input read once + output written once) against the
 measured copy bandwidth, and the ratio against overfeat_kernels.reference.
 """

@@ -37,6 +37,17 @@ def device(request):
 
 
 @pytest.fixture(autouse=True)
+def _exact_float32():
+    # float32 on CUDA (and in the simulator) honours torch.backends.cudnn.allow_tf32, which
+    # is True by default: tests compare float32 with exact-arithmetic tolerances, so they
+    # run with TF32 off; the TF32 tests (test_conv3x3_tc.py) switch it on themselves.
+    was = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = was
+
+
+@pytest.fixture(autouse=True)
 def _seed(request):
     # A fresh, reproducible seed per test (differs between tests, not between runs).
     torch.manual_seed(hash(request.node.nodeid) % (2**31))

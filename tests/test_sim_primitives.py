@@ -480,6 +480,16 @@ def test_cp_async_zfill():
             np.testing.assert_array_equal(out[lane, offset : offset + size], want, str(lane))
 
 
+def test_cp_async_ignore_src():
+    """The ignore-src predicate: those lanes read nothing (their address lies far past the
+    buffer) and get 16 zero bytes; the others their 16 bytes."""
+    src = np.random.default_rng(8).integers(1, 256, size=512).astype(np.uint8)
+    out = primitive("cp_async_ignore_src", torch.from_numpy(src)).numpy()
+    for lane in range(32):
+        want = np.zeros(16, np.uint8) if lane % 3 == 0 else src[16 * lane : 16 * lane + 16]
+        np.testing.assert_array_equal(out[lane], want, str(lane))
+
+
 @pytest.mark.parametrize(
     ("case", "message"),
     [

@@ -12,11 +12,16 @@
 //   reduction: each block sums a fixed slice of output tiles into its own workspace row,
 //   then the rows are added in order. No float atomics.
 // - bias_grad_kernel: one block per output channel, a fixed-order tree reduction.
+//
+// bf16 / fp16, and float32 when TF32 is allowed (torch.backends.cudnn.allow_tf32, as
+// F.conv2d), take the tensor-core implicit GEMM of conv3x3_igemm.cuh instead for the
+// forward and for grad-input; float64 and exact float32 stay on the direct kernels.
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
 
 #include "../checks.h"
 #include "../dispatch.h"
+#include "conv3x3_igemm.cuh"
 #include "launch.cuh"
 
 namespace overfeat_kernels {
@@ -283,6 +288,80 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// ---- tensor-core path ------------------------------------------------------------------
+
+// Whether a dtype runs on tensor cores: bf16 / fp16 always, float32 when TF32 is allowed
+// (the same switch F.conv2d reads); float64 never.
+bool use_tensor_cores(at::ScalarType t) {
+  switch (t) {
+    case at::kHalf:
+    case at::kBFloat16: return true;
+    case at::kFloat: return at::globalContext().allowTF32CuDNN();
+    default: return false;
+  }
+}
+
+// Elements per 16-byte vector: the implicit GEMM's channel granule.
+int64_t vector_elems(const at::Tensor& t) { return igemm::kVecBytes / t.element_size(); }
+
+// The implicit GEMM reads [N][H][W][Cp] with Cp = C rounded up to a whole 16-byte vector
+// (extra channels zero). A dense, aligned channels_last tensor with C % vec == 0 is that
+// already and is used in place. Anything else (NCHW, views, C = 3 or 17) is copied here
+// once: the explicit layout conversion that the benchmarks count. With `mask`, elements
+// where mask > 0 fails are zeroed in the same pass (grad-output under ReLU).
+at::Tensor nhwc_padded(const at::Tensor& x, int64_t cp, const at::Tensor& mask = at::Tensor()) {
+  const bool in_place = !mask.defined() && x.size(1) == cp &&
+                        x.is_contiguous(at::MemoryFormat::ChannelsLast) &&
+                        reinterpret_cast<uintptr_t>(x.const_data_ptr()) % igemm::kVecBytes == 0;
+  if (in_place) return x;
+  const at::Tensor src = mask.defined() ? at::where(mask > 0, x, at::zeros({}, x.options())) : x;
+  const std::vector<int64_t> sizes{x.size(0), x.size(2), x.size(3), cp};
+  const auto opts = x.options().memory_format(at::MemoryFormat::Contiguous);
+  at::Tensor out = cp == x.size(1) ? at::empty(sizes, opts) : at::zeros(sizes, opts);
+  out.narrow(3, 0, x.size(1)).copy_(src.permute({0, 2, 3, 1}));
+  return out;
+}
+
+// Whether `t` is dense channels_last ([n][h][w][c] with exactly those strides).
+bool dense_channels_last(const at::Tensor& t) {
+  return t.stride(1) == 1 && t.stride(3) == t.size(1) && t.stride(2) == t.size(3) * t.size(1) &&
+         t.stride(0) == t.size(2) * t.size(3) * t.size(1);
+}
+
+// Sizes the implicit GEMM keeps in 32-bit registers (anything larger takes the direct
+// kernels): channels, map sides, and the byte offset of a tap within three input rows.
+bool fits_igemm(const at::Tensor& in, int64_t out_c) {
+  constexpr int64_t kLimit = INT32_MAX / 16;
+  const int64_t cp = in.size(1) + 8;
+  return in.size(1) < kLimit && in.size(2) < kLimit && in.size(3) < kLimit && out_c < kLimit &&
+         9 * cp < kLimit && 3 * (in.size(3) + 3) * cp * in.element_size() < kLimit;
+}
+
+// out = conv3x3(in, filt) (+ bias, ReLU) on tensor cores, where `filt` is [K][3][3][Cp]
+// prepared by the caller and `in` is given as [n][h][w][cp].
+template <typename scalar_t>
+void igemm_conv(const at::Tensor& in_nhwc, int64_t in_h, int64_t in_w, const at::Tensor& filt,
+                const at::Tensor& bias, int64_t pad, bool relu, at::Tensor& out,
+                cudaStream_t stream) {
+  igemm::Params<scalar_t> p{};
+  p.in = in_nhwc.const_data_ptr<scalar_t>();
+  p.filt = filt.const_data_ptr<scalar_t>();
+  p.bias = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
+  p.out = out.mutable_data_ptr<scalar_t>();
+  p.out_s = strides4(out);
+  p.n = out.size(0);
+  p.m = out.size(0) * out.size(2) * out.size(3);
+  p.h = static_cast<int>(in_h);
+  p.w = static_cast<int>(in_w);
+  p.cp = static_cast<int>(filt.size(3));
+  p.k = static_cast<int>(out.size(1));
+  p.out_h = static_cast<int>(out.size(2));
+  p.out_w = static_cast<int>(out.size(3));
+  p.pad = static_cast<int>(pad);
+  p.relu = relu;
+  igemm::launch(p, dense_channels_last(out), stream);
+}
+
 at::Tensor conv3x3_cuda(const at::Tensor& input, const at::Tensor& weight,
                         const std::optional<at::Tensor>& bias, int64_t padding, bool relu) {
   check_conv3x3_args(input, weight, bias, padding);
@@ -291,8 +370,19 @@ at::Tensor conv3x3_cuda(const at::Tensor& input, const at::Tensor& weight,
   if (out.numel() == 0) return out;
   const c10::cuda::CUDAGuard guard(input.device());
   const cudaStream_t stream = current_stream();
-  const at::Tensor w = weight.contiguous();
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  if (use_tensor_cores(input.scalar_type()) && fits_igemm(input, weight.size(0))) {
+    const int64_t cp = ceil_div(input.size(1), vector_elems(input)) * vector_elems(input);
+    const at::Tensor x = nhwc_padded(input, cp);
+    const at::Tensor filt = nhwc_padded(weight, cp);  // [K][3][3][Cp]
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv3x3_igemm", [&] {
+      if constexpr (!std::is_same_v<scalar_t, double>) {
+        igemm_conv<scalar_t>(x, input.size(2), input.size(3), filt, b, padding, relu, out, stream);
+      }
+    });
+    return out;
+  }
+  const at::Tensor w = weight.contiguous();
   OVERFEAT_DISPATCH_FLOATING(input.scalar_type(), "conv3x3_cuda", [&] {
     DirectConvParams<scalar_t> p{};
     p.in = input.const_data_ptr<scalar_t>();
@@ -434,8 +524,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward_cuda(
   const cudaStream_t stream = current_stream();
   const at::Tensor w = weight.contiguous();
   const at::Tensor mask = relu_output.has_value() ? *relu_output : at::Tensor();
+  // grad-input on tensor cores: the forward kernel applied to grad_output (ReLU-masked in
+  // the pass that lays it out as NHWC) with the filters flipped and transposed,
+  // [C][3][3][Kp], and padding 2 - pad.
+  const bool tc_dgrad = output_mask[0] && use_tensor_cores(input.scalar_type()) &&
+                        fits_igemm(grad_output, input.size(1));
+  if (tc_dgrad) {
+    const int64_t kp = ceil_div(weight.size(0), vector_elems(input)) * vector_elems(input);
+    const at::Tensor g = nhwc_padded(grad_output, kp, mask);
+    const at::Tensor filt = nhwc_padded(weight.flip({2, 3}).transpose(0, 1), kp);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv3x3_igemm_dgrad", [&] {
+      if constexpr (!std::is_same_v<scalar_t, double>) {
+        igemm_conv<scalar_t>(g, grad_output.size(2), grad_output.size(3), filt, at::Tensor(),
+                             2 - padding, false, grad_input, stream);
+      }
+    });
+  }
   OVERFEAT_DISPATCH_FLOATING(input.scalar_type(), "conv3x3_backward_cuda", [&] {
-    if (output_mask[0]) grad_input_cuda<scalar_t>(grad_output, mask, w, padding, grad_input, stream);
+    if (output_mask[0] && !tc_dgrad) {
+      grad_input_cuda<scalar_t>(grad_output, mask, w, padding, grad_input, stream);
+    }
     if (output_mask[1]) grad_weight_cuda<scalar_t>(grad_output, mask, input, padding, grad_weight, stream);
     if (output_mask[2]) grad_bias_cuda<scalar_t>(grad_output, mask, grad_bias, stream);
   });

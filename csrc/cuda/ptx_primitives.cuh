@@ -431,6 +431,24 @@ __device__ __forceinline__ void cp_async_16_zfill(void* dst, const void* src, in
 #endif
 }
 
+// cp.async.cg.shared.global [dst], [src], 16, ignore-src: with `ignore_src` true nothing is
+// read (src is not accessed, so it may point anywhere, e.g. past a border) and the 16
+// bytes are zero-filled. The predicate form lets ptxas test a bit instead of building a
+// src-size operand: the implicit GEMM's loader issues one of these per row per k-block.
+__device__ __forceinline__ void cp_async_16_ignore_src(void* dst, const void* src, bool ignore_src,
+                                                       CallerSite site = {}) {
+#ifdef OVERFEAT_SIM
+  ::ovk_sim::cp_async(site, dst, src, 16, ignore_src ? 0u : 16u);
+#else
+  const auto d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile(
+      "{\n .reg .pred p;\n setp.ne.b32 p, %2, 0;\n"
+      " cp.async.cg.shared.global [%0], [%1], 16, p;\n}\n" ::"r"(d),
+      "l"(src), "r"(static_cast<int>(ignore_src))
+      : "memory");
+#endif
+}
+
 // cp.async.commit_group: the copies issued since the last commit form a new group
 // ("Data Movement and Conversion Instructions: cp.async.commit_group").
 __device__ __forceinline__ void cp_async_commit_group() {

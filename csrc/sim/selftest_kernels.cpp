@@ -7,6 +7,7 @@
 
 #include <string>
 
+#include "../cuda/conv3x3_igemm.cuh"
 #include "../cuda/launch.cuh"
 
 namespace overfeat_kernels {
@@ -202,7 +203,14 @@ at::Tensor run(const std::string& name, const at::Tensor& input, int64_t arg) {
 }  // namespace
 }  // namespace overfeat_kernels
 
+// The tensor-core conv's tile heuristic (0: large tiles, 1: small), for its unit test.
+int64_t conv_tiles(int64_t pixels, int64_t filters, int64_t element_bytes, int64_t sms) {
+  return static_cast<int64_t>(
+      overfeat_kernels::igemm::choose_tiles(pixels, filters, element_bytes, sms));
+}
+
 TORCH_LIBRARY(overfeat_kernels_simtest, m) {
+  m.def("conv_tiles(int pixels, int filters, int element_bytes, int sms) -> int", &conv_tiles);
   m.def("run(str name, Tensor input, int arg) -> Tensor");
   m.impl("run", c10::DispatchKey::CPU, &overfeat_kernels::run);
 }

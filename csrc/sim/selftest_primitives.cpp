@@ -198,6 +198,18 @@ __global__ void cp_async_zfill_kernel(const uint8_t* src, uint8_t* out) {
   for (int k = 0; k < 4; ++k) o[24 + k] = d4[lane][k];
 }
 
+// ignore-src: lanes l % 3 == 0 give an address 1 MiB past the source (never read) and
+// ignore it; the others copy their 16 bytes. out[l] = the 16 bytes that landed.
+__global__ void cp_async_ignore_src_kernel(const uint8_t* src, uint8_t* out) {
+  __shared__ __align__(16) uint8_t d[32][16];
+  const int lane = threadIdx.x;
+  const bool ignore = lane % 3 == 0;
+  const uint8_t* from = ignore ? src + (1 << 20) + 16 * lane : src + 16 * lane;
+  cp_async_16_ignore_src(d[lane], from, ignore);
+  cp_async_wait_all();
+  for (int k = 0; k < 16; ++k) out[lane * 16 + k] = d[lane][k];
+}
+
 enum class CpAsyncError { MisalignedDst, MisalignedSrc, GlobalDst, SrcBytesTooLarge };
 
 // Copies the GPU would fault on (or leave undefined): each must raise.
@@ -310,7 +322,7 @@ at::Tensor run_convert(const at::Tensor& x, const at::Tensor& y) {
 
 // name: mma_{bf16,f16,tf32}_{registers,tile}, mma_bf16_ldmatrix, mma_{half,partial}_warp,
 // ldmatrix_x{1,2,4}[_trans][_misaligned|_global|_partial_warp|_divergent], cp_async,
-// cp_async_zfill,
+// cp_async_zfill, cp_async_ignore_src,
 // cp_async_{misaligned_dst,misaligned_src,global_dst,src_bytes_too_large}, float_to_tf32,
 // pack_bf16x2, pack_f16x2. Inputs a, b, c as each kernel above describes.
 at::Tensor primitive(const std::string& name, const at::Tensor& a, const at::Tensor& b,
@@ -344,6 +356,13 @@ at::Tensor primitive(const std::string& name, const at::Tensor& a, const at::Ten
     at::Tensor out = at::empty({32, 28}, a.options());
     launch_kernel<cp_async_zfill_kernel>(1, 32, 0, nullptr, a.const_data_ptr<uint8_t>(),
                                          out.mutable_data_ptr<uint8_t>());
+    return out;
+  }
+  if (name == "cp_async_ignore_src") {
+    check_input(a, at::kByte, 512, "a");
+    at::Tensor out = at::empty({32, 16}, a.options());
+    launch_kernel<cp_async_ignore_src_kernel>(1, 32, 0, nullptr, a.const_data_ptr<uint8_t>(),
+                                              out.mutable_data_ptr<uint8_t>());
     return out;
   }
   if (starts("cp_async_")) {

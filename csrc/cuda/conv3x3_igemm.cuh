@@ -1,0 +1,412 @@
+// conv3x3 on tensor cores: an implicit GEMM.
+//
+//   out[m, k] = sum_{tap, c} A[m, (tap, c)] * B[(tap, c), k]
+//
+// m = (n, y, x) runs over the output pixels (M = N·H'·W'), k over the filters (K), and the
+// reduction over the 9 taps × Cp channels. A is never formed: a row of A at tap (r, s) is
+// the input pixel (y + r - pad, x + s - pad), read straight from an NHWC map with its
+// channels padded to a multiple of one 16-byte vector (Cp); B is the filter copy
+// [K][3][3][Cp] (the reduction contiguous). See conv3x3_kernel.cu for who prepares what.
+//
+// Per CTA: a kBM × kBN output tile (pixels × filters); warps of 64 × 32 or 64 × 64, each
+// 4 × 4 (or 4 × 8) mma tiles of 16 × 8 with fp32 accumulators. The reduction advances by
+// k-blocks of 64 bytes of channels (32 bf16/fp16, 16 tf32) of one tap: a k-block is 4
+// vectors of 16 bytes per row, loaded by 16-byte cp.async (zero-filled, through the
+// ignore-src predicate, where the pixel is outside the map, the vector beyond Cp or the
+// filter beyond K) into a kStages-deep shared-memory ring. The epilogue adds the bias,
+// applies ReLU (NaN kept), converts, stages the tile in the drained ring and writes rows
+// of 16-byte vectors (channels_last) or pixel-contiguous runs (NCHW).
+//
+// Shared-memory rows are 64 bytes; ldmatrix reads one 16-byte vector from each of 8
+// consecutive rows. Unswizzled, rows r and r + 2 would fall on the same banks; storing
+// vector v of row r at slot v ^ ((r >> 1) & 3) spreads any 8 consecutive rows over all 32
+// banks (rows 2j and 2j + 1 share a key but sit in different halves of a 128-byte line).
+//
+// The byte layout is the same for 2-byte and 4-byte elements: a 16-byte vector holds 8
+// bf16/fp16 or 4 floats, an mma k-step is 2 vectors (k16 for bf16/fp16, k8 for tf32), and
+// ldmatrix's "8 × 8 b16" matrices are 8 rows × 4 floats for tf32, which is exactly the
+// m16n8k8 .tf32 fragment layout (lane l: row l / 4, element l % 4). So one kernel serves
+// all three; tf32 operands are rounded with cvt.rna after ldmatrix, as cuDNN's TF32 does.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdlib>
+#include <string>
+
+#include "../dispatch.h"
+#include "../index_math.h"
+#include "launch.cuh"
+#include "ptx_primitives.cuh"
+
+namespace overfeat_kernels {
+namespace igemm {
+
+constexpr int kVecBytes = 16;
+constexpr int kRowBytes = 64;                      // one k-block of one row
+constexpr int kVecsPerRow = kRowBytes / kVecBytes;  // 4
+constexpr int kWarpM = 64;                          // warp tile rows (pixels)
+constexpr int kMmaM = 16, kMmaN = 8;
+constexpr int kMi = kWarpM / kMmaM;                   // 4 mma tiles along M per warp
+constexpr int kKSteps = kRowBytes / (2 * kVecBytes);  // mma k-steps per k-block: 2
+
+// A tile configuration: warps_m × warps_n warps of 64 × warp_n (32 or 64) each.
+template <int kWarpsM_, int kWarpsN_, int kWarpN_, int kStages_>
+struct TileConfig {
+  static constexpr int kWarpsM = kWarpsM_, kWarpsN = kWarpsN_, kWarpN = kWarpN_;
+  static constexpr int kStages = kStages_;
+  static constexpr int kNi = kWarpN / kMmaN;  // mma tiles along N per warp
+  static constexpr int kThreads = 32 * kWarpsM * kWarpsN;
+  static constexpr int kBM = kWarpM * kWarpsM, kBN = kWarpN * kWarpsN;
+  static constexpr int kStageBytes = (kBM + kBN) * kRowBytes;
+  static constexpr int kPipeBytes = kStages * kStageBytes;
+  // Each thread copies the same vector column of several rows (threads is a multiple of 4).
+  static constexpr int kRowsPerPass = kThreads / kVecsPerRow;
+  static constexpr int kARows = kBM / kRowsPerPass, kBRows = kBN / kRowsPerPass;
+  static_assert(kBM % kRowsPerPass == 0 && kBN % kRowsPerPass == 0, "tile/threads mismatch");
+  static_assert(kARows <= 4, "9 tap bits per row; after the shift by the tap, 32 bits");
+  // Rows a thread copies are kRowsPerPass apart, a multiple of 8: they share the swizzle
+  // key, so their shared-memory slots differ by constants.
+  static_assert(kRowsPerPass % 8 == 0, "rows of one thread must share the swizzle key");
+  static_assert(kNi % 2 == 0, "B fragments come in pairs of n8 tiles (ldmatrix.x4)");
+};
+// Large maps: 128 × 128 per CTA, 4 warps of 64 × 64 (bf16 / fp16; tf32's output tile
+// would not fit the staging buffer, so it takes 128 × 64, warps of 64 × 32). Small maps
+// (few CTAs): 64 × 64, 2 warps of 64 × 32, four times as many CTAs as 128 × 128.
+template <typename T>
+using LargeTiles = std::conditional_t<sizeof(T) == 2, TileConfig<2, 2, 64, 3>, TileConfig<2, 2, 32, 3>>;
+using SmallTiles = TileConfig<1, 2, 32, 3>;
+
+// Per element type: the mma and the operand conversion.
+template <typename T>
+struct MmaTraits;
+template <>
+struct MmaTraits<at::BFloat16> {
+  __device__ __forceinline__ static uint32_t operand(uint32_t r) { return r; }
+  __device__ __forceinline__ static void mma(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+    mma_m16n8k16_bf16(d, a, b, d);
+  }
+};
+template <>
+struct MmaTraits<at::Half> {
+  __device__ __forceinline__ static uint32_t operand(uint32_t r) { return r; }
+  __device__ __forceinline__ static void mma(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+    mma_m16n8k16_f16(d, a, b, d);
+  }
+};
+template <>
+struct MmaTraits<float> {
+  // The tensor core would truncate the low mantissa bits; round as cuDNN's TF32 does.
+  __device__ __forceinline__ static uint32_t operand(uint32_t r) {
+    return float_to_tf32(__uint_as_float(r));
+  }
+  __device__ __forceinline__ static void mma(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+    mma_m16n8k8_tf32(d, a, b, d);
+  }
+};
+
+template <typename T>
+struct Params {
+  const T* in;    // [n][h][w][cp], 16-byte aligned, cp a multiple of 16 / sizeof(T)
+  const T* filt;  // [k][3][3][cp]
+  const T* bias;  // [k] or null
+  T* out;         // [n][k][out_h][out_w] with strides out_s
+  Strides4 out_s;
+  int64_t n, m;  // m = n · out_h · out_w
+  int h, w, cp, k, out_h, out_w, pad;
+  bool relu;
+};
+
+// Byte offset of 16-byte vector `v` of row `row` in a tile (the XOR swizzle above).
+__host__ __device__ constexpr int swizzled(int row, int v) {
+  return row * kRowBytes + ((v ^ ((row >> 1) & 3)) * kVecBytes);
+}
+
+// Bit (tap + 9·i) of the result: whether tap (r, s) of pixel m reads inside the map.
+__device__ __forceinline__ uint32_t tap_mask(int64_t m, int64_t pixels, int64_t hw_out,
+                                             int out_w, int h, int w, int pad) {
+  if (m >= pixels) return 0;
+  const int64_t rem = m % hw_out;
+  const int y = static_cast<int>(rem / out_w) - pad, x = static_cast<int>(rem % out_w) - pad;
+  uint32_t bits = 0;
+#pragma unroll
+  for (int t = 0; t < 9; ++t) {
+    const int iy = y + t / 3, ix = x + t % 3;
+    if (iy >= 0 && iy < h && ix >= 0 && ix < w) bits |= 1u << t;
+  }
+  return bits;
+}
+
+// kChannelTail: Cp is not a multiple of the k-block, so the last k-block of a tap has
+// vectors past Cp (zero-filled). Without it (C % 32 == 0 for bf16 / fp16, the usual case),
+// the loader skips that test.
+template <typename T, typename Cfg, bool kOutChannelsLast, bool kChannelTail>
+__global__ void __launch_bounds__(Cfg::kThreads)
+    conv3x3_igemm_kernel(const Params<T> p) {
+  constexpr int kVec = kVecBytes / static_cast<int>(sizeof(T));  // elements per vector
+  constexpr int kBK = kRowBytes / static_cast<int>(sizeof(T));   // elements per k-block
+  constexpr int kOutStride = Cfg::kBN + kVec;  // staging row (elements), padded a vector
+  static_assert(Cfg::kBM * kOutStride * sizeof(T) <= Cfg::kPipeBytes, "staging too large");
+  __shared__ __align__(16) unsigned char smem[Cfg::kPipeBytes];
+
+  constexpr int kNi = Cfg::kNi, kWarpN = Cfg::kWarpN;
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int warp_m = warp % Cfg::kWarpsM, warp_n = warp / Cfg::kWarpsM;
+  const int64_t m0 = int64_t(blockIdx.x) * Cfg::kBM;
+  const int k0 = blockIdx.y * Cfg::kBN;
+  const int64_t hw_out = int64_t(p.out_h) * p.out_w;
+
+  // ---- loader state: this thread copies vector `lv` of rows lrow + j·kRowsPerPass ----
+  const int lv = tid % kVecsPerRow, lrow = tid / kVecsPerRow;
+  // Destination of its first row in a stage; the others follow at constant distances
+  // (they share the swizzle key).
+  const int st_a = swizzled(lrow, lv), st_b = Cfg::kBM * kRowBytes + swizzled(lrow, lv);
+  // Byte address of tap (0, 0), vector lv, of each row's pixel, as an integer: it may lie
+  // outside the map (border pixels) and is dereferenced only for taps inside it.
+  uint64_t a_addr[Cfg::kARows];
+  uint64_t a_taps = 0;  // bit 9·j + tap: tap (r, s) of row j lies inside the map
+#pragma unroll
+  for (int j = 0; j < Cfg::kARows; ++j) {
+    const int64_t m = m0 + lrow + j * Cfg::kRowsPerPass;
+    const int64_t img = m / hw_out, rem = m % hw_out;
+    const int64_t y = rem / p.out_w - p.pad, x = rem % p.out_w - p.pad;
+    const int64_t off = ((img * p.h + y) * p.w + x) * p.cp + lv * kVec;
+    a_addr[j] = reinterpret_cast<uint64_t>(p.in) + static_cast<uint64_t>(off * int64_t(sizeof(T)));
+    a_taps |= uint64_t(tap_mask(m, p.m, hw_out, p.out_w, p.h, p.w, p.pad)) << (9 * j);
+  }
+  const int64_t filter_bytes = 9 * int64_t(p.cp) * int64_t(sizeof(T));
+  uint32_t b_valid = 0;  // filter rows beyond K read nothing
+#pragma unroll
+  for (int j = 0; j < Cfg::kBRows; ++j) {
+    if (k0 + lrow + j * Cfg::kRowsPerPass < p.k) b_valid |= 1u << j;
+  }
+  // Filter rows past K: an address never read (ignore-src), as for A.
+  const uint64_t b_src = reinterpret_cast<uint64_t>(p.filt) +
+                         static_cast<uint64_t>(int64_t(k0 + lrow) * filter_bytes + lv * kVecBytes);
+
+  const int c_blocks = (p.cp + kBK - 1) / kBK;
+  const int k_blocks = 9 * c_blocks;
+  // The k-block the next load_stage copies: tap (r, s) = ld_tap, channels ld_c.. of it.
+  int ld_tap = 0, ld_s = 0, ld_c = 0;  // ld_s = s, the tap's column
+  int ld_stage = 0;                     // byte offset of the stage
+  // ((r·W + s)·Cp + ld_c)·sizeof(T): the k-block in the input (32 bits: fits_igemm).
+  int ld_a = 0;
+  int ld_b = 0;  // (ld_tap·Cp + ld_c)·sizeof(T): the k-block in a filter
+  const int next_row = (p.w - 3) * p.cp * static_cast<int>(sizeof(T));  // s = 2 -> next r
+
+  const auto load_stage = [&]() {
+    const bool c_ok = !kChannelTail || ld_c + lv * kVec < p.cp;
+    const uint32_t taps = c_ok ? static_cast<uint32_t>(a_taps >> ld_tap) : 0u;
+    const uint32_t b_ok = c_ok ? b_valid : 0u;
+#pragma unroll
+    for (int j = 0; j < Cfg::kARows; ++j) {
+      // Outside the map the address is not read (ignore-src): zeros land instead.
+      cp_async_16_ignore_src(smem + ld_stage + st_a + j * Cfg::kRowsPerPass * kRowBytes,
+                             reinterpret_cast<const void*>(a_addr[j] + int64_t(ld_a)),
+                             (taps & (1u << (9 * j))) == 0);
+    }
+#pragma unroll
+    for (int j = 0; j < Cfg::kBRows; ++j) {
+      const uint64_t src = b_src + ld_b + uint64_t(j * Cfg::kRowsPerPass * filter_bytes);
+      cp_async_16_ignore_src(smem + ld_stage + st_b + j * Cfg::kRowsPerPass * kRowBytes,
+                             reinterpret_cast<const void*>(src), (b_ok & (1u << j)) == 0);
+    }
+    // Advance to the next k-block: the next channel block, else the next tap.
+    ld_stage = ld_stage == (Cfg::kStages - 1) * Cfg::kStageBytes ? 0 : ld_stage + Cfg::kStageBytes;
+    ld_c += kBK;
+    ld_a += kRowBytes;
+    ld_b += kRowBytes;
+    if (ld_c >= p.cp) {
+      const int back = (p.cp - ld_c) * static_cast<int>(sizeof(T));  // to the tap's end
+      ++ld_tap;
+      ld_s = ld_s == 2 ? 0 : ld_s + 1;
+      ld_a += back + (ld_s == 0 ? next_row : 0);
+      ld_b += back;
+      ld_c = 0;
+    }
+  };
+
+  float acc[kMi][kNi][4];
+#pragma unroll
+  for (int i = 0; i < kMi; ++i) {
+#pragma unroll
+    for (int j = 0; j < kNi; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+    }
+  }
+
+  // ldmatrix row addresses (byte offsets in a stage): lane l gives row l % 8 of matrix
+  // l / 8. A (x4 = rows 0-7 / 8-15 × k-vectors 0 / 1 of a 16 × 16 tile: a0..a3); B (x4 =
+  // filters 0-7 / 8-15 × k-vectors 0 / 1: b0 b1 of two n8 tiles). Rows 16 apart share
+  // the swizzle key, so only the k-step changes the slot.
+  const int mat = lane / 8, mrow = lane % 8;
+  const int a_row0 = warp_m * kWarpM + (mat & 1) * 8 + mrow;
+  const int b_row0 = warp_n * kWarpN + (mat >> 1) * 8 + mrow;
+  int a_ld[kKSteps], b_ld[kKSteps];
+#pragma unroll
+  for (int ks = 0; ks < kKSteps; ++ks) {
+    a_ld[ks] = swizzled(a_row0, 2 * ks + (mat >> 1));
+    b_ld[ks] = Cfg::kBM * kRowBytes + swizzled(b_row0, 2 * ks + (mat & 1));
+  }
+
+  // Prologue: kStages - 1 k-blocks in flight. Every thread commits a group per step (empty
+  // ones too) so that wait_group counts line up.
+#pragma unroll
+  for (int s = 0; s < Cfg::kStages - 1; ++s) {
+    if (s < k_blocks) load_stage();
+    cp_async_commit_group();
+  }
+
+  int rd_stage = 0;  // byte offset of the stage the warps read
+  for (int kb = 0; kb < k_blocks; ++kb) {
+    cp_async_wait_group<Cfg::kStages - 2>();  // k-block kb has landed (this thread's part)
+    __syncthreads();  // ... everyone's part; and everyone is done with k-block kb - 1
+    if (kb + Cfg::kStages - 1 < k_blocks) load_stage();
+    cp_async_commit_group();
+
+    const unsigned char* st = smem + rd_stage;
+    rd_stage = rd_stage == (Cfg::kStages - 1) * Cfg::kStageBytes ? 0 : rd_stage + Cfg::kStageBytes;
+#pragma unroll
+    for (int ks = 0; ks < kKSteps; ++ks) {
+      uint32_t a[kMi][4], b[kNi][2];
+#pragma unroll
+      for (int i = 0; i < kMi; ++i) {
+        ldmatrix_x4(a[i], st + a_ld[ks] + i * kMmaM * kRowBytes);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) a[i][e] = MmaTraits<T>::operand(a[i][e]);
+      }
+#pragma unroll
+      for (int j = 0; j < kNi / 2; ++j) {
+        uint32_t r[4];
+        ldmatrix_x4(r, st + b_ld[ks] + j * 16 * kRowBytes);
+        b[2 * j][0] = MmaTraits<T>::operand(r[0]);
+        b[2 * j][1] = MmaTraits<T>::operand(r[1]);
+        b[2 * j + 1][0] = MmaTraits<T>::operand(r[2]);
+        b[2 * j + 1][1] = MmaTraits<T>::operand(r[3]);
+      }
+#pragma unroll
+      for (int i = 0; i < kMi; ++i) {
+#pragma unroll
+        for (int j = 0; j < kNi; ++j) MmaTraits<T>::mma(acc[i][j], a[i], b[j]);
+      }
+    }
+  }
+  cp_async_wait_group<0>();  // only empty groups remain, but leave none in flight
+  __syncthreads();           // the ring is free: reuse it to stage the output tile
+
+  // ---- epilogue: + bias, ReLU, convert, through shared memory to wide stores ----------
+  T* stage = reinterpret_cast<T*>(smem);
+  const int g = lane / 4, t4 = lane % 4;
+#pragma unroll
+  for (int j = 0; j < kNi; ++j) {
+    const int col = warp_n * kWarpN + j * kMmaN + 2 * t4;
+    float bias0 = 0.f, bias1 = 0.f;
+    if (p.bias != nullptr) {
+      if (k0 + col < p.k) bias0 = static_cast<float>(p.bias[k0 + col]);
+      if (k0 + col + 1 < p.k) bias1 = static_cast<float>(p.bias[k0 + col + 1]);
+    }
+#pragma unroll
+    for (int i = 0; i < kMi; ++i) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {  // rows g and g + 8 of the mma tile
+        const int row = warp_m * kWarpM + i * kMmaM + g + 8 * h;
+        float v0 = acc[i][j][2 * h] + bias0, v1 = acc[i][j][2 * h + 1] + bias1;
+        if (p.relu) {
+          v0 = relu_keep_nan(v0);
+          v1 = relu_keep_nan(v1);
+        }
+        stage[row * kOutStride + col] = static_cast<T>(v0);
+        stage[row * kOutStride + col + 1] = static_cast<T>(v1);
+      }
+    }
+  }
+  __syncthreads();
+
+  if constexpr (kOutChannelsLast) {
+    // out[m][k] is out_s.c == 1 and one pixel every out_s.w: a row of the tile is
+    // contiguous; 16-byte stores where a whole aligned vector is inside K.
+    constexpr int kVecsOut = Cfg::kBN / kVec;
+    const bool vec_ok = p.k % kVec == 0;
+    for (int q = tid; q < Cfg::kBM * kVecsOut; q += Cfg::kThreads) {
+      const int row = q / kVecsOut, cv = q % kVecsOut;
+      const int64_t m = m0 + row;
+      const int k = k0 + cv * kVec;
+      if (m >= p.m || k >= p.k) continue;
+      T* dst = p.out + m * p.out_s.w + k;
+      const T* src = stage + row * kOutStride + cv * kVec;
+      if (vec_ok) {
+        *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+      } else {
+        for (int e = 0; e < kVec && k + e < p.k; ++e) dst[e] = src[e];
+      }
+    }
+  } else {
+    // Any other layout (NCHW): element by element, pixels fastest across threads, so a
+    // warp writes 32 neighbouring pixels of one channel plane.
+    for (int q = tid; q < Cfg::kBM * Cfg::kBN; q += Cfg::kThreads) {
+      const int row = q % Cfg::kBM, col = q / Cfg::kBM;
+      const int64_t m = m0 + row;
+      const int k = k0 + col;
+      if (m >= p.m || k >= p.k) continue;
+      const int64_t img = m / hw_out, rem = m % hw_out;
+      p.out[offset_of(p.out_s, img, k, rem / p.out_w, rem % p.out_w)] =
+          stage[row * kOutStride + col];
+    }
+  }
+}
+
+// Which tile configuration a shape gets: a pure function of the GEMM's shape (pixels =
+// N·H'·W', filters = K), the element size and the SM count; tested in
+// tests/test_conv3x3_tc.py. The large tile (128 × 128, tf32 128 × 64) keeps an SM busy
+// only with two resident CTAs; when it would give fewer than 2 CTAs per SM, the 64 × 64
+// tile gives 2-4 times as many (small maps at batch 1: VGG's 14 × 14 and 28 × 28 layers).
+enum class TileChoice : int { Large = 0, Small = 1 };
+inline TileChoice choose_tiles(int64_t pixels, int64_t filters, int64_t element_bytes,
+                               int64_t sms) {
+  const int64_t bm = element_bytes == 2 ? LargeTiles<at::Half>::kBM : LargeTiles<float>::kBM;
+  const int64_t bn = element_bytes == 2 ? LargeTiles<at::Half>::kBN : LargeTiles<float>::kBN;
+  const int64_t large_ctas = ceil_div(pixels, bm) * ceil_div(filters, bn);
+  return large_ctas < 2 * sms ? TileChoice::Small : TileChoice::Large;
+}
+
+template <typename T, typename Cfg>
+void launch_with(const Params<T>& p, bool out_channels_last, cudaStream_t stream) {
+  const int64_t m_tiles = ceil_div(p.m, Cfg::kBM);
+  const int64_t n_tiles = ceil_div(p.k, Cfg::kBN);
+  TORCH_CHECK_VALUE(m_tiles <= INT32_MAX && n_tiles <= 65535, "conv3x3 (CUDA): ", p.m,
+                    " pixels with ", p.k, " filters exceed the launch grid of this kernel");
+  const dim3 grid(static_cast<unsigned>(m_tiles), static_cast<unsigned>(n_tiles));
+  constexpr int kBK = kRowBytes / static_cast<int>(sizeof(T));
+  bool_switch(out_channels_last, [&](auto cl) {
+    bool_switch(p.cp % kBK != 0, [&](auto tail) {
+      launch_kernel<conv3x3_igemm_kernel<T, Cfg, decltype(cl)::value, decltype(tail)::value>>(
+          grid, Cfg::kThreads, 0, stream, p);
+    });
+  });
+}
+
+template <typename T>
+void launch(const Params<T>& p, bool out_channels_last, cudaStream_t stream) {
+  if (p.m == 0 || p.k == 0) return;
+  // OVERFEAT_KERNELS_CONV_TILES=large|small overrides the heuristic: for tests (every
+  // configuration on small shapes) and benchmarks.
+  const char* force = std::getenv("OVERFEAT_KERNELS_CONV_TILES");
+  TileChoice choice = TileChoice::Large;
+  if (force == nullptr || *force == '\0') {
+    choice = choose_tiles(p.m, p.k, sizeof(T), multiprocessor_count());
+  } else {
+    const std::string f(force);
+    TORCH_CHECK_VALUE(f == "large" || f == "small",
+                      "OVERFEAT_KERNELS_CONV_TILES must be 'large' or 'small', got '", f, "'");
+    choice = f == "large" ? TileChoice::Large : TileChoice::Small;
+  }
+  if (choice == TileChoice::Large) {
+    launch_with<T, LargeTiles<T>>(p, out_channels_last, stream);
+  } else {
+    launch_with<T, SmallTiles>(p, out_channels_last, stream);
+  }
+}
+
+}  // namespace igemm
+}  // namespace overfeat_kernels

@@ -1,0 +1,264 @@
+"""The tensor-core conv3x3 (implicit GEMM, csrc/cuda/conv3x3_igemm.cuh) in the CUDA
+simulator: forward and grad-input for bf16, fp16 and tf32 against float64 references,
+with tolerances relative to the reference's own error in that precision; which kernel
+ran; schedule independence; the tile heuristic.
+
+Every run has the simulator's adversarial checks on (poisoned shared memory and buffers,
+cp.async landing only at wait_group, barrier and warp-collective checks).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from samples import make_map
+from tolerance import assert_matches, to64
+
+import overfeat_kernels as ok
+from overfeat_kernels import reference, simulator
+
+pytestmark = [
+    pytest.mark.sim,
+    pytest.mark.skipif(not simulator.available(), reason="CUDA simulator not built"),
+]
+
+TF32 = "tf32"  # float32 with torch.backends.cudnn.allow_tf32 = True
+DTYPES = [torch.bfloat16, torch.float16, TF32]
+IGEMM = "conv3x3_igemm_kernel"
+DIRECT = "direct_conv3x3_kernel"
+
+# (N, C, K, H, W, padding, layout, bias, relu). Together: every C and K in
+# {3, 8, 17, 64, 96}, every H and W in {1, 2, 7, 13, 16, 33} with padding 1 and (where
+# H, W >= 3) padding 0, NCHW / channels_last / a strided view, bias and ReLU on and off,
+# C and K that are not multiples of the 8-channel vector, several CTAs in M and in N.
+CONFIGS = [
+    (2, 3, 8, 7, 13, 1, "nchw", True, True),
+    (1, 8, 17, 13, 7, 0, "channels_last", False, True),
+    (1, 17, 64, 16, 2, 1, "channels_last", True, False),
+    (1, 64, 3, 2, 16, 1, "nchw", True, True),
+    (1, 96, 96, 7, 7, 0, "channels_last", True, True),
+    (1, 8, 96, 33, 1, 1, "nchw", False, False),
+    (1, 3, 17, 1, 33, 1, "channels_last", True, True),
+    (2, 17, 8, 13, 16, 1, "strided", True, True),
+    (1, 64, 64, 16, 13, 0, "nchw", False, True),
+    (1, 96, 17, 2, 2, 1, "channels_last", True, False),
+    (1, 17, 3, 33, 7, 0, "channels_last", True, True),
+    (1, 8, 3, 7, 16, 0, "nchw", True, False),
+    (1, 3, 8, 13, 33, 0, "strided", False, True),
+    (1, 8, 8, 1, 1, 1, "channels_last", True, True),
+    (1, 3, 64, 16, 33, 1, "nchw", True, False),
+]
+
+
+def _name(cfg):
+    n, c, k, h, w, pad, layout, bias, relu = cfg
+    return f"n{n}c{c}k{k}_{h}x{w}p{pad}_{layout}{'_bias' if bias else ''}{'_relu' if relu else ''}"
+
+
+def _dtype(d):
+    return torch.float32 if d == TF32 else d
+
+
+def _round_tf32(t):
+    """cvt.rna.tf32.f32 on a float32 tensor: nearest, ties away from zero (finite values)."""
+    bits = t.float().contiguous().view(torch.int32)
+    return ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
+
+
+def _inputs(cfg, dtype, requires_grad=False):
+    n, c, k, h, w, pad, layout, bias, relu = cfg
+    x = make_map((n, c, h, w), dtype, "cpu", layout, requires_grad)
+    wt = (torch.randn(k, c, 3, 3, dtype=torch.float64) / (3 * c) ** 0.5).to(dtype)
+    b = torch.randn(k, dtype=torch.float64).to(dtype) if bias else None
+    if requires_grad:
+        wt.requires_grad_()
+    return x, wt, b, pad, relu
+
+
+class _tf32:
+    def __init__(self, on):
+        self.on = on
+
+    def __enter__(self):
+        self.was = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = self.on
+
+    def __exit__(self, *exc):
+        torch.backends.cudnn.allow_tf32 = self.was
+
+
+def _assert_tf32_matches(ours, ref64, ref_tf32):
+    """tf32: within twice the error of the float64 reference on tf32-rounded operands,
+    plus float32 accumulation; and close to that rounded reference itself."""
+    nan = torch.isnan(ref64)
+    assert torch.equal(torch.isnan(to64(ours)), nan), "NaN positions differ"
+    got, ref, rt = to64(ours)[~nan], ref64[~nan], ref_tf32[~nan]
+    if ref.numel() == 0:
+        return
+    scale = max(1.0, ref.abs().max().item())
+    ref_err = (rt - ref).abs().max().item()
+    err = (got - ref).abs().max().item()
+    assert err <= 2 * ref_err + 1e-5 * scale, (err, ref_err)
+    # Operands rounded as cvt.rna rounds them (not truncated): the rest is fp32 summation.
+    assert (got - rt).abs().max().item() <= 2e-5 * scale
+
+
+def _run_forward(args):
+    simulator.reset_launch_counts()
+    with simulator.simulate_cuda():
+        out = ok.conv3x3(*args)
+    return out, simulator.launch_counts()
+
+
+@pytest.fixture(params=["auto", "large"])
+def tiles(request, monkeypatch):
+    """The heuristic's tile choice (small for these shapes), and the large tiles forced."""
+    if request.param == "large":
+        monkeypatch.setenv("OVERFEAT_KERNELS_CONV_TILES", "large")
+    return request.param
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("cfg", CONFIGS, ids=_name)
+def test_forward(cfg, dtype, tiles):
+    x, w, b, pad, relu = _inputs(cfg, _dtype(dtype))
+    with _tf32(dtype == TF32):
+        out, launches = _run_forward((x, w, b, pad, relu))
+    assert any(IGEMM in name for name in launches), launches
+    assert not any(DIRECT in name for name in launches), launches
+    if tiles == "large":
+        assert all("TileConfig<2, 2," in name for name in launches), launches
+    assert out.shape == (cfg[0], cfg[2], cfg[3] + 2 * pad - 2, cfg[4] + 2 * pad - 2)
+    expect_cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    if expect_cl:
+        assert out.is_contiguous(memory_format=torch.channels_last)
+    ref64 = reference.conv3x3(to64(x), to64(w), to64(b), pad, relu)
+    if dtype == TF32:
+        r = lambda t: None if t is None else to64(_round_tf32(t))  # noqa: E731
+        _assert_tf32_matches(out, ref64, reference.conv3x3(r(x), r(w), to64(b), pad, relu))
+    else:
+        assert_matches(out, ref64, reference.conv3x3(x, w, b, pad, relu))
+
+
+# Gradients: grad-input runs on the tensor-core kernel (flipped, transposed filters,
+# grad_output masked by the ReLU); grad-weight and grad-bias stay on the exact direct
+# kernels. A subset of the forward configurations, with ReLU on in most.
+GRAD_CONFIGS = [CONFIGS[i] for i in (0, 1, 3, 4, 6, 7, 10, 13)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("cfg", GRAD_CONFIGS, ids=_name)
+def test_backward(cfg, dtype, tiles):
+    x, w, b, pad, relu = _inputs(cfg, _dtype(dtype), requires_grad=True)
+    if b is not None:
+        b.requires_grad_()
+    leaves = [t for t in (x, w, b) if t is not None]
+    simulator.reset_launch_counts()
+    with _tf32(dtype == TF32), simulator.simulate_cuda():
+        out = ok.conv3x3(x, w, b, pad, relu)
+        grad = torch.randn(out.shape, dtype=torch.float64).to(out.dtype)
+        grads = torch.autograd.grad(out, leaves, grad)
+    launches = simulator.launch_counts()
+    assert sum(n for k, n in launches.items() if IGEMM in k) == 2, launches  # fwd + dgrad
+    assert not any(DIRECT in k for k in launches), launches
+
+    # The float64 reference, masked by our own output's ReLU (a pixel whose value is
+    # within rounding of 0 may fall either side: use the mask the kernel used).
+    mask = (to64(out) > 0) if relu else None
+    ref_leaves = [to64(t).requires_grad_() for t in leaves]
+    g64 = to64(grad) if mask is None else to64(grad) * mask
+    pre = F.conv2d(
+        ref_leaves[0], ref_leaves[1], ref_leaves[2] if b is not None else None, padding=pad
+    )
+    ref64 = torch.autograd.grad(pre, ref_leaves, g64)
+    if dtype == TF32:
+        r = lambda t: to64(_round_tf32(t.detach()))  # noqa: E731
+        # grad-input = conv(grad_output, flipped filters): both operands rounded to tf32.
+        gi_tf32 = torch.nn.grad.conv2d_input(x.shape, r(w), r(g64.float()), padding=pad)
+        _assert_tf32_matches(grads[0], ref64[0], gi_tf32)
+        for ours, r64 in zip(grads[1:], ref64[1:], strict=True):
+            assert_matches(ours, r64)  # exact float32 kernels
+    else:
+        lp = [t.detach().clone().requires_grad_() for t in leaves]
+        pre_lp = F.conv2d(lp[0], lp[1], lp[2] if b is not None else None, padding=pad)
+        g_lp = grad if mask is None else grad * mask.to(grad.dtype)
+        ref_lp = torch.autograd.grad(pre_lp, lp, g_lp)
+        for ours, r64, rlp in zip(grads, ref64, ref_lp, strict=True):
+            assert ours.shape == r64.shape
+            assert_matches(ours, r64, rlp, factor=4)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, TF32], ids=str)
+def test_schedule_independent(dtype, tiles):
+    cfg = (2, 17, 20, 9, 11, 1, "channels_last", True, True)
+    x, w, b, pad, relu = _inputs(cfg, _dtype(dtype), requires_grad=True)
+
+    def calls():
+        out = ok.conv3x3(x, w, b, pad, relu)
+        (gx,) = torch.autograd.grad(out, (x,), torch.ones_like(out))
+        return [out, gx]
+
+    with _tf32(dtype == TF32):
+        simulator.assert_schedule_independent(calls)
+
+
+def test_nan_propagates_and_relu_keeps_it():
+    x = torch.randn(1, 8, 6, 6, dtype=torch.bfloat16)
+    x[0, 3, 2, 2] = float("nan")
+    w = torch.randn(16, 8, 3, 3, dtype=torch.bfloat16)
+    with simulator.simulate_cuda():
+        out = ok.conv3x3(x, w, None, 1, True)
+    assert torch.isnan(out[0, :, 1:4, 1:4]).all()
+    assert not torch.isnan(out[0, :, 0, :]).any()
+
+
+def test_float64_and_exact_float32_stay_on_the_direct_kernel():
+    for dtype, tf32 in [(torch.float64, True), (torch.float32, False)]:
+        x = torch.randn(1, 8, 5, 5, dtype=dtype)
+        w = torch.randn(8, 8, 3, 3, dtype=dtype)
+        with _tf32(tf32):
+            _, launches = _run_forward((x, w, None, 1, False))
+        assert any(DIRECT in k for k in launches) and not any(IGEMM in k for k in launches)
+
+
+# The tile heuristic: the large tile (128 x 128; tf32 128 x 64) when it gives at least two
+# CTAs per SM, else the small 64 x 64 tile (VGG's 14 x 14 and 28 x 28 layers at batch 1).
+@pytest.mark.parametrize(
+    ("pixels", "filters", "element_bytes", "sms", "choice"),
+    [
+        (224 * 224, 64, 2, 132, 0),  # VGG conv1, batch 1: 392 CTAs
+        (14 * 14, 512, 2, 132, 1),  # VGG conv5, batch 1: 8 CTAs
+        (28 * 28, 512, 2, 132, 1),  # VGG conv4, batch 1: 28 CTAs
+        (112 * 112, 128, 2, 132, 1),  # VGG conv2, batch 1: 98 CTAs
+        (32 * 28 * 28, 512, 2, 132, 0),  # batch 32
+        (128 * 264, 128, 2, 132, 0),  # exactly 2 per SM
+        (128 * 264 - 128, 128, 2, 132, 1),  # one CTA short
+        (128 * 132, 256, 2, 132, 0),  # 2 per SM through N
+        (128 * 132, 128, 2, 132, 1),
+        (128 * 132, 64, 4, 132, 1),  # tf32: 128 x 64 tiles
+        (128 * 132, 65, 4, 132, 0),
+        (1, 1, 2, 1, 1),
+        (256, 64, 2, 1, 0),
+    ],
+)
+def test_tile_heuristic(pixels, filters, element_bytes, sms, choice):
+    tiles = torch.ops.overfeat_kernels_simtest.conv_tiles
+    assert tiles(pixels, filters, element_bytes, sms) == choice
+
+
+def test_tile_override_is_checked(monkeypatch):
+    monkeypatch.setenv("OVERFEAT_KERNELS_CONV_TILES", "huge")
+    x = torch.randn(1, 8, 5, 5, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="OVERFEAT_KERNELS_CONV_TILES"):
+        _run_forward((x, torch.randn(8, 8, 3, 3, dtype=torch.bfloat16), None, 1, False))
+
+
+def test_tile_heuristic_picks_the_launched_kernel():
+    # 184 x 184 pixels, 8 filters: 265 large CTAs >= 2 x 132: the large tiles; 13 x 13:
+    # the small ones.
+    for hw, cfg in [(184, "TileConfig<2, 2, 64, 3>"), (13, "TileConfig<1, 2, 32, 3>")]:
+        x = make_map((1, 8, hw, hw), torch.bfloat16, "cpu", "channels_last")
+        w = torch.randn(8, 8, 3, 3, dtype=torch.bfloat16)
+        _, launches = _run_forward((x, w, None, 1, False))
+        assert any(IGEMM in k and cfg in k for k in launches), launches
