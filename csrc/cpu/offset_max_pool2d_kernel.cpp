@@ -37,6 +37,16 @@ struct Cfg {
   static constexpr bool kSameKey = std::is_same_v<raw_t, key_t>;
 };
 
+// One pointer per window element (k*k): on the stack when K is a compile-time constant,
+// on the heap for other kernel sizes.
+template <class C, typename T>
+struct WindowPointers {
+  T* fixed[C::K > 0 ? C::K * C::K : 1];
+  std::vector<T*> dynamic;
+  explicit WindowPointers(int64_t k) : dynamic(C::K > 0 ? 0 : k * k) {}
+  T** get() { return C::K > 0 ? fixed : dynamic.data(); }
+};
+
 // Calls f(std::integral_constant<int, K>) with K = k for the common sizes, else K = 0.
 template <typename F>
 void k_switch(int64_t k, F&& f) {
@@ -215,9 +225,8 @@ OVERFEAT_CPU_INLINE void nchw_forward_plane(const typename C::raw_t* in, typenam
   using raw_t = typename C::raw_t;
   const int64_t k = C::K > 0 ? C::K : g.k;
   split_phases<C>(in, g, split);
-  const raw_t* src[(C::K > 0 ? C::K * C::K : 1)];
-  std::vector<const raw_t*> src_dyn(C::K > 0 ? 0 : k * k);
-  const raw_t** s = C::K > 0 ? src : src_dyn.data();
+  WindowPointers<C, const raw_t> src(k);
+  const raw_t** s = src.get();
   for (int64_t dy = 0; dy < k; ++dy) {
     for (int64_t dx = 0; dx < k; ++dx) {
       window_runs<C>(split, g, k, dy, dx, s);
@@ -260,9 +269,8 @@ OVERFEAT_CPU_INLINE void nchw_backward_plane(const typename C::raw_t* in,
   const int64_t k = C::K > 0 ? C::K : g.k;
   std::fill(acc, acc + k * k * g.phase(), key_t(0));
   split_phases<C>(in, g, split);
-  const raw_t* src[(C::K > 0 ? C::K * C::K : 1)];
-  std::vector<const raw_t*> src_dyn(C::K > 0 ? 0 : k * k);
-  const raw_t** s = C::K > 0 ? src : src_dyn.data();
+  WindowPointers<C, const raw_t> src(k);
+  const raw_t** s = src.get();
   for (int64_t dy = 0; dy < k; ++dy) {
     for (int64_t dx = 0; dx < k; ++dx) {
       window_runs<C>(split, g, k, dy, dx, s);
@@ -397,9 +405,8 @@ OVERFEAT_CPU_INLINE void cl_forward_row(const typename C::raw_t* img, typename C
                                         ClGeo g, int64_t n, int64_t i, int64_t c0, int64_t cn) {
   using raw_t = typename C::raw_t;
   const int64_t k = C::K > 0 ? C::K : g.k;
-  const raw_t* src[(C::K > 0 ? C::K * C::K : 1)];
-  std::vector<const raw_t*> src_dyn(C::K > 0 ? 0 : k * k);
-  const raw_t** s = C::K > 0 ? src : src_dyn.data();
+  WindowPointers<C, const raw_t> src(k);
+  const raw_t** s = src.get();
   for (int64_t j = 0; j < g.Wo; ++j) {
     for (int64_t dy = 0; dy < k; ++dy) {
       for (int64_t dx = 0; dx < k; ++dx) {
@@ -464,13 +471,10 @@ OVERFEAT_CPU_INLINE void cl_backward_tile(const typename C::raw_t* img,
     }
     zeroed_from = std::min(zeroed_from, from);
   };
-  constexpr int64_t E = C::K > 0 ? C::K * C::K : 1;
-  const raw_t* src[E];
-  key_t* dst[E];
-  std::vector<const raw_t*> src_dyn(C::K > 0 ? 0 : k * k);
-  std::vector<key_t*> dst_dyn(C::K > 0 ? 0 : k * k);
-  const raw_t** s = C::K > 0 ? src : src_dyn.data();
-  key_t** d = C::K > 0 ? dst : dst_dyn.data();
+  WindowPointers<C, const raw_t> src(k);
+  WindowPointers<C, key_t> dst(k);
+  const raw_t** s = src.get();
+  key_t** d = dst.get();
   // Windows (dy, i) meet [y0, y1) iff dy + k*i <= y1 - 1 and dy + k*i + k - 1 >= y0.
   const int64_t i_top = std::min<int64_t>(g.Ho - 1, (y1 - 1) / k);
   zero_rows(std::max(y0, std::min(y1, k * i_top + 2 * k - 1)));  // below every window
