@@ -71,17 +71,6 @@ __host__ __device__ constexpr RowCol mma_m16n8_c(int lane, int i) {
 #ifdef OVERFEAT_SIM
 namespace sim {
 
-inline uint32_t float_bits(float x) {
-  uint32_t u;
-  std::memcpy(&u, &x, sizeof u);
-  return u;
-}
-inline float bits_float(uint32_t u) {
-  float x;
-  std::memcpy(&x, &u, sizeof x);
-  return x;
-}
-
 enum class MmaType { BF16, F16, TF32 };
 
 struct MmaIn {
@@ -96,7 +85,7 @@ struct MmaOut {
 template <MmaType kType>
 double mma_operand(const uint32_t* regs, int i) {
   if constexpr (kType == MmaType::TF32) {
-    return bits_float(regs[i] & 0xFFFFE000u);  // the tensor core reads only the top 19 bits
+    return __uint_as_float(regs[i] & 0xFFFFE000u);  // the tensor core reads only the top 19 bits
   } else {
     const auto half = static_cast<uint16_t>(regs[i / 2] >> (16 * (i % 2)));
     if constexpr (kType == MmaType::BF16) {
@@ -494,7 +483,7 @@ __device__ __forceinline__ void cp_async_wait_all(CallerSite site = {}) {
 // sign and top payload bits and sets the quiet bit, so a NaN cannot turn into infinity).
 __device__ __forceinline__ uint32_t float_to_tf32(float x) {
 #ifdef OVERFEAT_SIM
-  const uint32_t u = sim::float_bits(x);
+  const uint32_t u = __float_as_uint(x);
   if (std::isnan(x)) return (u & 0xFFFFE000u) | 0x00400000u;
   if (std::isinf(x)) return u;
   // Adding half a tf32 ulp to the magnitude bits rounds ties away from zero; a carry out
