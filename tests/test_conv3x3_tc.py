@@ -262,3 +262,43 @@ def test_tile_heuristic_picks_the_launched_kernel():
         w = torch.randn(8, 8, 3, 3, dtype=torch.bfloat16)
         _, launches = _run_forward((x, w, None, 1, False))
         assert any(IGEMM in k and cfg in k for k in launches), launches
+
+
+# Weights in channels_last memory (what model.to(memory_format=torch.channels_last) gives):
+# with C a multiple of the vector the kernel reads them in place as [K][3][3][C].
+@pytest.mark.parametrize("dtype", [torch.bfloat16, TF32], ids=str)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_channels_last_weight(dtype, layout):
+    cfg = (2, 16, 24, 9, 10, 1, layout, True, True)
+    x, w, b, pad, relu = _inputs(cfg, _dtype(dtype))
+    w = w.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    w.requires_grad_()
+    simulator.reset_launch_counts()
+    with _tf32(dtype == TF32), simulator.simulate_cuda():
+        out = ok.conv3x3(x, w, b, pad, relu)
+        grad = torch.randn(out.shape, dtype=torch.float64).to(out.dtype)
+        gx, gw = torch.autograd.grad(out, (x, w), grad)
+    assert sum(n for k, n in simulator.launch_counts().items() if IGEMM in k) == 2
+    ref_w = w.detach().contiguous()
+    ref = reference.conv3x3(to64(x), to64(ref_w), to64(b), pad, relu)
+    mask = to64(out) > 0
+    x64, w64 = to64(x).requires_grad_(), to64(ref_w).requires_grad_()
+    gx64, gw64 = torch.autograd.grad(
+        F.conv2d(x64, w64, to64(b), padding=pad), (x64, w64), to64(grad) * mask
+    )
+    if dtype == TF32:
+        r = lambda t: to64(_round_tf32(t.detach()))  # noqa: E731
+        _assert_tf32_matches(out, ref, reference.conv3x3(r(x), r(ref_w), to64(b), pad, relu))
+        gi = torch.nn.grad.conv2d_input(x.shape, r(ref_w), r((to64(grad) * mask).float()),
+                                        padding=pad)  # fmt: skip
+        _assert_tf32_matches(gx, gx64, gi)
+        assert_matches(gw, gw64)
+    else:
+        assert_matches(out, ref, reference.conv3x3(x.detach(), ref_w, b, pad, relu))
+        xl, wl = x.detach().clone().requires_grad_(), ref_w.clone().requires_grad_()
+        gxl, gwl = torch.autograd.grad(
+            F.conv2d(xl, wl, b, padding=pad), (xl, wl), grad * mask.to(grad.dtype)
+        )
+        assert_matches(gx, gx64, gxl, factor=4)
+        assert_matches(gw, gw64, gwl, factor=4)

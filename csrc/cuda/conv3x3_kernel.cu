@@ -313,7 +313,9 @@ at::Tensor nhwc_padded(const at::Tensor& x, int64_t cp, const at::Tensor& mask =
   const bool in_place = !mask.defined() && x.size(1) == cp &&
                         x.is_contiguous(at::MemoryFormat::ChannelsLast) &&
                         reinterpret_cast<uintptr_t>(x.const_data_ptr()) % igemm::kVecBytes == 0;
-  if (in_place) return x;
+  // Always the [n][h][w][cp] view: callers read sizes off it (a channels_last weight
+  // [K, C, 3, 3] is [K][3][3][C] in memory).
+  if (in_place) return x.permute({0, 2, 3, 1});
   const at::Tensor src = mask.defined() ? at::where(mask > 0, x, at::zeros({}, x.options())) : x;
   const std::vector<int64_t> sizes{x.size(0), x.size(2), x.size(3), cp};
   const auto opts = x.options().memory_format(at::MemoryFormat::Contiguous);
@@ -343,6 +345,8 @@ template <typename scalar_t>
 void igemm_conv(const at::Tensor& in_nhwc, int64_t in_h, int64_t in_w, const at::Tensor& filt,
                 const at::Tensor& bias, int64_t pad, bool relu, at::Tensor& out,
                 cudaStream_t stream) {
+  TORCH_INTERNAL_ASSERT(in_nhwc.is_contiguous() && filt.is_contiguous() && filt.size(1) == 3 &&
+                        filt.size(2) == 3 && in_nhwc.size(3) == filt.size(3));
   igemm::Params<scalar_t> p{};
   p.in = in_nhwc.const_data_ptr<scalar_t>();
   p.filt = filt.const_data_ptr<scalar_t>();
