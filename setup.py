@@ -140,7 +140,7 @@ def _extensions():
         define_macros=[("OVERFEAT_SIM", "1")],
         # The simulator reads the kernels' __shared__ variables from the module's symbol
         # table: never strip it.
-        extra_compile_args={"cxx": ["-O2", "-fdiagnostics-color=always"]},
+        extra_compile_args={"cxx": ["-O2", "-std=c++20", "-fdiagnostics-color=always"]},
         extra_link_args=["-ldl"],
     )
     _say(f"simulator sources: {', '.join(sim_sources)}")
