@@ -13,6 +13,7 @@ from samples import (
     offset_pool_samples,
     pool_backward_samples,
 )
+from tolerance import assert_matches, to64
 
 import overfeat_kernels as ok
 from overfeat_kernels import reference
@@ -54,12 +55,15 @@ def test_compile_fullgraph_forward_backward(device, backend):
     b = torch.randn(5, device=device, requires_grad=True)
     compiled = torch.compile(_pipeline, fullgraph=True, backend=backend)
     out = compiled(x, w, b)
-    ref = _pipeline_reference(x, w, b)
-    torch.testing.assert_close(out, ref)
+    # float64 reference: gradients of out.square().sum() reach magnitudes in the thousands,
+    # where float32 summation order alone moves the last digits.
+    leaves64 = [to64(t).requires_grad_() for t in (x, w, b)]
+    ref = _pipeline_reference(*leaves64)
+    assert_matches(out, ref.detach())
     grads = torch.autograd.grad(out.square().sum(), (x, w, b))
-    ref_grads = torch.autograd.grad(ref.square().sum(), (x, w, b))
+    ref_grads = torch.autograd.grad(ref.square().sum(), leaves64)
     for g, r in zip(grads, ref_grads, strict=True):
-        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
+        assert_matches(g, r)
 
 
 def test_compile_dynamic_shapes(device):
