@@ -82,6 +82,9 @@ FORMATS = {"nchw": torch.contiguous_format, "nhwc": torch.channels_last}
 # Timing
 
 
+BUDGET_MS = 300.0  # timed milliseconds per measurement (--budget-ms)
+
+
 def l2_bytes() -> int:
     props = torch.cuda.get_device_properties(0)
     return int(getattr(props, "L2_cache_size", 50 * 2**20))
@@ -94,7 +97,7 @@ def rotation(make: Callable[[], tuple], bytes_per_set: int) -> list[tuple]:
 
 
 def bench(
-    fn: Callable[..., object], sets: list[tuple], min_reps: int = 20, budget_ms: float = 300.0
+    fn: Callable[..., object], sets: list[tuple], min_reps: int = 20, budget_ms: float | None = None
 ) -> float:
     """Median ms of fn(*set) over rotating sets; CUDA events around each call."""
     for s in sets[:2]:
@@ -106,6 +109,7 @@ def bench(
     end.record()
     end.synchronize()
     first = max(start.elapsed_time(end), 1e-3)
+    budget_ms = BUDGET_MS if budget_ms is None else budget_ms
     reps = int(min(200, max(min_reps, budget_ms / first)))
     times = []
     for i in range(reps):
@@ -392,8 +396,16 @@ def main(argv: list[str] | None = None) -> int:
         default="conv,pool,tail",
         help="comma-separated: conv, pool, tail (default: all)",
     )
+    parser.add_argument("--dtypes", default=None, help="conv dtypes, e.g. bf16,fp32-tf32")
+    parser.add_argument("--batches", default=None, help="conv batch sizes, e.g. 1,8,32")
+    parser.add_argument(
+        "--budget-ms", type=float, default=None, help="timed milliseconds per measurement"
+    )
     parser.add_argument("--out", type=Path, default=None, help="JSON file to write")
     args = parser.parse_args(argv)
+    if args.budget_ms is not None:
+        global BUDGET_MS
+        BUDGET_MS = args.budget_ms
     if not torch.cuda.is_available():
         print(
             "bench_ops: needs a CUDA GPU (SPEC: speed is measured on a GPU only)", file=sys.stderr
@@ -411,9 +423,9 @@ def main(argv: list[str] | None = None) -> int:
             layers = [VGG16_LAYERS[1], VGG16_LAYERS[5], VGG16_LAYERS[10], OVERFEAT_LAYERS[2]]
             conv = conv_rows(layers, [8], ["bf16"], quick=True)
         else:
-            conv = conv_rows(
-                VGG16_LAYERS + OVERFEAT_LAYERS, [1, 8, 32], list(DTYPE_CONFIGS), quick=False
-            )
+            dtypes = args.dtypes.split(",") if args.dtypes else list(DTYPE_CONFIGS)
+            batches = [int(b) for b in args.batches.split(",")] if args.batches else [1, 8, 32]
+            conv = conv_rows(VGG16_LAYERS + OVERFEAT_LAYERS, batches, dtypes, quick=False)
         result["conv"] = conv
         summary = {}
         for dname in DTYPE_CONFIGS:
@@ -433,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"x{s['geomean_ratio_vs_eager']:.2f} vs eager conv+bias+relu, backward "
                 f"x{s['geomean_bwd_ratio_vs_cudnn']:.2f} vs cuDNN"
             )
+        write_results(result, "bench_ops", args.out)  # kept if a later section fails
     if "pool" in sections:
         result["pool"] = pool_rows(ceil["copy_GBps"], args.quick)
     if "tail" in sections:
