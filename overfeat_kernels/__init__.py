@@ -11,6 +11,7 @@ support.
 
 from . import dense, models, nn, reference, simulator, weights
 from ._ext import ExtensionNotBuiltError, build_info
+from .backend import conv_backend, conv_choices, get_conv_backend, set_conv_backend
 from .ops import conv3x3, deinterleave, interleave, offset_max_pool2d
 from .simulator import simulate_cuda
 
@@ -22,13 +23,17 @@ __all__ = [
     "ExtensionNotBuiltError",
     "build_info",
     "conv3x3",
+    "conv_backend",
+    "conv_choices",
     "deinterleave",
     "dense",
+    "get_conv_backend",
     "interleave",
     "models",
     "nn",
     "offset_max_pool2d",
     "reference",
+    "set_conv_backend",
     "simulate_cuda",
     "simulator",
     "weights",

@@ -60,7 +60,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_selfcheck(args: argparse.Namespace) -> int:
-    from . import demo, simulator
+    from . import backend, demo, simulator
 
     if args.device == "cuda" and not torch.cuda.is_available():
         print("overfeat-kernels selfcheck: --device cuda but no CUDA GPU is available",
@@ -84,10 +84,18 @@ def _cmd_selfcheck(args: argparse.Namespace) -> int:
             print(f"  {count:5d}  {name}")
         print("(times above are of the simulator on this CPU, not of a GPU)")
     else:
-        rows = demo.run(
-            args.device, DTYPES[args.dtype], args.batch, args.size or 56, args.channels or 64,
-            args.reps or 10,
-        )  # fmt: skip
+        # Our kernels are what is checked: the "auto" backend could hand conv3x3 to cuDNN.
+        with backend.conv_backend("ours"):
+            rows = demo.run(
+                args.device, DTYPES[args.dtype], args.batch, args.size or 56,
+                args.channels or 64, args.reps or 10,
+            )  # fmt: skip
+        choices = backend.conv_choices()
+        if choices:
+            print(f"\nconv3x3 backend choices remembered (mode {backend.get_conv_backend()!r}):")
+            for key, entry in choices.items():
+                times = ", ".join(f"{k} {v:.3f} ms" for k, v in entry["times_ms"].items())
+                print(f"  {entry['choice']:5} ({entry['source']}; {times})  {key}")
     bad = [r["op"] for r in rows if not r["agrees"]]
     if bad:
         print(f"DISAGREEMENT with the reference: {', '.join(bad)}", file=sys.stderr)

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torch._prims_common import suggest_memory_format
 
-from . import _ext
+from . import _ext, backend
 from . import _validate as check
 
 __all__ = ["conv3x3", "deinterleave", "interleave", "offset_max_pool2d"]
@@ -96,6 +96,8 @@ def conv3x3(
             for t in (input, weight, bias)
         )
     check.conv3x3(input, weight, bias, padding, relu)
+    if backend.use_cudnn(input, weight, bias, padding, relu):
+        return backend.run_candidate("cudnn", input, weight, bias, padding, relu)
     return torch.ops.overfeat_kernels.conv3x3.default(input, weight, bias, padding, relu)
 
 

@@ -48,6 +48,18 @@ def _exact_float32():
 
 
 @pytest.fixture(autouse=True)
+def _our_conv_kernels():
+    # conv3x3's default backend, "auto", may pick cuDNN on a GPU: the tests of our kernels
+    # must run our kernels. tests/test_backend.py sets modes itself.
+    from overfeat_kernels import backend
+
+    was = backend._global_mode
+    backend._global_mode = "ours"
+    yield
+    backend._global_mode = was
+
+
+@pytest.fixture(autouse=True)
 def _seed(request):
     # A fresh, reproducible seed per test (differs between tests, not between runs).
     torch.manual_seed(hash(request.node.nodeid) % (2**31))

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 import overfeat_kernels
-from overfeat_kernels import dense, models, nn, ops
+from overfeat_kernels import backend, dense, models, nn, ops
 
 
 @pytest.mark.parametrize(
-    "module", [overfeat_kernels, ops, nn, models, dense], ids=lambda m: m.__name__
+    "module", [overfeat_kernels, ops, nn, models, dense, backend], ids=lambda m: m.__name__
 )
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)

@@ -1,0 +1,438 @@
+"""Which implementation runs ``conv3x3``: our kernels or PyTorch's own convolution (cuDNN).
+
+Modes:
+
+- ``"auto"`` (the default): on a CUDA tensor, the first call with a new shape times both
+  candidates on that GPU (forward, plus backward when gradients are needed), keeps the
+  faster, and remembers it in memory and on disk. Elsewhere (CPU tensors, the simulator,
+  inside ``torch.compile`` tracing or CUDA-graph capture, where nothing may be timed) it
+  uses a remembered choice if there is one, else our kernels.
+- ``"ours"``: our kernels only (what the benchmarks and tests of our kernels use).
+- ``"cudnn"``: ``F.conv2d`` with bias, then ReLU: cuDNN on CUDA, ATen's CPU convolution on
+  the CPU.
+
+Whatever runs, the result is ``conv3x3``'s: ``relu(F.conv2d(input, weight, bias, padding))``
+in the input's memory format.
+
+    >>> import overfeat_kernels as ok
+    >>> with ok.conv_backend("cudnn"):
+    ...     ok.get_conv_backend()
+    'cudnn'
+
+The disk cache is ``conv_choices.json`` in ``$OVERFEAT_KERNELS_CACHE_DIR``, else
+``$XDG_CACHE_HOME/overfeat_kernels``, else ``~/.cache/overfeat_kernels``. Its keys name the
+GPU, the torch / CUDA / cuDNN versions and a hash of the compiled module, so a new driver
+stack or a rebuilt package times again. Writers take a lock and replace the file
+atomically; a corrupt or foreign file is ignored with a warning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import hashlib
+import json
+import math
+import os
+import statistics
+import tempfile
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch._prims_common import suggest_memory_format
+
+__all__ = ["conv_backend", "conv_choices", "get_conv_backend", "set_conv_backend"]
+
+MODES = ("auto", "ours", "cudnn")
+CANDIDATES = ("ours", "cudnn")
+ENV_MODE = "OVERFEAT_KERNELS_CONV_BACKEND"
+ENV_CACHE = "OVERFEAT_KERNELS_CACHE_DIR"
+CACHE_FORMAT = "overfeat_kernels.conv_choices/1"
+CACHE_FILE = "conv_choices.json"
+
+# Device types on which "auto" times candidates (tests widen it to exercise the path on CPU).
+AUTO_DEVICE_TYPES = frozenset({"cuda"})
+
+_global_mode: str | None = None  # None: not set; the environment or "auto" decides
+_scoped_mode: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "overfeat_kernels_conv_backend", default=None
+)
+_lock = threading.Lock()
+_memory: dict[str, dict[str, Any]] = {}  # key -> {"choice", "times_ms", "source"}
+_disk_loaded: set[Path] = set()
+
+
+def _check_mode(mode: object, name: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
+    return mode  # type: ignore[return-value]
+
+
+def set_conv_backend(mode: str) -> None:
+    """Sets the conv3x3 backend for the whole process: "auto", "ours" or "cudnn"."""
+    global _global_mode
+    _global_mode = _check_mode(mode, "set_conv_backend: mode")
+
+
+def get_conv_backend() -> str:
+    """The mode in force here: a ``conv_backend`` scope, else ``set_conv_backend``, else
+    ``$OVERFEAT_KERNELS_CONV_BACKEND``, else "auto"."""
+    scoped = _scoped_mode.get()
+    if scoped is not None:
+        return scoped
+    if _global_mode is not None:
+        return _global_mode
+    env = os.environ.get(ENV_MODE)
+    return "auto" if not env else _check_mode(env, ENV_MODE)
+
+
+@contextlib.contextmanager
+def conv_backend(mode: str) -> Iterator[None]:
+    """Uses `mode` for conv3x3 calls inside the ``with`` block (this thread / task only)."""
+    token = _scoped_mode.set(_check_mode(mode, "conv_backend: mode"))
+    try:
+        yield
+    finally:
+        _scoped_mode.reset(token)
+
+
+def conv_choices() -> dict[str, dict[str, Any]]:
+    """What "auto" chose, per key: ``{"choice", "times_ms", "source"}`` where source is
+    "measured" (this process) or "disk" (remembered from an earlier one)."""
+    _load_disk()
+    with _lock:
+        return {k: dict(v, times_ms=dict(v["times_ms"])) for k, v in _memory.items()}
+
+
+def clear_memory() -> None:
+    """Forgets the in-memory choices (the disk cache stays)."""
+    with _lock:
+        _memory.clear()
+        _disk_loaded.clear()
+
+
+# ---------------------------------------------------------------------------------------
+# Running a candidate
+
+
+def run_candidate(
+    name: str, input: Tensor, weight: Tensor, bias: Tensor | None, padding: int, relu: bool
+) -> Tensor:
+    """One conv3x3 by candidate `name` (arguments already checked)."""
+    if name == "ours":
+        return torch.ops.overfeat_kernels.conv3x3.default(input, weight, bias, padding, relu)
+    out = F.conv2d(input, weight, bias, padding=padding)
+    out = F.relu(out) if relu else out
+    # F.conv2d goes channels_last when either operand is; conv3x3 follows the input alone.
+    return out.contiguous(memory_format=suggest_memory_format(input))
+
+
+def use_cudnn(input: Tensor, weight: Tensor, bias: Tensor | None, padding: int, relu: bool) -> bool:
+    """Whether this conv3x3 call should run on PyTorch's convolution."""
+    if torch.compiler.is_compiling():
+        # Traced code must not time anything: the process-wide mode, "auto" meaning ours.
+        return _global_mode == "cudnn"
+    mode = get_conv_backend()
+    if mode != "auto":
+        return mode == "cudnn"
+    if input.device.type not in AUTO_DEVICE_TYPES:
+        return False
+    key = call_key(input, weight, bias, padding, relu)
+    found = _lookup(key)
+    if found is not None:
+        return found == "cudnn"
+    if input.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return False  # timed at the next eager call
+    return choose(key, input, weight, bias, padding, relu) == "cudnn"
+
+
+# ---------------------------------------------------------------------------------------
+# Keys
+
+
+_build_hash: str | None = None
+
+
+def build_hash() -> str:
+    """A short hash of the compiled module's bytes: a rebuilt package times again."""
+    global _build_hash
+    if _build_hash is None:
+        from . import _ext
+
+        path = getattr(getattr(_ext, "_C", None), "__file__", None)
+        digest = hashlib.sha256()
+        if path and os.path.exists(path):
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+        _build_hash = digest.hexdigest()[:16]
+    return _build_hash
+
+
+_environment_keys: dict[torch.device, str] = {}
+
+
+def environment_key(device: torch.device) -> str:
+    """The device and software stack a measurement holds for."""
+    key = _environment_keys.get(device)
+    if key is None:
+        key = _environment_keys[device] = _environment_key(device)
+    return key
+
+
+def _environment_key(device: torch.device) -> str:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        cap = "{}.{}".format(*torch.cuda.get_device_capability(device))
+    else:
+        name, cap = device.type, "-"
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return (
+        f"{name}|sm{cap}|torch{torch.__version__}|cuda{torch.version.cuda}|cudnn{cudnn}"
+        f"|build{build_hash()}"
+    )
+
+
+def call_key(input: Tensor, weight: Tensor, bias: Tensor | None, padding: int, relu: bool) -> str:
+    """The environment and everything about the call that can change which is faster."""
+    n, c, h, w = input.shape
+    cl = input.is_contiguous(memory_format=torch.channels_last) and not input.is_contiguous()
+    train = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (input, weight, bias)
+    )
+    tf32 = input.dtype == torch.float32 and torch.backends.cudnn.allow_tf32
+    return (
+        f"{environment_key(input.device)}|n{n}c{c}h{h}w{w}k{weight.shape[0]}"
+        f"|{str(input.dtype).removeprefix('torch.')}|{'nhwc' if cl else 'nchw'}|pad{padding}"
+        f"|relu{int(relu)}|bias{int(bias is not None)}|tf32{int(tf32)}"
+        f"|det{int(torch.are_deterministic_algorithms_enabled())}|{'train' if train else 'infer'}"
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Choosing
+
+
+Timer = Callable[[dict[str, Callable[[], object]]], dict[str, float]]
+
+
+def _median_cuda_ms(
+    fns: dict[str, Callable[[], object]], budget_ms: float = 40.0
+) -> dict[str, float]:
+    """Median CUDA-event milliseconds of each callable, on the current stream."""
+    times = {}
+    for name, fn in fns.items():
+        for _ in range(2):
+            fn()  # warm-up: cuDNN algorithm search, module load, allocator
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        reps = int(min(25, max(5, budget_ms / max(start.elapsed_time(end), 1e-3))))
+        samples = []
+        for _ in range(reps):
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end))
+        times[name] = statistics.median(samples)
+    return times
+
+
+timer: Timer = _median_cuda_ms  # replaced in tests
+
+
+def _input_sets(input, weight, bias, train: bool) -> list[tuple]:
+    """Fresh random inputs shaped like the call's, enough sets that L2 does not hold them."""
+    nbytes = (input.numel() + weight.numel()) * input.element_size()
+    l2 = 50 << 20
+    if input.device.type == "cuda":
+        l2 = int(getattr(torch.cuda.get_device_properties(input.device), "L2_cache_size", l2))
+    count = max(1, min(4, math.ceil(3 * l2 / max(nbytes, 1))))
+    fmt = (
+        torch.channels_last
+        if input.is_contiguous(memory_format=torch.channels_last) and not input.is_contiguous()
+        else torch.contiguous_format
+    )
+
+    def like(t, memory_format=torch.contiguous_format):
+        if t is None:
+            return None
+        r = torch.randn(t.shape, device=t.device, dtype=t.dtype).contiguous(
+            memory_format=memory_format
+        )
+        return r.requires_grad_(train and t.requires_grad)
+
+    return [(like(input, fmt), like(weight), like(bias)) for _ in range(count)]
+
+
+def choose(
+    key: str, input: Tensor, weight: Tensor, bias: Tensor | None, padding: int, relu: bool
+) -> str:
+    """Times the candidates for `key` on inputs like these, remembers and returns the winner."""
+    train = key.endswith("|train")
+    sets = _input_sets(input, weight, bias, train)
+    counter = iter(range(1 << 62))
+
+    def candidate(name: str) -> Callable[[], object]:
+        def call() -> object:
+            x, w, b = sets[next(counter) % len(sets)]
+            out = run_candidate(name, x, w, b, padding, relu)
+            if train:
+                leaves = [t for t in (x, w, b) if t is not None and t.requires_grad]
+                torch.autograd.grad(out, leaves, torch.ones_like(out))
+            return out
+
+        return call
+
+    try:
+        with torch.enable_grad() if train else torch.no_grad():
+            times = timer({name: candidate(name) for name in CANDIDATES})
+    except Exception as err:  # never let tuning break a convolution
+        warnings.warn(
+            f"overfeat_kernels: timing the conv3x3 candidates failed ({err!r}); "
+            "using our kernels for this shape",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        _remember(key, "ours", {}, "fallback", persist=False)
+        return "ours"
+    best = min(CANDIDATES, key=lambda name: times[name])
+    _remember(key, best, times, "measured", persist=True)
+    return best
+
+
+def _lookup(key: str) -> str | None:
+    _load_disk()
+    with _lock:
+        entry = _memory.get(key)
+    return None if entry is None else entry["choice"]
+
+
+def _remember(key: str, choice: str, times: dict[str, float], source: str, persist: bool):
+    entry = {"choice": choice, "times_ms": {k: float(v) for k, v in times.items()}}
+    with _lock:
+        _memory[key] = dict(entry, source=source)
+    if persist:
+        try:
+            write_disk({key: entry})
+        except OSError as err:
+            warnings.warn(
+                f"overfeat_kernels: could not write the conv3x3 choice cache ({err})",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+
+
+# ---------------------------------------------------------------------------------------
+# Disk cache
+
+
+def cache_dir() -> Path:
+    """Where the choices are kept (see the module docstring)."""
+    if os.environ.get(ENV_CACHE):
+        return Path(os.environ[ENV_CACHE])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "overfeat_kernels"
+
+
+def _valid_entry(entry: object) -> bool:
+    return (
+        isinstance(entry, dict)
+        and entry.get("choice") in CANDIDATES
+        and isinstance(entry.get("times_ms"), dict)
+        and all(
+            isinstance(k, str) and isinstance(v, (int, float)) and math.isfinite(v)
+            for k, v in entry["times_ms"].items()
+        )
+    )
+
+
+def read_disk(path: Path | None = None) -> dict[str, dict[str, Any]]:
+    """The valid entries of the cache file; {} (with a warning) for a corrupt or foreign
+    file, {} without one for a missing file."""
+    path = path or cache_dir() / CACHE_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as err:
+        warnings.warn(f"overfeat_kernels: ignoring unreadable {path} ({err})", RuntimeWarning,
+                      stacklevel=2)  # fmt: skip
+        return {}
+    if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT:
+        warnings.warn(f"overfeat_kernels: ignoring {path}: not a {CACHE_FORMAT} file",
+                      RuntimeWarning, stacklevel=2)  # fmt: skip
+        return {}
+    entries = data.get("entries")
+    if not isinstance(entries, dict):
+        warnings.warn(f"overfeat_kernels: ignoring {path}: no entries", RuntimeWarning,
+                      stacklevel=2)  # fmt: skip
+        return {}
+    good = {k: v for k, v in entries.items() if isinstance(k, str) and _valid_entry(v)}
+    if len(good) != len(entries):
+        warnings.warn(
+            f"overfeat_kernels: ignoring {len(entries) - len(good)} malformed entries in {path}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return good
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: the atomic replace alone (a concurrent entry may be lost)
+        yield
+        return
+    with open(path, "a+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def write_disk(entries: dict[str, dict[str, Any]], directory: Path | None = None) -> Path:
+    """Merges `entries` into the cache file: under a lock, written to a temporary file in
+    the same directory and renamed over the old one, so readers never see half a file."""
+    directory = directory or cache_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / CACHE_FILE
+    with _file_lock(directory / (CACHE_FILE + ".lock")), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a corrupt old file was reported when it was read
+        merged = read_disk(path)
+        merged.update(entries)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=CACHE_FILE, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump({"format": CACHE_FORMAT, "entries": merged}, f, indent=1,
+                          sort_keys=True)  # fmt: skip
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    return path
+
+
+def _load_disk() -> None:
+    path = cache_dir() / CACHE_FILE
+    if path in _disk_loaded:
+        return
+    entries = read_disk(path)
+    with _lock:
+        _disk_loaded.add(path)
+        for key, entry in entries.items():
+            _memory.setdefault(key, dict(entry, source="disk"))

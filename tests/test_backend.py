@@ -1,0 +1,317 @@
+"""conv3x3's backend choice (overfeat_kernels.backend): modes, the "auto" selection with an
+injected timer, the disk cache (round trip, corrupt and foreign files, version change,
+concurrent writers), torch.compile; the real timing path on a GPU."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import overfeat_kernels as ok
+from overfeat_kernels import backend
+
+
+@pytest.fixture
+def fresh(monkeypatch, tmp_path):
+    """No mode set, an empty cache directory, nothing remembered; "auto" also on CPU."""
+    monkeypatch.setattr(backend, "_global_mode", None)
+    monkeypatch.delenv(backend.ENV_MODE, raising=False)
+    monkeypatch.setenv(backend.ENV_CACHE, str(tmp_path))
+    monkeypatch.setattr(backend, "AUTO_DEVICE_TYPES", frozenset({"cuda", "cpu"}))
+    backend.clear_memory()
+    yield tmp_path
+    backend.clear_memory()
+
+
+class FakeTimer:
+    """Runs every candidate once (so that each must work) and reports the given times."""
+
+    def __init__(self, times):
+        self.times, self.calls = times, 0
+
+    def __call__(self, fns):
+        self.calls += 1
+        assert set(fns) == set(backend.CANDIDATES)
+        for fn in fns.values():
+            fn()
+        return dict(self.times)
+
+
+def _args(layout="nchw", dtype=torch.float32, requires_grad=False):
+    x = torch.randn(2, 5, 9, 11, dtype=dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(7, 5, 3, 3, dtype=dtype)
+    b = torch.randn(7, dtype=dtype)
+    for t in (x, w, b):
+        t.requires_grad_(requires_grad)
+    return x, w, b
+
+
+def _expected(x, w, b, padding=1, relu=True):
+    out = F.conv2d(x, w, b, padding=padding)
+    return F.relu(out) if relu else out
+
+
+# ------------------------------------------------------------------------------- modes
+
+
+def test_default_mode_is_auto(fresh):
+    assert ok.get_conv_backend() == "auto"
+
+
+def test_set_and_scoped_modes(fresh):
+    ok.set_conv_backend("cudnn")
+    assert ok.get_conv_backend() == "cudnn"
+    with ok.conv_backend("ours"):
+        assert ok.get_conv_backend() == "ours"
+        with ok.conv_backend("auto"):
+            assert ok.get_conv_backend() == "auto"
+        assert ok.get_conv_backend() == "ours"
+    assert ok.get_conv_backend() == "cudnn"
+
+
+def test_environment_mode(fresh, monkeypatch):
+    monkeypatch.setenv(backend.ENV_MODE, "cudnn")
+    assert ok.get_conv_backend() == "cudnn"
+    monkeypatch.setenv(backend.ENV_MODE, "fastest")
+    with pytest.raises(ValueError, match=backend.ENV_MODE):
+        ok.conv3x3(*_args())
+
+
+@pytest.mark.parametrize("bad", ["fast", "CUDNN", None, 1])
+def test_bad_modes_name_the_argument(fresh, bad):
+    with pytest.raises(ValueError, match="set_conv_backend: mode must be one of"):
+        ok.set_conv_backend(bad)
+    with pytest.raises(ValueError, match="conv_backend: mode must be one of"), ok.conv_backend(bad):
+        pass
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_cudnn_mode_computes_conv3x3(fresh, layout):
+    x, w, b = _args(layout, requires_grad=True)
+    w_cl = w.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    with ok.conv_backend("cudnn"):
+        out = ok.conv3x3(x, w_cl, b, 1, True)
+    assert torch.equal(out, _expected(x, w_cl, b))
+    # The output follows the input's memory format even when only the weight is channels_last.
+    assert out.is_contiguous(
+        memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    )
+    grads = torch.autograd.grad(out.sum(), (x, w_cl, b))
+    ref = torch.autograd.grad(_expected(x, w_cl, b).sum(), (x, w_cl, b))
+    for g, r in zip(grads, ref, strict=True):
+        torch.testing.assert_close(g, r)
+
+
+def test_cpu_auto_uses_our_kernels_without_timing(monkeypatch, tmp_path):
+    monkeypatch.setattr(backend, "_global_mode", None)
+    monkeypatch.setenv(backend.ENV_CACHE, str(tmp_path))
+    timer = FakeTimer({"ours": 2.0, "cudnn": 1.0})
+    monkeypatch.setattr(backend, "timer", timer)
+    ok.conv3x3(*_args())
+    assert timer.calls == 0 and not list(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------------------- auto
+
+
+def _spy_cudnn(monkeypatch):
+    used = []
+    real = backend.run_candidate
+
+    def spy(name, *args):
+        used.append(name)
+        return real(name, *args)
+
+    monkeypatch.setattr(backend, "run_candidate", spy)
+    return used
+
+
+@pytest.mark.parametrize("winner", ["ours", "cudnn"])
+def test_auto_times_once_and_keeps_the_faster(fresh, monkeypatch, winner):
+    loser = "cudnn" if winner == "ours" else "ours"
+    timer = FakeTimer({winner: 1.0, loser: 3.0})
+    monkeypatch.setattr(backend, "timer", timer)
+    x, w, b = _args()
+    used = _spy_cudnn(monkeypatch)
+    first = ok.conv3x3(x, w, b, 1, True)
+    used_by_first_call = [u for u in used if u == "cudnn"]
+    used.clear()
+    second = ok.conv3x3(x, w, b, 1, True)
+    assert timer.calls == 1
+    assert torch.equal(first, second)
+    torch.testing.assert_close(first, _expected(x, w, b))
+    # The timing ran both; the calls themselves run the winner only.
+    assert used_by_first_call.count("cudnn") >= 1
+    assert used == (["cudnn"] if winner == "cudnn" else [])
+    (entry,) = ok.conv_choices().values()
+    assert entry == {"choice": winner, "times_ms": {winner: 1.0, loser: 3.0}, "source": "measured"}
+
+
+def test_keys_separate_shapes_modes_and_training(fresh, monkeypatch):
+    timer = FakeTimer({"ours": 1.0, "cudnn": 2.0})
+    monkeypatch.setattr(backend, "timer", timer)
+    ok.conv3x3(*_args())
+    ok.conv3x3(*_args("channels_last"))
+    ok.conv3x3(*_args(requires_grad=True))  # training: forward + backward are timed
+    ok.conv3x3(*_args(), padding=0)
+    with torch.no_grad():
+        ok.conv3x3(*_args(requires_grad=True))  # same key as the first call
+    keys = list(ok.conv_choices())
+    assert timer.calls == 4 and len(keys) == 4
+    assert sum(k.endswith("|train") for k in keys) == 1
+    assert any("|nhwc|" in k for k in keys) and any("|pad0|" in k for k in keys)
+
+
+def test_failed_timing_warns_and_uses_ours(fresh, monkeypatch):
+    def broken(fns):
+        raise RuntimeError("no events here")
+
+    monkeypatch.setattr(backend, "timer", broken)
+    with pytest.warns(RuntimeWarning, match="timing the conv3x3 candidates failed"):
+        out = ok.conv3x3(*_args())
+    assert out.shape == (2, 7, 9, 11)
+    (entry,) = ok.conv_choices().values()
+    assert entry["choice"] == "ours" and entry["source"] == "fallback"
+    assert not (fresh / backend.CACHE_FILE).exists()
+
+
+def test_compile_fullgraph_with_each_mode(fresh, monkeypatch):
+    monkeypatch.setattr(backend, "timer", FakeTimer({"ours": 1.0, "cudnn": 2.0}))
+    x, w, b = _args()
+    for mode in backend.MODES:
+        torch._dynamo.reset()
+        backend._global_mode = mode
+        fn = torch.compile(lambda *a: ok.conv3x3(*a, 1, True), fullgraph=True, backend="eager")
+        torch.testing.assert_close(fn(x, w, b), _expected(x, w, b))
+
+
+# ------------------------------------------------------------------------------- cache
+
+
+def test_choices_survive_the_process(fresh, monkeypatch):
+    timer = FakeTimer({"ours": 5.0, "cudnn": 4.0})
+    monkeypatch.setattr(backend, "timer", timer)
+    ok.conv3x3(*_args())
+    data = json.loads((fresh / backend.CACHE_FILE).read_text())
+    assert data["format"] == backend.CACHE_FORMAT and len(data["entries"]) == 1
+    backend.clear_memory()  # as a new process would start
+    used = _spy_cudnn(monkeypatch)
+    ok.conv3x3(*_args())
+    assert timer.calls == 1 and used == ["cudnn"]
+    (entry,) = ok.conv_choices().values()
+    assert entry["source"] == "disk" and entry["choice"] == "cudnn"
+
+
+def test_version_change_times_again(fresh, monkeypatch):
+    timer = FakeTimer({"ours": 1.0, "cudnn": 2.0})
+    monkeypatch.setattr(backend, "timer", timer)
+    ok.conv3x3(*_args())
+    backend.clear_memory()
+    monkeypatch.setattr(backend, "_environment_keys", {})
+    monkeypatch.setattr(backend, "_build_hash", "a-rebuilt-module")
+    ok.conv3x3(*_args())
+    assert timer.calls == 2
+    assert len(backend.read_disk()) == 2  # both stacks' entries are kept
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "{not json",
+        json.dumps([1, 2, 3]),
+        json.dumps({"format": "someone-else/9", "entries": {}}),
+        json.dumps({"format": backend.CACHE_FORMAT, "entries": "nope"}),
+    ],
+    ids=["truncated", "a-list", "foreign-format", "bad-entries"],
+)
+def test_corrupt_or_foreign_file_is_ignored_with_a_warning(fresh, monkeypatch, content):
+    (fresh / backend.CACHE_FILE).write_text(content)
+    timer = FakeTimer({"ours": 1.0, "cudnn": 2.0})
+    monkeypatch.setattr(backend, "timer", timer)
+    with pytest.warns(RuntimeWarning, match="ignoring"):
+        ok.conv3x3(*_args())
+    assert timer.calls == 1
+    # Rewritten as a valid file holding the new entry.
+    assert len(backend.read_disk()) == 1
+
+
+def test_malformed_entries_are_dropped(fresh):
+    good = {"choice": "cudnn", "times_ms": {"ours": 2.0, "cudnn": 1.0}}
+    entries = {
+        "good": good,
+        "bad-choice": {"choice": "magic", "times_ms": {}},
+        "bad-times": {"choice": "ours", "times_ms": {"ours": "fast"}},
+        "nan-time": {"choice": "ours", "times_ms": {"ours": float("nan")}},
+        "not-a-dict": 3,
+    }
+    path = fresh / backend.CACHE_FILE
+    path.write_text(json.dumps({"format": backend.CACHE_FORMAT, "entries": entries}))
+    with pytest.warns(RuntimeWarning, match="4 malformed entries"):
+        assert backend.read_disk(path) == {"good": good}
+
+
+def _writer(directory, index):
+    for j in range(25):
+        entry = {"choice": "ours", "times_ms": {"ours": float(index), "cudnn": float(j)}}
+        backend.write_disk({f"writer{index}-key{j}": entry}, directory)
+
+
+def test_concurrent_writers_lose_nothing(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(tmp_path, i)) for i in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        entries = backend.read_disk(tmp_path / backend.CACHE_FILE)
+    assert len(entries) == 100
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_cache_dir_settings(monkeypatch, tmp_path):
+    monkeypatch.delenv(backend.ENV_CACHE, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert backend.cache_dir() == tmp_path / "overfeat_kernels"
+    monkeypatch.setenv(backend.ENV_CACHE, str(tmp_path / "elsewhere"))
+    assert backend.cache_dir() == tmp_path / "elsewhere"
+
+
+# ------------------------------------------------------------------------------- GPU
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+@pytest.mark.parametrize("train", [False, True])
+def test_auto_on_gpu_times_both_and_stays_exact(fresh, monkeypatch, train):
+    x = torch.randn(4, 64, 28, 28, device="cuda", dtype=torch.bfloat16)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_(train)
+    w = (torch.randn(128, 64, 3, 3, device="cuda", dtype=torch.bfloat16) / 24).requires_grad_(train)
+    out = ok.conv3x3(x, w, None, 1, True)
+    if train:
+        out.sum().backward()
+    (entry,) = ok.conv_choices().values()
+    assert entry["source"] == "measured"
+    assert set(entry["times_ms"]) == set(backend.CANDIDATES)
+    assert all(t > 0 for t in entry["times_ms"].values())
+    ref = F.relu(F.conv2d(x.detach().double(), w.detach().double(), padding=1))
+    torch.testing.assert_close(out.detach().double(), ref, rtol=2e-2, atol=2e-2)
+    # Under CUDA-graph capture nothing is timed: a new shape takes our kernels.
+    g = torch.cuda.CUDAGraph()
+    x2 = torch.randn(1, 64, 14, 14, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        ok.conv3x3(x2, w.detach(), None, 1, True)  # warm-up outside capture (times the shape)
+        monkeypatch.setenv(backend.ENV_CACHE, str(fresh / "other"))
+        backend.clear_memory()
+        with torch.cuda.graph(g):
+            ok.conv3x3(x2, w.detach(), None, 1, True)
+    assert ok.conv_choices() == {}
