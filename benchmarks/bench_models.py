@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+import overfeat_kernels as ok
 from overfeat_kernels import dense, models
 from overfeat_kernels.nn import to_stock
 
@@ -52,20 +53,29 @@ def vgg_rows(quick: bool) -> list[dict]:
             cl = torch.channels_last
             sets = [(torch.randn(n, 3, 224, 224, device="cuda", dtype=dtype).contiguous(
                 memory_format=cl),) for _ in range(2)]  # fmt: skip
+
+            def auto(x, model=ours):
+                with ok.conv_backend("auto"):  # per-layer choice of ours / cuDNN
+                    return model(x)
+
             with torch.no_grad():
                 t = {
                     name: bench(m, sets, min_reps=10)
-                    for name, m in (("ours", ours), ("stock", stock), ("compiled", compiled))
-                }
+                    for name, m in (
+                        ("ours", ours), ("auto", auto), ("stock", stock), ("compiled", compiled)
+                    )
+                }  # fmt: skip
             row = {"model": "vgg16", "dtype": str(dtype).removeprefix("torch."), "batch": n,
                    **{f"{k}_ms": v for k, v in t.items()},
                    **{f"{k}_images_per_s": n * 1e3 / v for k, v in t.items()},
                    "ratio_vs_stock": t["stock"] / t["ours"],
+                   "auto_ratio_vs_stock": t["stock"] / t["auto"],
                    "ratio_vs_compiled": t["compiled"] / t["ours"]}  # fmt: skip
             rows.append(row)
             print(
                 f"  vgg16 {row['dtype']:8} N={n:<3} ours {row['ours_images_per_s']:7.0f} img/s  "
-                f"stock x{row['ratio_vs_stock']:.2f}  compiled x{row['ratio_vs_compiled']:.2f}"
+                f"stock x{row['ratio_vs_stock']:.2f}  compiled x{row['ratio_vs_compiled']:.2f}  "
+                f"auto backend x{row['auto_ratio_vs_stock']:.2f} vs stock"
             )
     return rows
 
@@ -105,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("bench_models: needs a CUDA GPU", file=sys.stderr)
         return 2
+    ok.set_conv_backend("ours")  # "ours" rows: our kernels; "auto" rows choose per layer
     env = environment()
     print("bench_models on " + ", ".join(f"{k} {v}" for k, v in env.items()))
     result = {"environment": env, "quick": args.quick, "vgg16": vgg_rows(args.quick),

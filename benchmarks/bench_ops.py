@@ -162,6 +162,11 @@ def _cudnn_fwd(x, wt, b, g):
     return F.conv2d(x, wt, None, padding=1)
 
 
+def _auto_fwd(x, wt, b, g):
+    with ok.conv_backend("auto"):
+        return ok.conv3x3(x, wt, b, 1, True)
+
+
 def _eager_fwd(x, wt, b, g):
     return F.relu(F.conv2d(x, wt, b, padding=1))
 
@@ -184,7 +189,7 @@ def fastest(times: dict[str, float], key: str) -> tuple[float, str] | None:
 
 def conv_rows(layers, batches, dtype_names, quick) -> list[dict]:
     torch.backends.cudnn.benchmark = True
-    fns = {"ours": _ours_fwd, "cudnn": _cudnn_fwd, "eager": _eager_fwd}
+    fns = {"ours": _ours_fwd, "cudnn": _cudnn_fwd, "eager": _eager_fwd, "auto": _auto_fwd}
     bwd_fns = {"ours_bwd": _ours_bwd, "cudnn_bwd": _cudnn_bwd}
     rows = []
     for dname in dtype_names:
@@ -209,6 +214,8 @@ def conv_rows(layers, batches, dtype_names, quick) -> list[dict]:
                 row["ours_ms"], row["ours_format"] = fastest(t, "ours")
                 row["cudnn_ms"], row["cudnn_format"] = fastest(t, "cudnn")
                 row["eager_ms"], _ = fastest(t, "eager")
+                row["auto_ms"], _ = fastest(t, "auto")
+                row["auto_ratio_vs_cudnn"] = row["cudnn_ms"] / row["auto_ms"]
                 row["ratio_vs_cudnn"] = row["cudnn_ms"] / row["ours_ms"]
                 row["ratio_vs_eager"] = row["eager_ms"] / row["ours_ms"]
                 row["ours_TFLOPs"] = flops / row["ours_ms"] / 1e9
@@ -356,7 +363,8 @@ def print_conv_row(r: dict) -> None:
     print(
         f"  {r['layer']:22} N={r['N']:<3} {r['dtype']:9} ours {r['ours_ms']:8.3f} ms "
         f"({r['ours_format']}, {r['ours_TFLOPs']:6.1f} TF/s)  cuDNN {r['cudnn_ms']:8.3f} ms "
-        f"x{r['ratio_vs_cudnn']:.2f}  eager+bias+relu x{r['ratio_vs_eager']:.2f}{bwd}"
+        f"x{r['ratio_vs_cudnn']:.2f}  eager+bias+relu x{r['ratio_vs_eager']:.2f}  auto "
+        f"x{r['auto_ratio_vs_cudnn']:.2f} vs cuDNN{bwd}"
     )
 
 
@@ -411,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
             "bench_ops: needs a CUDA GPU (SPEC: speed is measured on a GPU only)", file=sys.stderr
         )
         return 2
+    # "ours" rows time our kernels; the "auto" column times the backend choice.
+    ok.set_conv_backend("ours")
     env = environment()
     print("bench_ops on " + ", ".join(f"{k} {v}" for k, v in env.items()))
     result: dict[str, object] = {"environment": env, "quick": args.quick}
@@ -439,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
                     ),
                 }
         result["conv_summary_vgg16"] = summary
+        result["conv_choices"] = ok.conv_choices()
         for dname, s in summary.items():
             print(
                 f"  VGG-16 {dname}: geomean x{s['geomean_ratio_vs_cudnn']:.2f} vs cuDNN conv, "
