@@ -49,7 +49,7 @@ H100 = {
     "smem_per_block_max": 227 * 1024,
 }
 CLASSES = ("HMMA", "LDSM", "LDGSTS", "BAR")
-TENSOR_CORE_KERNELS = ("conv3x3_igemm_kernel",)
+TENSOR_CORE_KERNELS = ("conv3x3_igemm_kernel", "wgrad_igemm_kernel<")
 
 
 @dataclass

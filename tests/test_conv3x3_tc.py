@@ -142,8 +142,9 @@ def test_forward(cfg, dtype, tiles):
 
 
 # Gradients: grad-input runs on the tensor-core kernel (flipped, transposed filters,
-# grad_output masked by the ReLU); grad-weight and grad-bias stay on the exact direct
-# kernels. A subset of the forward configurations, with ReLU on in most.
+# grad_output masked by the ReLU); grad-weight too for bf16 / fp16 (its own GEMM, below),
+# the exact direct kernel for tf32; grad-bias on the direct kernel. A subset of the forward
+# configurations, with ReLU on in most.
 GRAD_CONFIGS = [CONFIGS[i] for i in (0, 1, 3, 4, 6, 7, 10, 13)]
 
 
@@ -302,3 +303,52 @@ def test_channels_last_weight(dtype, layout):
         )
         assert_matches(gx, gx64, gxl, factor=4)
         assert_matches(gw, gw64, gwl, factor=4)
+
+
+# Grad-weight on tensor cores (bf16 / fp16): a GEMM over the output pixels split into
+# slices summed in order. Several filter and channel tiles, tails in K and C, padding 0
+# and 1, ReLU masks, several pixel slices (the first case: 32 blocks of 64 pixels, 4
+# slices).
+WGRAD_CONFIGS = [
+    (2, 17, 72, 33, 31, 1, "channels_last", True, True),
+    (1, 64, 64, 20, 20, 0, "nchw", False, True),
+    (3, 8, 3, 9, 40, 1, "strided", True, False),
+    (1, 96, 130, 12, 12, 1, "channels_last", True, True),
+    # Maps smaller than a 64-pixel block: one block step crosses several images.
+    (40, 8, 16, 2, 3, 1, "channels_last", True, True),
+    (70, 3, 8, 1, 1, 1, "nchw", False, False),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("cfg", WGRAD_CONFIGS, ids=_name)
+def test_grad_weight_tensor_cores(cfg, dtype):
+    x, w, b, pad, relu = _inputs(cfg, dtype)
+    w.requires_grad_()
+    simulator.reset_launch_counts()
+    with simulator.simulate_cuda():
+        out = ok.conv3x3(x, w, b, pad, relu)
+        grad = torch.randn(out.shape, dtype=torch.float64).to(dtype)
+        (gw,) = torch.autograd.grad(out, (w,), grad)
+    launches = simulator.launch_counts()
+    assert any("wgrad_igemm_kernel" in k for k in launches), launches
+    assert not any("wgrad_partial_kernel" in k for k in launches), launches
+    mask = (to64(out) > 0) if relu else torch.ones(out.shape, dtype=torch.bool)
+    x64, w64 = to64(x), to64(w).requires_grad_()
+    (ref64,) = torch.autograd.grad(F.conv2d(x64, w64, padding=pad), (w64,), to64(grad) * mask)
+    wl = w.detach().clone().requires_grad_()
+    (ref_lp,) = torch.autograd.grad(
+        F.conv2d(x.detach(), wl, padding=pad), (wl,), grad * mask.to(dtype)
+    )
+    assert_matches(gw, ref64, ref_lp, factor=4)
+
+
+def test_grad_weight_schedule_independent():
+    x, w, b, pad, relu = _inputs(WGRAD_CONFIGS[0], torch.bfloat16)
+    w.requires_grad_()
+
+    def calls():
+        out = ok.conv3x3(x, w, b, pad, relu)
+        return list(torch.autograd.grad(out, (w,), torch.ones_like(out)))
+
+    simulator.assert_schedule_independent(calls)

@@ -12,6 +12,8 @@
 //   reduction: each block sums a fixed slice of output tiles into its own workspace row,
 //   then the rows are added in order. No float atomics.
 // - bias_grad_kernel: one block per output channel, a fixed-order tree reduction.
+// The tensor-core kernels (conv3x3_igemm.cuh: forward and grad-input;
+// conv3x3_wgrad_igemm.cuh: bf16 / fp16 grad-weight) take over where they apply.
 //
 // bf16 / fp16, and float32 when TF32 is allowed (torch.backends.cudnn.allow_tf32, as
 // F.conv2d), take the tensor-core implicit GEMM of conv3x3_igemm.cuh instead for the
@@ -22,6 +24,7 @@
 #include "../checks.h"
 #include "../dispatch.h"
 #include "conv3x3_igemm.cuh"
+#include "conv3x3_wgrad_igemm.cuh"
 #include "launch.cuh"
 
 namespace overfeat_kernels {
@@ -495,6 +498,45 @@ void grad_weight_cuda(const at::Tensor& go, const at::Tensor& mask, const at::Te
       slices, numel, grad_weight.mutable_data_ptr<scalar_t>());
 }
 
+// grad-weight on tensor cores (bf16 / fp16): `g` is the ReLU-masked grad_output as
+// [p][kp], `x` the input as [n][h][w][cp]; see conv3x3_wgrad_igemm.cuh.
+template <typename scalar_t>
+void wgrad_igemm(const at::Tensor& g, const at::Tensor& x, int64_t out_h, int64_t out_w,
+                 int64_t padding, at::Tensor& grad_weight, cudaStream_t stream) {
+  TORCH_INTERNAL_ASSERT(g.is_contiguous() && x.is_contiguous());
+  wgrad::Params<scalar_t> p{};
+  p.g = g.const_data_ptr<scalar_t>();
+  p.in = x.const_data_ptr<scalar_t>();
+  p.pixels = x.size(0) * out_h * out_w;
+  p.h = static_cast<int>(x.size(1));
+  p.w = static_cast<int>(x.size(2));
+  p.cp = static_cast<int>(x.size(3));
+  p.out_h = static_cast<int>(out_h);
+  p.out_w = static_cast<int>(out_w);
+  p.pad = static_cast<int>(padding);
+  p.k = static_cast<int>(grad_weight.size(0));
+  p.kp = static_cast<int>(g.size(3));
+  const int64_t m_tiles = ceil_div(int64_t(p.k), wgrad::kBM);
+  const int64_t n_tiles = 9 * ceil_div(int64_t(p.cp), wgrad::kBN);
+  TORCH_CHECK_VALUE(m_tiles <= INT32_MAX && n_tiles <= 65535, "conv3x3 (CUDA): ", p.k, "x",
+                    p.cp, " channels exceed the launch grid of the grad-weight kernel");
+  const int64_t pixel_blocks = ceil_div(p.pixels, int64_t(wgrad::kBK));
+  int64_t slices = wgrad::choose_slices(pixel_blocks, m_tiles * n_tiles, multiprocessor_count());
+  const int64_t per_slice = ceil_div(pixel_blocks, slices);
+  slices = ceil_div(pixel_blocks, per_slice);  // no empty slice
+  p.blocks_per_slice = static_cast<int>(per_slice);
+  at::Tensor partial = at::empty({slices, p.k, 9, p.cp}, x.options().dtype(at::kFloat));
+  p.partial = partial.mutable_data_ptr<float>();
+  const dim3 grid(static_cast<unsigned>(m_tiles), static_cast<unsigned>(n_tiles),
+                  static_cast<unsigned>(slices));
+  launch_kernel<wgrad::wgrad_igemm_kernel<scalar_t>>(grid, wgrad::kThreads, 0, stream, p);
+  const int64_t numel = grad_weight.numel();
+  launch_kernel<wgrad::wgrad_igemm_reduce_kernel<scalar_t>>(
+      elementwise_blocks(numel), kElementwiseThreads, 0, stream, partial.const_data_ptr<float>(),
+      static_cast<int>(slices), p.k, static_cast<int>(grad_weight.size(1)), p.cp,
+      grad_weight.mutable_data_ptr<scalar_t>(), strides4(grad_weight));
+}
+
 template <typename scalar_t>
 void grad_bias_cuda(const at::Tensor& go, const at::Tensor& mask, at::Tensor& grad_bias,
                     cudaStream_t stream) {
@@ -533,9 +575,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward_cuda(
   // [C][3][3][Kp], and padding 2 - pad.
   const bool tc_dgrad = output_mask[0] && use_tensor_cores(input.scalar_type()) &&
                         fits_igemm(grad_output, input.size(1));
+  // grad-weight on tensor cores for the 16-bit types (ldmatrix.trans); float32 keeps the
+  // exact direct kernel.
+  const bool half_type =
+      input.scalar_type() == at::kHalf || input.scalar_type() == at::kBFloat16;
+  const bool tc_wgrad = output_mask[1] && half_type && fits_igemm(input, weight.size(0)) &&
+                        fits_igemm(grad_output, input.size(1)) &&
+                        grad_output.size(2) * grad_output.size(3) < INT32_MAX;
+  const int64_t kp = ceil_div(weight.size(0), vector_elems(input)) * vector_elems(input);
+  // The masked NHWC grad_output, shared by both tensor-core kernels.
+  const at::Tensor g = tc_dgrad || tc_wgrad ? nhwc_padded(grad_output, kp, mask) : at::Tensor();
+  if (tc_wgrad) {
+    const int64_t cp = ceil_div(input.size(1), vector_elems(input)) * vector_elems(input);
+    const at::Tensor x = nhwc_padded(input, cp);
+    AT_DISPATCH_SWITCH(input.scalar_type(), "conv3x3_wgrad_igemm",
+        AT_DISPATCH_CASE(at::kHalf, [&] {
+          wgrad_igemm<scalar_t>(g, x, grad_output.size(2), grad_output.size(3), padding,
+                                grad_weight, stream);
+        })
+        AT_DISPATCH_CASE(at::kBFloat16, [&] {
+          wgrad_igemm<scalar_t>(g, x, grad_output.size(2), grad_output.size(3), padding,
+                                grad_weight, stream);
+        }));
+  }
   if (tc_dgrad) {
-    const int64_t kp = ceil_div(weight.size(0), vector_elems(input)) * vector_elems(input);
-    const at::Tensor g = nhwc_padded(grad_output, kp, mask);
     const at::Tensor filt = nhwc_padded(weight.flip({2, 3}).transpose(0, 1), kp);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv3x3_igemm_dgrad", [&] {
       if constexpr (!std::is_same_v<scalar_t, double>) {
@@ -548,7 +611,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward_cuda(
     if (output_mask[0] && !tc_dgrad) {
       grad_input_cuda<scalar_t>(grad_output, mask, w, padding, grad_input, stream);
     }
-    if (output_mask[1]) grad_weight_cuda<scalar_t>(grad_output, mask, input, padding, grad_weight, stream);
+    if (output_mask[1] && !tc_wgrad) {
+      grad_weight_cuda<scalar_t>(grad_output, mask, input, padding, grad_weight, stream);
+    }
     if (output_mask[2]) grad_bias_cuda<scalar_t>(grad_output, mask, grad_bias, stream);
   });
   return {grad_input, grad_weight, grad_bias};

@@ -1,0 +1,275 @@
+// conv3x3 grad-weight on tensor cores (bf16 / fp16): a GEMM over the output pixels.
+//
+//   dW[k, (tap, c)] = sum_p G[p, k] * X[p, (tap, c)]
+//
+// p = (n, y, x) runs over the output pixels (the reduction, P = N·H'·W'), k over the
+// filters, and (tap, c) over the 9 taps × Cp input channels; X[p, (tap, c)] is the input
+// pixel (y + r - pad, x + s - pad), zero outside the map. G is grad_output, ReLU-masked,
+// as NHWC [p][Kp]; the input is NHWC [n][h][w][Cp] (both prepared by conv3x3_kernel.cu,
+// channels padded to a 16-byte vector with zeros).
+//
+// Both operands are stored with the reduction (pixels) as rows: a shared-memory row is one
+// pixel's 64 filters (A) or 64 channels of one tap (B), 128 bytes. `ldmatrix.trans` turns
+// an 8 × 8 block [pixels][filters] into the mma's A fragment [filters][pixels], and
+// [pixels][channels] into the B fragment (k = pixels, n = channels); 16-bit types only,
+// hence no tf32 variant (float32 keeps the direct kernel).
+//
+// Per CTA: 64 filters × 64 channels of one tap, 4 warps of 32 × 32 (2 × 4 mma tiles). The
+// pixels are split over gridDim.z slices of whole 64-pixel blocks; each slice writes its
+// fp32 partial sums, and a second kernel adds the slices in order: deterministic, no
+// atomics. Rows are 8 vectors of 16 bytes; vector v of row r sits at slot v ^ (r & 7), so
+// the 8 rows an ldmatrix reads (8 consecutive pixels, one vector column) hit all 32 banks.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "../dispatch.h"
+#include "../index_math.h"
+#include "launch.cuh"
+#include "ptx_primitives.cuh"
+
+namespace overfeat_kernels {
+namespace wgrad {
+
+constexpr int kThreads = 128;
+constexpr int kBM = 64, kBN = 64;  // filters × channels of one tap per CTA
+constexpr int kBK = 64;            // pixels per k-block
+constexpr int kStages = 3;
+constexpr int kRowBytes = 128;  // 64 two-byte elements
+constexpr int kVecBytes = 16, kVecsPerRow = kRowBytes / kVecBytes;  // 8
+constexpr int kVec = 8;                                             // elements per vector
+constexpr int kTileBytes = kBK * kRowBytes;                         // 8 KB
+constexpr int kStageBytes = 2 * kTileBytes;                         // A then B
+constexpr int kWarpM = 32, kWarpN = 32, kMi = 2, kNi = 4;
+// Loader: 512 vectors per tile, 4 per thread: rows lrow + 16·j, vector lv.
+constexpr int kRowsPerPass = kThreads / kVecsPerRow;  // 16
+constexpr int kLoadRows = kBK / kRowsPerPass;         // 4
+static_assert(kStages * kStageBytes <= 48 * 1024, "static shared memory limit");
+
+__host__ __device__ constexpr int swizzled(int row, int v) {
+  return row * kRowBytes + ((v ^ (row & 7)) * kVecBytes);
+}
+
+template <typename T>
+struct Params {
+  const T* g;   // [p][kp], ReLU-masked grad_output
+  const T* in;  // [n][h][w][cp]
+  float* partial;  // [slices][k][9][cp]
+  int64_t pixels;  // P = n · out_h · out_w
+  int h, w, out_h, out_w, pad, k, kp, cp;
+  int blocks_per_slice;  // 64-pixel blocks per slice (gridDim.z slices)
+};
+
+template <typename T>
+struct Mma;
+template <>
+struct Mma<at::BFloat16> {
+  __device__ __forceinline__ static void run(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+    mma_m16n8k16_bf16(d, a, b, d);
+  }
+};
+template <>
+struct Mma<at::Half> {
+  __device__ __forceinline__ static void run(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+    mma_m16n8k16_f16(d, a, b, d);
+  }
+};
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) wgrad_igemm_kernel(const Params<T> p) {
+  static_assert(sizeof(T) == 2, "ldmatrix.trans moves 16-bit elements");
+  __shared__ __align__(16) unsigned char smem[kStages * kStageBytes];
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int warp_m = warp % 2, warp_n = warp / 2;
+  const int k0 = blockIdx.x * kBM;
+  const int c_tiles = (p.cp + kBN - 1) / kBN;
+  const int tap = blockIdx.y / c_tiles, c0 = (blockIdx.y % c_tiles) * kBN;
+  const int dy = tap / 3 - p.pad, dx = tap % 3 - p.pad;
+  const int64_t hw_out = int64_t(p.out_h) * p.out_w;
+  const int64_t first_block = int64_t(blockIdx.z) * p.blocks_per_slice;
+  const int64_t total_blocks = (p.pixels + kBK - 1) / kBK;
+  const int64_t end_block = first_block + p.blocks_per_slice < total_blocks
+                                ? first_block + p.blocks_per_slice
+                                : total_blocks;
+  const int k_blocks = static_cast<int>(end_block - first_block);
+
+  // Loader: vector lv (filters / channels 8·lv..) of rows lrow + 16·j of each tile.
+  const int lv = tid % kVecsPerRow, lrow = tid / kVecsPerRow;
+  const bool a_vec_ok = k0 + lv * kVec < p.kp;
+  const bool b_vec_ok = c0 + lv * kVec < p.cp;
+  // Each loaded row's output pixel px as (y, x) and two element offsets: into G (px · kp) and
+  // into the input (of pixel (img, y, x), tap (0, 0) before the padding shift: the
+  // tap's shift is added at the load). All advance by kBK pixels per k-block with
+  // additions only: kBK pixels = step_img images + step_y rows + step_x pixels, with
+  // step_y < out_h and step_x < out_w, so each of x and y carries at most once.
+  const int hw = p.out_h * p.out_w;  // < 2^31: the caller checks
+  const int step_img = kBK / hw, step_y = (kBK % hw) / p.out_w, step_x = (kBK % hw) % p.out_w;
+  const int64_t cp = p.cp, row_elems = int64_t(p.w) * cp, img_elems = int64_t(p.h) * row_elems;
+  const int64_t in_step = step_img * img_elems + step_y * row_elems + step_x * cp;
+  const int64_t x_carry = row_elems - int64_t(p.out_w) * cp;   // x wraps: next row
+  const int64_t y_carry = img_elems - int64_t(p.out_h) * row_elems;  // y wraps: next image
+  const int64_t tap_elems = int64_t(dy) * row_elems + int64_t(dx) * cp + c0 + lv * kVec;
+  constexpr int64_t kB = sizeof(T);
+  const uint64_t g_addr = reinterpret_cast<uint64_t>(p.g);
+  const uint64_t in_addr = reinterpret_cast<uint64_t>(p.in);
+  int64_t px[kLoadRows];
+  // Byte addresses, as integers: they may point outside the tensors (pixels past P, taps
+  // outside the map) and are dereferenced only where the load's predicate holds.
+  uint64_t g_ptr[kLoadRows];  // this row's vector in G
+  uint64_t b_ptr[kLoadRows];  // this row's vector in the input at this CTA's tap
+  int oy[kLoadRows], ox[kLoadRows];
+#pragma unroll
+  for (int j = 0; j < kLoadRows; ++j) {
+    px[j] = first_block * kBK + lrow + j * kRowsPerPass;
+    const int64_t img = px[j] / hw_out, rem = px[j] % hw_out;
+    oy[j] = static_cast<int>(rem / p.out_w);
+    ox[j] = static_cast<int>(rem % p.out_w);
+    const int64_t in_off = img * img_elems + oy[j] * row_elems + ox[j] * cp;
+    g_ptr[j] = g_addr + uint64_t((px[j] * p.kp + k0 + lv * kVec) * kB);
+    b_ptr[j] = in_addr + uint64_t((in_off + tap_elems) * kB);
+  }
+  const uint64_t g_step = uint64_t(int64_t(kBK) * p.kp * kB);
+  const uint64_t b_step = uint64_t(in_step * kB), b_x_carry = uint64_t(x_carry * kB),
+                 b_y_carry = uint64_t(y_carry * kB);
+  int ld_stage = 0;
+
+  const auto load_stage = [&]() {
+#pragma unroll
+    for (int j = 0; j < kLoadRows; ++j) {
+      const int row = lrow + j * kRowsPerPass;
+      const bool in_range = px[j] < p.pixels;
+      // A: grad_output row px, filters k0 + 8·lv.. (a valid, aligned address when ignored).
+      const bool a_ok = in_range && a_vec_ok;
+      cp_async_16_ignore_src(smem + ld_stage + swizzled(row, lv),
+                             reinterpret_cast<const void*>(a_ok ? g_ptr[j] : g_addr), !a_ok);
+      // B: the input pixel tap (r, s) of output pixel px reads, channels c0 + 8·lv..
+      const int iy = oy[j] + dy, ix = ox[j] + dx;
+      const bool b_ok = in_range && b_vec_ok && iy >= 0 && iy < p.h && ix >= 0 && ix < p.w;
+      cp_async_16_ignore_src(smem + ld_stage + kTileBytes + swizzled(row, lv),
+                             reinterpret_cast<const void*>(b_ok ? b_ptr[j] : in_addr), !b_ok);
+      px[j] += kBK;
+      g_ptr[j] += g_step;
+      b_ptr[j] += b_step;
+      ox[j] += step_x;
+      oy[j] += step_y;
+      if (ox[j] >= p.out_w) {
+        ox[j] -= p.out_w;
+        ++oy[j];
+        b_ptr[j] += b_x_carry;
+      }
+      if (oy[j] >= p.out_h) {
+        oy[j] -= p.out_h;
+        b_ptr[j] += b_y_carry;
+      }
+    }
+    ld_stage = ld_stage == (kStages - 1) * kStageBytes ? 0 : ld_stage + kStageBytes;
+  };
+
+  float acc[kMi][kNi][4];
+#pragma unroll
+  for (int i = 0; i < kMi; ++i) {
+#pragma unroll
+    for (int j = 0; j < kNi; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+    }
+  }
+
+  // ldmatrix.x4.trans row addresses: lane l gives pixel row l % 8 of matrix l / 8.
+  // A (a0..a3 = filters 0-7 / 8-15 × pixels 0-7 / 8-15): matrix q holds filters
+  // 8·(q & 1).. and pixels 8·(q >> 1)... B (two n8 tiles: b0 b1 of tile 0, b0 b1 of
+  // tile 1): matrix q holds pixels 8·(q & 1).. and channels 8·(q >> 1)...
+  const int q = lane / 8, qrow = lane % 8;
+  const int a_pix = (q >> 1) * 8 + qrow, a_vec = (warp_m * kWarpM) / kVec + (q & 1);
+  const int b_pix = (q & 1) * 8 + qrow, b_vec = (warp_n * kWarpN) / kVec + (q >> 1);
+
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < k_blocks) load_stage();
+    cp_async_commit_group();
+  }
+  int rd_stage = 0;
+  for (int kb = 0; kb < k_blocks; ++kb) {
+    cp_async_wait_group<kStages - 2>();
+    __syncthreads();
+    if (kb + kStages - 1 < k_blocks) load_stage();
+    cp_async_commit_group();
+    const unsigned char* st = smem + rd_stage;
+    rd_stage = rd_stage == (kStages - 1) * kStageBytes ? 0 : rd_stage + kStageBytes;
+#pragma unroll
+    for (int ks = 0; ks < kBK / 16; ++ks) {
+      uint32_t a[kMi][4], b[kNi][2];
+#pragma unroll
+      for (int i = 0; i < kMi; ++i) {
+        // Filters 16·i.. of the warp: two vectors further along the row.
+        ldmatrix_x4_trans(a[i], st + swizzled(ks * 16 + a_pix, a_vec + 2 * i));
+      }
+#pragma unroll
+      for (int j = 0; j < kNi / 2; ++j) {
+        uint32_t r[4];
+        ldmatrix_x4_trans(r, st + kTileBytes + swizzled(ks * 16 + b_pix, b_vec + 2 * j));
+        b[2 * j][0] = r[0];
+        b[2 * j][1] = r[1];
+        b[2 * j + 1][0] = r[2];
+        b[2 * j + 1][1] = r[3];
+      }
+#pragma unroll
+      for (int i = 0; i < kMi; ++i) {
+#pragma unroll
+        for (int j = 0; j < kNi; ++j) Mma<T>::run(acc[i][j], a[i], b[j]);
+      }
+    }
+  }
+  cp_async_wait_group<0>();
+
+  // This slice's partial sums: rows = filters, columns = channels of the tap.
+  const int g = lane / 4, t4 = lane % 4;
+  float* out = p.partial + int64_t(blockIdx.z) * p.k * 9 * p.cp;
+#pragma unroll
+  for (int i = 0; i < kMi; ++i) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int k = k0 + warp_m * kWarpM + i * 16 + g + 8 * h;
+      if (k >= p.k) continue;
+#pragma unroll
+      for (int j = 0; j < kNi; ++j) {
+        const int c = c0 + warp_n * kWarpN + j * 8 + 2 * t4;  // cp is even: c + 1 < cp too
+        if (c >= p.cp) continue;
+        float2 v;
+        v.x = acc[i][j][2 * h];
+        v.y = acc[i][j][2 * h + 1];
+        *reinterpret_cast<float2*>(out + (int64_t(k) * 9 + tap) * p.cp + c) = v;
+      }
+    }
+  }
+}
+
+// grad_weight[k, c, r, s] = sum over slices, in slice order, of partial[slice][k][tap][c].
+template <typename T>
+__global__ void wgrad_igemm_reduce_kernel(const float* __restrict__ partial, int slices, int k,
+                                          int c, int cp, T* __restrict__ grad_weight,
+                                          Strides4 gw_s) {
+  const int64_t numel = int64_t(k) * c * 9;
+  const int64_t slice_stride = int64_t(k) * 9 * cp;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < numel;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int tap = static_cast<int>(i % 9);
+    const int64_t kc = i / 9;
+    const int ch = static_cast<int>(kc % c), f = static_cast<int>(kc / c);
+    const int64_t src = (int64_t(f) * 9 + tap) * cp + ch;
+    float sum = 0.f;
+    for (int s = 0; s < slices; ++s) sum += partial[s * slice_stride + src];
+    grad_weight[offset_of(gw_s, f, ch, tap / 3, tap % 3)] = static_cast<T>(sum);
+  }
+}
+
+// Pixel slices: enough CTAs for about two waves, each slice at least 8 blocks of pixels;
+// a function of the shape and the SM count only, so results repeat run to run.
+inline int64_t choose_slices(int64_t pixel_blocks, int64_t ctas_per_slice, int64_t sms) {
+  const int64_t want = ceil_div(2 * sms, ctas_per_slice);
+  const int64_t most = std::max<int64_t>(1, pixel_blocks / 8);
+  return std::clamp<int64_t>(want, 1, std::min<int64_t>(most, 65535));
+}
+
+}  // namespace wgrad
+}  // namespace overfeat_kernels
