@@ -58,6 +58,16 @@ def _to_cuda(t):
     return out
 
 
+def _assert_forward_matches(out, x, w, b, pad, relu, dtype):
+    """`out` (on the CPU) against float64 references of the CPU inputs."""
+    ref64 = reference.conv3x3(to64(x), to64(w), to64(b), pad, relu)
+    if dtype == TF32:
+        r = lambda t: None if t is None else to64(_round_tf32(t))  # noqa: E731
+        _assert_tf32_matches(out, ref64, reference.conv3x3(r(x), r(w), to64(b), pad, relu))
+    else:
+        assert_matches(out, ref64, reference.conv3x3(x, w, b, pad, relu))
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("cfg", CONFIGS + BIG, ids=_name)
 def test_forward_gpu(cfg, dtype, tiles):
@@ -71,12 +81,7 @@ def test_forward_gpu(cfg, dtype, tiles):
     assert out.device.type == "cuda"
     assert out.shape == (cfg[0], cfg[2], cfg[3] + 2 * pad - 2, cfg[4] + 2 * pad - 2)
     out = out.cpu()
-    ref64 = reference.conv3x3(to64(x), to64(w), to64(b), pad, relu)
-    if dtype == TF32:
-        r = lambda t: None if t is None else to64(_round_tf32(t))  # noqa: E731
-        _assert_tf32_matches(out, ref64, reference.conv3x3(r(x), r(w), to64(b), pad, relu))
-    else:
-        assert_matches(out, ref64, reference.conv3x3(x, w, b, pad, relu))
+    _assert_forward_matches(out, x, w, b, pad, relu, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -129,9 +134,4 @@ def test_channels_last_weight_gpu(dtype, layout):
     wc = w.to("cuda").contiguous(memory_format=torch.channels_last)
     with _tf32(dtype == TF32):
         out = ok.conv3x3(_to_cuda(x), wc, _to_cuda(b), pad, relu).cpu()
-    ref64 = reference.conv3x3(to64(x), to64(w), to64(b), pad, relu)
-    if dtype == TF32:
-        r = lambda t: None if t is None else to64(_round_tf32(t))  # noqa: E731
-        _assert_tf32_matches(out, ref64, reference.conv3x3(r(x), r(w), to64(b), pad, relu))
-    else:
-        assert_matches(out, ref64, reference.conv3x3(x, w, b, pad, relu))
+    _assert_forward_matches(out, x, w, b, pad, relu, dtype)
