@@ -75,6 +75,9 @@ def conv3x3(
         relu: apply ReLU to the result (its gradient is masked by ``output > 0``).
 
     Under ``torch.autocast`` the inputs are cast to the autocast dtype, as for F.conv2d.
+    Which implementation runs (our kernels or ``F.conv2d``, timed per shape on a GPU by
+    default) is set with :func:`overfeat_kernels.set_conv_backend`; see
+    :mod:`overfeat_kernels.backend`.
 
     Returns:
         ``[N, K, H + 2*padding - 2, W + 2*padding - 2]``.
