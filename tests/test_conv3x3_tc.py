@@ -104,6 +104,47 @@ def _assert_tf32_matches(ours, ref64, ref_tf32):
     assert (got - rt).abs().max().item() <= 2e-5 * scale
 
 
+def _assert_forward_matches(out, x, w, b, pad, relu, dtype):
+    """`out` (on the CPU) against float64 references of the CPU inputs."""
+    ref64 = reference.conv3x3(to64(x), to64(w), to64(b), pad, relu)
+    if dtype == TF32:
+        r = lambda t: None if t is None else to64(_round_tf32(t))  # noqa: E731
+        _assert_tf32_matches(out, ref64, reference.conv3x3(r(x), r(w), to64(b), pad, relu))
+    else:
+        assert_matches(out, ref64, reference.conv3x3(x, w, b, pad, relu))
+
+
+def _assert_backward_matches(out, grads, leaves, grad, pad, relu, dtype):
+    """Gradients `grads` (on the CPU) of the CPU `leaves` (input, weight[, bias]) for
+    `grad` (of `out`, our forward's output) against float64 references, masked by our own
+    output's ReLU (a pixel whose value is within rounding of 0 may fall either side: use
+    the mask the kernel used)."""
+    x, w = leaves[0], leaves[1]
+    b = leaves[2] if len(leaves) > 2 else None
+    mask = (to64(out) > 0) if relu else None
+    ref_leaves = [to64(t).requires_grad_() for t in leaves]
+    g64 = to64(grad) if mask is None else to64(grad) * mask
+    pre = F.conv2d(
+        ref_leaves[0], ref_leaves[1], ref_leaves[2] if b is not None else None, padding=pad
+    )
+    ref64 = torch.autograd.grad(pre, ref_leaves, g64)
+    if dtype == TF32:
+        r = lambda t: to64(_round_tf32(t.detach()))  # noqa: E731
+        # grad-input = conv(grad_output, flipped filters): both operands rounded to tf32.
+        gi_tf32 = torch.nn.grad.conv2d_input(x.shape, r(w), r(g64.float()), padding=pad)
+        _assert_tf32_matches(grads[0], ref64[0], gi_tf32)
+        for ours, r64 in zip(grads[1:], ref64[1:], strict=True):
+            assert_matches(ours, r64)  # exact float32 kernels
+    else:
+        lp = [t.detach().clone().requires_grad_() for t in leaves]
+        pre_lp = F.conv2d(lp[0], lp[1], lp[2] if b is not None else None, padding=pad)
+        g_lp = grad if mask is None else grad * mask.to(grad.dtype)
+        ref_lp = torch.autograd.grad(pre_lp, lp, g_lp)
+        for ours, r64, rlp in zip(grads, ref64, ref_lp, strict=True):
+            assert ours.shape == r64.shape
+            assert_matches(ours, r64, rlp, factor=4)
+
+
 def _run_forward(args):
     simulator.reset_launch_counts()
     with simulator.simulate_cuda():
@@ -133,12 +174,7 @@ def test_forward(cfg, dtype, tiles):
     expect_cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     if expect_cl:
         assert out.is_contiguous(memory_format=torch.channels_last)
-    ref64 = reference.conv3x3(to64(x), to64(w), to64(b), pad, relu)
-    if dtype == TF32:
-        r = lambda t: None if t is None else to64(_round_tf32(t))  # noqa: E731
-        _assert_tf32_matches(out, ref64, reference.conv3x3(r(x), r(w), to64(b), pad, relu))
-    else:
-        assert_matches(out, ref64, reference.conv3x3(x, w, b, pad, relu))
+    _assert_forward_matches(out, x, w, b, pad, relu, dtype)
 
 
 # Gradients: grad-input runs on the tensor-core kernel (flipped, transposed filters,
@@ -164,30 +200,7 @@ def test_backward(cfg, dtype, tiles):
     assert sum(n for k, n in launches.items() if IGEMM in k) == 2, launches  # fwd + dgrad
     assert not any(DIRECT in k for k in launches), launches
 
-    # The float64 reference, masked by our own output's ReLU (a pixel whose value is
-    # within rounding of 0 may fall either side: use the mask the kernel used).
-    mask = (to64(out) > 0) if relu else None
-    ref_leaves = [to64(t).requires_grad_() for t in leaves]
-    g64 = to64(grad) if mask is None else to64(grad) * mask
-    pre = F.conv2d(
-        ref_leaves[0], ref_leaves[1], ref_leaves[2] if b is not None else None, padding=pad
-    )
-    ref64 = torch.autograd.grad(pre, ref_leaves, g64)
-    if dtype == TF32:
-        r = lambda t: to64(_round_tf32(t.detach()))  # noqa: E731
-        # grad-input = conv(grad_output, flipped filters): both operands rounded to tf32.
-        gi_tf32 = torch.nn.grad.conv2d_input(x.shape, r(w), r(g64.float()), padding=pad)
-        _assert_tf32_matches(grads[0], ref64[0], gi_tf32)
-        for ours, r64 in zip(grads[1:], ref64[1:], strict=True):
-            assert_matches(ours, r64)  # exact float32 kernels
-    else:
-        lp = [t.detach().clone().requires_grad_() for t in leaves]
-        pre_lp = F.conv2d(lp[0], lp[1], lp[2] if b is not None else None, padding=pad)
-        g_lp = grad if mask is None else grad * mask.to(grad.dtype)
-        ref_lp = torch.autograd.grad(pre_lp, lp, g_lp)
-        for ours, r64, rlp in zip(grads, ref64, ref_lp, strict=True):
-            assert ours.shape == r64.shape
-            assert_matches(ours, r64, rlp, factor=4)
+    _assert_backward_matches(out, grads, leaves, grad, pad, relu, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, TF32], ids=str)
@@ -282,27 +295,9 @@ def test_channels_last_weight(dtype, layout):
         gx, gw = torch.autograd.grad(out, (x, w), grad)
     assert sum(n for k, n in simulator.launch_counts().items() if IGEMM in k) == 2
     ref_w = w.detach().contiguous()
-    ref = reference.conv3x3(to64(x), to64(ref_w), to64(b), pad, relu)
-    mask = to64(out) > 0
-    x64, w64 = to64(x).requires_grad_(), to64(ref_w).requires_grad_()
-    gx64, gw64 = torch.autograd.grad(
-        F.conv2d(x64, w64, to64(b), padding=pad), (x64, w64), to64(grad) * mask
-    )
-    if dtype == TF32:
-        r = lambda t: to64(_round_tf32(t.detach()))  # noqa: E731
-        _assert_tf32_matches(out, ref, reference.conv3x3(r(x), r(ref_w), to64(b), pad, relu))
-        gi = torch.nn.grad.conv2d_input(x.shape, r(ref_w), r((to64(grad) * mask).float()),
-                                        padding=pad)  # fmt: skip
-        _assert_tf32_matches(gx, gx64, gi)
-        assert_matches(gw, gw64)
-    else:
-        assert_matches(out, ref, reference.conv3x3(x.detach(), ref_w, b, pad, relu))
-        xl, wl = x.detach().clone().requires_grad_(), ref_w.clone().requires_grad_()
-        gxl, gwl = torch.autograd.grad(
-            F.conv2d(xl, wl, b, padding=pad), (xl, wl), grad * mask.to(grad.dtype)
-        )
-        assert_matches(gx, gx64, gxl, factor=4)
-        assert_matches(gw, gw64, gwl, factor=4)
+    _assert_forward_matches(out, x.detach(), ref_w, b, pad, relu, dtype)
+    # The bias does not change these gradients once the ReLU mask (ours) is fixed.
+    _assert_backward_matches(out, [gx, gw], [x.detach(), ref_w], grad, pad, relu, dtype)
 
 
 # Grad-weight on tensor cores (bf16 / fp16): a GEMM over the output pixels split into

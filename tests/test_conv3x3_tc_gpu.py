@@ -8,22 +8,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from test_conv3x3_tc import (
     CONFIGS,
     DTYPES,
     TF32,
-    _assert_tf32_matches,
+    _assert_backward_matches,
+    _assert_forward_matches,
     _dtype,
     _inputs,
     _name,
-    _round_tf32,
     _tf32,
 )
-from tolerance import assert_matches, to64
 
 import overfeat_kernels as ok
-from overfeat_kernels import reference
 
 pytestmark = [
     pytest.mark.cuda,
@@ -58,16 +55,6 @@ def _to_cuda(t):
     return out
 
 
-def _assert_forward_matches(out, x, w, b, pad, relu, dtype):
-    """`out` (on the CPU) against float64 references of the CPU inputs."""
-    ref64 = reference.conv3x3(to64(x), to64(w), to64(b), pad, relu)
-    if dtype == TF32:
-        r = lambda t: None if t is None else to64(_round_tf32(t))  # noqa: E731
-        _assert_tf32_matches(out, ref64, reference.conv3x3(r(x), r(w), to64(b), pad, relu))
-    else:
-        assert_matches(out, ref64, reference.conv3x3(x, w, b, pad, relu))
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("cfg", CONFIGS + BIG, ids=_name)
 def test_forward_gpu(cfg, dtype, tiles):
@@ -94,26 +81,7 @@ def test_backward_gpu(cfg, dtype, tiles):
         out = ok.conv3x3(leaves[0], leaves[1], leaves[2] if b is not None else None, pad, relu)
         grad = torch.randn(out.shape, dtype=torch.float64).to(out.dtype)
         grads = [g.cpu() for g in torch.autograd.grad(out, leaves, grad.to("cuda"))]
-    out = out.detach().cpu()
-    mask = (to64(out) > 0) if relu else None
-    ref_leaves = [to64(t).requires_grad_() for t in leaves_cpu]
-    g64 = to64(grad) if mask is None else to64(grad) * mask
-    pre = F.conv2d(ref_leaves[0], ref_leaves[1], ref_leaves[2] if b is not None else None,
-                   padding=pad)  # fmt: skip
-    ref64 = torch.autograd.grad(pre, ref_leaves, g64)
-    if dtype == TF32:
-        r = lambda t: to64(_round_tf32(t.detach()))  # noqa: E731
-        gi_tf32 = torch.nn.grad.conv2d_input(x.shape, r(w), r(g64.float()), padding=pad)
-        _assert_tf32_matches(grads[0], ref64[0], gi_tf32)
-        for ours, r64 in zip(grads[1:], ref64[1:], strict=True):
-            assert_matches(ours, r64)
-    else:
-        lp = [t.detach().clone().requires_grad_() for t in leaves_cpu]
-        pre_lp = F.conv2d(lp[0], lp[1], lp[2] if b is not None else None, padding=pad)
-        g_lp = grad if mask is None else grad * mask.to(grad.dtype)
-        ref_lp = torch.autograd.grad(pre_lp, lp, g_lp)
-        for ours, r64, rlp in zip(grads, ref64, ref_lp, strict=True):
-            assert_matches(ours, r64, rlp, factor=4)
+    _assert_backward_matches(out.detach().cpu(), grads, leaves_cpu, grad, pad, relu, dtype)
 
 
 def test_repeatable_on_gpu():
