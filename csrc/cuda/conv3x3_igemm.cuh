@@ -36,6 +36,7 @@
 
 #include "../dispatch.h"
 #include "../index_math.h"
+#include "cp_async_pipeline.cuh"
 #include "launch.cuh"
 #include "ptx_primitives.cuh"
 
@@ -250,23 +251,8 @@ __global__ void __launch_bounds__(Cfg::kThreads)
     b_ld[ks] = Cfg::kBM * kRowBytes + swizzled(b_row0, 2 * ks + (mat & 1));
   }
 
-  // Prologue: kStages - 1 k-blocks in flight. Every thread commits a group per step (empty
-  // ones too) so that wait_group counts line up.
-#pragma unroll
-  for (int s = 0; s < Cfg::kStages - 1; ++s) {
-    if (s < k_blocks) load_stage();
-    cp_async_commit_group();
-  }
-
-  int rd_stage = 0;  // byte offset of the stage the warps read
-  for (int kb = 0; kb < k_blocks; ++kb) {
-    cp_async_wait_group<Cfg::kStages - 2>();  // k-block kb has landed (this thread's part)
-    __syncthreads();  // ... everyone's part; and everyone is done with k-block kb - 1
-    if (kb + Cfg::kStages - 1 < k_blocks) load_stage();
-    cp_async_commit_group();
-
-    const unsigned char* st = smem + rd_stage;
-    rd_stage = rd_stage == (Cfg::kStages - 1) * Cfg::kStageBytes ? 0 : rd_stage + Cfg::kStageBytes;
+  cp_async_pipeline<Cfg::kStages, Cfg::kStageBytes>(k_blocks, smem, load_stage,
+                                                    [&](const unsigned char* st) {
 #pragma unroll
     for (int ks = 0; ks < kKSteps; ++ks) {
       uint32_t a[kMi][4], b[kNi][2];
@@ -291,8 +277,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
         for (int j = 0; j < kNi; ++j) MmaTraits<T>::mma(acc[i][j], a[i], b[j]);
       }
     }
-  }
-  cp_async_wait_group<0>();  // only empty groups remain, but leave none in flight
+  });
   __syncthreads();           // the ring is free: reuse it to stage the output tile
 
   // ---- epilogue: + bias, ReLU, convert, through shared memory to wide stores ----------

@@ -25,6 +25,8 @@
 
 #include "../dispatch.h"
 #include "../index_math.h"
+#include "conv3x3_igemm.cuh"  // igemm::MmaTraits
+#include "cp_async_pipeline.cuh"
 #include "launch.cuh"
 #include "ptx_primitives.cuh"
 
@@ -58,21 +60,6 @@ struct Params {
   int64_t pixels;  // P = n · out_h · out_w
   int h, w, out_h, out_w, pad, k, kp, cp;
   int blocks_per_slice;  // 64-pixel blocks per slice (gridDim.z slices)
-};
-
-template <typename T>
-struct Mma;
-template <>
-struct Mma<at::BFloat16> {
-  __device__ __forceinline__ static void run(float d[4], const uint32_t a[4], const uint32_t b[2]) {
-    mma_m16n8k16_bf16(d, a, b, d);
-  }
-};
-template <>
-struct Mma<at::Half> {
-  __device__ __forceinline__ static void run(float d[4], const uint32_t a[4], const uint32_t b[2]) {
-    mma_m16n8k16_f16(d, a, b, d);
-  }
 };
 
 template <typename T>
@@ -183,19 +170,8 @@ __global__ void __launch_bounds__(kThreads) wgrad_igemm_kernel(const Params<T> p
   const int a_pix = (q >> 1) * 8 + qrow, a_vec = (warp_m * kWarpM) / kVec + (q & 1);
   const int b_pix = (q & 1) * 8 + qrow, b_vec = (warp_n * kWarpN) / kVec + (q >> 1);
 
-#pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
-    if (s < k_blocks) load_stage();
-    cp_async_commit_group();
-  }
-  int rd_stage = 0;
-  for (int kb = 0; kb < k_blocks; ++kb) {
-    cp_async_wait_group<kStages - 2>();
-    __syncthreads();
-    if (kb + kStages - 1 < k_blocks) load_stage();
-    cp_async_commit_group();
-    const unsigned char* st = smem + rd_stage;
-    rd_stage = rd_stage == (kStages - 1) * kStageBytes ? 0 : rd_stage + kStageBytes;
+  cp_async_pipeline<kStages, kStageBytes>(k_blocks, smem, load_stage,
+                                          [&](const unsigned char* st) {
 #pragma unroll
     for (int ks = 0; ks < kBK / 16; ++ks) {
       uint32_t a[kMi][4], b[kNi][2];
@@ -216,11 +192,10 @@ __global__ void __launch_bounds__(kThreads) wgrad_igemm_kernel(const Params<T> p
 #pragma unroll
       for (int i = 0; i < kMi; ++i) {
 #pragma unroll
-        for (int j = 0; j < kNi; ++j) Mma<T>::run(acc[i][j], a[i], b[j]);
+        for (int j = 0; j < kNi; ++j) igemm::MmaTraits<T>::mma(acc[i][j], a[i], b[j]);
       }
     }
-  }
-  cp_async_wait_group<0>();
+  });
 
   // This slice's partial sums: rows = filters, columns = channels of the tap.
   const int g = lane / 4, t4 = lane % 4;

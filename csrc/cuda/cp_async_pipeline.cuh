@@ -1,0 +1,38 @@
+// The multi-stage cp.async main loop of the implicit GEMMs (conv3x3_igemm.cuh,
+// conv3x3_wgrad_igemm.cuh).
+#pragma once
+
+#include "ptx_primitives.cuh"
+
+namespace overfeat_kernels {
+
+// Runs `k_blocks` k-blocks through a ring of kStages shared-memory stages of kStageBytes
+// each, starting at `smem`. load_stage() issues the cp.async copies of the next k-block
+// into the next stage (it keeps its own position); compute(stage) consumes a landed one.
+// kStages - 1 k-blocks are in flight. Each step waits for its k-block (this thread's
+// copies), syncs the CTA (everyone's copies have landed, and everyone is done with the
+// previous k-block, whose stage the next load reuses), issues the next load and computes.
+// Every thread commits a group per step, empty ones too, so that wait_group counts line
+// up. Returns with no copy in flight; the caller syncs before reusing the ring.
+template <int kStages, int kStageBytes, class LoadStage, class Compute>
+__device__ __forceinline__ void cp_async_pipeline(int k_blocks, const unsigned char* smem,
+                                                  LoadStage& load_stage, Compute&& compute) {
+  static_assert(kStages >= 2, "a ring of at least two stages");
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < k_blocks) load_stage();
+    cp_async_commit_group();
+  }
+  int rd_stage = 0;  // byte offset of the stage the warps read
+  for (int kb = 0; kb < k_blocks; ++kb) {
+    cp_async_wait_group<kStages - 2>();
+    __syncthreads();
+    if (kb + kStages - 1 < k_blocks) load_stage();
+    cp_async_commit_group();
+    compute(smem + rd_stage);
+    rd_stage = rd_stage == (kStages - 1) * kStageBytes ? 0 : rd_stage + kStageBytes;
+  }
+  cp_async_wait_group<0>();  // only empty groups remain, but leave none in flight
+}
+
+}  // namespace overfeat_kernels
