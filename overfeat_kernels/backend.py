@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -280,7 +281,7 @@ def choose(
     """Times the candidates for `key` on inputs like these, remembers and returns the winner."""
     train = key.endswith("|train")
     sets = _input_sets(input, weight, bias, train)
-    counter = iter(range(1 << 62))
+    counter = itertools.count()
 
     def candidate(name: str) -> Callable[[], object]:
         def call() -> object:
@@ -311,9 +312,11 @@ def choose(
 
 
 def _lookup(key: str) -> str | None:
-    _load_disk()
-    with _lock:
-        entry = _memory.get(key)
+    entry = _memory.get(key)  # the hot path: a remembered key, no file system work
+    if entry is None:
+        _load_disk()
+        with _lock:
+            entry = _memory.get(key)
     return None if entry is None else entry["choice"]
 
 
