@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "index_math.h"
+#include "op_schemas.h"
 
 namespace overfeat_kernels {
 
@@ -82,6 +83,40 @@ inline void check_conv3x3_args(const at::Tensor& input, const at::Tensor& weight
     check_same(b, input, op, "bias", "input");
     TORCH_CHECK_VALUE(b.dim() == 1 && b.size(0) == weight.size(0), op, ": bias must be [",
                       weight.size(0), "], got shape ", b.sizes());
+  }
+}
+
+inline const char* conv_algo_name(int64_t algo) {
+  switch (algo) {
+    case kAlgoDefault: return "default";
+    case kAlgoDirect: return "direct";
+    case kAlgoTensorCores: return "tensor cores";
+    case kAlgoTensorCoresSmall: return "tensor cores, small tiles";
+    case kAlgoAten: return "aten";
+    default: return "unknown";
+  }
+}
+
+// One entry of conv3x3's `algos` (ConvAlgo). `which` names it, e.g. "algos[1] (grad-input)";
+// `small_tiles` whether that direction has a small-tile variant (grad-weight has not).
+inline void check_conv_algo(int64_t algo, const char* op, const char* which, bool small_tiles) {
+  TORCH_CHECK_VALUE(algo >= 0 && algo < kNumConvAlgos && (small_tiles || algo != kAlgoTensorCoresSmall),
+                    op, ": ", which, " must be ", small_tiles ? "0-4" : "0, 1, 2 or 4",
+                    " (default, direct, tensor cores", small_tiles ? ", tensor cores with small tiles" : "",
+                    ", aten), got ", algo);
+}
+
+inline void check_conv_algos(at::IntArrayRef algos, bool backward) {
+  const char* op = backward ? "conv3x3_backward" : "conv3x3";
+  TORCH_CHECK_VALUE(algos.size() == (backward ? 2u : 3u), op, ": algos must have ",
+                    backward ? 2 : 3, " entries, got ", algos.size());
+  if (backward) {
+    check_conv_algo(algos[0], op, "algos[0] (grad-input)", true);
+    check_conv_algo(algos[1], op, "algos[1] (grad-weight)", false);
+  } else {
+    check_conv_algo(algos[0], op, "algos[0] (forward)", true);
+    check_conv_algo(algos[1], op, "algos[1] (grad-input)", true);
+    check_conv_algo(algos[2], op, "algos[2] (grad-weight)", false);
   }
 }
 

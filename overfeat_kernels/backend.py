@@ -2,17 +2,26 @@
 
 Modes:
 
-- ``"auto"`` (the default): on a CUDA tensor, the first call with a new shape times both
-  candidates on that GPU (forward, plus backward when gradients are needed), keeps the
-  faster, and remembers it in memory and on disk. Elsewhere (CPU tensors, the simulator,
-  inside ``torch.compile`` tracing or CUDA-graph capture, where nothing may be timed) it
-  uses a remembered choice if there is one, else our kernels.
-- ``"ours"``: our kernels only (what the benchmarks and tests of our kernels use).
-- ``"cudnn"``: ``F.conv2d`` with bias, then ReLU: cuDNN on CUDA, ATen's CPU convolution on
-  the CPU.
+- ``"auto"`` (the default): on a CUDA tensor, the first call with a new shape times the
+  candidates on that GPU, for the forward and, when gradients are needed, for grad-input
+  and grad-weight each on its own; it keeps the fastest of each and remembers them in
+  memory and on disk. Elsewhere (CPU tensors, the simulator, inside ``torch.compile``
+  tracing or CUDA-graph capture, where nothing may be timed) it uses a remembered choice if
+  there is one, else our kernels.
+- ``"ours"``: our kernels only, the configuration picked by their heuristic (what the
+  benchmarks and tests of our kernels use).
+- ``"cudnn"``: PyTorch's own convolution with bias, then ReLU: cuDNN on CUDA, ATen's CPU
+  convolution on the CPU.
 
-Whatever runs, the result is ``conv3x3``'s: ``relu(F.conv2d(input, weight, bias, padding))``
-in the input's memory format.
+The candidates on CUDA (see :func:`candidates`): ``"direct"`` (CUDA-core kernels, every
+dtype), ``"tc"`` and ``"tc-small"`` (the tensor-core implicit GEMM with large or small
+tiles: bfloat16, float16, and float32 when ``torch.backends.cudnn.allow_tf32`` is set;
+grad-weight on tensor cores has one tile and takes the 16-bit types only) and ``"cudnn"``.
+All of them are deterministic (cuDNN under ``torch.use_deterministic_algorithms(True)``
+picks deterministic algorithms itself, and that setting is part of the key). The choice
+is passed into the op (its ``algos`` argument), so whatever runs, the result is
+``conv3x3``'s: ``relu(F.conv2d(input, weight, bias, padding))`` in the input's memory
+format, with the same autograd.
 
     >>> import overfeat_kernels as ok
     >>> with ok.conv_backend("cudnn"):
@@ -44,17 +53,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch._prims_common import suggest_memory_format
 
 __all__ = ["conv_backend", "conv_choices", "get_conv_backend", "set_conv_backend"]
 
 MODES = ("auto", "ours", "cudnn")
-CANDIDATES = ("ours", "cudnn")
+DIRECTIONS = ("forward", "grad_input", "grad_weight")
+# Candidate name -> the op's `algos` code (csrc/op_schemas.h, ConvAlgo). "ours" is our
+# kernels with their own heuristic.
+ALGOS = {"ours": 0, "direct": 1, "tc": 2, "tc-small": 3, "cudnn": 4}
 ENV_MODE = "OVERFEAT_KERNELS_CONV_BACKEND"
 ENV_CACHE = "OVERFEAT_KERNELS_CACHE_DIR"
-CACHE_FORMAT = "overfeat_kernels.conv_choices/1"
+CACHE_FORMAT = "overfeat_kernels.conv_choices/2"
 CACHE_FILE = "conv_choices.json"
 
 # Device types on which "auto" times candidates (tests widen it to exercise the path on CPU).
@@ -66,6 +77,7 @@ _scoped_mode: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 _lock = threading.Lock()
 _memory: dict[str, dict[str, Any]] = {}  # key -> {"choice", "times_ms", "source"}
+_DEFAULT_ALGOS = [0, 0, 0]
 _disk_loaded: set[Path] = set()
 
 
@@ -104,11 +116,22 @@ def conv_backend(mode: str) -> Iterator[None]:
 
 
 def conv_choices() -> dict[str, dict[str, Any]]:
-    """What "auto" chose, per key: ``{"choice", "times_ms", "source"}`` where source is
-    "measured" (this process) or "disk" (remembered from an earlier one)."""
+    """What "auto" chose, per key: ``{"choice", "times_ms", "source"}``. ``choice`` maps each
+    direction ("forward", and for training keys "grad_input" and "grad_weight") to a
+    candidate name, ``times_ms`` each direction to ``{candidate: median ms}``; source is
+    "measured" (this process), "disk" (remembered from an earlier one) or "fallback"
+    (timing failed: our kernels, not remembered on disk)."""
     _load_disk()
     with _lock:
-        return {k: dict(v, times_ms=dict(v["times_ms"])) for k, v in _memory.items()}
+        return {k: _copy_entry(v) for k, v in _memory.items()}
+
+
+def _copy_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    return dict(
+        entry,
+        choice=dict(entry["choice"]),
+        times_ms={d: dict(t) for d, t in entry["times_ms"].items()},
+    )
 
 
 def clear_memory() -> None:
@@ -119,38 +142,55 @@ def clear_memory() -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# Running a candidate
+# Candidates and the algos of a call
 
 
-def run_candidate(
-    name: str, input: Tensor, weight: Tensor, bias: Tensor | None, padding: int, relu: bool
-) -> Tensor:
-    """One conv3x3 by candidate `name` (arguments already checked)."""
-    if name == "ours":
-        return torch.ops.overfeat_kernels.conv3x3.default(input, weight, bias, padding, relu)
-    out = F.conv2d(input, weight, bias, padding=padding)
-    out = F.relu(out) if relu else out
-    # F.conv2d goes channels_last when either operand is; conv3x3 follows the input alone.
-    return out.contiguous(memory_format=suggest_memory_format(input))
+def candidates(direction: str, device_type: str, dtype: torch.dtype, tf32: bool) -> tuple[str, ...]:
+    """The implementations "auto" times for one direction of a call.
+
+    On CUDA: the direct kernels, the tensor-core tiles where they apply, and cuDNN. On
+    the CPU our conv3x3 is ATen's convolution with the epilogue fused: ours and ATen's.
+    """
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    if device_type != "cuda":
+        return ("ours", "cudnn")
+    half = dtype in (torch.float16, torch.bfloat16)
+    if direction == "grad_weight":
+        tensor_cores = ("tc",) if half else ()
+    else:
+        tensor_cores = ("tc", "tc-small") if half or (dtype == torch.float32 and tf32) else ()
+    return ("direct", *tensor_cores, "cudnn")
 
 
-def use_cudnn(input: Tensor, weight: Tensor, bias: Tensor | None, padding: int, relu: bool) -> bool:
-    """Whether this conv3x3 call should run on PyTorch's convolution."""
+def _algos(choice: dict[str, str]) -> list[int]:
+    return [ALGOS[choice.get(d, "ours")] for d in DIRECTIONS]
+
+
+def _mode_algos(mode: str) -> list[int]:
+    return [ALGOS["cudnn"]] * 3 if mode == "cudnn" else list(_DEFAULT_ALGOS)
+
+
+def algos_for(
+    input: Tensor, weight: Tensor, bias: Tensor | None, padding: int, relu: bool
+) -> list[int]:
+    """The op's ``algos`` for this call (arguments already checked): [forward, grad-input,
+    grad-weight]."""
     if torch.compiler.is_compiling():
         # Traced code must not time anything: the process-wide mode, "auto" meaning ours.
-        return _global_mode == "cudnn"
+        return _mode_algos(_global_mode or "ours")
     mode = get_conv_backend()
     if mode != "auto":
-        return mode == "cudnn"
+        return _mode_algos(mode)
     if input.device.type not in AUTO_DEVICE_TYPES:
-        return False
+        return list(_DEFAULT_ALGOS)
     key = call_key(input, weight, bias, padding, relu)
     found = _lookup(key)
     if found is not None:
-        return found == "cudnn"
+        return _algos(found)
     if input.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        return False  # timed at the next eager call
-    return choose(key, input, weight, bias, padding, relu) == "cudnn"
+        return list(_DEFAULT_ALGOS)  # timed at the next eager call
+    return _algos(choose(key, input, weight, bias, padding, relu))
 
 
 # ---------------------------------------------------------------------------------------
@@ -251,52 +291,72 @@ def _median_cuda_ms(
 timer: Timer = _median_cuda_ms  # replaced in tests
 
 
-def _input_sets(input, weight, bias, train: bool) -> list[tuple]:
+def _input_sets(input, weight, bias) -> list[tuple]:
     """Fresh random inputs shaped like the call's, enough sets that L2 does not hold them."""
     nbytes = (input.numel() + weight.numel()) * input.element_size()
     l2 = 50 << 20
     if input.device.type == "cuda":
         l2 = int(getattr(torch.cuda.get_device_properties(input.device), "L2_cache_size", l2))
     count = max(1, min(4, math.ceil(3 * l2 / max(nbytes, 1))))
-    fmt = (
-        torch.channels_last
-        if input.is_contiguous(memory_format=torch.channels_last) and not input.is_contiguous()
-        else torch.contiguous_format
-    )
+    fmt = suggest_memory_format(input)
 
     def like(t, memory_format=torch.contiguous_format):
         if t is None:
             return None
-        r = torch.randn(t.shape, device=t.device, dtype=t.dtype).contiguous(
+        return torch.randn(t.shape, device=t.device, dtype=t.dtype).contiguous(
             memory_format=memory_format
         )
-        return r.requires_grad_(train and t.requires_grad)
 
     return [(like(input, fmt), like(weight), like(bias)) for _ in range(count)]
 
 
-def choose(
-    key: str, input: Tensor, weight: Tensor, bias: Tensor | None, padding: int, relu: bool
-) -> str:
-    """Times the candidates for `key` on inputs like these, remembers and returns the winner."""
-    train = key.endswith("|train")
-    sets = _input_sets(input, weight, bias, train)
+def _direction_fns(
+    direction: str, names: tuple[str, ...], sets: list[tuple], padding: int, relu: bool
+) -> dict[str, Callable[[], object]]:
+    """One callable per candidate: that direction alone, by that implementation, each call
+    on the next input set."""
+    ops = torch.ops.overfeat_kernels
     counter = itertools.count()
+    if direction != "forward":
+        # grad_output and the ReLU output per set, from our default forward.
+        with_grads = []
+        for x, w, b in sets:
+            out = ops.conv3x3.default(x, w, b, padding, relu)
+            with_grads.append((x, w, b, torch.randn_like(out), out if relu else None))
+        sets = with_grads
 
-    def candidate(name: str) -> Callable[[], object]:
+    def fn(algo: int) -> Callable[[], object]:
         def call() -> object:
-            x, w, b = sets[next(counter) % len(sets)]
-            out = run_candidate(name, x, w, b, padding, relu)
-            if train:
-                leaves = [t for t in (x, w, b) if t is not None and t.requires_grad]
-                torch.autograd.grad(out, leaves, torch.ones_like(out))
-            return out
+            s = sets[next(counter) % len(sets)]
+            if direction == "forward":
+                return ops.conv3x3.default(*s[:3], padding, relu, [algo, 0, 0])
+            x, w, _, go, ro = s
+            mask = [direction == "grad_input", direction == "grad_weight", False]
+            algos = [algo, 0] if direction == "grad_input" else [0, algo]
+            return ops.conv3x3_backward.default(go, x, w, ro, padding, mask, algos)
 
         return call
 
+    return {name: fn(ALGOS[name]) for name in names}
+
+
+def choose(
+    key: str, input: Tensor, weight: Tensor, bias: Tensor | None, padding: int, relu: bool
+) -> dict[str, str]:
+    """Times the candidates for `key` on inputs like these, direction by direction (the
+    gradients only for a training key), remembers and returns the fastest of each."""
+    train = key.endswith("|train")
+    tf32 = input.dtype == torch.float32 and torch.backends.cudnn.allow_tf32
+    choice: dict[str, str] = {}
+    times: dict[str, dict[str, float]] = {}
     try:
-        with torch.enable_grad() if train else torch.no_grad():
-            times = timer({name: candidate(name) for name in CANDIDATES})
+        with torch.no_grad():
+            sets = _input_sets(input, weight, bias)
+            for direction in DIRECTIONS if train else DIRECTIONS[:1]:
+                names = candidates(direction, input.device.type, input.dtype, tf32)
+                measured = timer(_direction_fns(direction, names, sets, padding, relu))
+                times[direction] = {name: float(measured[name]) for name in names}
+                choice[direction] = min(names, key=lambda name: times[direction][name])
     except Exception as err:  # never let tuning break a convolution
         warnings.warn(
             f"overfeat_kernels: timing the conv3x3 candidates failed ({err!r}); "
@@ -304,14 +364,13 @@ def choose(
             RuntimeWarning,
             stacklevel=3,
         )
-        _remember(key, "ours", {}, "fallback", persist=False)
-        return "ours"
-    best = min(CANDIDATES, key=lambda name: times[name])
-    _remember(key, best, times, "measured", persist=True)
-    return best
+        _remember(key, {d: "ours" for d in DIRECTIONS}, {}, "fallback", persist=False)
+        return {d: "ours" for d in DIRECTIONS}
+    _remember(key, choice, times, "measured", persist=True)
+    return choice
 
 
-def _lookup(key: str) -> str | None:
+def _lookup(key: str) -> dict[str, str] | None:
     entry = _memory.get(key)  # the hot path: a remembered key, no file system work
     if entry is None:
         _load_disk()
@@ -320,8 +379,14 @@ def _lookup(key: str) -> str | None:
     return None if entry is None else entry["choice"]
 
 
-def _remember(key: str, choice: str, times: dict[str, float], source: str, persist: bool):
-    entry = {"choice": choice, "times_ms": {k: float(v) for k, v in times.items()}}
+def _remember(
+    key: str,
+    choice: dict[str, str],
+    times: dict[str, dict[str, float]],
+    source: str,
+    persist: bool,
+) -> None:
+    entry = {"choice": dict(choice), "times_ms": {d: dict(t) for d, t in times.items()}}
     with _lock:
         _memory[key] = dict(entry, source=source)
     if persist:
@@ -347,15 +412,22 @@ def cache_dir() -> Path:
     return Path(base) / "overfeat_kernels"
 
 
+def _valid_times(times: object) -> bool:
+    return isinstance(times, dict) and all(
+        k in ALGOS and isinstance(v, (int, float)) and math.isfinite(v) for k, v in times.items()
+    )
+
+
 def _valid_entry(entry: object) -> bool:
+    if not isinstance(entry, dict):
+        return False
+    choice, times = entry.get("choice"), entry.get("times_ms")
     return (
-        isinstance(entry, dict)
-        and entry.get("choice") in CANDIDATES
-        and isinstance(entry.get("times_ms"), dict)
-        and all(
-            isinstance(k, str) and isinstance(v, (int, float)) and math.isfinite(v)
-            for k, v in entry["times_ms"].items()
-        )
+        isinstance(choice, dict)
+        and "forward" in choice
+        and all(d in DIRECTIONS and c in ALGOS for d, c in choice.items())
+        and isinstance(times, dict)
+        and all(d in DIRECTIONS and _valid_times(t) for d, t in times.items())
     )
 
 

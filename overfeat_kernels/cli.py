@@ -94,8 +94,11 @@ def _cmd_selfcheck(args: argparse.Namespace) -> int:
         if choices:
             print(f"\nconv3x3 backend choices remembered (mode {backend.get_conv_backend()!r}):")
             for key, entry in choices.items():
-                times = ", ".join(f"{k} {v:.3f} ms" for k, v in entry["times_ms"].items())
-                print(f"  {entry['choice']:5} ({entry['source']}; {times})  {key}")
+                print(f"  {key}  ({entry['source']})")
+                for direction, pick in entry["choice"].items():
+                    times = entry["times_ms"].get(direction, {})
+                    timed = ", ".join(f"{name} {ms:.3f} ms" for name, ms in times.items())
+                    print(f"    {direction:11} {pick:8} {timed}")
     bad = [r["op"] for r in rows if not r["agrees"]]
     if bad:
         print(f"DISAGREEMENT with the reference: {', '.join(bad)}", file=sys.stderr)

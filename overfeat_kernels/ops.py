@@ -99,9 +99,8 @@ def conv3x3(
             for t in (input, weight, bias)
         )
     check.conv3x3(input, weight, bias, padding, relu)
-    if backend.use_cudnn(input, weight, bias, padding, relu):
-        return backend.run_candidate("cudnn", input, weight, bias, padding, relu)
-    return torch.ops.overfeat_kernels.conv3x3.default(input, weight, bias, padding, relu)
+    algos = backend.algos_for(input, weight, bias, padding, relu)
+    return torch.ops.overfeat_kernels.conv3x3.default(input, weight, bias, padding, relu, algos)
 
 
 @_dlpack_interop
@@ -184,11 +183,13 @@ def _register() -> None:
     ops = torch.ops.overfeat_kernels
 
     @torch.library.register_fake(lib + "conv3x3")
-    def _conv3x3_fake(input, weight, bias, padding, relu):
+    def _conv3x3_fake(input, weight, bias, padding, relu, algos=(0, 0, 0)):
         return _empty_as(input, check.conv3x3(input, weight, bias, padding, relu))
 
     @torch.library.register_fake(lib + "conv3x3_backward")
-    def _conv3x3_backward_fake(grad_output, input, weight, relu_output, padding, output_mask):
+    def _conv3x3_backward_fake(
+        grad_output, input, weight, relu_output, padding, output_mask, algos=(0, 0)
+    ):
         shape = check.conv3x3(input, weight, None, padding)
         check.grad_like(grad_output, input, shape, "conv3x3_backward", "grad_output")
         if relu_output is not None:
@@ -221,9 +222,11 @@ def _register() -> None:
 
     # conv3x3 ---------------------------------------------------------------------------
     def conv3x3_setup(ctx, inputs, output):
-        input, weight, bias, padding, relu = inputs
+        input, weight, bias, padding, relu, *algos = inputs
         ctx.save_for_backward(input, weight, output if relu else None)
         ctx.padding = padding
+        # The implementations chosen for grad-input and grad-weight (algos[1:]).
+        ctx.grad_algos = list(algos[0][1:]) if algos else [0, 0]
         ctx.has_bias = bias is not None
 
     def conv3x3_backward(ctx, grad):
@@ -234,12 +237,13 @@ def _register() -> None:
             ctx.has_bias and ctx.needs_input_grad[2],
         ]
         gi, gw, gb = ops.conv3x3_backward.default(
-            grad, input, weight, relu_output, ctx.padding, mask
+            grad, input, weight, relu_output, ctx.padding, mask, ctx.grad_algos
         )
         return (
             gi if mask[0] else None,
             gw if mask[1] else None,
             gb if mask[2] else None,
+            None,
             None,
             None,
         )

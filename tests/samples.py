@@ -72,7 +72,10 @@ CONV_GRAD_CONFIGS = [
 ]
 
 
-def conv3x3_samples(device, dtype=torch.float32, requires_grad=False, configs=CONV_CONFIGS):
+def conv3x3_samples(
+    device, dtype=torch.float32, requires_grad=False, configs=CONV_CONFIGS, algos=None
+):
+    """`algos`: the op's optional [forward, grad-input, grad-weight] implementations."""
     out = []
     for n, c, k, h, w, pad, bias, relu, layout in configs:
         x = make_map((n, c, h, w), dtype, device, layout, requires_grad)
@@ -82,7 +85,8 @@ def conv3x3_samples(device, dtype=torch.float32, requires_grad=False, configs=CO
         if b is not None:
             b.requires_grad_(requires_grad)
         name = f"N{n}C{c}K{k}H{h}W{w}p{pad}{'b' if bias else ''}{'r' if relu else ''}-{layout}"
-        out.append(Sample(name, (x, wt, b, pad, relu)))
+        extra = () if algos is None else (list(algos),)
+        out.append(Sample(name, (x, wt, b, pad, relu, *extra)))
     return out
 
 
@@ -161,7 +165,8 @@ def deinterleave_samples(
     ]
 
 
-def conv3x3_backward_samples(device, dtype=torch.float32, configs=CONV_CONFIGS):
+def conv3x3_backward_samples(device, dtype=torch.float32, configs=CONV_CONFIGS, algos=None):
+    """`algos`: the op's optional [grad-input, grad-weight] implementations."""
     out = []
     for s in conv3x3_samples(device, dtype, configs=configs):
         x, wt, b, pad, relu = s.args
@@ -169,5 +174,7 @@ def conv3x3_backward_samples(device, dtype=torch.float32, configs=CONV_CONFIGS):
         oshape = (n, wt.shape[0], h + 2 * pad - 2, w + 2 * pad - 2)
         relu_out = make_map(oshape, dtype, device).relu() if relu else None
         mask = [True, True, b is not None]
-        out.append(Sample(s.name, (make_map(oshape, dtype, device), x, wt, relu_out, pad, mask)))
+        extra = () if algos is None else (list(algos),)
+        args = (make_map(oshape, dtype, device), x, wt, relu_out, pad, mask, *extra)
+        out.append(Sample(s.name, args))
     return out

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import overfeat_kernels as ok
-from overfeat_kernels import backend
+from overfeat_kernels import backend, simulator
 
 
 @pytest.fixture
@@ -29,17 +29,21 @@ def fresh(monkeypatch, tmp_path):
 
 
 class FakeTimer:
-    """Runs every candidate once (so that each must work) and reports the given times."""
+    """Runs every candidate once (so that each must work) and reports the given times:
+    ``{name: ms}`` for every direction, or ``{direction: {name: ms}}``. On the CPU the
+    candidates of every direction are ours and ATen's."""
 
     def __init__(self, times):
         self.times, self.calls = times, 0
 
     def __call__(self, fns):
+        direction = backend.DIRECTIONS[self.calls % 3] if "forward" in self.times else None
         self.calls += 1
-        assert set(fns) == set(backend.CANDIDATES)
+        assert tuple(fns) == ("ours", "cudnn")
         for fn in fns.values():
             fn()
-        return dict(self.times)
+        times = self.times[direction] if direction else self.times
+        return {name: times[name] for name in fns}
 
 
 def _args(layout="nchw", dtype=torch.float32, requires_grad=False):
@@ -121,15 +125,17 @@ def test_cpu_auto_uses_our_kernels_without_timing(monkeypatch, tmp_path):
 # ------------------------------------------------------------------------------- auto
 
 
-def _spy_cudnn(monkeypatch):
+def _spy_algos(monkeypatch):
+    """Records the op's `algos` that each conv3x3 call gets."""
     used = []
-    real = backend.run_candidate
+    real = backend.algos_for
 
-    def spy(name, *args):
-        used.append(name)
-        return real(name, *args)
+    def spy(*args):
+        algos = real(*args)
+        used.append(algos)
+        return algos
 
-    monkeypatch.setattr(backend, "run_candidate", spy)
+    monkeypatch.setattr(backend, "algos_for", spy)
     return used
 
 
@@ -139,19 +145,71 @@ def test_auto_times_once_and_keeps_the_faster(fresh, monkeypatch, winner):
     timer = FakeTimer({winner: 1.0, loser: 3.0})
     monkeypatch.setattr(backend, "timer", timer)
     x, w, b = _args()
-    used = _spy_cudnn(monkeypatch)
+    used = _spy_algos(monkeypatch)
     first = ok.conv3x3(x, w, b, 1, True)
-    used_by_first_call = [u for u in used if u == "cudnn"]
-    used.clear()
     second = ok.conv3x3(x, w, b, 1, True)
-    assert timer.calls == 1
+    assert timer.calls == 1  # inference: the forward alone is timed, once
     assert torch.equal(first, second)
     torch.testing.assert_close(first, _expected(x, w, b))
-    # The timing ran both; the calls themselves run the winner only.
-    assert used_by_first_call.count("cudnn") >= 1
-    assert used == (["cudnn"] if winner == "cudnn" else [])
+    assert used == [[backend.ALGOS[winner], 0, 0]] * 2
     (entry,) = ok.conv_choices().values()
-    assert entry == {"choice": winner, "times_ms": {winner: 1.0, loser: 3.0}, "source": "measured"}
+    assert entry == {
+        "choice": {"forward": winner},
+        "times_ms": {"forward": {winner: 1.0, loser: 3.0}},
+        "source": "measured",
+    }
+
+
+def test_training_chooses_each_direction_on_its_own(fresh, monkeypatch):
+    times = {
+        "forward": {"ours": 1.0, "cudnn": 2.0},
+        "grad_input": {"ours": 2.0, "cudnn": 1.0},
+        "grad_weight": {"ours": 1.0, "cudnn": 2.0},
+    }
+    timer = FakeTimer(times)
+    monkeypatch.setattr(backend, "timer", timer)
+    used = _spy_algos(monkeypatch)
+    x, w, b = _args(requires_grad=True)
+    out = ok.conv3x3(x, w, b, 1, True)
+    grads = torch.autograd.grad(out.sum(), (x, w, b))
+    assert timer.calls == 3 and used == [[0, 4, 0]]
+    (entry,) = ok.conv_choices().values()
+    assert entry["choice"] == {"forward": "ours", "grad_input": "cudnn", "grad_weight": "ours"}
+    assert entry["times_ms"] == times
+    ref = torch.autograd.grad(_expected(x, w, b).sum(), (x, w, b))
+    for g, r in zip(grads, ref, strict=True):
+        torch.testing.assert_close(g, r)
+
+
+@pytest.mark.sim
+@pytest.mark.skipif(not simulator.available(), reason="CUDA simulator not built")
+def test_the_chosen_algos_reach_the_kernels(fresh, monkeypatch):
+    """In the simulator: forward on ours, grad-input on ATen's convolution, grad-weight on
+    ours, as chosen; the autograd formula passes the choice to the backward op."""
+    times = {
+        "forward": {"ours": 1.0, "cudnn": 2.0},
+        "grad_input": {"ours": 2.0, "cudnn": 1.0},
+        "grad_weight": {"ours": 1.0, "cudnn": 2.0},
+    }
+    monkeypatch.setattr(backend, "timer", FakeTimer(times))
+    x, w, b = _args(dtype=torch.bfloat16, requires_grad=True)
+    with simulator.simulate_cuda():
+        ok.conv3x3(x, w, b, 1, True)  # timed here (the candidates run in the simulator)
+        simulator.reset_launch_counts()
+        out = ok.conv3x3(x, w, b, 1, True)
+        gx, gw = torch.autograd.grad(out.sum(), (x, w))
+    launches = simulator.launch_counts()
+    igemm = [k for k in launches if "conv3x3_igemm_kernel" in k]
+    assert sum(launches[k] for k in igemm) == 1, launches  # the forward; grad-input is ATen's
+    assert any("wgrad_igemm_kernel" in k for k in launches), launches
+    assert not any("direct_conv3x3_kernel" in k for k in launches), launches
+    # float64 reference, masked by our output's ReLU (values within rounding of 0 may fall
+    # either side).
+    x64, w64 = (t.detach().double().requires_grad_() for t in (x, w))
+    pre = F.conv2d(x64, w64, b.detach().double(), padding=1)
+    ref = torch.autograd.grad(pre, (x64, w64), (out.detach() > 0).double())
+    torch.testing.assert_close(gx.double(), ref[0], rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(gw.double(), ref[1], rtol=2e-2, atol=5e-2)
 
 
 def test_keys_separate_shapes_modes_and_training(fresh, monkeypatch):
@@ -164,7 +222,7 @@ def test_keys_separate_shapes_modes_and_training(fresh, monkeypatch):
     with torch.no_grad():
         ok.conv3x3(*_args(requires_grad=True))  # same key as the first call
     keys = list(ok.conv_choices())
-    assert timer.calls == 4 and len(keys) == 4
+    assert timer.calls == 6 and len(keys) == 4  # the training key: three directions
     assert sum(k.endswith("|train") for k in keys) == 1
     assert any("|nhwc|" in k for k in keys) and any("|pad0|" in k for k in keys)
 
@@ -178,7 +236,8 @@ def test_failed_timing_warns_and_uses_ours(fresh, monkeypatch):
         out = ok.conv3x3(*_args())
     assert out.shape == (2, 7, 9, 11)
     (entry,) = ok.conv_choices().values()
-    assert entry["choice"] == "ours" and entry["source"] == "fallback"
+    assert entry["choice"] == dict.fromkeys(backend.DIRECTIONS, "ours")
+    assert entry["source"] == "fallback"
     assert not (fresh / backend.CACHE_FILE).exists()
 
 
@@ -202,11 +261,11 @@ def test_choices_survive_the_process(fresh, monkeypatch):
     data = json.loads((fresh / backend.CACHE_FILE).read_text())
     assert data["format"] == backend.CACHE_FORMAT and len(data["entries"]) == 1
     backend.clear_memory()  # as a new process would start
-    used = _spy_cudnn(monkeypatch)
+    used = _spy_algos(monkeypatch)
     ok.conv3x3(*_args())
-    assert timer.calls == 1 and used == ["cudnn"]
+    assert timer.calls == 1 and used == [[4, 0, 0]]
     (entry,) = ok.conv_choices().values()
-    assert entry["source"] == "disk" and entry["choice"] == "cudnn"
+    assert entry["source"] == "disk" and entry["choice"] == {"forward": "cudnn"}
 
 
 def test_version_change_times_again(fresh, monkeypatch):
@@ -227,9 +286,10 @@ def test_version_change_times_again(fresh, monkeypatch):
         "{not json",
         json.dumps([1, 2, 3]),
         json.dumps({"format": "someone-else/9", "entries": {}}),
+        json.dumps({"format": "overfeat_kernels.conv_choices/1", "entries": {}}),
         json.dumps({"format": backend.CACHE_FORMAT, "entries": "nope"}),
     ],
-    ids=["truncated", "a-list", "foreign-format", "bad-entries"],
+    ids=["truncated", "a-list", "foreign-format", "older-format", "bad-entries"],
 )
 def test_corrupt_or_foreign_file_is_ignored_with_a_warning(fresh, monkeypatch, content):
     (fresh / backend.CACHE_FILE).write_text(content)
@@ -243,23 +303,31 @@ def test_corrupt_or_foreign_file_is_ignored_with_a_warning(fresh, monkeypatch, c
 
 
 def test_malformed_entries_are_dropped(fresh):
-    good = {"choice": "cudnn", "times_ms": {"ours": 2.0, "cudnn": 1.0}}
+    good = {"choice": {"forward": "tc"}, "times_ms": {"forward": {"tc": 2.0, "cudnn": 3.0}}}
+    fwd = {"forward": {"ours": 1.0}}
     entries = {
         "good": good,
-        "bad-choice": {"choice": "magic", "times_ms": {}},
-        "bad-times": {"choice": "ours", "times_ms": {"ours": "fast"}},
-        "nan-time": {"choice": "ours", "times_ms": {"ours": float("nan")}},
+        "bad-choice": {"choice": {"forward": "magic"}, "times_ms": {}},
+        "old-style-choice": {"choice": "ours", "times_ms": {}},
+        "no-forward": {"choice": {"grad_input": "ours"}, "times_ms": {}},
+        "bad-direction": {"choice": {"forward": "ours", "sideways": "ours"}, "times_ms": fwd},
+        "bad-times": {"choice": {"forward": "ours"}, "times_ms": {"forward": {"ours": "fast"}}},
+        "nan-time": {
+            "choice": {"forward": "ours"},
+            "times_ms": {"forward": {"ours": float("nan")}},
+        },
         "not-a-dict": 3,
     }
     path = fresh / backend.CACHE_FILE
     path.write_text(json.dumps({"format": backend.CACHE_FORMAT, "entries": entries}))
-    with pytest.warns(RuntimeWarning, match="4 malformed entries"):
+    with pytest.warns(RuntimeWarning, match="7 malformed entries"):
         assert backend.read_disk(path) == {"good": good}
 
 
 def _writer(directory, index):
     for j in range(25):
-        entry = {"choice": "ours", "times_ms": {"ours": float(index), "cudnn": float(j)}}
+        times = {"ours": float(index), "cudnn": float(j)}
+        entry = {"choice": {"forward": "ours"}, "times_ms": {"forward": times}}
         backend.write_disk({f"writer{index}-key{j}": entry}, directory)
 
 
@@ -301,8 +369,12 @@ def test_auto_on_gpu_times_both_and_stays_exact(fresh, monkeypatch, train):
         out.sum().backward()
     (entry,) = ok.conv_choices().values()
     assert entry["source"] == "measured"
-    assert set(entry["times_ms"]) == set(backend.CANDIDATES)
-    assert all(t > 0 for t in entry["times_ms"].values())
+    directions = backend.DIRECTIONS if train else backend.DIRECTIONS[:1]
+    assert tuple(entry["times_ms"]) == tuple(entry["choice"]) == directions
+    for d in directions:
+        names = backend.candidates(d, "cuda", torch.bfloat16, False)
+        assert tuple(entry["times_ms"][d]) == names and entry["choice"][d] in names
+        assert all(t > 0 for t in entry["times_ms"][d].values())
     ref = F.relu(F.conv2d(x.detach().double(), w.detach().double(), padding=1))
     torch.testing.assert_close(out.detach().double(), ref, rtol=2e-2, atol=2e-2)
     # Under CUDA-graph capture nothing is timed: a new shape takes our kernels.

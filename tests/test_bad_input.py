@@ -153,6 +153,21 @@ def test_conv3x3_backward_raw_op_checks():
         OPS.conv3x3_backward(x4(1, 4, 7, 7), x, w, None, 1, [True, True, False])
     with pytest.raises(ValueError, match="relu_output must have shape"):
         OPS.conv3x3_backward(x4(1, 4, 8, 8), x, w, x4(1, 4, 7, 8), 1, [True, True, False])
+    with pytest.raises(ValueError, match=r"algos\[1\] \(grad-weight\) must be 0, 1, 2 or 4"):
+        OPS.conv3x3_backward(x4(1, 4, 8, 8), x, w, None, 1, [True, True, False], [0, 3])
+
+
+@pytest.mark.parametrize(
+    ("algos", "message"),
+    [
+        ([7, 0, 0], r"algos\[0\] \(forward\) must be 0-4"),
+        ([0, 0], "algos must have 3 entries"),
+        ([1, 0, 0], r"algos\[0\] \(forward\) = 1 \(direct\) runs on CUDA tensors only"),
+    ],
+)
+def test_conv3x3_raw_op_algos_checks(algos, message):
+    with pytest.raises(ValueError, match=message):
+        OPS.conv3x3(x4(1, 3, 8, 8), x4(4, 3, 3, 3), None, 1, False, algos)
 
 
 def test_large_element_counts_are_planned_not_crashing():

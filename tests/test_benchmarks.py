@@ -92,3 +92,16 @@ def test_crops_match_fine_map_positions():
         for s in dense.OVERFEAT_SCALES
     )
     assert crops == positions == 1575
+
+
+def test_choice_counts():
+    choices = {
+        "a": {"choice": {"forward": "tc"}, "times_ms": {}, "source": "measured"},
+        "b": {"choice": {"forward": "cudnn", "grad_input": "tc", "grad_weight": "tc"}},
+        "c": {"choice": {"forward": "tc", "grad_input": "cudnn", "grad_weight": "tc"}},
+    }
+    assert bench_ops.choice_counts(choices) == {
+        "forward": {"tc": 2, "cudnn": 1},
+        "grad_input": {"tc": 1, "cudnn": 1},
+        "grad_weight": {"tc": 2},
+    }

@@ -145,19 +145,32 @@ def _assert_backward_matches(out, grads, leaves, grad, pad, relu, dtype):
             assert_matches(ours, r64, rlp, factor=4)
 
 
-def _run_forward(args):
+def _conv(x, w, b, pad, relu, algos=None):
+    """conv3x3 through the public function, or with the op's `algos` forced."""
+    if algos is None:
+        return ok.conv3x3(x, w, b, pad, relu)
+    return torch.ops.overfeat_kernels.conv3x3.default(x, w, b, pad, relu, algos)
+
+
+def _run_forward(args, algos=None):
     simulator.reset_launch_counts()
     with simulator.simulate_cuda():
-        out = ok.conv3x3(*args)
+        out = _conv(*args, algos)
     return out, simulator.launch_counts()
 
 
+# The op's algos: 2 = tensor cores with large tiles, for the forward and grad-input.
+LARGE_TILES = [2, 2, 0]
+
+
 @pytest.fixture(params=["auto", "large"])
-def tiles(request, monkeypatch):
-    """The heuristic's tile choice (small for these shapes), and the large tiles forced."""
-    if request.param == "large":
-        monkeypatch.setenv("OVERFEAT_KERNELS_CONV_TILES", "large")
+def tiles(request):
+    """The heuristic's tile choice (small for these shapes), or the large tiles forced."""
     return request.param
+
+
+def _tile_algos(tiles):
+    return LARGE_TILES if tiles == "large" else None
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -165,7 +178,7 @@ def tiles(request, monkeypatch):
 def test_forward(cfg, dtype, tiles):
     x, w, b, pad, relu = _inputs(cfg, _dtype(dtype))
     with _tf32(dtype == TF32):
-        out, launches = _run_forward((x, w, b, pad, relu))
+        out, launches = _run_forward((x, w, b, pad, relu), _tile_algos(tiles))
     assert any(IGEMM in name for name in launches), launches
     assert not any(DIRECT in name for name in launches), launches
     if tiles == "large":
@@ -193,11 +206,13 @@ def test_backward(cfg, dtype, tiles):
     leaves = [t for t in (x, w, b) if t is not None]
     simulator.reset_launch_counts()
     with _tf32(dtype == TF32), simulator.simulate_cuda():
-        out = ok.conv3x3(x, w, b, pad, relu)
+        out = _conv(x, w, b, pad, relu, _tile_algos(tiles))
         grad = torch.randn(out.shape, dtype=torch.float64).to(out.dtype)
         grads = torch.autograd.grad(out, leaves, grad)
     launches = simulator.launch_counts()
     assert sum(n for k, n in launches.items() if IGEMM in k) == 2, launches  # fwd + dgrad
+    if tiles == "large":
+        assert all("TileConfig<1," not in k for k in launches), launches
     assert not any(DIRECT in k for k in launches), launches
 
     _assert_backward_matches(out, grads, leaves, grad, pad, relu, dtype)
@@ -209,7 +224,7 @@ def test_schedule_independent(dtype, tiles):
     x, w, b, pad, relu = _inputs(cfg, _dtype(dtype), requires_grad=True)
 
     def calls():
-        out = ok.conv3x3(x, w, b, pad, relu)
+        out = _conv(x, w, b, pad, relu, _tile_algos(tiles))
         (gx,) = torch.autograd.grad(out, (x,), torch.ones_like(out))
         return [out, gx]
 
@@ -261,11 +276,29 @@ def test_tile_heuristic(pixels, filters, element_bytes, sms, choice):
     assert tiles(pixels, filters, element_bytes, sms) == choice
 
 
-def test_tile_override_is_checked(monkeypatch):
-    monkeypatch.setenv("OVERFEAT_KERNELS_CONV_TILES", "huge")
-    x = torch.randn(1, 8, 5, 5, dtype=torch.bfloat16)
-    with pytest.raises(ValueError, match="OVERFEAT_KERNELS_CONV_TILES"):
-        _run_forward((x, torch.randn(8, 8, 3, 3, dtype=torch.bfloat16), None, 1, False))
+@pytest.mark.parametrize(
+    ("dtype", "algos", "message"),
+    [
+        (torch.bfloat16, [5, 0, 0], r"algos\[0\] \(forward\) must be 0-4"),
+        (torch.bfloat16, [0, -1, 0], r"algos\[1\] \(grad-input\) must be 0-4"),
+        (torch.bfloat16, [0, 0, 3], r"algos\[2\] \(grad-weight\) must be 0, 1, 2 or 4"),
+        (torch.bfloat16, [0, 0], "algos must have 3 entries"),
+        (torch.float64, [2, 0, 0], r"algos\[0\] \(forward\) = 2 \(tensor cores\) does not apply"),
+        (torch.float32, [3, 0, 0], "does not apply to Float"),  # TF32 off
+    ],
+)
+def test_forced_algos_are_checked(dtype, algos, message):
+    x = torch.randn(1, 8, 5, 5, dtype=dtype)
+    with pytest.raises(ValueError, match=message):
+        _run_forward((x, torch.randn(8, 8, 3, 3, dtype=dtype), None, 1, False), algos)
+
+
+def test_forced_grad_weight_algo_is_checked():
+    x = torch.randn(1, 8, 5, 5)
+    w = torch.randn(8, 8, 3, 3)
+    g = torch.randn(1, 8, 5, 5)
+    with simulator.simulate_cuda(), pytest.raises(ValueError, match=r"algos\[1\] \(grad-weight\)"):
+        torch.ops.overfeat_kernels.conv3x3_backward(g, x, w, None, 1, [False, True, False], [0, 2])
 
 
 def test_tile_heuristic_picks_the_launched_kernel():
@@ -347,3 +380,63 @@ def test_grad_weight_schedule_independent():
         return list(torch.autograd.grad(out, (w,), torch.ones_like(out)))
 
     simulator.assert_schedule_independent(calls)
+
+
+# The backend's candidates (overfeat_kernels.backend.candidates), each forced through the
+# op's algos: every one of them computes conv3x3 and its gradients, and runs the kernel it
+# names ("cudnn" runs PyTorch's convolution, here ATen's CPU one, none of our kernels).
+CANDIDATE_KERNELS = {
+    "forward": {"direct": DIRECT, "tc": "TileConfig<2,", "tc-small": "TileConfig<1,"},
+    "grad_input": {"direct": DIRECT, "tc": "TileConfig<2,", "tc-small": "TileConfig<1,"},
+    "grad_weight": {"direct": "wgrad_partial_kernel", "tc": "wgrad_igemm_kernel"},
+}
+# Names that mark each direction's kernels at all (to check "cudnn" ran none of them).
+DIRECTION_KERNELS = {
+    "forward": (DIRECT, IGEMM),
+    "grad_input": (DIRECT, IGEMM),
+    "grad_weight": ("wgrad_partial_kernel", "wgrad_igemm_kernel"),
+}
+
+
+@pytest.mark.parametrize("dtype", [*DTYPES, torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("direction", ["forward", "grad_input", "grad_weight"])
+def test_every_backend_candidate_computes_conv3x3(direction, dtype):
+    from overfeat_kernels import backend
+
+    cfg = (2, 17, 24, 9, 11, 1, "channels_last", True, True)
+    x, w, b, pad, relu = _inputs(cfg, _dtype(dtype))
+    names = backend.candidates(direction, "cuda", _dtype(dtype), dtype == TF32)
+    if direction == "grad_weight":
+        tiles = ["tc"] if dtype in (torch.bfloat16, torch.float16) else []
+    else:
+        tiles = ["tc", "tc-small"] if dtype not in (torch.float32, torch.float64) else []
+    assert names == ("direct", *tiles, "cudnn")
+    ops = torch.ops.overfeat_kernels
+    for name in names:
+        algo = backend.ALGOS[name]
+        with _tf32(dtype == TF32), simulator.simulate_cuda():
+            simulator.reset_launch_counts()
+            out = ops.conv3x3.default(
+                x, w, b, pad, relu, [algo if direction == "forward" else 0, 0, 0]
+            )
+            if direction != "forward":
+                grad = torch.randn(out.shape, dtype=torch.float64).to(out.dtype)
+                algos = [algo, 0] if direction == "grad_input" else [0, algo]
+                simulator.reset_launch_counts()
+                gi, gw, _ = ops.conv3x3_backward.default(
+                    grad, x, w, out, pad, [True, True, False], algos
+                )
+            launches = simulator.launch_counts()
+        marker = CANDIDATE_KERNELS[direction].get(name)
+        if marker is None:  # cudnn
+            assert not any(m in k for k in launches for m in DIRECTION_KERNELS[direction]), launches
+        else:
+            assert any(marker in k for k in launches), (name, launches)
+        # Which rounding to expect: tf32 only where tensor cores computed it.
+        check = dtype
+        if dtype == TF32 and direction != "grad_weight" and name not in ("tc", "tc-small"):
+            check = torch.float32
+        if direction == "forward":
+            _assert_forward_matches(out, x, w, b, pad, relu, check)
+        else:
+            _assert_backward_matches(out, [gi, gw], [x, w], grad, pad, relu, check)

@@ -39,11 +39,15 @@ BIG = [
 ]
 
 
+# The op's algos for [forward, grad-input, grad-weight]: the heuristic, or the large (2) or
+# small (3) tensor-core tiles forced for the forward and grad-input.
 @pytest.fixture(params=["auto", "large", "small"])
-def tiles(request, monkeypatch):
-    if request.param != "auto":
-        monkeypatch.setenv("OVERFEAT_KERNELS_CONV_TILES", request.param)
-    return request.param
+def tiles(request):
+    return {"auto": [0, 0, 0], "large": [2, 2, 0], "small": [3, 3, 0]}[request.param]
+
+
+def _conv(x, w, b, pad, relu, algos):
+    return torch.ops.overfeat_kernels.conv3x3.default(x, w, b, pad, relu, algos)
 
 
 def _to_cuda(t):
@@ -63,7 +67,7 @@ def test_forward_gpu(cfg, dtype, tiles):
     if cfg[6] == "strided":  # keep it a non-contiguous view on the GPU too
         xc = x.transpose(2, 3).contiguous().transpose(2, 3).to("cuda")
     with _tf32(dtype == TF32):
-        out = ok.conv3x3(xc, _to_cuda(w), _to_cuda(b), pad, relu)
+        out = _conv(xc, _to_cuda(w), _to_cuda(b), pad, relu, tiles)
     torch.cuda.synchronize()
     assert out.device.type == "cuda"
     assert out.shape == (cfg[0], cfg[2], cfg[3] + 2 * pad - 2, cfg[4] + 2 * pad - 2)
@@ -78,7 +82,7 @@ def test_backward_gpu(cfg, dtype, tiles):
     leaves_cpu = [t for t in (x, w, b) if t is not None]
     leaves = [_to_cuda(t).requires_grad_() for t in leaves_cpu]
     with _tf32(dtype == TF32):
-        out = ok.conv3x3(leaves[0], leaves[1], leaves[2] if b is not None else None, pad, relu)
+        out = _conv(leaves[0], leaves[1], leaves[2] if b is not None else None, pad, relu, tiles)
         grad = torch.randn(out.shape, dtype=torch.float64).to(out.dtype)
         grads = [g.cpu() for g in torch.autograd.grad(out, leaves, grad.to("cuda"))]
     _assert_backward_matches(out.detach().cpu(), grads, leaves_cpu, grad, pad, relu, dtype)
@@ -103,3 +107,57 @@ def test_channels_last_weight_gpu(dtype, layout):
     with _tf32(dtype == TF32):
         out = ok.conv3x3(_to_cuda(x), wc, _to_cuda(b), pad, relu).cpu()
     _assert_forward_matches(out, x, w, b, pad, relu, dtype)
+
+
+@pytest.mark.parametrize("dtype", [*DTYPES, torch.float32], ids=str)
+@pytest.mark.parametrize("direction", ["forward", "grad_input", "grad_weight"])
+def test_every_backend_candidate_on_gpu(direction, dtype):
+    """Each candidate the "auto" backend times (cuDNN included) computes conv3x3 and its
+    gradients on the GPU."""
+    from overfeat_kernels import backend
+
+    cfg = (2, 64, 96, 20, 21, 1, "channels_last", True, True)
+    x, w, b, pad, relu = _inputs(cfg, _dtype(dtype))
+    ops = torch.ops.overfeat_kernels
+    for name in backend.candidates(direction, "cuda", _dtype(dtype), dtype == TF32):
+        algo = backend.ALGOS[name]
+        with _tf32(dtype == TF32):
+            fwd = [algo if direction == "forward" else 0, 0, 0]
+            out = ops.conv3x3.default(_to_cuda(x), _to_cuda(w), _to_cuda(b), pad, relu, fwd)
+            if direction != "forward":
+                grad = torch.randn(out.shape, dtype=torch.float64).to(out.dtype)
+                algos = [algo, 0] if direction == "grad_input" else [0, algo]
+                gi, gw, _ = ops.conv3x3_backward.default(
+                    grad.cuda(), _to_cuda(x), _to_cuda(w), out, pad, [True, True, False], algos
+                )
+        if dtype == TF32 and name == "cudnn":
+            # cuDNN's TF32 rounds its operands its own way: within TF32's precision.
+            got = out if direction == "forward" else (gi if direction == "grad_input" else gw)
+            # The backward masks by the ReLU output it was given (our forward's).
+            g = None if direction == "forward" else grad.double() * (out.cpu().double() > 0)
+            _assert_within_tf32(got.cpu(), x, w, b, pad, relu, g, direction)
+            continue
+        # tf32 rounding where our tensor cores computed it; else exact float32.
+        check = dtype
+        if dtype == TF32 and direction != "grad_weight" and name == "direct":
+            check = torch.float32
+        if direction == "forward":
+            _assert_forward_matches(out.cpu(), x, w, b, pad, relu, check)
+        else:
+            _assert_backward_matches(
+                out.cpu(), [gi.cpu(), gw.cpu()], [x, w], grad, pad, relu, check
+            )
+
+
+def _assert_within_tf32(got, x, w, b, pad, relu, masked_grad, direction):
+    """`got` against a float64 reference to TF32's 10-bit mantissa, relative to its scale;
+    for the gradients, `masked_grad` is grad_output already masked by the ReLU."""
+    x64, w64 = (t.detach().double().requires_grad_() for t in (x, w))
+    pre = torch.nn.functional.conv2d(x64, w64, None if b is None else b.double(), padding=pad)
+    if direction == "forward":
+        ref = pre.relu() if relu else pre
+    else:
+        gx, gw = torch.autograd.grad(pre, (x64, w64), masked_grad)
+        ref = gx if direction == "grad_input" else gw
+    scale = ref.abs().max().item()
+    assert (got.double() - ref).abs().max().item() <= 4e-3 * scale

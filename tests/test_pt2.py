@@ -23,6 +23,9 @@ OPS = torch.ops.overfeat_kernels
 CASES = [
     (OPS.conv3x3.default, lambda d: conv3x3_samples(d, requires_grad=True)),
     (OPS.conv3x3_backward.default, conv3x3_backward_samples),
+    # PyTorch's convolution inside the op (the backend's "cudnn" candidate), autograd included.
+    (OPS.conv3x3.default, lambda d: conv3x3_samples(d, requires_grad=True, algos=[4, 4, 4])),
+    (OPS.conv3x3_backward.default, lambda d: conv3x3_backward_samples(d, algos=[4, 4])),
     (OPS.offset_max_pool2d.default, lambda d: offset_pool_samples(d, requires_grad=True)),
     (OPS.offset_max_pool2d_backward.default, pool_backward_samples),
     (OPS.interleave.default, lambda d: interleave_samples(d, requires_grad=True)),
@@ -30,7 +33,10 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("op,samples", CASES, ids=[str(c[0]) for c in CASES])
+CASE_IDS = [str(op) + ("-aten" if i in (2, 3) else "") for i, (op, _) in enumerate(CASES)]
+
+
+@pytest.mark.parametrize("op,samples", CASES, ids=CASE_IDS)
 def test_opcheck(device, op, samples):
     for s in samples(device):
         torch.library.opcheck(op, s.args, s.kwargs)

@@ -24,9 +24,22 @@ std::vector<int64_t> conv3x3_output_size(const at::Tensor& input, const at::Tens
           input.size(3) + 2 * padding - 2};
 }
 
+// On the CPU our implementation is ATen's convolution: the default and "aten" algos are the
+// same computation; the CUDA kernels' algos need a CUDA tensor (or the simulator).
+void check_cpu_algo(int64_t algo, const char* op, const char* which) {
+  TORCH_CHECK_VALUE(algo == kAlgoDefault || algo == kAlgoAten, op, ": ", which, " = ", algo,
+                    " (", conv_algo_name(algo), ") runs on CUDA tensors only; on the CPU use 0 "
+                    "(default) or 4 (aten)");
+}
+
 at::Tensor conv3x3_cpu(const at::Tensor& input, const at::Tensor& weight,
-                       const std::optional<at::Tensor>& bias, int64_t padding, bool relu) {
+                       const std::optional<at::Tensor>& bias, int64_t padding, bool relu,
+                       at::IntArrayRef algos) {
   check_conv3x3_args(input, weight, bias, padding);
+  check_conv_algos(algos, false);
+  check_cpu_algo(algos[0], "conv3x3", "algos[0] (forward)");
+  check_cpu_algo(algos[1], "conv3x3", "algos[1] (grad-input)");
+  check_cpu_algo(algos[2], "conv3x3", "algos[2] (grad-weight)");
   const auto size = conv3x3_output_size(input, weight, padding);
   if (input.size(0) == 0) return empty_in_format_of(size, input);
   // The ATen calls below are our implementation, not the user's: autocast (handled in the
@@ -190,8 +203,11 @@ at::Tensor bias_grad(const at::Tensor& g, at::ScalarType out_dtype) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward_cpu(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     const std::optional<at::Tensor>& relu_output, int64_t padding,
-    std::array<bool, 3> output_mask) {
+    std::array<bool, 3> output_mask, at::IntArrayRef algos) {
   check_conv3x3_backward_args(grad_output, input, weight, relu_output, padding);
+  check_conv_algos(algos, true);
+  check_cpu_algo(algos[0], "conv3x3_backward", "algos[0] (grad-input)");
+  check_cpu_algo(algos[1], "conv3x3_backward", "algos[1] (grad-weight)");
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const auto dtype = input.scalar_type();
   const auto compute = at::toOpMathType(dtype);

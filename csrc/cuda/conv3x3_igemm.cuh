@@ -31,8 +31,7 @@
 
 #include <ATen/ATen.h>
 
-#include <cstdlib>
-#include <string>
+#include <optional>
 
 #include "../dispatch.h"
 #include "../index_math.h"
@@ -371,21 +370,12 @@ void launch_with(const Params<T>& p, bool out_channels_last, cudaStream_t stream
   });
 }
 
+// `tiles`: the configuration to launch; by default the heuristic's (choose_tiles).
 template <typename T>
-void launch(const Params<T>& p, bool out_channels_last, cudaStream_t stream) {
+void launch(const Params<T>& p, bool out_channels_last, cudaStream_t stream,
+            std::optional<TileChoice> tiles = std::nullopt) {
   if (p.m == 0 || p.k == 0) return;
-  // OVERFEAT_KERNELS_CONV_TILES=large|small overrides the heuristic: for tests (every
-  // configuration on small shapes) and benchmarks.
-  const char* force = std::getenv("OVERFEAT_KERNELS_CONV_TILES");
-  TileChoice choice = TileChoice::Large;
-  if (force == nullptr || *force == '\0') {
-    choice = choose_tiles(p.m, p.k, sizeof(T), multiprocessor_count());
-  } else {
-    const std::string f(force);
-    TORCH_CHECK_VALUE(f == "large" || f == "small",
-                      "OVERFEAT_KERNELS_CONV_TILES must be 'large' or 'small', got '", f, "'");
-    choice = f == "large" ? TileChoice::Large : TileChoice::Small;
-  }
+  const TileChoice choice = tiles ? *tiles : choose_tiles(p.m, p.k, sizeof(T), multiprocessor_count());
   if (choice == TileChoice::Large) {
     launch_with<T, LargeTiles<T>>(p, out_channels_last, stream);
   } else {

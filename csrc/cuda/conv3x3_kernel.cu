@@ -17,8 +17,12 @@
 //
 // bf16 / fp16, and float32 when TF32 is allowed (torch.backends.cudnn.allow_tf32, as
 // F.conv2d), take the tensor-core implicit GEMM of conv3x3_igemm.cuh instead for the
-// forward and for grad-input; float64 and exact float32 stay on the direct kernels.
+// forward and for grad-input; float64 and exact float32 stay on the direct kernels. That is
+// the default; the ops' `algos` argument (ConvAlgo, op_schemas.h) forces one implementation
+// per direction instead, PyTorch's own convolution (cuDNN, through ATen) among them: the
+// candidates that overfeat_kernels.backend times.
 #include <ATen/OpMathType.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
 #include "../checks.h"
@@ -342,12 +346,57 @@ bool fits_igemm(const at::Tensor& in, int64_t out_c) {
          9 * cp < kLimit && 3 * (in.size(3) + 3) * cp * in.element_size() < kLimit;
 }
 
+// Whether a direction runs on the implicit GEMM: `possible` for this call (dtype, sizes),
+// decided by `algo` (ConvAlgo; forcing tensor cores where they are not possible raises).
+bool pick_tensor_cores(int64_t algo, bool possible, const char* op, const char* which,
+                       const at::Tensor& input) {
+  if (algo == kAlgoTensorCores || algo == kAlgoTensorCoresSmall) {
+    TORCH_CHECK_VALUE(possible, op, ": ", which, " = ", algo, " (", conv_algo_name(algo),
+                      ") does not apply to ", input.scalar_type(),
+                      " tensors of these sizes (tensor cores take bfloat16 and float16, float32 "
+                      "when torch.backends.cudnn.allow_tf32 is set, and float32 grad-weight not "
+                      "at all)");
+    return true;
+  }
+  return algo == kAlgoDefault && possible;
+}
+
+std::optional<igemm::TileChoice> forced_tiles(int64_t algo) {
+  if (algo == kAlgoTensorCores) return igemm::TileChoice::Large;
+  if (algo == kAlgoTensorCoresSmall) return igemm::TileChoice::Small;
+  return std::nullopt;
+}
+
+// The "aten" algo: PyTorch's own convolution (cuDNN), called from inside the op so that
+// every algo has conv3x3's contract. Autocast must not recast these inner calls.
+at::Tensor aten_conv3x3(const at::Tensor& input, const at::Tensor& weight,
+                        const std::optional<at::Tensor>& bias, int64_t padding, bool relu) {
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  at::Tensor out = at::conv2d(input, weight, bias, 1, padding);
+  if (relu) out.relu_();
+  return out.contiguous(input.suggest_memory_format());
+}
+
+// grad-input and / or grad-weight (mask) by PyTorch's convolution backward; `g` is the
+// ReLU-masked grad_output.
+std::tuple<at::Tensor, at::Tensor> aten_conv3x3_backward(const at::Tensor& g,
+                                                         const at::Tensor& input,
+                                                         const at::Tensor& weight,
+                                                         int64_t padding, bool grad_input,
+                                                         bool grad_weight) {
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  auto grads = at::convolution_backward(g, input, weight, std::nullopt, {1, 1},
+                                        {padding, padding}, {1, 1}, false, {0, 0}, 1,
+                                        {grad_input, grad_weight, false});
+  return {std::get<0>(grads), std::get<1>(grads)};
+}
+
 // out = conv3x3(in, filt) (+ bias, ReLU) on tensor cores, where `filt` is [K][3][3][Cp]
 // prepared by the caller and `in` is given as [n][h][w][cp].
 template <typename scalar_t>
 void igemm_conv(const at::Tensor& in_nhwc, int64_t in_h, int64_t in_w, const at::Tensor& filt,
                 const at::Tensor& bias, int64_t pad, bool relu, at::Tensor& out,
-                cudaStream_t stream) {
+                std::optional<igemm::TileChoice> tiles, cudaStream_t stream) {
   TORCH_INTERNAL_ASSERT(in_nhwc.is_contiguous() && filt.is_contiguous() && filt.size(1) == 3 &&
                         filt.size(2) == 3 && in_nhwc.size(3) == filt.size(3));
   igemm::Params<scalar_t> p{};
@@ -366,25 +415,31 @@ void igemm_conv(const at::Tensor& in_nhwc, int64_t in_h, int64_t in_w, const at:
   p.out_w = static_cast<int>(out.size(3));
   p.pad = static_cast<int>(pad);
   p.relu = relu;
-  igemm::launch(p, dense_channels_last(out), stream);
+  igemm::launch(p, dense_channels_last(out), stream, tiles);
 }
 
 at::Tensor conv3x3_cuda(const at::Tensor& input, const at::Tensor& weight,
-                        const std::optional<at::Tensor>& bias, int64_t padding, bool relu) {
+                        const std::optional<at::Tensor>& bias, int64_t padding, bool relu,
+                        at::IntArrayRef algos) {
   check_conv3x3_args(input, weight, bias, padding);
+  check_conv_algos(algos, false);
   const int64_t out_h = input.size(2) + 2 * padding - 2, out_w = input.size(3) + 2 * padding - 2;
   at::Tensor out = empty_in_format_of({input.size(0), weight.size(0), out_h, out_w}, input);
   if (out.numel() == 0) return out;
   const c10::cuda::CUDAGuard guard(input.device());
+  if (algos[0] == kAlgoAten) return aten_conv3x3(input, weight, bias, padding, relu);
   const cudaStream_t stream = current_stream();
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
-  if (use_tensor_cores(input.scalar_type()) && fits_igemm(input, weight.size(0))) {
+  if (pick_tensor_cores(algos[0], use_tensor_cores(input.scalar_type()) &&
+                                      fits_igemm(input, weight.size(0)),
+                        "conv3x3", "algos[0] (forward)", input)) {
     const int64_t cp = ceil_div(input.size(1), vector_elems(input)) * vector_elems(input);
     const at::Tensor x = nhwc_padded(input, cp);
     const at::Tensor filt = nhwc_padded(weight, cp);  // [K][3][3][Cp]
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv3x3_igemm", [&] {
       if constexpr (!std::is_same_v<scalar_t, double>) {
-        igemm_conv<scalar_t>(x, input.size(2), input.size(3), filt, b, padding, relu, out, stream);
+        igemm_conv<scalar_t>(x, input.size(2), input.size(3), filt, b, padding, relu, out,
+                             forced_tiles(algos[0]), stream);
       }
     });
     return out;
@@ -553,8 +608,9 @@ void grad_bias_cuda(const at::Tensor& go, const at::Tensor& mask, at::Tensor& gr
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward_cuda(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     const std::optional<at::Tensor>& relu_output, int64_t padding,
-    std::array<bool, 3> output_mask) {
+    std::array<bool, 3> output_mask, at::IntArrayRef algos) {
   check_conv3x3_backward_args(grad_output, input, weight, relu_output, padding);
+  check_conv_algos(algos, true);
   at::Tensor grad_input = input.new_empty({0});
   at::Tensor grad_weight = input.new_empty({0});
   at::Tensor grad_bias = input.new_empty({0});
@@ -573,15 +629,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward_cuda(
   // grad-input on tensor cores: the forward kernel applied to grad_output (ReLU-masked in
   // the pass that lays it out as NHWC) with the filters flipped and transposed,
   // [C][3][3][Kp], and padding 2 - pad.
-  const bool tc_dgrad = output_mask[0] && use_tensor_cores(input.scalar_type()) &&
-                        fits_igemm(grad_output, input.size(1));
+  const bool tc_dgrad =
+      output_mask[0] &&
+      pick_tensor_cores(algos[0], use_tensor_cores(input.scalar_type()) &&
+                                      fits_igemm(grad_output, input.size(1)),
+                        "conv3x3_backward", "algos[0] (grad-input)", input);
   // grad-weight on tensor cores for the 16-bit types (ldmatrix.trans); float32 keeps the
   // exact direct kernel.
   const bool half_type =
       input.scalar_type() == at::kHalf || input.scalar_type() == at::kBFloat16;
-  const bool tc_wgrad = output_mask[1] && half_type && fits_igemm(input, weight.size(0)) &&
-                        fits_igemm(grad_output, input.size(1)) &&
-                        grad_output.size(2) * grad_output.size(3) < INT32_MAX;
+  const bool tc_wgrad =
+      output_mask[1] &&
+      pick_tensor_cores(algos[1], half_type && fits_igemm(input, weight.size(0)) &&
+                                      fits_igemm(grad_output, input.size(1)) &&
+                                      grad_output.size(2) * grad_output.size(3) < INT32_MAX,
+                        "conv3x3_backward", "algos[1] (grad-weight)", input);
+  const bool aten_dgrad = output_mask[0] && algos[0] == kAlgoAten;
+  const bool aten_wgrad = output_mask[1] && algos[1] == kAlgoAten;
+  if (aten_dgrad || aten_wgrad) {
+    const at::Tensor g_masked =
+        mask.defined() ? at::where(mask > 0, grad_output, at::zeros({}, grad_output.options()))
+                       : grad_output;
+    auto [gi, gw] =
+        aten_conv3x3_backward(g_masked, input, weight, padding, aten_dgrad, aten_wgrad);
+    if (aten_dgrad) grad_input.copy_(gi);
+    if (aten_wgrad) grad_weight.copy_(gw);
+  }
   const int64_t kp = ceil_div(weight.size(0), vector_elems(input)) * vector_elems(input);
   // The masked NHWC grad_output, shared by both tensor-core kernels.
   const at::Tensor g = tc_dgrad || tc_wgrad ? nhwc_padded(grad_output, kp, mask) : at::Tensor();
@@ -603,15 +676,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward_cuda(
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv3x3_igemm_dgrad", [&] {
       if constexpr (!std::is_same_v<scalar_t, double>) {
         igemm_conv<scalar_t>(g, grad_output.size(2), grad_output.size(3), filt, at::Tensor(),
-                             2 - padding, false, grad_input, stream);
+                             2 - padding, false, grad_input, forced_tiles(algos[0]), stream);
       }
     });
   }
   OVERFEAT_DISPATCH_FLOATING(input.scalar_type(), "conv3x3_backward_cuda", [&] {
-    if (output_mask[0] && !tc_dgrad) {
+    if (output_mask[0] && !tc_dgrad && !aten_dgrad) {
       grad_input_cuda<scalar_t>(grad_output, mask, w, padding, grad_input, stream);
     }
-    if (output_mask[1] && !tc_wgrad) {
+    if (output_mask[1] && !tc_wgrad && !aten_wgrad) {
       grad_weight_cuda<scalar_t>(grad_output, mask, input, padding, grad_weight, stream);
     }
     if (output_mask[2]) grad_bias_cuda<scalar_t>(grad_output, mask, grad_bias, stream);
