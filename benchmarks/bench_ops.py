@@ -394,6 +394,16 @@ def write_results(result: dict, name: str, out: Path | None) -> Path:
     return out
 
 
+def choice_counts(choices: dict[str, dict]) -> dict[str, dict[str, int]]:
+    """How often "auto" picked each candidate, per direction (forward, grad_input, ...)."""
+    counts: dict[str, dict[str, int]] = {}
+    for entry in choices.values():
+        for direction, name in entry["choice"].items():
+            per = counts.setdefault(direction, {})
+            per[name] = per.get(name, 0) + 1
+    return counts
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -450,6 +460,11 @@ def main(argv: list[str] | None = None) -> int:
                 }
         result["conv_summary_vgg16"] = summary
         result["conv_choices"] = ok.conv_choices()
+        wins = choice_counts(result["conv_choices"])
+        result["conv_choice_counts"] = wins
+        for direction, counts in wins.items():
+            picked = ", ".join(f"{name} {n}" for name, n in sorted(counts.items()))
+            print(f"  auto's picks, {direction}: {picked}")
         for dname, s in summary.items():
             print(
                 f"  VGG-16 {dname}: geomean x{s['geomean_ratio_vs_cudnn']:.2f} vs cuDNN conv, "
