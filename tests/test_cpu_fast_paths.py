@@ -211,8 +211,11 @@ def _values(shape, dtype) -> torch.Tensor:
 @pytest.mark.parametrize("dtype", PERMUTE_DTYPES, ids=str)
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_interleave_fast_paths_every_element_size(dtype, layout):
+    # Rows of w elements: short ones (under 256 bytes: merged per plane through a buffer)
+    # and, for the wider types, long ones (merged row by row); k = 5 has no fixed-k code.
     for n, c, h, w, k in [(1, 3, 5, 7, 2), (2, 17, 4, 9, 3), (1, 33, 3, 3, 4), (1, 5, 6, 5, 5),
-                          (2, 2, 7, 8, 1), (1, 1, 1, 1, 2)]:  # fmt: skip
+                          (2, 2, 7, 8, 1), (1, 1, 1, 1, 2), (1, 2, 3, 130, 3),
+                          (2, 3, 2, 65, 2), (1, 2, 2, 40, 4)]:  # fmt: skip
         x = _layout(_values((n * k * k, c, h, w), dtype), layout)
         out = ok.interleave(x, k)
         assert torch.equal(out, reference.interleave(x, k)), (n, c, h, w, k)

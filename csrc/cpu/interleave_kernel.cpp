@@ -3,7 +3,10 @@
 //
 // Dense NCHW maps are woven a row at a time: an interleaved row y = k*i + dy is the k rows
 // i of the offsets (dy, 0..k-1), merged element by element, a loop of contiguous loads and
-// a grouped store (the reverse for deinterleave) that the compiler vectorises. Dense
+// a grouped store (the reverse for deinterleave) that the compiler vectorises. Rows shorter
+// than a few vectors (OverFeat's 11 x 14 maps) would run as scalar loop remainders: there
+// the whole plane of each offset row band is merged as one long stream through a buffer,
+// and the interleaved rows are moved with memcpy. Dense
 // channels_last maps move whole pixels, C contiguous elements at a time. Anything else
 // (strided views) takes the general path through the shared index math.
 #include <ATen/Parallel.h>
@@ -95,6 +98,52 @@ OVERFEAT_CPU_INLINE void nchw_deinterleave_plane(const typename C::T* big, typen
 }
 OVERFEAT_CPU_MULTIVERSION(nchw_deinterleave_plane)
 
+// nchw_plane for short rows (compile-time K): for each dy, the k offset planes (dy, dx)
+// are merged as whole planes, stream position k*u + dx for element u = i*w + j, in `tmp`
+// (h*w*k elements); row i of that stream is interleaved row k*i + dy.
+template <class C, bool kToSmall>
+OVERFEAT_CPU_INLINE void nchw_plane_short(typename C::T* big, typename C::T* small,
+                                          int64_t offset_stride, int64_t h, int64_t w,
+                                          typename C::T* __restrict tmp) {
+  using T = typename C::T;
+  constexpr int K = C::K;
+  const int64_t W = w * K, n = h * w;
+  const size_t row_bytes = static_cast<size_t>(W) * sizeof(T);
+  for (int dy = 0; dy < K; ++dy) {
+    T* runs[K];
+    for (int dx = 0; dx < K; ++dx) runs[dx] = small + (dy * K + dx) * offset_stride;
+    if constexpr (kToSmall) {
+      for (int64_t i = 0; i < h; ++i) std::memcpy(tmp + i * W, big + (K * i + dy) * W, row_bytes);
+      for (int64_t u = 0; u < n; ++u)
+        for (int dx = 0; dx < K; ++dx) runs[dx][u] = tmp[K * u + dx];
+    } else {
+      for (int64_t u = 0; u < n; ++u)
+        for (int dx = 0; dx < K; ++dx) tmp[K * u + dx] = runs[dx][u];
+      for (int64_t i = 0; i < h; ++i) std::memcpy(big + (K * i + dy) * W, tmp + i * W, row_bytes);
+    }
+  }
+}
+
+template <class C>
+OVERFEAT_CPU_INLINE void nchw_interleave_short(const typename C::T* small, typename C::T* big,
+                                               int64_t offset_stride, int64_t h, int64_t w,
+                                               typename C::T* tmp) {
+  nchw_plane_short<C, false>(big, const_cast<typename C::T*>(small), offset_stride, h, w, tmp);
+}
+OVERFEAT_CPU_MULTIVERSION(nchw_interleave_short)
+
+template <class C>
+OVERFEAT_CPU_INLINE void nchw_deinterleave_short(const typename C::T* big, typename C::T* small,
+                                                 int64_t offset_stride, int64_t h, int64_t w,
+                                                 typename C::T* tmp) {
+  nchw_plane_short<C, true>(const_cast<typename C::T*>(big), small, offset_stride, h, w, tmp);
+}
+OVERFEAT_CPU_MULTIVERSION(nchw_deinterleave_short)
+
+// Rows of the per-offset maps shorter than this many bytes take the plane-stream path: a
+// few 64-byte vectors, below which a row loop is mostly its scalar remainder.
+constexpr int64_t kShortRowBytes = 256;
+
 // Both directions over dense NCHW maps: big [N, C, h*k, w*k], small [N*k*k, C, h, w].
 template <typename T, int K>
 void nchw_permute(const at::Tensor& input, at::Tensor& out, bool interleave, int64_t k) {
@@ -106,11 +155,19 @@ void nchw_permute(const at::Tensor& input, at::Tensor& out, bool interleave, int
   const int64_t grain = std::max<int64_t>(1, kTaskElems / std::max<int64_t>(1, plane_big));
   const T* in = static_cast<const T*>(input.const_data_ptr());
   T* o = static_cast<T*>(out.mutable_data_ptr());
+  const bool short_rows = K > 0 && w * static_cast<int64_t>(sizeof(T)) < kShortRowBytes;
   at::parallel_for(0, n * c, grain, [&](int64_t begin, int64_t end) {
+    std::vector<T> tmp(short_rows ? plane_small * k : 0);
     for (int64_t p = begin; p < end; ++p) {
       const int64_t ni = p / c, ci = p % c;
       const int64_t small_off = (ni * k * k * c + ci) * plane_small;
-      if (interleave) {
+      if (short_rows && interleave) {
+        nchw_interleave_short_run<Cf>(in + small_off, o + p * plane_big, c * plane_small, h, w,
+                                      tmp.data());
+      } else if (short_rows) {
+        nchw_deinterleave_short_run<Cf>(in + p * plane_big, o + small_off, c * plane_small, h,
+                                        w, tmp.data());
+      } else if (interleave) {
         nchw_interleave_plane_run<Cf>(in + small_off, o + p * plane_big, c * plane_small, h, w,
                                       k);
       } else {
