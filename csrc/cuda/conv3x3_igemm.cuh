@@ -194,8 +194,10 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   int ld_b = 0;  // (ld_tap·Cp + ld_c)·sizeof(T): the k-block in a filter
   const int next_row = (p.w - 3) * p.cp * static_cast<int>(sizeof(T));  // s = 2 -> next r
 
+  // With a channel tail: this thread's vector of a k-block is inside Cp while ld_c < c_end.
+  const int c_end = p.cp - lv * kVec;
   const auto load_stage = [&]() {
-    const bool c_ok = !kChannelTail || ld_c + lv * kVec < p.cp;
+    const bool c_ok = !kChannelTail || ld_c < c_end;
     const uint32_t taps = c_ok ? static_cast<uint32_t>(a_taps >> ld_tap) : 0u;
     const uint32_t b_ok = c_ok ? b_valid : 0u;
 #pragma unroll

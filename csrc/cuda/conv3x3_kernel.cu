@@ -96,15 +96,22 @@ __device__ __forceinline__ void stage_patch(at::opmath_type<scalar_t> (*patch)[k
   }
 }
 
+// Blocks per SM the register budget is set for: left to itself, ptxas aimed at 3-4 blocks
+// and spilled a few bytes; float64 (twice the registers per value) gets one.
+template <typename scalar_t>
+constexpr int kDirectMinBlocks = sizeof(at::opmath_type<scalar_t>) == 8 ? 1 : 2;
+
 template <typename scalar_t, bool kMasked>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kDirectMinBlocks<scalar_t>)
     direct_conv3x3_kernel(const DirectConvParams<scalar_t> p) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t s_in[kInChunk][kHalo][kHalo];
   __shared__ acc_t s_w[kOutChunk][kInChunk][kTaps];
 
   const int tx = threadIdx.x % kTile, ty = threadIdx.x / kTile, tid = threadIdx.x;
-  const int64_t tiles_w = ceil_div(p.out_w, kTile);
+  // 32-bit tile arithmetic (the launch checks tiles <= INT32_MAX): a 64-bit division is a
+  // subroutine call.
+  const unsigned tiles_w = static_cast<unsigned>(ceil_div(p.out_w, kTile));
   const int64_t oy0 = int64_t(blockIdx.x / tiles_w) * kTile;
   const int64_t ox0 = int64_t(blockIdx.x % tiles_w) * kTile;
   const int64_t o0 = int64_t(blockIdx.y) * kOutChunk;
