@@ -440,3 +440,56 @@ def test_every_backend_candidate_computes_conv3x3(direction, dtype):
             _assert_forward_matches(out, x, w, b, pad, relu, check)
         else:
             _assert_backward_matches(out, [gi, gw], [x, w], grad, pad, relu, check)
+
+
+# Few input channels (C below one 16-byte vector: 7 for bf16 / fp16, 3 for tf32): the
+# forward runs as a 1 x 1 implicit GEMM (kTaps = 1) over the input unfolded to 9·C channels.
+# Odd maps, padding 0 and 1, 1 x 1 maps with padding, K tails and several N tiles, several
+# M tiles, every layout, both tile configurations.
+UNFOLDED_CONFIGS = [
+    (2, 3, 64, 13, 17, 1, "channels_last", True, True),
+    (1, 1, 17, 7, 9, 0, "nchw", False, True),
+    (3, 2, 70, 9, 5, 1, "strided", True, False),
+    (1, 3, 8, 1, 1, 1, "nchw", True, True),
+    (1, 3, 130, 33, 7, 0, "channels_last", False, False),
+]
+UNFOLDED_BF16_ONLY = [
+    (1, 5, 24, 11, 6, 1, "nchw", True, True),
+    (2, 7, 9, 6, 13, 0, "channels_last", True, True),
+]
+
+
+@pytest.mark.parametrize("algos", [None, [2, 0, 0], [3, 0, 0]], ids=["auto", "large", "small"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("cfg", UNFOLDED_CONFIGS + UNFOLDED_BF16_ONLY, ids=_name)
+def test_few_channels_unfolded_forward(cfg, dtype, algos):
+    if cfg in UNFOLDED_BF16_ONLY and dtype == TF32:
+        pytest.skip("C >= 4 fills a tf32 vector: the 9-tap path")
+    x, w, b, pad, relu = _inputs(cfg, _dtype(dtype))
+    with _tf32(dtype == TF32):
+        out, launches = _run_forward((x, w, b, pad, relu), algos)
+    unfolded = [k for k in launches if IGEMM in k and "3>, 1, " in k]
+    assert unfolded and len(launches) == len(unfolded), launches
+    if algos is not None:
+        tile = "TileConfig<2," if algos[0] == 2 else "TileConfig<1,"
+        assert all(tile in k for k in unfolded), launches
+    assert out.shape == (cfg[0], cfg[2], cfg[3] + 2 * pad - 2, cfg[4] + 2 * pad - 2)
+    if cfg[6] == "channels_last":
+        assert out.is_contiguous(memory_format=torch.channels_last)
+    _assert_forward_matches(out, x, w, b, pad, relu, dtype)
+
+
+def test_few_channels_gradients_and_schedule():
+    """The first layer's gradients (grad-input on the 9-tap kernel, grad-weight of C = 3)
+    after an unfolded forward, and the unfolded forward's schedule independence."""
+    cfg = (2, 3, 24, 9, 11, 1, "channels_last", True, True)
+    x, w, b, pad, relu = _inputs(cfg, torch.bfloat16, requires_grad=True)
+    leaves = [x, w, b.requires_grad_()]
+    with simulator.simulate_cuda():
+        out = ok.conv3x3(x, w, b, pad, relu)
+        grad = torch.randn(out.shape, dtype=torch.float64).to(out.dtype)
+        grads = torch.autograd.grad(out, leaves, grad)
+    _assert_backward_matches(out, grads, leaves, grad, pad, relu, torch.bfloat16)
+    simulator.assert_schedule_independent(
+        lambda: [ok.conv3x3(x.detach(), w.detach(), b, pad, relu)]
+    )

@@ -7,6 +7,8 @@
 // the input pixel (y + r - pad, x + s - pad), read straight from an NHWC map with its
 // channels padded to a multiple of one 16-byte vector (Cp); B is the filter copy
 // [K][3][3][Cp] (the reduction contiguous). See conv3x3_kernel.cu for who prepares what.
+// With one tap (Params::taps = 1) the same kernel is a 1 × 1 convolution: the forward for
+// few input channels, whose input arrives with the 3 × 3 taps unfolded into channels.
 //
 // Per CTA: a kBM × kBN output tile (pixels × filters); warps of 64 × 32 or 64 × 64, each
 // 4 × 4 (or 4 × 8) mma tiles of 16 × 8 with fp32 accumulators. The reduction advances by
@@ -115,6 +117,9 @@ struct Params {
   int64_t n, m;  // m = n · out_h · out_w
   int h, w, cp, k, out_h, out_w, pad;
   bool relu;
+  // 9; or 1: a 1 × 1 convolution (pad 0) of an input whose channels are already the
+  // unfolded 3 × 3 taps of a map with few channels (unfolded_input in conv3x3_kernel.cu).
+  int taps;
 };
 
 // Byte offset of 16-byte vector `v` of row `row` in a tile (the XOR swizzle above).
@@ -122,10 +127,13 @@ __host__ __device__ constexpr int swizzled(int row, int v) {
   return row * kRowBytes + ((v ^ ((row >> 1) & 3)) * kVecBytes);
 }
 
-// Bit (tap + 9·i) of the result: whether tap (r, s) of pixel m reads inside the map.
+// Bit (tap + 9·i) of the result: whether tap (r, s) of pixel m reads inside the map (for
+// kTaps = 1: whether pixel m exists).
+template <int kTaps>
 __device__ __forceinline__ uint32_t tap_mask(int64_t m, int64_t pixels, int64_t hw_out,
                                              int out_w, int h, int w, int pad) {
   if (m >= pixels) return 0;
+  if constexpr (kTaps == 1) return 1;
   const int64_t rem = m % hw_out;
   const int y = static_cast<int>(rem / out_w) - pad, x = static_cast<int>(rem % out_w) - pad;
   uint32_t bits = 0;
@@ -137,10 +145,10 @@ __device__ __forceinline__ uint32_t tap_mask(int64_t m, int64_t pixels, int64_t 
   return bits;
 }
 
-// kChannelTail: Cp is not a multiple of the k-block, so the last k-block of a tap has
-// vectors past Cp (zero-filled). Without it (C % 32 == 0 for bf16 / fp16, the usual case),
-// the loader skips that test.
-template <typename T, typename Cfg, bool kOutChannelsLast, bool kChannelTail>
+// kTaps: 9 (a 3 × 3 convolution), or 1 (Params::taps). kChannelTail: Cp is not a multiple
+// of the k-block, so the last k-block of a tap has vectors past Cp (zero-filled). Without
+// it (C % 32 == 0 for bf16 / fp16, the usual case), the loader skips that test.
+template <typename T, typename Cfg, int kTaps, bool kOutChannelsLast, bool kChannelTail>
 __global__ void __launch_bounds__(Cfg::kThreads)
     conv3x3_igemm_kernel(const Params<T> p) {
   constexpr int kVec = kVecBytes / static_cast<int>(sizeof(T));  // elements per vector
@@ -172,9 +180,9 @@ __global__ void __launch_bounds__(Cfg::kThreads)
     const int64_t y = rem / p.out_w - p.pad, x = rem % p.out_w - p.pad;
     const int64_t off = ((img * p.h + y) * p.w + x) * p.cp + lv * kVec;
     a_addr[j] = reinterpret_cast<uint64_t>(p.in) + static_cast<uint64_t>(off * int64_t(sizeof(T)));
-    a_taps |= uint64_t(tap_mask(m, p.m, hw_out, p.out_w, p.h, p.w, p.pad)) << (9 * j);
+    a_taps |= uint64_t(tap_mask<kTaps>(m, p.m, hw_out, p.out_w, p.h, p.w, p.pad)) << (9 * j);
   }
-  const int64_t filter_bytes = 9 * int64_t(p.cp) * int64_t(sizeof(T));
+  const int64_t filter_bytes = kTaps * int64_t(p.cp) * int64_t(sizeof(T));
   uint32_t b_valid = 0;  // filter rows beyond K read nothing
 #pragma unroll
   for (int j = 0; j < Cfg::kBRows; ++j) {
@@ -185,7 +193,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
                          static_cast<uint64_t>(int64_t(k0 + lrow) * filter_bytes + lv * kVecBytes);
 
   const int c_blocks = (p.cp + kBK - 1) / kBK;
-  const int k_blocks = 9 * c_blocks;
+  const int k_blocks = kTaps * c_blocks;
   // The k-block the next load_stage copies: tap (r, s) = ld_tap, channels ld_c.. of it.
   int ld_tap = 0, ld_s = 0, ld_c = 0;  // ld_s = s, the tap's column
   int ld_stage = 0;                     // byte offset of the stage
@@ -364,10 +372,15 @@ void launch_with(const Params<T>& p, bool out_channels_last, cudaStream_t stream
                     " pixels with ", p.k, " filters exceed the launch grid of this kernel");
   const dim3 grid(static_cast<unsigned>(m_tiles), static_cast<unsigned>(n_tiles));
   constexpr int kBK = kRowBytes / static_cast<int>(sizeof(T));
-  bool_switch(out_channels_last, [&](auto cl) {
-    bool_switch(p.cp % kBK != 0, [&](auto tail) {
-      launch_kernel<conv3x3_igemm_kernel<T, Cfg, decltype(cl)::value, decltype(tail)::value>>(
-          grid, Cfg::kThreads, 0, stream, p);
+  TORCH_INTERNAL_ASSERT(p.taps == 9 || (p.taps == 1 && p.pad == 0));
+  bool_switch(p.taps == 1, [&](auto unfolded) {
+    constexpr int kTaps = decltype(unfolded)::value ? 1 : 9;
+    bool_switch(out_channels_last, [&](auto cl) {
+      bool_switch(p.cp % kBK != 0, [&](auto tail) {
+        launch_kernel<conv3x3_igemm_kernel<T, Cfg, kTaps, decltype(cl)::value,
+                                           decltype(tail)::value>>(grid, Cfg::kThreads, 0,
+                                                                   stream, p);
+      });
     });
   });
 }

@@ -398,14 +398,42 @@ std::tuple<at::Tensor, at::Tensor> aten_conv3x3_backward(const at::Tensor& g,
   return {std::get<0>(grads), std::get<1>(grads)};
 }
 
+// Few input channels (fewer than one 16-byte vector: VGG's first layer, C = 3). The
+// default path pads C to a vector and gives each of the 9 taps its own k-block of 32 bf16 /
+// fp16 (16 tf32) channels, nearly all zeros, and copies the input to do so anyway. Instead
+// the forward runs as a 1 × 1 implicit GEMM over the input unfolded to [n][h'][w'][Cu]
+// (Cu = 9·C rounded up to a vector, zeros past 9·C): 1-2 k-blocks per pixel instead of 9.
+// The unfolding is an explicit copy (ATen's im2col), counted in our time by the benchmarks.
+bool use_unfolded(const at::Tensor& input) { return input.size(1) < vector_elems(input); }
+
+// The unfolded input and the filters as [K][1][1][Cu]. im2col's column (c, r, s) is
+// c·9 + r·3 + s, the order of weight.reshape(K, 9·C).
+std::pair<at::Tensor, at::Tensor> unfolded_operands(const at::Tensor& input,
+                                                    const at::Tensor& weight, int64_t pad,
+                                                    int64_t out_h, int64_t out_w) {
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  const int64_t n = input.size(0), k = weight.size(0), taps_c = 9 * input.size(1);
+  const int64_t cu = ceil_div(taps_c, vector_elems(input)) * vector_elems(input);
+  const auto dense = at::MemoryFormat::Contiguous;
+  const at::Tensor cols = at::im2col(input, {3, 3}, {1, 1}, {pad, pad}, {1, 1});
+  at::Tensor x = at::zeros({n, out_h, out_w, cu}, input.options().memory_format(dense));
+  x.narrow(3, 0, taps_c).copy_(cols.view({n, taps_c, out_h, out_w}).permute({0, 2, 3, 1}));
+  at::Tensor filt = at::zeros({k, 1, 1, cu}, weight.options().memory_format(dense));
+  filt.narrow(3, 0, taps_c).copy_(weight.reshape({k, 1, 1, taps_c}));
+  return {x, filt};
+}
+
 // out = conv3x3(in, filt) (+ bias, ReLU) on tensor cores, where `filt` is [K][3][3][Cp]
-// prepared by the caller and `in` is given as [n][h][w][cp].
+// prepared by the caller and `in` is given as [n][h][w][cp]; or, with `filt` [K][1][1][Cu],
+// the 1 × 1 convolution of an unfolded input (pad 0).
 template <typename scalar_t>
 void igemm_conv(const at::Tensor& in_nhwc, int64_t in_h, int64_t in_w, const at::Tensor& filt,
                 const at::Tensor& bias, int64_t pad, bool relu, at::Tensor& out,
                 std::optional<igemm::TileChoice> tiles, cudaStream_t stream) {
-  TORCH_INTERNAL_ASSERT(in_nhwc.is_contiguous() && filt.is_contiguous() && filt.size(1) == 3 &&
-                        filt.size(2) == 3 && in_nhwc.size(3) == filt.size(3));
+  const int64_t taps = filt.size(1) * filt.size(2);
+  TORCH_INTERNAL_ASSERT(in_nhwc.is_contiguous() && filt.is_contiguous() &&
+                        filt.size(1) == filt.size(2) && (taps == 9 || (taps == 1 && pad == 0)) &&
+                        in_nhwc.size(3) == filt.size(3));
   igemm::Params<scalar_t> p{};
   p.in = in_nhwc.const_data_ptr<scalar_t>();
   p.filt = filt.const_data_ptr<scalar_t>();
@@ -422,6 +450,7 @@ void igemm_conv(const at::Tensor& in_nhwc, int64_t in_h, int64_t in_w, const at:
   p.out_w = static_cast<int>(out.size(3));
   p.pad = static_cast<int>(pad);
   p.relu = relu;
+  p.taps = static_cast<int>(taps);
   igemm::launch(p, dense_channels_last(out), stream, tiles);
 }
 
@@ -440,6 +469,16 @@ at::Tensor conv3x3_cuda(const at::Tensor& input, const at::Tensor& weight,
   if (pick_tensor_cores(algos[0], use_tensor_cores(input.scalar_type()) &&
                                       fits_igemm(input, weight.size(0)),
                         "conv3x3", "algos[0] (forward)", input)) {
+    if (use_unfolded(input)) {
+      const auto [x, filt] = unfolded_operands(input, weight, padding, out_h, out_w);
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv3x3_igemm_unfolded", [&] {
+        if constexpr (!std::is_same_v<scalar_t, double>) {
+          igemm_conv<scalar_t>(x, out_h, out_w, filt, b, 0, relu, out, forced_tiles(algos[0]),
+                               stream);
+        }
+      });
+      return out;
+    }
     const int64_t cp = ceil_div(input.size(1), vector_elems(input)) * vector_elems(input);
     const at::Tensor x = nhwc_padded(input, cp);
     const at::Tensor filt = nhwc_padded(weight, cp);  // [K][3][3][Cp]
