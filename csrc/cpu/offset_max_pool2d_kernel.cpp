@@ -345,12 +345,9 @@ NchwGeo nchw_geo(const PoolGeometry& g) {
 
 template <class C>
 OVERFEAT_CPU_INLINE bool any_nan(const typename C::raw_t* __restrict x, int64_t n) {
-  int found = 0;
-  for (int64_t t = 0; t < n; ++t) {
-    const typename C::key_t v = C::E::key(x[t]);
-    found |= v != v;
-  }
-  return found != 0;
+  typename C::E::bits_t m = 0;
+  for (int64_t t = 0; t < n; ++t) m = std::max(m, C::E::magnitude(x[t]));
+  return m > C::E::kInf;
 }
 
 // The key of a raw element, or a key itself.
@@ -363,29 +360,28 @@ OVERFEAT_CPU_INLINE typename C::key_t key(S v) {
   }
 }
 
-// d[t] = max over s < k of src[t + s*step] (in s order, maxps form), t < n. S is raw_t
-// (keys taken on the fly) or key_t.
-template <class C, typename S>
+// d[t] = max over s < k of src[t + s*step] (in s order, maxps form), t < n. S and D are
+// raw_t or key_t: keys are taken on loading and (exact without NaNs) converted back on
+// storing as needed.
+template <class C, typename S, typename D>
 OVERFEAT_CPU_INLINE void fold_max(const S* __restrict src, int64_t step, int64_t k,
-                                  typename C::key_t* __restrict d, int64_t n) {
+                                  D* __restrict d, int64_t n) {
   using key_t = typename C::key_t;
-  if constexpr (C::K > 0) {
-    for (int64_t t = 0; t < n; ++t) {
-      key_t best = key<C>(src[t]);
-      for (int s = 1; s < C::K; ++s) {
-        const key_t v = key<C>(src[t + s * step]);
-        best = v > best ? v : best;
-      }
-      d[t] = best;
+  auto store = [](key_t v) -> D {
+    if constexpr (std::is_same_v<D, key_t>) {
+      return v;
+    } else {
+      return C::E::to_raw(v);
     }
-  } else {  // one pass per s: long loops for a run-time k
-    for (int64_t t = 0; t < n; ++t) d[t] = key<C>(src[t]);
-    for (int64_t s = 1; s < k; ++s) {
-      for (int64_t t = 0; t < n; ++t) {
-        const key_t v = key<C>(src[t + s * step]);
-        d[t] = v > d[t] ? v : d[t];
-      }
+  };
+  const int64_t kk = C::K > 0 ? C::K : k;  // a constant: the s loop unrolled
+  for (int64_t t = 0; t < n; ++t) {
+    key_t best = key<C>(src[t]);
+    for (int64_t s = 1; s < kk; ++s) {
+      const key_t v = key<C>(src[t + s * step]);
+      best = v > best ? v : best;
     }
+    d[t] = store(best);
   }
 }
 
@@ -395,24 +391,11 @@ template <class C>
 OVERFEAT_CPU_INLINE void nchw_dense_max(const typename C::raw_t* in, NchwGeo g, int64_t n_rows,
                                         int64_t n_dense, typename C::key_t* rows,
                                         typename C::raw_t* dense, bool* nan) {
-  using key_t = typename C::key_t;
   const int64_t k = C::K > 0 ? C::K : g.k;
   *nan = any_nan<C>(in, n_rows + k - 1);
   if (*nan) return;
   fold_max<C>(in, 1, k, rows, n_rows);
-  if constexpr (C::kSameKey) {
-    fold_max<C>(rows, g.W, k, dense, n_dense);
-  } else {
-    // D is kept as raw elements (the gather moves raw bits): keys go through a small
-    // buffer, a block at a time.
-    constexpr int64_t kBlock = 256;
-    key_t tmp[kBlock];
-    for (int64_t t0 = 0; t0 < n_dense; t0 += kBlock) {
-      const int64_t m = std::min(kBlock, n_dense - t0);
-      fold_max<C>(rows + t0, g.W, k, tmp, m);
-      for (int64_t t = 0; t < m; ++t) dense[t0 + t] = C::E::to_raw(tmp[t]);
-    }
-  }
+  fold_max<C>(rows, g.W, k, dense, n_dense);
 }
 OVERFEAT_CPU_MULTIVERSION(nchw_dense_max)
 
@@ -510,10 +493,13 @@ OVERFEAT_CPU_TARGET_AVX512 __attribute__((noinline)) void nchw_split_offsets_per
     for (int64_t y = 0; y < k * g.Ho; ++y) {
       const T* row = d + (c * g.H + y) * g.W;
       T* o = out + (y % k) * k * offset_stride + (c * g.Ho + y / k) * g.Wo;
+      // An offset's rows are written in order, so a store may run past its row into the
+      // next ones (written later); masked only where it would leave the group's output.
+      const int64_t pos = (c * g.Ho + y / k) * g.Wo, end = g.G * g.Ho * g.Wo;
       for (int64_t j0 = 0; j0 < g.Wo; j0 += L) {
         const int64_t left = g.Wo - j0;
-        const auto m = static_cast<typename V::mask_t>(left >= L ? ~uint64_t{0}
-                                                                 : (uint64_t{1} << left) - 1);
+        const bool full = pos + j0 + L <= end;
+        const auto m = static_cast<typename V::mask_t>((uint64_t{1} << std::min<int64_t>(left, L)) - 1);
         for (int s = 0; s < k; ++s) v[s] = _mm512_loadu_si512(row + k * j0 + s * L);
         for (int dx = 0; dx < k; ++dx) {
           __m512i t = v[0];
@@ -521,7 +507,11 @@ OVERFEAT_CPU_TARGET_AVX512 __attribute__((noinline)) void nchw_split_offsets_per
             const __m512i i = _mm512_load_si512(idx[dx][s]);
             t = V::permute(t, i, v[s + 1]);
           }
-          V::store(o + dx * offset_stride + j0, m, t);
+          if (full) {
+            _mm512_storeu_si512(o + dx * offset_stride + j0, t);
+          } else {
+            V::store(o + dx * offset_stride + j0, m, t);
+          }
         }
       }
     }
