@@ -334,9 +334,8 @@ NchwGeo nchw_geo(const PoolGeometry& g) {
 // the dense stride-1 k x k max D at pixel (dy + k*i, dx + k*j). D is computed separably
 // over the flattened group of G planes: row maxima R[t] = max_b x[t + b], then
 // D[t] = max_a R[t + a*W], each one long unit-stride loop whatever the plane size (lanes
-// at row and plane edges mix neighbouring rows or planes; no output reads them). Each
-// offset's output, G*Ho*Wo contiguous elements, is then gathered from D through a table
-// of the windows' pixel positions (the same for every offset up to a shift).
+// at row and plane edges mix neighbouring rows or planes; no output reads them). The
+// rows y = dy + k*i of D are then split by column phase into the offsets' outputs.
 //
 // Without NaNs, F.max_pool2d's rule is `later > running ? later : running` (ties keep the
 // first element), one maxps, and the separable order picks the same element as the
@@ -367,13 +366,6 @@ template <class C, typename S, typename D>
 OVERFEAT_CPU_INLINE void fold_max(const S* __restrict src, int64_t step, int64_t k,
                                   D* __restrict d, int64_t n) {
   using key_t = typename C::key_t;
-  auto store = [](key_t v) -> D {
-    if constexpr (std::is_same_v<D, key_t>) {
-      return v;
-    } else {
-      return C::E::to_raw(v);
-    }
-  };
   const int64_t kk = C::K > 0 ? C::K : k;  // a constant: the s loop unrolled
   for (int64_t t = 0; t < n; ++t) {
     key_t best = key<C>(src[t]);
@@ -381,7 +373,11 @@ OVERFEAT_CPU_INLINE void fold_max(const S* __restrict src, int64_t step, int64_t
       const key_t v = key<C>(src[t + s * step]);
       best = v > best ? v : best;
     }
-    d[t] = store(best);
+    if constexpr (std::is_same_v<D, key_t>) {
+      d[t] = best;
+    } else {
+      d[t] = C::E::to_raw(best);
+    }
   }
 }
 
@@ -499,7 +495,8 @@ OVERFEAT_CPU_TARGET_AVX512 __attribute__((noinline)) void nchw_split_offsets_per
       for (int64_t j0 = 0; j0 < g.Wo; j0 += L) {
         const int64_t left = g.Wo - j0;
         const bool full = pos + j0 + L <= end;
-        const auto m = static_cast<typename V::mask_t>((uint64_t{1} << std::min<int64_t>(left, L)) - 1);
+        const auto m =
+            static_cast<typename V::mask_t>((uint64_t{1} << std::min<int64_t>(left, L)) - 1);
         for (int s = 0; s < k; ++s) v[s] = _mm512_loadu_si512(row + k * j0 + s * L);
         for (int dx = 0; dx < k; ++dx) {
           __m512i t = v[0];
@@ -534,7 +531,8 @@ void nchw_forward(const at::Tensor& input, at::Tensor& out, const PoolGeometry& 
   at::parallel_for(0, pg.in.n * groups, grain, [&](int64_t begin, int64_t end) {
     std::vector<raw_t> split, tmp;  // for groups with NaNs
     std::vector<key_t> rows(g.G * plane_in);
-    std::vector<raw_t> dense(g.G * plane_in + k * 64);  // + k*64: see the AVX-512 split
+    // + k*64: the AVX-512 split reads up to k vectors (of at most 64 elements) past D.
+    std::vector<raw_t> dense(g.G * plane_in + k * 64);
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n = p / groups, c0 = (p % groups) * g.G;
       NchwGeo gg = g;
