@@ -155,6 +155,27 @@ def test_pool_keeps_signed_zero_and_nan_bits_of_the_rules_pick(layout, k):
     assert signs.any() and not signs.all()  # the test does see both zeros
 
 
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_pool_forward_nan_free_and_nan_groups(dtype, layout):
+    # The NCHW forward handles groups of planes without NaNs with a separable max and the
+    # groups holding a NaN with the full rule: a few NaNs (only some groups hit) and +0 / -0
+    # ties (first in row-major window order wins) in both; many planes (several groups, the
+    # last one smaller), rows longer than a vector, k = 1 to 9.
+    for n, c, h, w, k in [(1, 200, 9, 11, 2), (2, 70, 17, 17, 3), (1, 9, 12, 100, 2),
+                          (1, 40, 13, 70, 4), (1, 6, 11, 23, 5), (1, 3, 19, 40, 9),
+                          (1, 37, 5, 6, 1)]:  # fmt: skip
+        x = torch.tensor([-1.0, -0.0, 0.0])[torch.randint(0, 3, (n, c, h, w))].to(dtype)
+        x[0, c // 3, h // 2, w // 2] = float("nan")
+        x[-1, c - 1, h - 1, w - 1] = float("nan")  # outside every window for most shapes
+        x = _layout(x, layout)
+        out = ok.offset_max_pool2d(x, k)
+        name = f"{(n, c, h, w)} k={k}"
+        assert torch.equal(_bits(out), _bits(ok.offset_max_pool2d(_layout(x, "strided"), k))), name
+        expect = _per_offset_max_pool(x, k)
+        assert torch.equal(torch.isnan(to64(out)), torch.isnan(expect)), name
+
+
 def _threads(n: int):
     class _Ctx:
         def __enter__(self):

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #define OVERFEAT_CPU_HAVE_AVX2_VARIANT 1
@@ -98,11 +99,22 @@ inline bool has_avx512() { return simd_level() >= 2; }
 // key() converts raw storage to the type comparisons and sums use; the conversions are
 // exact. from_acc() rounds an accumulated sum back to storage.
 // kExactBack: to_raw(key(v)) gives back v's bits for every v (NaN payloads included), so a
-// maximum may be computed on keys alone and converted back at the end.
+// maximum may be computed on keys alone and converted back at the end; without NaNs it
+// does so for every type. magnitude(v): v's bits without the sign, an integer above kInf
+// exactly when v is a NaN (a cheap NaN test on raw elements that vectorises as an integer
+// max).
 template <typename scalar_t>
 struct Elem {
   using raw_t = scalar_t;
   using key_t = scalar_t;
+  using bits_t = std::conditional_t<sizeof(scalar_t) == 4, uint32_t, uint64_t>;
+  static constexpr bits_t kInf = static_cast<bits_t>(
+      sizeof(scalar_t) == 4 ? uint64_t{0x7F800000u} : uint64_t{0x7FF0000000000000u});
+  static OVERFEAT_CPU_INLINE bits_t magnitude(raw_t v) {
+    bits_t b;
+    std::memcpy(&b, &v, sizeof b);
+    return b & ~(bits_t{1} << (8 * sizeof(bits_t) - 1));
+  }
   static constexpr bool kExactBack = true;
   static OVERFEAT_CPU_INLINE key_t key(raw_t v) { return v; }
   static OVERFEAT_CPU_INLINE raw_t to_raw(key_t v) { return v; }
@@ -113,6 +125,9 @@ template <>
 struct Elem<c10::BFloat16> {
   using raw_t = uint16_t;
   using key_t = float;
+  using bits_t = uint16_t;
+  static constexpr bits_t kInf = 0x7F80;
+  static OVERFEAT_CPU_INLINE bits_t magnitude(raw_t v) { return v & 0x7FFF; }
   static OVERFEAT_CPU_INLINE float key(uint16_t v) {
     const uint32_t bits = static_cast<uint32_t>(v) << 16;
     float f;
@@ -140,6 +155,9 @@ template <>
 struct Elem<c10::Half> {
   using raw_t = uint16_t;
   using key_t = float;
+  using bits_t = uint16_t;
+  static constexpr bits_t kInf = 0x7C00;
+  static OVERFEAT_CPU_INLINE bits_t magnitude(raw_t v) { return v & 0x7FFF; }
   static OVERFEAT_CPU_INLINE float key(uint16_t v) {
     return c10::detail::fp16_ieee_to_fp32_value(v);
   }

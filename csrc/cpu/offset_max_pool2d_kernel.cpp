@@ -18,6 +18,10 @@
 #include "cpu_simd.h"
 #include "simulator_switch.h"
 
+#if OVERFEAT_CPU_HAVE_AVX2_VARIANT
+#include <immintrin.h>
+#endif
+
 namespace overfeat_kernels {
 namespace {
 
@@ -326,10 +330,197 @@ NchwGeo nchw_geo(const PoolGeometry& g) {
   return {g.in.h, g.in.w, g.k, g.out.h, g.out.w, g.out.h + 1, g.out.w + 1, group};
 }
 
+// The NCHW forward without NaNs. The window max of offset (dy, dx) at output (i, j) is
+// the dense stride-1 k x k max D at pixel (dy + k*i, dx + k*j). D is computed separably
+// over the flattened group of G planes: row maxima R[t] = max_b x[t + b], then
+// D[t] = max_a R[t + a*W], each one long unit-stride loop whatever the plane size (lanes
+// at row and plane edges mix neighbouring rows or planes; no output reads them). The
+// rows y = dy + k*i of D are then split by column phase into the offsets' outputs.
+//
+// Without NaNs, F.max_pool2d's rule is `later > running ? later : running` (ties keep the
+// first element), one maxps, and the separable order picks the same element as the
+// row-major one: the first row holding the maximum, and the first maximum in that row.
+// Groups holding a NaN take the phase-split path above, which applies the full rule.
+
+template <class C>
+OVERFEAT_CPU_INLINE bool any_nan(const typename C::raw_t* __restrict x, int64_t n) {
+  typename C::E::bits_t m = 0;
+  for (int64_t t = 0; t < n; ++t) m = std::max(m, C::E::magnitude(x[t]));
+  return m > C::E::kInf;
+}
+
+// The key of a raw element, or a key itself.
+template <class C, typename S>
+OVERFEAT_CPU_INLINE typename C::key_t key(S v) {
+  if constexpr (std::is_same_v<S, typename C::key_t>) {
+    return v;
+  } else {
+    return C::E::key(v);
+  }
+}
+
+// d[t] = max over s < k of src[t + s*step] (in s order, maxps form), t < n. S and D are
+// raw_t or key_t: keys are taken on loading and (exact without NaNs) converted back on
+// storing as needed.
+template <class C, typename S, typename D>
+OVERFEAT_CPU_INLINE void fold_max(const S* __restrict src, int64_t step, int64_t k,
+                                  D* __restrict d, int64_t n) {
+  using key_t = typename C::key_t;
+  const int64_t kk = C::K > 0 ? C::K : k;  // a constant: the s loop unrolled
+  for (int64_t t = 0; t < n; ++t) {
+    key_t best = key<C>(src[t]);
+    for (int64_t s = 1; s < kk; ++s) {
+      const key_t v = key<C>(src[t + s * step]);
+      best = v > best ? v : best;
+    }
+    if constexpr (std::is_same_v<D, key_t>) {
+      d[t] = best;
+    } else {
+      d[t] = C::E::to_raw(best);
+    }
+  }
+}
+
+// D of a group (above) as raw elements, or *nan = true (and D unset) if an input element
+// that D would read is a NaN. `rows` holds n_rows keys, `dense` n_dense raw elements.
+template <class C>
+OVERFEAT_CPU_INLINE void nchw_dense_max(const typename C::raw_t* in, NchwGeo g, int64_t n_rows,
+                                        int64_t n_dense, typename C::key_t* rows,
+                                        typename C::raw_t* dense, bool* nan) {
+  const int64_t k = C::K > 0 ? C::K : g.k;
+  *nan = any_nan<C>(in, n_rows + k - 1);
+  if (*nan) return;
+  fold_max<C>(in, 1, k, rows, n_rows);
+  fold_max<C>(rows, g.W, k, dense, n_dense);
+}
+OVERFEAT_CPU_MULTIVERSION(nchw_dense_max)
+
+// The outputs of a group from D: offset (dy, dx), plane c, row i is D[c][dy + k*i][dx + k*j]
+// for j < Wo, so each row y = dy + k*i of D is split by column phase into the rows (c, i)
+// of the k offsets (dy, 0..k-1). `offset_stride` is the distance between offsets' outputs.
+template <class C>
+OVERFEAT_CPU_INLINE void nchw_split_offsets(const typename C::raw_t* __restrict d,
+                                            typename C::raw_t* __restrict out,
+                                            int64_t offset_stride, NchwGeo g) {
+  const int64_t k = C::K > 0 ? C::K : g.k;
+  for (int64_t c = 0; c < g.G; ++c) {
+    for (int64_t y = 0; y < k * g.Ho; ++y) {
+      const typename C::raw_t* row = d + (c * g.H + y) * g.W;
+      const int64_t dy = y % k, i = y / k;
+      for (int64_t dx = 0; dx < k; ++dx) {
+        typename C::raw_t* o = out + (dy * k + dx) * offset_stride + (c * g.Ho + i) * g.Wo;
+        for (int64_t j = 0; j < g.Wo; ++j) o[j] = row[dx + k * j];
+      }
+    }
+  }
+}
+OVERFEAT_CPU_MULTIVERSION(nchw_split_offsets)
+
+#if OVERFEAT_CPU_HAVE_AVX2_VARIANT
+// nchw_split_offsets with AVX-512 permutes (GCC does not vectorise the short strided rows):
+// 64 bytes of output lanes j come from the k vectors holding D[y][k*j0 .. k*j0 + k*L), lane
+// j from position p = dx + k*j, picked by a chain of k - 1 two-source permutes (step s
+// takes the lanes whose p lies in vector s + 1). Reads up to k*L elements past a row's
+// last used element: `d` must have that many readable elements after D.
+constexpr int kMaxPermuteK = 8;
+
+template <int Bytes>
+struct Lanes512;
+template <>
+struct Lanes512<2> {
+  using mask_t = __mmask32;
+  using index_t = uint16_t;
+  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE __m512i permute(__m512i a, __m512i i,
+                                                                       __m512i b) {
+    return _mm512_permutex2var_epi16(a, i, b);
+  }
+  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE void store(void* p, mask_t m, __m512i v) {
+    _mm512_mask_storeu_epi16(p, m, v);
+  }
+};
+template <>
+struct Lanes512<4> {
+  using mask_t = __mmask16;
+  using index_t = uint32_t;
+  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE __m512i permute(__m512i a, __m512i i,
+                                                                       __m512i b) {
+    return _mm512_permutex2var_epi32(a, i, b);
+  }
+  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE void store(void* p, mask_t m, __m512i v) {
+    _mm512_mask_storeu_epi32(p, m, v);
+  }
+};
+template <>
+struct Lanes512<8> {
+  using mask_t = __mmask8;
+  using index_t = uint64_t;
+  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE __m512i permute(__m512i a, __m512i i,
+                                                                       __m512i b) {
+    return _mm512_permutex2var_epi64(a, i, b);
+  }
+  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE void store(void* p, mask_t m, __m512i v) {
+    _mm512_mask_storeu_epi64(p, m, v);
+  }
+};
+
+template <class C>
+OVERFEAT_CPU_TARGET_AVX512 __attribute__((noinline)) void nchw_split_offsets_permute(
+    const typename C::raw_t* d, typename C::raw_t* out, int64_t offset_stride, NchwGeo g) {
+  using T = typename C::raw_t;
+  using V = Lanes512<sizeof(T)>;
+  using index_t = typename V::index_t;
+  constexpr int L = 64 / sizeof(T);
+  const int k = C::K > 0 ? C::K : static_cast<int>(g.k);  // constant: loops unrolled
+  // idx[dx][s]: step s of offset dx's chain; step 0 picks from vectors 0 and 1, step s > 0
+  // from the chain so far (lane j, kept) and vector s + 1.
+  alignas(64) index_t idx[kMaxPermuteK][kMaxPermuteK][L];
+  for (int dx = 0; dx < k; ++dx) {
+    for (int s = 0; s + 1 < k; ++s) {
+      for (int j = 0; j < L; ++j) {
+        const int p = dx + k * j;
+        const int from = p - (s + 1) * L;  // position in vector s + 1
+        idx[dx][s][j] = static_cast<index_t>(s == 0 ? (p < 2 * L ? p : 0)
+                                                    : (from >= 0 && from < L ? L + from : j));
+      }
+    }
+  }
+  __m512i v[kMaxPermuteK];
+  for (int64_t c = 0; c < g.G; ++c) {
+    for (int64_t y = 0; y < k * g.Ho; ++y) {
+      const T* row = d + (c * g.H + y) * g.W;
+      T* o = out + (y % k) * k * offset_stride + (c * g.Ho + y / k) * g.Wo;
+      // An offset's rows are written in order, so a store may run past its row into the
+      // next ones (written later); masked only where it would leave the group's output.
+      const int64_t pos = (c * g.Ho + y / k) * g.Wo, end = g.G * g.Ho * g.Wo;
+      for (int64_t j0 = 0; j0 < g.Wo; j0 += L) {
+        const int64_t left = g.Wo - j0;
+        const bool full = pos + j0 + L <= end;
+        const auto m =
+            static_cast<typename V::mask_t>((uint64_t{1} << std::min<int64_t>(left, L)) - 1);
+        for (int s = 0; s < k; ++s) v[s] = _mm512_loadu_si512(row + k * j0 + s * L);
+        for (int dx = 0; dx < k; ++dx) {
+          __m512i t = v[0];
+          for (int s = 0; s + 1 < k; ++s) {
+            const __m512i i = _mm512_load_si512(idx[dx][s]);
+            t = V::permute(t, i, v[s + 1]);
+          }
+          if (full) {
+            _mm512_storeu_si512(o + dx * offset_stride + j0, t);
+          } else {
+            V::store(o + dx * offset_stride + j0, m, t);
+          }
+        }
+      }
+    }
+  }
+}
+#endif
+
 template <typename scalar_t, int K>
 void nchw_forward(const at::Tensor& input, at::Tensor& out, const PoolGeometry& pg) {
   using C = Cfg<scalar_t, K>;
   using raw_t = typename C::raw_t;
+  using key_t = typename C::key_t;
   const NchwGeo g = nchw_geo(pg);
   const int64_t k = pg.k, Cn = pg.in.c;
   const int64_t plane_in = g.H * g.W, plane_out = g.Ho * g.Wo;
@@ -338,15 +529,35 @@ void nchw_forward(const at::Tensor& input, at::Tensor& out, const PoolGeometry& 
   const int64_t groups = ceil_div(Cn, g.G);
   const int64_t grain = std::max<int64_t>(1, kTaskElems / (g.G * plane_in));
   at::parallel_for(0, pg.in.n * groups, grain, [&](int64_t begin, int64_t end) {
-    std::vector<raw_t> split(k * k * g.phase());
-    std::vector<raw_t> tmp(g.phase());
+    std::vector<raw_t> split, tmp;  // for groups with NaNs
+    std::vector<key_t> rows(g.G * plane_in);
+    // + k*64: the AVX-512 split reads up to k vectors (of at most 64 elements) past D.
+    std::vector<raw_t> dense(g.G * plane_in + k * 64);
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n = p / groups, c0 = (p % groups) * g.G;
       NchwGeo gg = g;
       gg.G = std::min(g.G, Cn - c0);
+      const raw_t* src = in + (n * Cn + c0) * plane_in;
       raw_t* dst = o + (n * k * k * Cn + c0) * plane_out;
-      nchw_forward_plane_run<C>(in + (n * Cn + c0) * plane_in, dst, Cn * plane_out, gg,
-                                split.data(), tmp.data());
+      // D is read up to the last plane's pixel (k*Ho - 1, k*Wo - 1), R up to (k-1)*W
+      // further on.
+      const int64_t n_dense = (gg.G - 1) * plane_in + (k * g.Ho - 1) * g.W + k * g.Wo;
+      const int64_t n_rows = n_dense + (k - 1) * g.W;
+      bool nan = false;
+      nchw_dense_max_run<C>(src, gg, n_rows, n_dense, rows.data(), dense.data(), &nan);
+      if (nan) {
+        split.resize(k * k * g.phase());
+        tmp.resize(g.phase());
+        nchw_forward_plane_run<C>(src, dst, Cn * plane_out, gg, split.data(), tmp.data());
+        continue;
+      }
+#if OVERFEAT_CPU_HAVE_AVX2_VARIANT
+      if (cpu::has_avx512() && k <= kMaxPermuteK) {
+        nchw_split_offsets_permute<C>(dense.data(), dst, Cn * plane_out, gg);
+        continue;
+      }
+#endif
+      nchw_split_offsets_run<C>(dense.data(), dst, Cn * plane_out, gg);
     }
   });
 }
