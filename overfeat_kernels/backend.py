@@ -431,6 +431,15 @@ def _valid_entry(entry: object) -> bool:
     )
 
 
+def _older_format(fmt: object) -> bool:
+    """Whether `fmt` names an earlier version of this cache's format."""
+    prefix, _, version = CACHE_FORMAT.rpartition("/")
+    if not isinstance(fmt, str) or not fmt.startswith(prefix + "/"):
+        return False
+    old = fmt[len(prefix) + 1 :]
+    return old.isdigit() and int(old) < int(version)
+
+
 def read_disk(path: Path | None = None) -> dict[str, dict[str, Any]]:
     """The valid entries of the cache file; {} (with a warning) for a corrupt or foreign
     file, {} without one for a missing file."""
@@ -443,6 +452,8 @@ def read_disk(path: Path | None = None) -> dict[str, dict[str, Any]]:
         warnings.warn(f"overfeat_kernels: ignoring unreadable {path} ({err})", RuntimeWarning,
                       stacklevel=2)  # fmt: skip
         return {}
+    if isinstance(data, dict) and _older_format(data.get("format")):
+        return {}  # written by an earlier version of this package: replaced on the next write
     if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT:
         warnings.warn(f"overfeat_kernels: ignoring {path}: not a {CACHE_FORMAT} file",
                       RuntimeWarning, stacklevel=2)  # fmt: skip

@@ -286,10 +286,10 @@ def test_version_change_times_again(fresh, monkeypatch):
         "{not json",
         json.dumps([1, 2, 3]),
         json.dumps({"format": "someone-else/9", "entries": {}}),
-        json.dumps({"format": "overfeat_kernels.conv_choices/1", "entries": {}}),
+        json.dumps({"format": "overfeat_kernels.conv_choices/99", "entries": {}}),
         json.dumps({"format": backend.CACHE_FORMAT, "entries": "nope"}),
     ],
-    ids=["truncated", "a-list", "foreign-format", "older-format", "bad-entries"],
+    ids=["truncated", "a-list", "foreign-format", "newer-format", "bad-entries"],
 )
 def test_corrupt_or_foreign_file_is_ignored_with_a_warning(fresh, monkeypatch, content):
     (fresh / backend.CACHE_FILE).write_text(content)
@@ -300,6 +300,19 @@ def test_corrupt_or_foreign_file_is_ignored_with_a_warning(fresh, monkeypatch, c
     assert timer.calls == 1
     # Rewritten as a valid file holding the new entry.
     assert len(backend.read_disk()) == 1
+
+
+def test_an_older_cache_format_is_replaced_quietly(fresh, monkeypatch):
+    old = {"format": "overfeat_kernels.conv_choices/1", "entries": {"k": {"choice": "ours"}}}
+    (fresh / backend.CACHE_FILE).write_text(json.dumps(old))
+    timer = FakeTimer({"ours": 1.0, "cudnn": 2.0})
+    monkeypatch.setattr(backend, "timer", timer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ok.conv3x3(*_args())
+    assert timer.calls == 1
+    data = json.loads((fresh / backend.CACHE_FILE).read_text())
+    assert data["format"] == backend.CACHE_FORMAT and len(data["entries"]) == 1
 
 
 def test_malformed_entries_are_dropped(fresh):
