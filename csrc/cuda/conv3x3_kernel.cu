@@ -321,20 +321,18 @@ int64_t vector_elems(const at::Tensor& t) { return igemm::kVecBytes / t.element_
 // The implicit GEMM reads [N][H][W][Cp] with Cp = C rounded up to a whole 16-byte vector
 // (extra channels zero). A dense, aligned channels_last tensor with C % vec == 0 is that
 // already and is used in place. Anything else (NCHW, views, C = 3 or 17) is copied here
-// once: the explicit layout conversion that the benchmarks count. With `mask`, elements
-// where mask > 0 fails are zeroed in the same pass (grad-output under ReLU).
-at::Tensor nhwc_padded(const at::Tensor& x, int64_t cp, const at::Tensor& mask = at::Tensor()) {
-  const bool in_place = !mask.defined() && x.size(1) == cp &&
+// once: the explicit layout conversion that the benchmarks count.
+at::Tensor nhwc_padded(const at::Tensor& x, int64_t cp) {
+  const bool in_place = x.size(1) == cp &&
                         x.is_contiguous(at::MemoryFormat::ChannelsLast) &&
                         reinterpret_cast<uintptr_t>(x.const_data_ptr()) % igemm::kVecBytes == 0;
   // Always the [n][h][w][cp] view: callers read sizes off it (a channels_last weight
   // [K, C, 3, 3] is [K][3][3][C] in memory).
   if (in_place) return x.permute({0, 2, 3, 1});
-  const at::Tensor src = mask.defined() ? at::where(mask > 0, x, at::zeros({}, x.options())) : x;
   const std::vector<int64_t> sizes{x.size(0), x.size(2), x.size(3), cp};
   const auto opts = x.options().memory_format(at::MemoryFormat::Contiguous);
   at::Tensor out = cp == x.size(1) ? at::empty(sizes, opts) : at::zeros(sizes, opts);
-  out.narrow(3, 0, x.size(1)).copy_(src.permute({0, 2, 3, 1}));
+  out.narrow(3, 0, x.size(1)).copy_(x.permute({0, 2, 3, 1}));
   return out;
 }
 
@@ -672,9 +670,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward_cuda(
   const cudaStream_t stream = current_stream();
   const at::Tensor w = weight.contiguous();
   const at::Tensor mask = relu_output.has_value() ? *relu_output : at::Tensor();
-  // grad-input on tensor cores: the forward kernel applied to grad_output (ReLU-masked in
-  // the pass that lays it out as NHWC) with the filters flipped and transposed,
-  // [C][3][3][Kp], and padding 2 - pad.
+  // grad-input on tensor cores: the forward kernel applied to the ReLU-masked grad_output
+  // (laid out as NHWC) with the filters flipped and transposed, [C][3][3][Kp], and padding
+  // 2 - pad.
   const bool tc_dgrad =
       output_mask[0] &&
       pick_tensor_cores(algos[0], use_tensor_cores(input.scalar_type()) &&
@@ -692,10 +690,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward_cuda(
                         "conv3x3_backward", "algos[1] (grad-weight)", input);
   const bool aten_dgrad = output_mask[0] && algos[0] == kAlgoAten;
   const bool aten_wgrad = output_mask[1] && algos[1] == kAlgoAten;
+  // grad_output masked by the ReLU (zero where relu_output > 0 fails), computed once for
+  // every implementation that reads it whole: the tensor-core kernels and ATen's. The
+  // direct kernels apply the mask as they load.
+  const at::Tensor g_masked =
+      mask.defined() && (tc_dgrad || tc_wgrad || aten_dgrad || aten_wgrad)
+          ? at::where(mask > 0, grad_output, at::zeros({}, grad_output.options()))
+          : grad_output;
   if (aten_dgrad || aten_wgrad) {
-    const at::Tensor g_masked =
-        mask.defined() ? at::where(mask > 0, grad_output, at::zeros({}, grad_output.options()))
-                       : grad_output;
     auto [gi, gw] =
         aten_conv3x3_backward(g_masked, input, weight, padding, aten_dgrad, aten_wgrad);
     if (aten_dgrad) grad_input.copy_(gi);
@@ -703,7 +705,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward_cuda(
   }
   const int64_t kp = ceil_div(weight.size(0), vector_elems(input)) * vector_elems(input);
   // The masked NHWC grad_output, shared by both tensor-core kernels.
-  const at::Tensor g = tc_dgrad || tc_wgrad ? nhwc_padded(grad_output, kp, mask) : at::Tensor();
+  const at::Tensor g = tc_dgrad || tc_wgrad ? nhwc_padded(g_masked, kp) : at::Tensor();
   if (tc_wgrad) {
     const int64_t cp = ceil_div(input.size(1), vector_elems(input)) * vector_elems(input);
     const at::Tensor x = nhwc_padded(input, cp);
