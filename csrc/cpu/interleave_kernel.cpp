@@ -161,13 +161,19 @@ void nchw_permute(const at::Tensor& input, at::Tensor& out, bool interleave, int
     for (int64_t p = begin; p < end; ++p) {
       const int64_t ni = p / c, ci = p % c;
       const int64_t small_off = (ni * k * k * c + ci) * plane_small;
-      if (short_rows && interleave) {
-        nchw_interleave_short_run<Cf>(in + small_off, o + p * plane_big, c * plane_small, h, w,
-                                      tmp.data());
-      } else if (short_rows) {
-        nchw_deinterleave_short_run<Cf>(in + p * plane_big, o + small_off, c * plane_small, h,
+      if constexpr (K > 0) {  // the plane-stream path needs a compile-time k
+        if (short_rows && interleave) {
+          nchw_interleave_short_run<Cf>(in + small_off, o + p * plane_big, c * plane_small, h,
                                         w, tmp.data());
-      } else if (interleave) {
+          continue;
+        }
+        if (short_rows) {
+          nchw_deinterleave_short_run<Cf>(in + p * plane_big, o + small_off, c * plane_small,
+                                          h, w, tmp.data());
+          continue;
+        }
+      }
+      if (interleave) {
         nchw_interleave_plane_run<Cf>(in + small_off, o + p * plane_big, c * plane_small, h, w,
                                       k);
       } else {
