@@ -218,6 +218,39 @@ def test_backward(cfg, dtype, tiles):
     _assert_backward_matches(out, grads, leaves, grad, pad, relu, dtype)
 
 
+# The ReLU mask of the backward, which the tensor-core kernels apply as grad_output lands
+# in shared memory (grad-input, and grad-weight for bf16 / fp16): any relu_output counts,
+# not only a forward's, and exactly its elements > 0 select. Negatives, ±0, NaN and -inf
+# drop out; +inf and subnormal positives stay. grad_output and relu_output in the same or
+# different layouts (in place, or each copied to NHWC).
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(
+    "layouts", [("nchw", "nchw"), ("channels_last", "channels_last"), ("strided", "channels_last")]
+)
+def test_relu_mask_applied_on_load(dtype, layouts):
+    dt = _dtype(dtype)
+    g_layout, r_layout = layouts
+    x, w, b, pad, _ = _inputs((2, 17, 24, 9, 11, 1, "channels_last", True, True), dt)
+    shape = (2, 24, 9, 11)
+    grad = make_map(shape, dt, "cpu", g_layout)
+    relu_out = make_map(shape, dt, "cpu", r_layout)
+    tiny = torch.finfo(dt).smallest_normal / 4
+    special = torch.tensor([0.0, -0.0, float("nan"), float("inf"), -float("inf"), tiny, -tiny])
+    picked = special[torch.randint(0, special.numel(), shape)].to(dt)
+    relu_out.copy_(torch.where(torch.rand(shape) < 0.3, picked, relu_out))
+    wgrad_algo = 0 if dtype == TF32 else 2  # tf32 grad-weight: the exact direct kernel
+    simulator.reset_launch_counts()
+    with _tf32(dtype == TF32), simulator.simulate_cuda():
+        grads = torch.ops.overfeat_kernels.conv3x3_backward(
+            grad, x, w, relu_out, pad, [True, True, True], [2, wgrad_algo]
+        )
+    masked = [k for k in simulator.launch_counts() if k.replace(" ", "").endswith(",true>")]
+    assert any(IGEMM in k for k in masked), simulator.launch_counts()
+    assert any("wgrad_igemm_kernel" in k for k in masked) == (dtype != TF32), masked
+    # relu_out stands in for the forward's output: its > 0 is the mask.
+    _assert_backward_matches(relu_out, list(grads), [x, w, b], grad, pad, True, dtype)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, TF32], ids=str)
 def test_schedule_independent(dtype, tiles):
     cfg = (2, 17, 20, 9, 11, 1, "channels_last", True, True)

@@ -88,12 +88,18 @@ struct MmaTraits<at::BFloat16> {
   __device__ __forceinline__ static void mma(float d[4], const uint32_t a[4], const uint32_t b[2]) {
     mma_m16n8k16_bf16(d, a, b, d);
   }
+  __device__ __forceinline__ static uint32_t keep_where_positive(uint32_t g, uint32_t m) {
+    return keep_where_positive_bf16x2(g, m);
+  }
 };
 template <>
 struct MmaTraits<at::Half> {
   __device__ __forceinline__ static uint32_t operand(uint32_t r) { return r; }
   __device__ __forceinline__ static void mma(float d[4], const uint32_t a[4], const uint32_t b[2]) {
     mma_m16n8k16_f16(d, a, b, d);
+  }
+  __device__ __forceinline__ static uint32_t keep_where_positive(uint32_t g, uint32_t m) {
+    return keep_where_positive_f16x2(g, m);
   }
 };
 template <>
@@ -104,6 +110,9 @@ struct MmaTraits<float> {
   }
   __device__ __forceinline__ static void mma(float d[4], const uint32_t a[4], const uint32_t b[2]) {
     mma_m16n8k8_tf32(d, a, b, d);
+  }
+  __device__ __forceinline__ static uint32_t keep_where_positive(uint32_t g, uint32_t m) {
+    return keep_where_positive_f32(g, m);
   }
 };
 
@@ -120,12 +129,38 @@ struct Params {
   // 9; or 1: a 1 × 1 convolution (pad 0) of an input whose channels are already the
   // unfolded 3 × 3 taps of a map with few channels (unfolded_input in conv3x3_kernel.cu).
   int taps;
+  // Grad-input through a ReLU: the forward's output in `in`'s layout ([n][h][w][cp]); an
+  // element of `in` counts only where this one is > 0. Null: no mask.
+  const T* mask;
 };
 
 // Byte offset of 16-byte vector `v` of row `row` in a tile (the XOR swizzle above).
 __host__ __device__ constexpr int swizzled(int row, int v) {
   return row * kRowBytes + ((v ^ ((row >> 1) & 3)) * kVecBytes);
 }
+
+// Where the loader is in the reduction: k-block (tap, channels c..c + kBK) and its byte
+// offsets; advance() steps to the next k-block with additions only.
+struct KBlockCursor {
+  int tap = 0, s = 0, c = 0;  // tap (r, s) = tap, its column s, first channel c
+  int a = 0;  // ((r·W + s)·Cp + c)·elem_bytes: the k-block in the input (32 bits: fits_igemm)
+  int b = 0;  // (tap·Cp + c)·elem_bytes: the k-block in a filter
+  // kbk: elements per k-block; next_row: bytes from the end of tap s = 2 of a row of the
+  // input to tap s = 0 of the next.
+  __device__ __forceinline__ void advance(int cp, int kbk, int elem_bytes, int next_row) {
+    c += kbk;
+    a += kRowBytes;
+    b += kRowBytes;
+    if (c >= cp) {
+      const int back = (cp - c) * elem_bytes;  // to the tap's end
+      ++tap;
+      s = s == 2 ? 0 : s + 1;
+      a += back + (s == 0 ? next_row : 0);
+      b += back;
+      c = 0;
+    }
+  }
+};
 
 // Bit (tap + 9·i) of the result: whether tap (r, s) of pixel m reads inside the map (for
 // kTaps = 1: whether pixel m exists).
@@ -147,8 +182,10 @@ __device__ __forceinline__ uint32_t tap_mask(int64_t m, int64_t pixels, int64_t 
 
 // kTaps: 9 (a 3 × 3 convolution), or 1 (Params::taps). kChannelTail: Cp is not a multiple
 // of the k-block, so the last k-block of a tap has vectors past Cp (zero-filled). Without
-// it (C % 32 == 0 for bf16 / fp16, the usual case), the loader skips that test.
-template <typename T, typename Cfg, int kTaps, bool kOutChannelsLast, bool kChannelTail>
+// it (C % 32 == 0 for bf16 / fp16, the usual case), the loader skips that test. kMasked:
+// Params::mask is set (grad-input through a ReLU).
+template <typename T, typename Cfg, int kTaps, bool kOutChannelsLast, bool kChannelTail,
+          bool kMasked>
 __global__ void __launch_bounds__(Cfg::kThreads)
     conv3x3_igemm_kernel(const Params<T> p) {
   constexpr int kVec = kVecBytes / static_cast<int>(sizeof(T));  // elements per vector
@@ -194,47 +231,75 @@ __global__ void __launch_bounds__(Cfg::kThreads)
 
   const int c_blocks = (p.cp + kBK - 1) / kBK;
   const int k_blocks = kTaps * c_blocks;
-  // The k-block the next load_stage copies: tap (r, s) = ld_tap, channels ld_c.. of it.
-  int ld_tap = 0, ld_s = 0, ld_c = 0;  // ld_s = s, the tap's column
-  int ld_stage = 0;                     // byte offset of the stage
-  // ((r·W + s)·Cp + ld_c)·sizeof(T): the k-block in the input (32 bits: fits_igemm).
-  int ld_a = 0;
-  int ld_b = 0;  // (ld_tap·Cp + ld_c)·sizeof(T): the k-block in a filter
+  KBlockCursor ld;       // the k-block the next load_stage copies
+  int ld_stage = 0;      // byte offset of its stage
   const int next_row = (p.w - 3) * p.cp * static_cast<int>(sizeof(T));  // s = 2 -> next r
 
-  // With a channel tail: this thread's vector of a k-block is inside Cp while ld_c < c_end.
+  // With a channel tail: this thread's vector of a k-block is inside Cp while c < c_end.
   const int c_end = p.cp - lv * kVec;
+  // Bits 9·j of: row j's vector of the k-block at `at` is inside the map and inside Cp.
+  const auto rows_inside = [&](const KBlockCursor& at) -> uint32_t {
+    const bool c_ok = !kChannelTail || at.c < c_end;
+    return c_ok ? static_cast<uint32_t>(a_taps >> at.tap) : 0u;
+  };
   const auto load_stage = [&]() {
-    const bool c_ok = !kChannelTail || ld_c < c_end;
-    const uint32_t taps = c_ok ? static_cast<uint32_t>(a_taps >> ld_tap) : 0u;
-    const uint32_t b_ok = c_ok ? b_valid : 0u;
+    const uint32_t taps = rows_inside(ld);
+    const uint32_t b_ok = !kChannelTail || ld.c < c_end ? b_valid : 0u;
 #pragma unroll
     for (int j = 0; j < Cfg::kARows; ++j) {
       // Outside the map the address is not read (ignore-src): zeros land instead.
       cp_async_16_ignore_src(smem + ld_stage + st_a + j * Cfg::kRowsPerPass * kRowBytes,
-                             reinterpret_cast<const void*>(a_addr[j] + int64_t(ld_a)),
+                             reinterpret_cast<const void*>(a_addr[j] + int64_t(ld.a)),
                              (taps & (1u << (9 * j))) == 0);
     }
 #pragma unroll
     for (int j = 0; j < Cfg::kBRows; ++j) {
-      const uint64_t src = b_src + ld_b + uint64_t(j * Cfg::kRowsPerPass * filter_bytes);
+      const uint64_t src = b_src + ld.b + uint64_t(j * Cfg::kRowsPerPass * filter_bytes);
       cp_async_16_ignore_src(smem + ld_stage + st_b + j * Cfg::kRowsPerPass * kRowBytes,
                              reinterpret_cast<const void*>(src), (b_ok & (1u << j)) == 0);
     }
-    // Advance to the next k-block: the next channel block, else the next tap.
     ld_stage = ld_stage == (Cfg::kStages - 1) * Cfg::kStageBytes ? 0 : ld_stage + Cfg::kStageBytes;
-    ld_c += kBK;
-    ld_a += kRowBytes;
-    ld_b += kRowBytes;
-    if (ld_c >= p.cp) {
-      const int back = (p.cp - ld_c) * static_cast<int>(sizeof(T));  // to the tap's end
-      ++ld_tap;
-      ld_s = ld_s == 2 ? 0 : ld_s + 1;
-      ld_a += back + (ld_s == 0 ? next_row : 0);
-      ld_b += back;
-      ld_c = 0;
+    ld.advance(p.cp, kBK, static_cast<int>(sizeof(T)), next_row);
+  };
+
+  // ---- the ReLU mask (kMasked) -----------------------------------------------------------
+  // Each thread zeroes, in the stage its own copies have just filled, the elements of its A
+  // vectors whose mask element is not > 0: after its wait_group, before the barrier that
+  // publishes the stage (cp_async_pipeline's `landed`), so the warps' ldmatrix reads
+  // masked operands and no masked copy of grad_output is ever written. The mask vectors
+  // come from global memory one k-block ahead (cursor mk), in registers, so their latency
+  // hides behind a k-block of mma.
+  [[maybe_unused]] uint4 mask_reg[Cfg::kARows];
+  [[maybe_unused]] KBlockCursor mk;
+  [[maybe_unused]] const int64_t mask_delta =
+      kMasked ? reinterpret_cast<const char*>(p.mask) - reinterpret_cast<const char*>(p.in) : 0;
+  const auto prefetch_mask = [&]() {
+    const uint32_t taps = rows_inside(mk);
+#pragma unroll
+    for (int j = 0; j < Cfg::kARows; ++j) {
+      const auto* src = reinterpret_cast<const uint4*>(a_addr[j] + mask_delta + int64_t(mk.a));
+      mask_reg[j] = (taps & (1u << (9 * j))) != 0 ? __ldg(src) : uint4{0u, 0u, 0u, 0u};
+    }
+    mk.advance(p.cp, kBK, static_cast<int>(sizeof(T)), next_row);
+  };
+  const auto apply_mask = [&](unsigned char* st, int kb) {
+    if constexpr (kMasked) {
+#pragma unroll
+      for (int j = 0; j < Cfg::kARows; ++j) {
+        auto* v = reinterpret_cast<uint4*>(st + st_a + j * Cfg::kRowsPerPass * kRowBytes);
+        uint4 x = *v;
+        x.x = MmaTraits<T>::keep_where_positive(x.x, mask_reg[j].x);
+        x.y = MmaTraits<T>::keep_where_positive(x.y, mask_reg[j].y);
+        x.z = MmaTraits<T>::keep_where_positive(x.z, mask_reg[j].z);
+        x.w = MmaTraits<T>::keep_where_positive(x.w, mask_reg[j].w);
+        *v = x;
+      }
+      if (kb + 1 < k_blocks) prefetch_mask();
     }
   };
+  if constexpr (kMasked) {
+    if (k_blocks > 0) prefetch_mask();
+  }
 
   float acc[kMi][kNi][4];
 #pragma unroll
@@ -260,8 +325,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
     b_ld[ks] = Cfg::kBM * kRowBytes + swizzled(b_row0, 2 * ks + (mat & 1));
   }
 
-  cp_async_pipeline<Cfg::kStages, Cfg::kStageBytes>(k_blocks, smem, load_stage,
-                                                    [&](const unsigned char* st) {
+  const auto compute = [&](const unsigned char* st) {
 #pragma unroll
     for (int ks = 0; ks < kKSteps; ++ks) {
       uint32_t a[kMi][4], b[kNi][2];
@@ -286,8 +350,14 @@ __global__ void __launch_bounds__(Cfg::kThreads)
         for (int j = 0; j < kNi; ++j) MmaTraits<T>::mma(acc[i][j], a[i], b[j]);
       }
     }
-  });
-  __syncthreads();           // the ring is free: reuse it to stage the output tile
+  };
+  if constexpr (kMasked) {
+    cp_async_pipeline<Cfg::kStages, Cfg::kStageBytes>(k_blocks, smem, load_stage, compute,
+                                                      apply_mask);
+  } else {
+    cp_async_pipeline<Cfg::kStages, Cfg::kStageBytes>(k_blocks, smem, load_stage, compute);
+  }
+  __syncthreads();  // the ring is free: reuse it to stage the output tile
 
   // ---- epilogue: + bias, ReLU, convert, through shared memory to wide stores ----------
   T* stage = reinterpret_cast<T*>(smem);
@@ -373,13 +443,21 @@ void launch_with(const Params<T>& p, bool out_channels_last, cudaStream_t stream
   const dim3 grid(static_cast<unsigned>(m_tiles), static_cast<unsigned>(n_tiles));
   constexpr int kBK = kRowBytes / static_cast<int>(sizeof(T));
   TORCH_INTERNAL_ASSERT(p.taps == 9 || (p.taps == 1 && p.pad == 0));
+  TORCH_INTERNAL_ASSERT(p.mask == nullptr || p.taps == 9);
   bool_switch(p.taps == 1, [&](auto unfolded) {
     constexpr int kTaps = decltype(unfolded)::value ? 1 : 9;
     bool_switch(out_channels_last, [&](auto cl) {
       bool_switch(p.cp % kBK != 0, [&](auto tail) {
-        launch_kernel<conv3x3_igemm_kernel<T, Cfg, kTaps, decltype(cl)::value,
-                                           decltype(tail)::value>>(grid, Cfg::kThreads, 0,
-                                                                   stream, p);
+        bool_switch(p.mask != nullptr, [&](auto masked) {
+          constexpr bool kMasked = decltype(masked)::value;
+          constexpr bool kOutCl = std::remove_reference_t<decltype(cl)>::value;
+          constexpr bool kTail = std::remove_reference_t<decltype(tail)>::value;
+          // The mask is grad-input's, which always has 9 taps.
+          if constexpr (kTaps == 9 || !kMasked) {
+            launch_kernel<conv3x3_igemm_kernel<T, Cfg, kTaps, kOutCl, kTail, kMasked>>(
+                grid, Cfg::kThreads, 0, stream, p);
+          }
+        });
       });
     });
   });

@@ -423,15 +423,18 @@ std::pair<at::Tensor, at::Tensor> unfolded_operands(const at::Tensor& input,
 
 // out = conv3x3(in, filt) (+ bias, ReLU) on tensor cores, where `filt` is [K][3][3][Cp]
 // prepared by the caller and `in` is given as [n][h][w][cp]; or, with `filt` [K][1][1][Cu],
-// the 1 × 1 convolution of an unfolded input (pad 0).
+// the 1 × 1 convolution of an unfolded input (pad 0). `mask` (grad-input through a ReLU:
+// the forward's output, laid out as `in`), when defined: `in` counts only where it is > 0.
 template <typename scalar_t>
 void igemm_conv(const at::Tensor& in_nhwc, int64_t in_h, int64_t in_w, const at::Tensor& filt,
                 const at::Tensor& bias, int64_t pad, bool relu, at::Tensor& out,
-                std::optional<igemm::TileChoice> tiles, cudaStream_t stream) {
+                std::optional<igemm::TileChoice> tiles, cudaStream_t stream,
+                const at::Tensor& mask = at::Tensor()) {
   const int64_t taps = filt.size(1) * filt.size(2);
   TORCH_INTERNAL_ASSERT(in_nhwc.is_contiguous() && filt.is_contiguous() &&
                         filt.size(1) == filt.size(2) && (taps == 9 || (taps == 1 && pad == 0)) &&
                         in_nhwc.size(3) == filt.size(3));
+  TORCH_INTERNAL_ASSERT(!mask.defined() || (mask.is_contiguous() && mask.sizes() == in_nhwc.sizes()));
   igemm::Params<scalar_t> p{};
   p.in = in_nhwc.const_data_ptr<scalar_t>();
   p.filt = filt.const_data_ptr<scalar_t>();
@@ -449,6 +452,7 @@ void igemm_conv(const at::Tensor& in_nhwc, int64_t in_h, int64_t in_w, const at:
   p.pad = static_cast<int>(pad);
   p.relu = relu;
   p.taps = static_cast<int>(taps);
+  p.mask = mask.defined() ? mask.const_data_ptr<scalar_t>() : nullptr;
   igemm::launch(p, dense_channels_last(out), stream, tiles);
 }
 
@@ -597,12 +601,15 @@ void grad_weight_cuda(const at::Tensor& go, const at::Tensor& mask, const at::Te
       slices, numel, grad_weight.mutable_data_ptr<scalar_t>());
 }
 
-// grad-weight on tensor cores (bf16 / fp16): `g` is the ReLU-masked grad_output as
-// [p][kp], `x` the input as [n][h][w][cp]; see conv3x3_wgrad_igemm.cuh.
+// grad-weight on tensor cores (bf16 / fp16): `g` is grad_output as [n][h'][w'][kp], `x`
+// the input as [n][h][w][cp], `mask` (may be undefined) the ReLU output laid out as `g`;
+// see conv3x3_wgrad_igemm.cuh.
 template <typename scalar_t>
-void wgrad_igemm(const at::Tensor& g, const at::Tensor& x, int64_t out_h, int64_t out_w,
-                 int64_t padding, at::Tensor& grad_weight, cudaStream_t stream) {
+void wgrad_igemm(const at::Tensor& g, const at::Tensor& mask, const at::Tensor& x,
+                 int64_t out_h, int64_t out_w, int64_t padding, at::Tensor& grad_weight,
+                 cudaStream_t stream) {
   TORCH_INTERNAL_ASSERT(g.is_contiguous() && x.is_contiguous());
+  TORCH_INTERNAL_ASSERT(!mask.defined() || (mask.is_contiguous() && mask.sizes() == g.sizes()));
   wgrad::Params<scalar_t> p{};
   p.g = g.const_data_ptr<scalar_t>();
   p.in = x.const_data_ptr<scalar_t>();
@@ -615,6 +622,7 @@ void wgrad_igemm(const at::Tensor& g, const at::Tensor& x, int64_t out_h, int64_
   p.pad = static_cast<int>(padding);
   p.k = static_cast<int>(grad_weight.size(0));
   p.kp = static_cast<int>(g.size(3));
+  p.mask = mask.defined() ? mask.const_data_ptr<scalar_t>() : nullptr;
   const int64_t m_tiles = ceil_div(int64_t(p.k), wgrad::kBM);
   const int64_t n_tiles = 9 * ceil_div(int64_t(p.cp), wgrad::kBN);
   TORCH_CHECK_VALUE(m_tiles <= INT32_MAX && n_tiles <= 65535, "conv3x3 (CUDA): ", p.k, "x",
@@ -628,7 +636,10 @@ void wgrad_igemm(const at::Tensor& g, const at::Tensor& x, int64_t out_h, int64_
   p.partial = partial.mutable_data_ptr<float>();
   const dim3 grid(static_cast<unsigned>(m_tiles), static_cast<unsigned>(n_tiles),
                   static_cast<unsigned>(slices));
-  launch_kernel<wgrad::wgrad_igemm_kernel<scalar_t>>(grid, wgrad::kThreads, 0, stream, p);
+  bool_switch(mask.defined(), [&](auto masked) {
+    launch_kernel<wgrad::wgrad_igemm_kernel<scalar_t, decltype(masked)::value>>(
+        grid, wgrad::kThreads, 0, stream, p);
+  });
   const int64_t numel = grad_weight.numel();
   launch_kernel<wgrad::wgrad_igemm_reduce_kernel<scalar_t>>(
       elementwise_blocks(numel), kElementwiseThreads, 0, stream, partial.const_data_ptr<float>(),
@@ -690,33 +701,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward_cuda(
                         "conv3x3_backward", "algos[1] (grad-weight)", input);
   const bool aten_dgrad = output_mask[0] && algos[0] == kAlgoAten;
   const bool aten_wgrad = output_mask[1] && algos[1] == kAlgoAten;
-  // grad_output masked by the ReLU (zero where relu_output > 0 fails), computed once for
-  // every implementation that reads it whole: the tensor-core kernels and ATen's. The
-  // direct kernels apply the mask as they load.
-  const at::Tensor g_masked =
-      mask.defined() && (tc_dgrad || tc_wgrad || aten_dgrad || aten_wgrad)
-          ? at::where(mask > 0, grad_output, at::zeros({}, grad_output.options()))
-          : grad_output;
+  // Our kernels apply the ReLU mask as they load grad_output (the tensor-core ones in the
+  // landed shared-memory stage, the direct ones per element); ATen's backward gets
+  // grad_output masked beforehand (zero where relu_output > 0 fails).
   if (aten_dgrad || aten_wgrad) {
+    const at::Tensor g_masked =
+        mask.defined() ? at::where(mask > 0, grad_output, at::zeros({}, grad_output.options()))
+                       : grad_output;
     auto [gi, gw] =
         aten_conv3x3_backward(g_masked, input, weight, padding, aten_dgrad, aten_wgrad);
     if (aten_dgrad) grad_input.copy_(gi);
     if (aten_wgrad) grad_weight.copy_(gw);
   }
   const int64_t kp = ceil_div(weight.size(0), vector_elems(input)) * vector_elems(input);
-  // The masked NHWC grad_output, shared by both tensor-core kernels.
-  const at::Tensor g = tc_dgrad || tc_wgrad ? nhwc_padded(g_masked, kp) : at::Tensor();
+  // grad_output and the ReLU output as NHWC [n][h'][w'][kp], shared by both tensor-core
+  // kernels: in place when they are dense channels_last with whole vectors, else copied.
+  const bool tc = tc_dgrad || tc_wgrad;
+  const at::Tensor g = tc ? nhwc_padded(grad_output, kp) : at::Tensor();
+  const at::Tensor g_mask = tc && mask.defined() ? nhwc_padded(mask, kp) : at::Tensor();
   if (tc_wgrad) {
     const int64_t cp = ceil_div(input.size(1), vector_elems(input)) * vector_elems(input);
     const at::Tensor x = nhwc_padded(input, cp);
     AT_DISPATCH_SWITCH(input.scalar_type(), "conv3x3_wgrad_igemm",
         AT_DISPATCH_CASE(at::kHalf, [&] {
-          wgrad_igemm<scalar_t>(g, x, grad_output.size(2), grad_output.size(3), padding,
-                                grad_weight, stream);
+          wgrad_igemm<scalar_t>(g, g_mask, x, grad_output.size(2), grad_output.size(3),
+                                padding, grad_weight, stream);
         })
         AT_DISPATCH_CASE(at::kBFloat16, [&] {
-          wgrad_igemm<scalar_t>(g, x, grad_output.size(2), grad_output.size(3), padding,
-                                grad_weight, stream);
+          wgrad_igemm<scalar_t>(g, g_mask, x, grad_output.size(2), grad_output.size(3),
+                                padding, grad_weight, stream);
         }));
   }
   if (tc_dgrad) {
@@ -724,7 +737,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward_cuda(
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv3x3_igemm_dgrad", [&] {
       if constexpr (!std::is_same_v<scalar_t, double>) {
         igemm_conv<scalar_t>(g, grad_output.size(2), grad_output.size(3), filt, at::Tensor(),
-                             2 - padding, false, grad_input, forced_tiles(algos[0]), stream);
+                             2 - padding, false, grad_input, forced_tiles(algos[0]), stream,
+                             g_mask);
       }
     });
   }

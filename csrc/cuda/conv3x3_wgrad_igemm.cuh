@@ -4,8 +4,8 @@
 //
 // p = (n, y, x) runs over the output pixels (the reduction, P = N·H'·W'), k over the
 // filters, and (tap, c) over the 9 taps × Cp input channels; X[p, (tap, c)] is the input
-// pixel (y + r - pad, x + s - pad), zero outside the map. G is grad_output, ReLU-masked,
-// as NHWC [p][Kp]; the input is NHWC [n][h][w][Cp] (both prepared by conv3x3_kernel.cu,
+// pixel (y + r - pad, x + s - pad), zero outside the map. G is grad_output as NHWC
+// [p][Kp], masked by the forward's ReLU on its way into shared memory; the input is NHWC [n][h][w][Cp] (both prepared by conv3x3_kernel.cu,
 // channels padded to a 16-byte vector with zeros).
 //
 // Both operands are stored with the reduction (pixels) as rows: a shared-memory row is one
@@ -54,15 +54,19 @@ __host__ __device__ constexpr int swizzled(int row, int v) {
 
 template <typename T>
 struct Params {
-  const T* g;   // [p][kp], ReLU-masked grad_output
+  const T* g;   // [p][kp], grad_output
   const T* in;  // [n][h][w][cp]
   float* partial;  // [slices][k][9][cp]
   int64_t pixels;  // P = n · out_h · out_w
   int h, w, out_h, out_w, pad, k, kp, cp;
   int blocks_per_slice;  // 64-pixel blocks per slice (gridDim.z slices)
+  // The forward's ReLU output, laid out as g; an element of g counts only where this one is
+  // > 0. Null: no mask.
+  const T* mask;
 };
 
-template <typename T>
+// kMasked: Params::mask is set.
+template <typename T, bool kMasked>
 __global__ void __launch_bounds__(kThreads) wgrad_igemm_kernel(const Params<T> p) {
   static_assert(sizeof(T) == 2, "ldmatrix.trans moves 16-bit elements");
   __shared__ __align__(16) unsigned char smem[kStages * kStageBytes];
@@ -152,6 +156,43 @@ __global__ void __launch_bounds__(kThreads) wgrad_igemm_kernel(const Params<T> p
     ld_stage = ld_stage == (kStages - 1) * kStageBytes ? 0 : ld_stage + kStageBytes;
   };
 
+  // The ReLU mask (kMasked), as in conv3x3_igemm.cuh: after its wait_group each thread
+  // zeroes the elements of its own G vectors in the landed stage whose mask element is not
+  // > 0, with the mask vectors loaded into registers one k-block ahead.
+  [[maybe_unused]] uint4 mask_reg[kLoadRows];
+  [[maybe_unused]] int64_t mk_px = first_block * kBK + lrow;  // row 0's pixel, next prefetch
+  [[maybe_unused]] uint64_t mk_ptr =
+      reinterpret_cast<uint64_t>(p.mask) + uint64_t((mk_px * p.kp + k0 + lv * kVec) * kB);
+  const uint64_t row_pass_bytes = uint64_t(int64_t(kRowsPerPass) * p.kp * kB);
+  const auto prefetch_mask = [&]() {
+#pragma unroll
+    for (int j = 0; j < kLoadRows; ++j) {
+      const bool ok = a_vec_ok && mk_px + j * kRowsPerPass < p.pixels;
+      const auto* src = reinterpret_cast<const uint4*>(mk_ptr + j * row_pass_bytes);
+      mask_reg[j] = ok ? __ldg(src) : uint4{0u, 0u, 0u, 0u};
+    }
+    mk_px += kBK;
+    mk_ptr += g_step;
+  };
+  const auto apply_mask = [&](unsigned char* st, int kb) {
+    if constexpr (kMasked) {
+#pragma unroll
+      for (int j = 0; j < kLoadRows; ++j) {
+        auto* v = reinterpret_cast<uint4*>(st + swizzled(lrow + j * kRowsPerPass, lv));
+        uint4 x = *v;
+        x.x = igemm::MmaTraits<T>::keep_where_positive(x.x, mask_reg[j].x);
+        x.y = igemm::MmaTraits<T>::keep_where_positive(x.y, mask_reg[j].y);
+        x.z = igemm::MmaTraits<T>::keep_where_positive(x.z, mask_reg[j].z);
+        x.w = igemm::MmaTraits<T>::keep_where_positive(x.w, mask_reg[j].w);
+        *v = x;
+      }
+      if (kb + 1 < k_blocks) prefetch_mask();
+    }
+  };
+  if constexpr (kMasked) {
+    if (k_blocks > 0) prefetch_mask();
+  }
+
   float acc[kMi][kNi][4];
 #pragma unroll
   for (int i = 0; i < kMi; ++i) {
@@ -170,8 +211,7 @@ __global__ void __launch_bounds__(kThreads) wgrad_igemm_kernel(const Params<T> p
   const int a_pix = (q >> 1) * 8 + qrow, a_vec = (warp_m * kWarpM) / kVec + (q & 1);
   const int b_pix = (q & 1) * 8 + qrow, b_vec = (warp_n * kWarpN) / kVec + (q >> 1);
 
-  cp_async_pipeline<kStages, kStageBytes>(k_blocks, smem, load_stage,
-                                          [&](const unsigned char* st) {
+  const auto compute = [&](const unsigned char* st) {
 #pragma unroll
     for (int ks = 0; ks < kBK / 16; ++ks) {
       uint32_t a[kMi][4], b[kNi][2];
@@ -195,7 +235,12 @@ __global__ void __launch_bounds__(kThreads) wgrad_igemm_kernel(const Params<T> p
         for (int j = 0; j < kNi; ++j) igemm::MmaTraits<T>::mma(acc[i][j], a[i], b[j]);
       }
     }
-  });
+  };
+  if constexpr (kMasked) {
+    cp_async_pipeline<kStages, kStageBytes>(k_blocks, smem, load_stage, compute, apply_mask);
+  } else {
+    cp_async_pipeline<kStages, kStageBytes>(k_blocks, smem, load_stage, compute);
+  }
 
   // This slice's partial sums: rows = filters, columns = channels of the tap.
   const int g = lane / 4, t4 = lane % 4;

@@ -14,9 +14,19 @@ namespace overfeat_kernels {
 // previous k-block, whose stage the next load reuses), issues the next load and computes.
 // Every thread commits a group per step, empty ones too, so that wait_group counts line
 // up. Returns with no copy in flight; the caller syncs before reusing the ring.
-template <int kStages, int kStageBytes, class LoadStage, class Compute>
-__device__ __forceinline__ void cp_async_pipeline(int k_blocks, const unsigned char* smem,
-                                                  LoadStage& load_stage, Compute&& compute) {
+//
+// landed(stage, kb), between the wait and the barrier, may rewrite what this thread's own
+// copies just put into k-block kb's stage (they are visible to it after its wait_group;
+// the barrier then publishes them): how the backward applies the ReLU mask on the way in.
+struct NothingLanded {
+  __device__ __forceinline__ void operator()(unsigned char*, int) const {}
+};
+
+template <int kStages, int kStageBytes, class LoadStage, class Compute,
+          class Landed = NothingLanded>
+__device__ __forceinline__ void cp_async_pipeline(int k_blocks, unsigned char* smem,
+                                                  LoadStage& load_stage, Compute&& compute,
+                                                  Landed&& landed = {}) {
   static_assert(kStages >= 2, "a ring of at least two stages");
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
@@ -26,10 +36,11 @@ __device__ __forceinline__ void cp_async_pipeline(int k_blocks, const unsigned c
   int rd_stage = 0;  // byte offset of the stage the warps read
   for (int kb = 0; kb < k_blocks; ++kb) {
     cp_async_wait_group<kStages - 2>();
+    landed(smem + rd_stage, kb);
     __syncthreads();
     if (kb + kStages - 1 < k_blocks) load_stage();
     cp_async_commit_group();
-    compute(smem + rd_stage);
+    compute(static_cast<const unsigned char*>(smem + rd_stage));
     rd_stage = rd_stage == (kStages - 1) * kStageBytes ? 0 : rd_stage + kStageBytes;
   }
   cp_async_wait_group<0>();  // only empty groups remain, but leave none in flight

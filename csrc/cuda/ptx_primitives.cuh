@@ -519,4 +519,42 @@ __device__ __forceinline__ uint32_t pack_f16x2(float lo, float hi) {
 #endif
 }
 
+// ---- the ReLU mask of a gradient ("Comparison and Selection Instructions: set") ----------
+// g's elements where the matching element of m (the ReLU's output) is > 0, zero where it
+// is not (negative, ±0, NaN): what backward through ReLU does to grad_output. One register
+// holds two f16 / bf16 elements (low half first) or one float.
+
+// Two 16-bit floats at once in integer arithmetic: h > 0 exactly when its bits, as an
+// unsigned number, lie in [1, infinity's bits] (sign clear, not zero, not NaN).
+__host__ __device__ __forceinline__ uint32_t positive_halves(uint32_t m, uint32_t inf_bits) {
+  const uint32_t lo = (m & 0xFFFFu) - 1u, hi = (m >> 16) - 1u;
+  return (lo < inf_bits ? 0x0000FFFFu : 0u) | (hi < inf_bits ? 0xFFFF0000u : 0u);
+}
+
+// set.gt.u32.f16x2 (sm_53+): all-ones halves where m > 0.
+__device__ __forceinline__ uint32_t keep_where_positive_f16x2(uint32_t g, uint32_t m) {
+#ifdef OVERFEAT_SIM
+  return g & positive_halves(m, 0x7C00u);
+#else
+  uint32_t keep;
+  asm("set.gt.u32.f16x2 %0, %1, %2;\n" : "=r"(keep) : "r"(m), "r"(0u));
+  return g & keep;
+#endif
+}
+
+// set.gt.u32.bf16x2 needs sm_90; sm_80 compares the bits as integers.
+__device__ __forceinline__ uint32_t keep_where_positive_bf16x2(uint32_t g, uint32_t m) {
+#if defined(OVERFEAT_SIM) || !defined(__CUDA_ARCH__) || __CUDA_ARCH__ < 900
+  return g & positive_halves(m, 0x7F80u);
+#else
+  uint32_t keep;
+  asm("set.gt.u32.bf16x2 %0, %1, %2;\n" : "=r"(keep) : "r"(m), "r"(0u));
+  return g & keep;
+#endif
+}
+
+__device__ __forceinline__ uint32_t keep_where_positive_f32(uint32_t g, uint32_t m) {
+  return __uint_as_float(m) > 0.f ? g : 0u;
+}
+
 }  // namespace overfeat_kernels
