@@ -16,7 +16,7 @@ Modes:
 The candidates on CUDA (see :func:`candidates`): ``"direct"`` (CUDA-core kernels, every
 dtype), ``"tc"`` and ``"tc-small"`` (the tensor-core implicit GEMM with large or small
 tiles: bfloat16, float16, and float32 when ``torch.backends.cudnn.allow_tf32`` is set;
-grad-weight on tensor cores has one tile and takes the 16-bit types only) and ``"cudnn"``.
+grad-weight on tensor cores has one tile) and ``"cudnn"``.
 All of them are deterministic (cuDNN under ``torch.use_deterministic_algorithms(True)``
 picks deterministic algorithms itself, and that setting is part of the key). The choice
 is passed into the op (its ``algos`` argument), so whatever runs, the result is
@@ -155,12 +155,11 @@ def candidates(direction: str, device_type: str, dtype: torch.dtype, tf32: bool)
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     if device_type != "cuda":
         return ("ours", "cudnn")
-    half = dtype in (torch.float16, torch.bfloat16)
-    if direction == "grad_weight":
-        tensor_cores = ("tc",) if half else ()
-    else:
-        tensor_cores = ("tc", "tc-small") if half or (dtype == torch.float32 and tf32) else ()
-    return ("direct", *tensor_cores, "cudnn")
+    tc = dtype in (torch.float16, torch.bfloat16) or (dtype == torch.float32 and tf32)
+    if not tc:
+        return ("direct", "cudnn")
+    tiles = ("tc",) if direction == "grad_weight" else ("tc", "tc-small")
+    return ("direct", *tiles, "cudnn")
 
 
 def _algos(choice: dict[str, str]) -> list[int]:

@@ -114,11 +114,14 @@ def _assert_forward_matches(out, x, w, b, pad, relu, dtype):
         assert_matches(out, ref64, reference.conv3x3(x, w, b, pad, relu))
 
 
-def _assert_backward_matches(out, grads, leaves, grad, pad, relu, dtype):
+def _assert_backward_matches(
+    out, grads, leaves, grad, pad, relu, dtype, *, gi_tf32=True, gw_tf32=True
+):
     """Gradients `grads` (on the CPU) of the CPU `leaves` (input, weight[, bias]) for
     `grad` (of `out`, our forward's output) against float64 references, masked by our own
     output's ReLU (a pixel whose value is within rounding of 0 may fall either side: use
-    the mask the kernel used)."""
+    the mask the kernel used). For TF32: gi_tf32 / gw_tf32 say whether grad-input /
+    grad-weight ran on tensor cores (operands rounded to tf32) or exactly."""
     x, w = leaves[0], leaves[1]
     b = leaves[2] if len(leaves) > 2 else None
     mask = (to64(out) > 0) if relu else None
@@ -130,11 +133,20 @@ def _assert_backward_matches(out, grads, leaves, grad, pad, relu, dtype):
     ref64 = torch.autograd.grad(pre, ref_leaves, g64)
     if dtype == TF32:
         r = lambda t: to64(_round_tf32(t.detach()))  # noqa: E731
-        # grad-input = conv(grad_output, flipped filters): both operands rounded to tf32.
-        gi_tf32 = torch.nn.grad.conv2d_input(x.shape, r(w), r(g64.float()), padding=pad)
-        _assert_tf32_matches(grads[0], ref64[0], gi_tf32)
-        for ours, r64 in zip(grads[1:], ref64[1:], strict=True):
-            assert_matches(ours, r64)  # exact float32 kernels
+        # grad-input = conv(grad_output, flipped filters), grad-weight = the correlation of
+        # grad_output with the input: both operands rounded to tf32 on tensor cores.
+        if gi_tf32:
+            ref_gi = torch.nn.grad.conv2d_input(x.shape, r(w), r(g64.float()), padding=pad)
+            _assert_tf32_matches(grads[0], ref64[0], ref_gi)
+        else:
+            assert_matches(grads[0], ref64[0])
+        if gw_tf32:
+            ref_gw = torch.nn.grad.conv2d_weight(r(x), w.shape, r(g64.float()), padding=pad)
+            _assert_tf32_matches(grads[1], ref64[1], ref_gw)
+        else:
+            assert_matches(grads[1], ref64[1])
+        for ours, r64 in zip(grads[2:], ref64[2:], strict=True):
+            assert_matches(ours, r64)  # grad-bias: the exact direct kernel
     else:
         lp = [t.detach().clone().requires_grad_() for t in leaves]
         pre_lp = F.conv2d(lp[0], lp[1], lp[2] if b is not None else None, padding=pad)
@@ -219,7 +231,7 @@ def test_backward(cfg, dtype, tiles):
 
 
 # The ReLU mask of the backward, which the tensor-core kernels apply as grad_output lands
-# in shared memory (grad-input, and grad-weight for bf16 / fp16): any relu_output counts,
+# in shared memory (grad-input and grad-weight): any relu_output counts,
 # not only a forward's, and exactly its elements > 0 select. Negatives, ±0, NaN and -inf
 # drop out; +inf and subnormal positives stay. grad_output and relu_output in the same or
 # different layouts (in place, or each copied to NHWC).
@@ -238,15 +250,14 @@ def test_relu_mask_applied_on_load(dtype, layouts):
     special = torch.tensor([0.0, -0.0, float("nan"), float("inf"), -float("inf"), tiny, -tiny])
     picked = special[torch.randint(0, special.numel(), shape)].to(dt)
     relu_out.copy_(torch.where(torch.rand(shape) < 0.3, picked, relu_out))
-    wgrad_algo = 0 if dtype == TF32 else 2  # tf32 grad-weight: the exact direct kernel
     simulator.reset_launch_counts()
     with _tf32(dtype == TF32), simulator.simulate_cuda():
         grads = torch.ops.overfeat_kernels.conv3x3_backward(
-            grad, x, w, relu_out, pad, [True, True, True], [2, wgrad_algo]
+            grad, x, w, relu_out, pad, [True, True, True], [2, 2]
         )
     masked = [k for k in simulator.launch_counts() if k.replace(" ", "").endswith(",true>")]
     assert any(IGEMM in k for k in masked), simulator.launch_counts()
-    assert any("wgrad_igemm_kernel" in k for k in masked) == (dtype != TF32), masked
+    assert any("wgrad_igemm_kernel" in k for k in masked), masked
     # relu_out stands in for the forward's output: its > 0 is the mask.
     _assert_backward_matches(relu_out, list(grads), [x, w, b], grad, pad, True, dtype)
 
@@ -326,11 +337,17 @@ def test_forced_algos_are_checked(dtype, algos, message):
         _run_forward((x, torch.randn(8, 8, 3, 3, dtype=dtype), None, 1, False), algos)
 
 
-def test_forced_grad_weight_algo_is_checked():
-    x = torch.randn(1, 8, 5, 5)
-    w = torch.randn(8, 8, 3, 3)
-    g = torch.randn(1, 8, 5, 5)
-    with simulator.simulate_cuda(), pytest.raises(ValueError, match=r"algos\[1\] \(grad-weight\)"):
+# Exact float32 (TF32 off) and float64 grad-weight have no tensor-core kernel.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_forced_grad_weight_algo_is_checked(dtype):
+    x = torch.randn(1, 8, 5, 5, dtype=dtype)
+    w = torch.randn(8, 8, 3, 3, dtype=dtype)
+    g = torch.randn(1, 8, 5, 5, dtype=dtype)
+    with (
+        _tf32(False),
+        simulator.simulate_cuda(),
+        pytest.raises(ValueError, match=r"algos\[1\] \(grad-weight\)"),
+    ):
         torch.ops.overfeat_kernels.conv3x3_backward(g, x, w, None, 1, [False, True, False], [0, 2])
 
 
@@ -366,10 +383,10 @@ def test_channels_last_weight(dtype, layout):
     _assert_backward_matches(out, [gx, gw], [x.detach(), ref_w], grad, pad, relu, dtype)
 
 
-# Grad-weight on tensor cores (bf16 / fp16): a GEMM over the output pixels split into
-# slices summed in order. Several filter and channel tiles, tails in K and C, padding 0
-# and 1, ReLU masks, several pixel slices (the first case: 32 blocks of 64 pixels, 4
-# slices).
+# Grad-weight on tensor cores (bf16 / fp16 / tf32): a GEMM over the output pixels split
+# into slices summed in order. Several filter and channel tiles, tails in K and C,
+# padding 0 and 1, ReLU masks, several pixel slices (the first case: 32 blocks of 64
+# pixels (tf32: 64 of 32), 4 slices).
 WGRAD_CONFIGS = [
     (2, 17, 72, 33, 31, 1, "channels_last", True, True),
     (1, 64, 64, 20, 20, 0, "nchw", False, True),
@@ -381,36 +398,45 @@ WGRAD_CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("cfg", WGRAD_CONFIGS, ids=_name)
 def test_grad_weight_tensor_cores(cfg, dtype):
-    x, w, b, pad, relu = _inputs(cfg, dtype)
+    dt = _dtype(dtype)
+    x, w, b, pad, relu = _inputs(cfg, dt)
     w.requires_grad_()
     simulator.reset_launch_counts()
-    with simulator.simulate_cuda():
+    with _tf32(dtype == TF32), simulator.simulate_cuda():
         out = ok.conv3x3(x, w, b, pad, relu)
-        grad = torch.randn(out.shape, dtype=torch.float64).to(dtype)
+        grad = torch.randn(out.shape, dtype=torch.float64).to(dt)
         (gw,) = torch.autograd.grad(out, (w,), grad)
     launches = simulator.launch_counts()
     assert any("wgrad_igemm_kernel" in k for k in launches), launches
     assert not any("wgrad_partial_kernel" in k for k in launches), launches
     mask = (to64(out) > 0) if relu else torch.ones(out.shape, dtype=torch.bool)
     x64, w64 = to64(x), to64(w).requires_grad_()
-    (ref64,) = torch.autograd.grad(F.conv2d(x64, w64, padding=pad), (w64,), to64(grad) * mask)
+    g64 = to64(grad) * mask
+    (ref64,) = torch.autograd.grad(F.conv2d(x64, w64, padding=pad), (w64,), g64)
+    if dtype == TF32:
+        r = lambda t: to64(_round_tf32(t))  # noqa: E731
+        ref_tf32 = torch.nn.grad.conv2d_weight(r(x), w.shape, r(g64.float()), padding=pad)
+        _assert_tf32_matches(gw, ref64, ref_tf32)
+        return
     wl = w.detach().clone().requires_grad_()
     (ref_lp,) = torch.autograd.grad(
-        F.conv2d(x.detach(), wl, padding=pad), (wl,), grad * mask.to(dtype)
+        F.conv2d(x.detach(), wl, padding=pad), (wl,), grad * mask.to(dt)
     )
     assert_matches(gw, ref64, ref_lp, factor=4)
 
 
-def test_grad_weight_schedule_independent():
-    x, w, b, pad, relu = _inputs(WGRAD_CONFIGS[0], torch.bfloat16)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, TF32], ids=str)
+def test_grad_weight_schedule_independent(dtype):
+    x, w, b, pad, relu = _inputs(WGRAD_CONFIGS[0], _dtype(dtype))
     w.requires_grad_()
 
     def calls():
-        out = ok.conv3x3(x, w, b, pad, relu)
-        return list(torch.autograd.grad(out, (w,), torch.ones_like(out)))
+        with _tf32(dtype == TF32):
+            out = ok.conv3x3(x, w, b, pad, relu)
+            return list(torch.autograd.grad(out, (w,), torch.ones_like(out)))
 
     simulator.assert_schedule_independent(calls)
 
@@ -439,10 +465,8 @@ def test_every_backend_candidate_computes_conv3x3(direction, dtype):
     cfg = (2, 17, 24, 9, 11, 1, "channels_last", True, True)
     x, w, b, pad, relu = _inputs(cfg, _dtype(dtype))
     names = backend.candidates(direction, "cuda", _dtype(dtype), dtype == TF32)
-    if direction == "grad_weight":
-        tiles = ["tc"] if dtype in (torch.bfloat16, torch.float16) else []
-    else:
-        tiles = ["tc", "tc-small"] if dtype not in (torch.float32, torch.float64) else []
+    tc = dtype not in (torch.float32, torch.float64)
+    tiles = (["tc"] if direction == "grad_weight" else ["tc", "tc-small"]) if tc else []
     assert names == ("direct", *tiles, "cudnn")
     ops = torch.ops.overfeat_kernels
     for name in names:
@@ -465,14 +489,18 @@ def test_every_backend_candidate_computes_conv3x3(direction, dtype):
             assert not any(m in k for k in launches for m in DIRECTION_KERNELS[direction]), launches
         else:
             assert any(marker in k for k in launches), (name, launches)
-        # Which rounding to expect: tf32 only where tensor cores computed it.
-        check = dtype
-        if dtype == TF32 and direction != "grad_weight" and name not in ("tc", "tc-small"):
-            check = torch.float32
+        # Which rounding to expect: tf32 only where tensor cores computed it (the other
+        # gradient of a backward call runs by default: on tensor cores).
+        on_tc = name in ("tc", "tc-small")
         if direction == "forward":
+            check = torch.float32 if dtype == TF32 and not on_tc else dtype
             _assert_forward_matches(out, x, w, b, pad, relu, check)
         else:
-            _assert_backward_matches(out, [gi, gw], [x, w], grad, pad, relu, check)
+            _assert_backward_matches(
+                out, [gi, gw], [x, w], grad, pad, relu, dtype,
+                gi_tf32=on_tc or direction != "grad_input",
+                gw_tf32=on_tc or direction != "grad_weight",
+            )
 
 
 # Few input channels (C below one 16-byte vector: 7 for bf16 / fp16, 3 for tf32): the

@@ -125,15 +125,18 @@ def test_tensor_core_kernels_do_not_spill_and_use_the_tensor_path():
         loop = k["hottest_loop"]
         assert loop is not None, f"{where}: no loop with HMMA"
         assert k["counts_total"]["HMMA"] > 0, where
-        assert k["counts_total"]["LDSM"] > 0, where
-        assert k["counts_total"]["LDGSTS"] > 0, where
-        assert loop["counts"]["LDSM"] > 0 and loop["counts"]["LDGSTS"] > 0, where
+        assert k["counts_total"]["LDGSTS"] > 0 and loop["counts"]["LDGSTS"] > 0, where
+        # ldmatrix moves 16-bit elements: the tf32 grad-weight kernel, whose tiles are
+        # pixel-major (its fragments need the transpose), reads them with 32-bit loads.
+        if "wgrad_igemm_kernel<float" not in k["name"]:
+            assert k["counts_total"]["LDSM"] > 0 and loop["counts"]["LDSM"] > 0, where
 
 
 def test_large_configuration_meets_the_static_targets():
-    # The targets, for the large tile of bf16 / fp16: HMMA >= 40 % of the hottest
-    # loop's instructions (the variant without a channel tail, C % 32 == 0: every VGG layer
-    # but the first), and at least 2 blocks resident per H100 SM (every variant).
+    # The targets, for the large tile of bf16 / fp16: HMMA >= 40 % of the hottest loop's
+    # instructions (the forward without a channel tail, C % 32 == 0: every VGG layer but the
+    # first), and at least 2 blocks resident per H100 SM (every variant, the ReLU-masked
+    # grad-input's too).
     large = [
         k
         for k in _report()
@@ -145,5 +148,5 @@ def test_large_configuration_meets_the_static_targets():
     for k in large:
         where = f"{k['arch']} {k['name']}"
         assert k["blocks_per_sm"] >= 2, where
-        if k["name"].endswith(", false>"):  # kChannelTail = false
+        if k["name"].endswith(", false, false>"):  # kChannelTail, kMasked = false
             assert k["hottest_loop"]["hmma_fraction"] >= 0.40, where

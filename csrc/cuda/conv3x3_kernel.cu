@@ -13,7 +13,7 @@
 //   then the rows are added in order. No float atomics.
 // - bias_grad_kernel: one block per output channel, a fixed-order tree reduction.
 // The tensor-core kernels (conv3x3_igemm.cuh: forward and grad-input;
-// conv3x3_wgrad_igemm.cuh: bf16 / fp16 grad-weight) take over where they apply.
+// conv3x3_wgrad_igemm.cuh: grad-weight) take over where they apply.
 //
 // bf16 / fp16, and float32 when TF32 is allowed (torch.backends.cudnn.allow_tf32, as
 // F.conv2d), take the tensor-core implicit GEMM of conv3x3_igemm.cuh instead for the
@@ -358,9 +358,8 @@ bool pick_tensor_cores(int64_t algo, bool possible, const char* op, const char* 
   if (algo == kAlgoTensorCores || algo == kAlgoTensorCoresSmall) {
     TORCH_CHECK_VALUE(possible, op, ": ", which, " = ", algo, " (", conv_algo_name(algo),
                       ") does not apply to ", input.scalar_type(),
-                      " tensors of these sizes (tensor cores take bfloat16 and float16, float32 "
-                      "when torch.backends.cudnn.allow_tf32 is set, and float32 grad-weight not "
-                      "at all)");
+                      " tensors of these sizes (tensor cores take bfloat16 and float16, and "
+                      "float32 when torch.backends.cudnn.allow_tf32 is set)");
     return true;
   }
   return algo == kAlgoDefault && possible;
@@ -601,7 +600,7 @@ void grad_weight_cuda(const at::Tensor& go, const at::Tensor& mask, const at::Te
       slices, numel, grad_weight.mutable_data_ptr<scalar_t>());
 }
 
-// grad-weight on tensor cores (bf16 / fp16): `g` is grad_output as [n][h'][w'][kp], `x`
+// grad-weight on tensor cores (bf16 / fp16 / tf32): `g` is grad_output as [n][h'][w'][kp], `x`
 // the input as [n][h][w][cp], `mask` (may be undefined) the ReLU output laid out as `g`;
 // see conv3x3_wgrad_igemm.cuh.
 template <typename scalar_t>
@@ -627,7 +626,7 @@ void wgrad_igemm(const at::Tensor& g, const at::Tensor& mask, const at::Tensor& 
   const int64_t n_tiles = 9 * ceil_div(int64_t(p.cp), wgrad::kBN);
   TORCH_CHECK_VALUE(m_tiles <= INT32_MAX && n_tiles <= 65535, "conv3x3 (CUDA): ", p.k, "x",
                     p.cp, " channels exceed the launch grid of the grad-weight kernel");
-  const int64_t pixel_blocks = ceil_div(p.pixels, int64_t(wgrad::kBK));
+  const int64_t pixel_blocks = ceil_div(p.pixels, int64_t(wgrad::Layout<scalar_t>::kBK));
   int64_t slices = wgrad::choose_slices(pixel_blocks, m_tiles * n_tiles, multiprocessor_count());
   const int64_t per_slice = ceil_div(pixel_blocks, slices);
   slices = ceil_div(pixel_blocks, per_slice);  // no empty slice
@@ -689,13 +688,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward_cuda(
       pick_tensor_cores(algos[0], use_tensor_cores(input.scalar_type()) &&
                                       fits_igemm(grad_output, input.size(1)),
                         "conv3x3_backward", "algos[0] (grad-input)", input);
-  // grad-weight on tensor cores for the 16-bit types (ldmatrix.trans); float32 keeps the
-  // exact direct kernel.
-  const bool half_type =
-      input.scalar_type() == at::kHalf || input.scalar_type() == at::kBFloat16;
+  // grad-weight on tensor cores: the same dtypes as the forward (float32 with TF32).
   const bool tc_wgrad =
       output_mask[1] &&
-      pick_tensor_cores(algos[1], half_type && fits_igemm(input, weight.size(0)) &&
+      pick_tensor_cores(algos[1], use_tensor_cores(input.scalar_type()) &&
+                                      fits_igemm(input, weight.size(0)) &&
                                       fits_igemm(grad_output, input.size(1)) &&
                                       grad_output.size(2) * grad_output.size(3) < INT32_MAX,
                         "conv3x3_backward", "algos[1] (grad-weight)", input);
@@ -728,6 +725,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward_cuda(
                                 padding, grad_weight, stream);
         })
         AT_DISPATCH_CASE(at::kBFloat16, [&] {
+          wgrad_igemm<scalar_t>(g, g_mask, x, grad_output.size(2), grad_output.size(3),
+                                padding, grad_weight, stream);
+        })
+        AT_DISPATCH_CASE(at::kFloat, [&] {
           wgrad_igemm<scalar_t>(g, g_mask, x, grad_output.size(2), grad_output.size(3),
                                 padding, grad_weight, stream);
         }));

@@ -1,24 +1,26 @@
-// conv3x3 grad-weight on tensor cores (bf16 / fp16): a GEMM over the output pixels.
+// conv3x3 grad-weight on tensor cores (bf16 / fp16 / tf32): a GEMM over the output pixels.
 //
 //   dW[k, (tap, c)] = sum_p G[p, k] * X[p, (tap, c)]
 //
 // p = (n, y, x) runs over the output pixels (the reduction, P = N·H'·W'), k over the
 // filters, and (tap, c) over the 9 taps × Cp input channels; X[p, (tap, c)] is the input
 // pixel (y + r - pad, x + s - pad), zero outside the map. G is grad_output as NHWC
-// [p][Kp], masked by the forward's ReLU on its way into shared memory; the input is NHWC [n][h][w][Cp] (both prepared by conv3x3_kernel.cu,
-// channels padded to a 16-byte vector with zeros).
+// [p][Kp], masked by the forward's ReLU on its way into shared memory; the input is NHWC
+// [n][h][w][Cp] (both prepared by conv3x3_kernel.cu, channels padded to a 16-byte vector
+// with zeros).
 //
 // Both operands are stored with the reduction (pixels) as rows: a shared-memory row is one
-// pixel's 64 filters (A) or 64 channels of one tap (B), 128 bytes. `ldmatrix.trans` turns
-// an 8 × 8 block [pixels][filters] into the mma's A fragment [filters][pixels], and
-// [pixels][channels] into the B fragment (k = pixels, n = channels); 16-bit types only,
-// hence no tf32 variant (float32 keeps the direct kernel).
+// pixel's 64 filters (A) or 64 channels of one tap (B), 128 bytes (bf16 / fp16) or 256
+// (float). For the 16-bit types `ldmatrix.trans` turns an 8 × 8 block [pixels][filters]
+// into the mma's A fragment [filters][pixels], and [pixels][channels] into the B fragment
+// (k = pixels, n = channels). ldmatrix moves 16-bit elements only, so tf32 (m16n8k8)
+// reads its fragments with 32-bit shared loads and rounds them with cvt.rna, as the
+// forward does.
 //
 // Per CTA: 64 filters × 64 channels of one tap, 4 warps of 32 × 32 (2 × 4 mma tiles). The
-// pixels are split over gridDim.z slices of whole 64-pixel blocks; each slice writes its
-// fp32 partial sums, and a second kernel adds the slices in order: deterministic, no
-// atomics. Rows are 8 vectors of 16 bytes; vector v of row r sits at slot v ^ (r & 7), so
-// the 8 rows an ldmatrix reads (8 consecutive pixels, one vector column) hit all 32 banks.
+// pixels are split over gridDim.z slices of whole k-blocks (64 pixels, tf32 32); each
+// slice writes its fp32 partial sums, and a second kernel adds the slices in order:
+// deterministic, no atomics. The XOR swizzle of the rows' 16-byte vectors is in Layout.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -35,22 +37,38 @@ namespace wgrad {
 
 constexpr int kThreads = 128;
 constexpr int kBM = 64, kBN = 64;  // filters × channels of one tap per CTA
-constexpr int kBK = 64;            // pixels per k-block
 constexpr int kStages = 3;
-constexpr int kRowBytes = 128;  // 64 two-byte elements
-constexpr int kVecBytes = 16, kVecsPerRow = kRowBytes / kVecBytes;  // 8
-constexpr int kVec = 8;                                             // elements per vector
-constexpr int kTileBytes = kBK * kRowBytes;                         // 8 KB
-constexpr int kStageBytes = 2 * kTileBytes;                         // A then B
+constexpr int kVecBytes = 16;
+constexpr int kTileBytes = 8192;                 // one operand's rows of one k-block
+constexpr int kStageBytes = 2 * kTileBytes;      // A then B
 constexpr int kWarpM = 32, kWarpN = 32, kMi = 2, kNi = 4;
-// Loader: 512 vectors per tile, 4 per thread: rows lrow + 16·j, vector lv.
-constexpr int kRowsPerPass = kThreads / kVecsPerRow;  // 16
-constexpr int kLoadRows = kBK / kRowsPerPass;         // 4
 static_assert(kStages * kStageBytes <= 48 * 1024, "static shared memory limit");
 
-__host__ __device__ constexpr int swizzled(int row, int v) {
-  return row * kRowBytes + ((v ^ (row & 7)) * kVecBytes);
-}
+// The shared-memory layout for elements of type T: a row holds one pixel's 64 filters (A)
+// or 64 channels (B), so 128 bytes for bf16 / fp16 and 256 for float (tf32); a k-block is
+// as many pixels as fill kTileBytes.
+template <typename T>
+struct Layout {
+  static constexpr int kRowBytes = kBM * static_cast<int>(sizeof(T));
+  static constexpr int kVecsPerRow = kRowBytes / kVecBytes;                // 8 or 16
+  static constexpr int kVec = kVecBytes / static_cast<int>(sizeof(T));    // elements per vector
+  static constexpr int kBK = kTileBytes / kRowBytes;                       // pixels: 64 or 32
+  static constexpr int kMmaK = 32 / static_cast<int>(sizeof(T));          // k16 or k8
+  // Loader: 512 vectors per tile, 4 per thread: rows lrow + kRowsPerPass·j, vector lv.
+  static constexpr int kRowsPerPass = kThreads / kVecsPerRow;  // 16 or 8
+  static constexpr int kLoadRows = kBK / kRowsPerPass;         // 4
+  static_assert(kBN * sizeof(T) == kRowBytes && kBK % kMmaK == 0, "tile shapes");
+
+  // Byte offset of vector v of row `row`. 16-bit: slot v ^ (row & 7), so the 8 rows an
+  // ldmatrix reads (8 consecutive pixels, one vector column) hit all 32 banks. tf32 reads
+  // fragments with scalar loads: a warp's 32 lanes read rows t = 0..3 (lane % 4) at
+  // elements g = 0..7 (lane / 4), two vectors of each row; slot v ^ 2·(row & 3) puts those
+  // 8 vectors on 8 different bank groups.
+  __host__ __device__ static constexpr int swizzled(int row, int v) {
+    return row * kRowBytes +
+           ((sizeof(T) == 2 ? v ^ (row & 7) : v ^ (2 * (row & 3))) * kVecBytes);
+  }
+};
 
 template <typename T>
 struct Params {
@@ -68,7 +86,9 @@ struct Params {
 // kMasked: Params::mask is set.
 template <typename T, bool kMasked>
 __global__ void __launch_bounds__(kThreads) wgrad_igemm_kernel(const Params<T> p) {
-  static_assert(sizeof(T) == 2, "ldmatrix.trans moves 16-bit elements");
+  using L = Layout<T>;
+  constexpr int kBK = L::kBK, kVec = L::kVec, kVecsPerRow = L::kVecsPerRow;
+  constexpr int kRowsPerPass = L::kRowsPerPass, kLoadRows = L::kLoadRows;
   __shared__ __align__(16) unsigned char smem[kStages * kStageBytes];
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int warp_m = warp % 2, warp_n = warp / 2;
@@ -84,7 +104,7 @@ __global__ void __launch_bounds__(kThreads) wgrad_igemm_kernel(const Params<T> p
                                 : total_blocks;
   const int k_blocks = static_cast<int>(end_block - first_block);
 
-  // Loader: vector lv (filters / channels 8·lv..) of rows lrow + 16·j of each tile.
+  // Loader: vector lv (filters / channels kVec·lv..) of rows lrow + kRowsPerPass·j.
   const int lv = tid % kVecsPerRow, lrow = tid / kVecsPerRow;
   const bool a_vec_ok = k0 + lv * kVec < p.kp;
   const bool b_vec_ok = c0 + lv * kVec < p.cp;
@@ -131,12 +151,12 @@ __global__ void __launch_bounds__(kThreads) wgrad_igemm_kernel(const Params<T> p
       const bool in_range = px[j] < p.pixels;
       // A: grad_output row px, filters k0 + 8·lv.. (a valid, aligned address when ignored).
       const bool a_ok = in_range && a_vec_ok;
-      cp_async_16_ignore_src(smem + ld_stage + swizzled(row, lv),
+      cp_async_16_ignore_src(smem + ld_stage + L::swizzled(row, lv),
                              reinterpret_cast<const void*>(a_ok ? g_ptr[j] : g_addr), !a_ok);
       // B: the input pixel tap (r, s) of output pixel px reads, channels c0 + 8·lv..
       const int iy = oy[j] + dy, ix = ox[j] + dx;
       const bool b_ok = in_range && b_vec_ok && iy >= 0 && iy < p.h && ix >= 0 && ix < p.w;
-      cp_async_16_ignore_src(smem + ld_stage + kTileBytes + swizzled(row, lv),
+      cp_async_16_ignore_src(smem + ld_stage + kTileBytes + L::swizzled(row, lv),
                              reinterpret_cast<const void*>(b_ok ? b_ptr[j] : in_addr), !b_ok);
       px[j] += kBK;
       g_ptr[j] += g_step;
@@ -178,7 +198,7 @@ __global__ void __launch_bounds__(kThreads) wgrad_igemm_kernel(const Params<T> p
     if constexpr (kMasked) {
 #pragma unroll
       for (int j = 0; j < kLoadRows; ++j) {
-        auto* v = reinterpret_cast<uint4*>(st + swizzled(lrow + j * kRowsPerPass, lv));
+        auto* v = reinterpret_cast<uint4*>(st + L::swizzled(lrow + j * kRowsPerPass, lv));
         uint4 x = *v;
         x.x = igemm::MmaTraits<T>::keep_where_positive(x.x, mask_reg[j].x);
         x.y = igemm::MmaTraits<T>::keep_where_positive(x.y, mask_reg[j].y);
@@ -203,31 +223,68 @@ __global__ void __launch_bounds__(kThreads) wgrad_igemm_kernel(const Params<T> p
     }
   }
 
-  // ldmatrix.x4.trans row addresses: lane l gives pixel row l % 8 of matrix l / 8.
+  // 16-bit: ldmatrix.x4.trans row addresses: lane l gives pixel row l % 8 of matrix l / 8.
   // A (a0..a3 = filters 0-7 / 8-15 × pixels 0-7 / 8-15): matrix q holds filters
   // 8·(q & 1).. and pixels 8·(q >> 1)... B (two n8 tiles: b0 b1 of tile 0, b0 b1 of
   // tile 1): matrix q holds pixels 8·(q & 1).. and channels 8·(q >> 1)...
   const int q = lane / 8, qrow = lane % 8;
   const int a_pix = (q >> 1) * 8 + qrow, a_vec = (warp_m * kWarpM) / kVec + (q & 1);
   const int b_pix = (q & 1) * 8 + qrow, b_vec = (warp_n * kWarpN) / kVec + (q >> 1);
+  // tf32: scalar fragment loads (ldmatrix.trans moves 16-bit elements only). Lane (fg, ft)
+  // = (lane / 4, lane % 4) reads rows (pixels) ft and ft + 4 of each k-step of 8: the A
+  // elements of filters 16·i + fg (+ 8) of the warp, the B elements of channels 8·j + fg.
+  // Those rows share the swizzle key 2·ft, so a column's byte offset within them is fixed
+  // per lane: a_col, b_col.
+  const int fg = lane / 4, ft = lane % 4;
+  const auto col_offset = [&](int e) {
+    return L::swizzled(ft, e / kVec) - ft * L::kRowBytes + (e % kVec) * int(sizeof(T));
+  };
+  [[maybe_unused]] int a_col[kMi][2], b_col[kNi];
+#pragma unroll
+  for (int i = 0; i < kMi; ++i) {
+    a_col[i][0] = col_offset(warp_m * kWarpM + 16 * i + fg);
+    a_col[i][1] = col_offset(warp_m * kWarpM + 16 * i + fg + 8);
+  }
+#pragma unroll
+  for (int j = 0; j < kNi; ++j) b_col[j] = col_offset(warp_n * kWarpN + 8 * j + fg);
 
   const auto compute = [&](const unsigned char* st) {
 #pragma unroll
-    for (int ks = 0; ks < kBK / 16; ++ks) {
+    for (int ks = 0; ks < kBK / L::kMmaK; ++ks) {
       uint32_t a[kMi][4], b[kNi][2];
+      if constexpr (sizeof(T) == 2) {
 #pragma unroll
-      for (int i = 0; i < kMi; ++i) {
-        // Filters 16·i.. of the warp: two vectors further along the row.
-        ldmatrix_x4_trans(a[i], st + swizzled(ks * 16 + a_pix, a_vec + 2 * i));
-      }
+        for (int i = 0; i < kMi; ++i) {
+          // Filters 16·i.. of the warp: two vectors further along the row.
+          ldmatrix_x4_trans(a[i], st + L::swizzled(ks * 16 + a_pix, a_vec + 2 * i));
+        }
 #pragma unroll
-      for (int j = 0; j < kNi / 2; ++j) {
-        uint32_t r[4];
-        ldmatrix_x4_trans(r, st + kTileBytes + swizzled(ks * 16 + b_pix, b_vec + 2 * j));
-        b[2 * j][0] = r[0];
-        b[2 * j][1] = r[1];
-        b[2 * j + 1][0] = r[2];
-        b[2 * j + 1][1] = r[3];
+        for (int j = 0; j < kNi / 2; ++j) {
+          uint32_t r[4];
+          ldmatrix_x4_trans(r, st + kTileBytes + L::swizzled(ks * 16 + b_pix, b_vec + 2 * j));
+          b[2 * j][0] = r[0];
+          b[2 * j][1] = r[1];
+          b[2 * j + 1][0] = r[2];
+          b[2 * j + 1][1] = r[3];
+        }
+      } else {
+        const unsigned char* row0 = st + (ks * 8 + ft) * L::kRowBytes;
+        const unsigned char* row4 = row0 + 4 * L::kRowBytes;
+        const auto ld = [](const unsigned char* q4) {
+          return igemm::MmaTraits<T>::operand(*reinterpret_cast<const uint32_t*>(q4));
+        };
+#pragma unroll
+        for (int i = 0; i < kMi; ++i) {  // a0..a3: (fg, ft), (fg + 8, ft), (fg, ft + 4), ...
+          a[i][0] = ld(row0 + a_col[i][0]);
+          a[i][1] = ld(row0 + a_col[i][1]);
+          a[i][2] = ld(row4 + a_col[i][0]);
+          a[i][3] = ld(row4 + a_col[i][1]);
+        }
+#pragma unroll
+        for (int j = 0; j < kNi; ++j) {  // b0, b1: (ft, fg), (ft + 4, fg)
+          b[j][0] = ld(row0 + kTileBytes + b_col[j]);
+          b[j][1] = ld(row4 + kTileBytes + b_col[j]);
+        }
       }
 #pragma unroll
       for (int i = 0; i < kMi; ++i) {
