@@ -17,6 +17,10 @@
 #include <type_traits>
 
 #if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#if defined(__GNUC__) && defined(__x86_64__)
 #define OVERFEAT_CPU_HAVE_AVX2_VARIANT 1
 #define OVERFEAT_CPU_TARGET_AVX2 __attribute__((target("avx2,fma")))
 #define OVERFEAT_CPU_TARGET_AVX512 \
@@ -91,6 +95,65 @@ inline bool has_avx512() { return simd_level() >= 2; }
   void NAME##_run(Args... a) {          \
     NAME<Cfg>(a...);                    \
   }
+#endif
+
+#if OVERFEAT_CPU_HAVE_AVX2_VARIANT
+// 512-bit lanes of 2, 4 or 8 bytes, for the hand-written AVX-512 permutes (GCC does not
+// vectorise short strided rows): a two-source permute (vpermt2w/d/q) and masked loads and
+// stores (masked-off lanes are neither read nor written, so they may lie past a buffer).
+template <int Bytes>
+struct Lanes512;
+template <>
+struct Lanes512<2> {
+  using mask_t = __mmask32;
+  using index_t = uint16_t;
+  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE __m512i permute(__m512i a, __m512i i,
+                                                                       __m512i b) {
+    return _mm512_permutex2var_epi16(a, i, b);
+  }
+  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE __m512i load(mask_t m, const void* p) {
+    return _mm512_maskz_loadu_epi16(m, p);
+  }
+  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE void store(void* p, mask_t m, __m512i v) {
+    _mm512_mask_storeu_epi16(p, m, v);
+  }
+};
+template <>
+struct Lanes512<4> {
+  using mask_t = __mmask16;
+  using index_t = uint32_t;
+  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE __m512i permute(__m512i a, __m512i i,
+                                                                       __m512i b) {
+    return _mm512_permutex2var_epi32(a, i, b);
+  }
+  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE __m512i load(mask_t m, const void* p) {
+    return _mm512_maskz_loadu_epi32(m, p);
+  }
+  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE void store(void* p, mask_t m, __m512i v) {
+    _mm512_mask_storeu_epi32(p, m, v);
+  }
+};
+template <>
+struct Lanes512<8> {
+  using mask_t = __mmask8;
+  using index_t = uint64_t;
+  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE __m512i permute(__m512i a, __m512i i,
+                                                                       __m512i b) {
+    return _mm512_permutex2var_epi64(a, i, b);
+  }
+  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE __m512i load(mask_t m, const void* p) {
+    return _mm512_maskz_loadu_epi64(m, p);
+  }
+  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE void store(void* p, mask_t m, __m512i v) {
+    _mm512_mask_storeu_epi64(p, m, v);
+  }
+};
+
+// The mask of the first n lanes (n <= the lane count).
+template <int Bytes>
+OVERFEAT_CPU_INLINE typename Lanes512<Bytes>::mask_t first_lanes(int64_t n) {
+  return static_cast<typename Lanes512<Bytes>::mask_t>((uint64_t{1} << n) - 1);
+}
 #endif
 
 // Elements are handled as their raw storage: float and double as themselves, the 16-bit

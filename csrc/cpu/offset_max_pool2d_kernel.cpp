@@ -18,10 +18,6 @@
 #include "cpu_simd.h"
 #include "simulator_switch.h"
 
-#if OVERFEAT_CPU_HAVE_AVX2_VARIANT
-#include <immintrin.h>
-#endif
-
 namespace overfeat_kernels {
 namespace {
 
@@ -424,50 +420,11 @@ OVERFEAT_CPU_MULTIVERSION(nchw_split_offsets)
 // last used element: `d` must have that many readable elements after D.
 constexpr int kMaxPermuteK = 8;
 
-template <int Bytes>
-struct Lanes512;
-template <>
-struct Lanes512<2> {
-  using mask_t = __mmask32;
-  using index_t = uint16_t;
-  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE __m512i permute(__m512i a, __m512i i,
-                                                                       __m512i b) {
-    return _mm512_permutex2var_epi16(a, i, b);
-  }
-  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE void store(void* p, mask_t m, __m512i v) {
-    _mm512_mask_storeu_epi16(p, m, v);
-  }
-};
-template <>
-struct Lanes512<4> {
-  using mask_t = __mmask16;
-  using index_t = uint32_t;
-  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE __m512i permute(__m512i a, __m512i i,
-                                                                       __m512i b) {
-    return _mm512_permutex2var_epi32(a, i, b);
-  }
-  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE void store(void* p, mask_t m, __m512i v) {
-    _mm512_mask_storeu_epi32(p, m, v);
-  }
-};
-template <>
-struct Lanes512<8> {
-  using mask_t = __mmask8;
-  using index_t = uint64_t;
-  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE __m512i permute(__m512i a, __m512i i,
-                                                                       __m512i b) {
-    return _mm512_permutex2var_epi64(a, i, b);
-  }
-  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE void store(void* p, mask_t m, __m512i v) {
-    _mm512_mask_storeu_epi64(p, m, v);
-  }
-};
-
 template <class C>
 OVERFEAT_CPU_TARGET_AVX512 __attribute__((noinline)) void nchw_split_offsets_permute(
     const typename C::raw_t* d, typename C::raw_t* out, int64_t offset_stride, NchwGeo g) {
   using T = typename C::raw_t;
-  using V = Lanes512<sizeof(T)>;
+  using V = cpu::Lanes512<sizeof(T)>;
   using index_t = typename V::index_t;
   constexpr int L = 64 / sizeof(T);
   const int k = C::K > 0 ? C::K : static_cast<int>(g.k);  // constant: loops unrolled
