@@ -268,15 +268,16 @@ void cl_permute(const at::Tensor& input, at::Tensor& out, bool interleave, int64
     for (int64_t r = begin; r < end; ++r) {
       const int64_t ni = r / H, y = r % H, i = y / k, dy = y % k;
       const int64_t big_row = r * W * c;
-      for (int64_t dx = 0; dx < k; ++dx) {
-        const int64_t small_row = ((offset_batch(ni, dy, dx, k) * h + i) * w) * c;
-        for (int64_t j = 0; j < w; ++j) {
-          const int64_t b = big_row + (k * j + dx) * c, s = small_row + j * c;
-          if (interleave) {
-            std::memcpy(o + b, in + s, px_bytes);
-          } else {
-            std::memcpy(o + s, in + b, px_bytes);
-          }
+      // The interleaved row in memory order (k sequential streams on the other side): a
+      // row written dx by dx, every k-th pixel per pass, ran 1.5-3x slower.
+      for (int64_t x = 0; x < W; ++x) {
+        const int64_t j = x / k, dx = x % k;
+        const int64_t s = ((offset_batch(ni, dy, dx, k) * h + i) * w + j) * c;
+        const int64_t b = big_row + x * c;
+        if (interleave) {
+          std::memcpy(o + b, in + s, px_bytes);
+        } else {
+          std::memcpy(o + s, in + b, px_bytes);
         }
       }
     }
