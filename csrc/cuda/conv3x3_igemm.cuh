@@ -116,6 +116,14 @@ struct MmaTraits<float> {
   }
 };
 
+// A 16-byte vector of grad_output with the elements whose ReLU output (`m`, the matching
+// vector) is not > 0 zeroed: how both backward GEMMs apply the mask.
+template <typename T>
+__device__ __forceinline__ uint4 keep_where_positive(uint4 g, uint4 m) {
+  return {MmaTraits<T>::keep_where_positive(g.x, m.x), MmaTraits<T>::keep_where_positive(g.y, m.y),
+          MmaTraits<T>::keep_where_positive(g.z, m.z), MmaTraits<T>::keep_where_positive(g.w, m.w)};
+}
+
 template <typename T>
 struct Params {
   const T* in;    // [n][h][w][cp], 16-byte aligned, cp a multiple of 16 / sizeof(T)
@@ -287,12 +295,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
 #pragma unroll
       for (int j = 0; j < Cfg::kARows; ++j) {
         auto* v = reinterpret_cast<uint4*>(st + st_a + j * Cfg::kRowsPerPass * kRowBytes);
-        uint4 x = *v;
-        x.x = MmaTraits<T>::keep_where_positive(x.x, mask_reg[j].x);
-        x.y = MmaTraits<T>::keep_where_positive(x.y, mask_reg[j].y);
-        x.z = MmaTraits<T>::keep_where_positive(x.z, mask_reg[j].z);
-        x.w = MmaTraits<T>::keep_where_positive(x.w, mask_reg[j].w);
-        *v = x;
+        *v = keep_where_positive<T>(*v, mask_reg[j]);
       }
       if (kb + 1 < k_blocks) prefetch_mask();
     }

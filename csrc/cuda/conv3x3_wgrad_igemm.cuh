@@ -27,7 +27,7 @@
 
 #include "../dispatch.h"
 #include "../index_math.h"
-#include "conv3x3_igemm.cuh"  // igemm::MmaTraits
+#include "conv3x3_igemm.cuh"  // igemm::MmaTraits, igemm::keep_where_positive
 #include "cp_async_pipeline.cuh"
 #include "launch.cuh"
 #include "ptx_primitives.cuh"
@@ -199,12 +199,7 @@ __global__ void __launch_bounds__(kThreads) wgrad_igemm_kernel(const Params<T> p
 #pragma unroll
       for (int j = 0; j < kLoadRows; ++j) {
         auto* v = reinterpret_cast<uint4*>(st + L::swizzled(lrow + j * kRowsPerPass, lv));
-        uint4 x = *v;
-        x.x = igemm::MmaTraits<T>::keep_where_positive(x.x, mask_reg[j].x);
-        x.y = igemm::MmaTraits<T>::keep_where_positive(x.y, mask_reg[j].y);
-        x.z = igemm::MmaTraits<T>::keep_where_positive(x.z, mask_reg[j].z);
-        x.w = igemm::MmaTraits<T>::keep_where_positive(x.w, mask_reg[j].w);
-        *v = x;
+        *v = igemm::keep_where_positive<T>(*v, mask_reg[j]);
       }
       if (kb + 1 < k_blocks) prefetch_mask();
     }
