@@ -6,7 +6,8 @@
 // reduction over the 9 taps × Cp channels. A is never formed: a row of A at tap (r, s) is
 // the input pixel (y + r - pad, x + s - pad), read straight from an NHWC map with its
 // channels padded to a multiple of one 16-byte vector (Cp); B is the filter copy
-// [K][3][3][Cp] (the reduction contiguous). See conv3x3_kernel.cu for who prepares what.
+// [K][3][3][Cpf] (the reduction contiguous), Cpf = Cp rounded up to whole k-blocks with zero
+// channels, so that B's loads need no channel test. See conv3x3_kernel.cu for who prepares what.
 // With one tap (Params::taps = 1) the same kernel is a 1 × 1 convolution: the forward for
 // few input channels, whose input arrives with the 3 × 3 taps unfolded into channels.
 //
@@ -127,12 +128,13 @@ __device__ __forceinline__ uint4 keep_where_positive(uint4 g, uint4 m) {
 template <typename T>
 struct Params {
   const T* in;    // [n][h][w][cp], 16-byte aligned, cp a multiple of 16 / sizeof(T)
-  const T* filt;  // [k][3][3][cp]
+  const T* filt;  // [k][3][3][cpf]
   const T* bias;  // [k] or null
   T* out;         // [n][k][out_h][out_w] with strides out_s
   Strides4 out_s;
   int64_t n, m;  // m = n · out_h · out_w
   int h, w, cp, k, out_h, out_w, pad;
+  int cpf;  // the filters' channel stride: cp rounded up to whole k-blocks (zeros past cp)
   bool relu;
   // 9; or 1: a 1 × 1 convolution (pad 0) of an input whose channels are already the
   // unfolded 3 × 3 taps of a map with few channels (unfolded_input in conv3x3_kernel.cu).
@@ -152,7 +154,7 @@ __host__ __device__ constexpr int swizzled(int row, int v) {
 struct KBlockCursor {
   int tap = 0, s = 0, c = 0;  // tap (r, s) = tap, its column s, first channel c
   int a = 0;  // ((r·W + s)·Cp + c)·elem_bytes: the k-block in the input (32 bits: fits_igemm)
-  int b = 0;  // (tap·Cp + c)·elem_bytes: the k-block in a filter
+  int b = 0;  // (tap·Cpf + c)·elem_bytes: the k-block in a filter
   // kbk: elements per k-block; next_row: bytes from the end of tap s = 2 of a row of the
   // input to tap s = 0 of the next.
   __device__ __forceinline__ void advance(int cp, int kbk, int elem_bytes, int next_row) {
@@ -160,11 +162,12 @@ struct KBlockCursor {
     a += kRowBytes;
     b += kRowBytes;
     if (c >= cp) {
-      const int back = (cp - c) * elem_bytes;  // to the tap's end
+      // The input's tap is Cp channels: step back to its end. The filters' is Cpf, whole
+      // k-blocks: b is already at the next tap.
+      const int back = (cp - c) * elem_bytes;
       ++tap;
       s = s == 2 ? 0 : s + 1;
       a += back + (s == 0 ? next_row : 0);
-      b += back;
       c = 0;
     }
   }
@@ -189,9 +192,10 @@ __device__ __forceinline__ uint32_t tap_mask(int64_t m, int64_t pixels, int64_t 
 }
 
 // kTaps: 9 (a 3 × 3 convolution), or 1 (Params::taps). kChannelTail: Cp is not a multiple
-// of the k-block, so the last k-block of a tap has vectors past Cp (zero-filled). Without
-// it (C % 32 == 0 for bf16 / fp16, the usual case), the loader skips that test. kMasked:
-// Params::mask is set (grad-input through a ReLU).
+// of the k-block, so the last k-block of a tap has input vectors past Cp (zero-filled; the
+// filters are zero there already). Without it (C % 32 == 0 for bf16 / fp16, the usual
+// case), the loader skips that test. kMasked: Params::mask is set (grad-input through a
+// ReLU).
 template <typename T, typename Cfg, int kTaps, bool kOutChannelsLast, bool kChannelTail,
           bool kMasked>
 __global__ void __launch_bounds__(Cfg::kThreads)
@@ -227,7 +231,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
     a_addr[j] = reinterpret_cast<uint64_t>(p.in) + static_cast<uint64_t>(off * int64_t(sizeof(T)));
     a_taps |= uint64_t(tap_mask<kTaps>(m, p.m, hw_out, p.out_w, p.h, p.w, p.pad)) << (9 * j);
   }
-  const int64_t filter_bytes = kTaps * int64_t(p.cp) * int64_t(sizeof(T));
+  const int64_t filter_bytes = kTaps * int64_t(p.cpf) * int64_t(sizeof(T));
   uint32_t b_valid = 0;  // filter rows beyond K read nothing
 #pragma unroll
   for (int j = 0; j < Cfg::kBRows; ++j) {
@@ -252,7 +256,6 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   };
   const auto load_stage = [&]() {
     const uint32_t taps = rows_inside(ld);
-    const uint32_t b_ok = !kChannelTail || ld.c < c_end ? b_valid : 0u;
 #pragma unroll
     for (int j = 0; j < Cfg::kARows; ++j) {
       // Outside the map the address is not read (ignore-src): zeros land instead.
@@ -264,7 +267,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
     for (int j = 0; j < Cfg::kBRows; ++j) {
       const uint64_t src = b_src + ld.b + uint64_t(j * Cfg::kRowsPerPass * filter_bytes);
       cp_async_16_ignore_src(smem + ld_stage + st_b + j * Cfg::kRowsPerPass * kRowBytes,
-                             reinterpret_cast<const void*>(src), (b_ok & (1u << j)) == 0);
+                             reinterpret_cast<const void*>(src), (b_valid & (1u << j)) == 0);
     }
     ld_stage = ld_stage == (Cfg::kStages - 1) * Cfg::kStageBytes ? 0 : ld_stage + Cfg::kStageBytes;
     ld.advance(p.cp, kBK, static_cast<int>(sizeof(T)), next_row);

@@ -318,6 +318,13 @@ bool use_tensor_cores(at::ScalarType t) {
 // Elements per 16-byte vector: the implicit GEMM's channel granule.
 int64_t vector_elems(const at::Tensor& t) { return igemm::kVecBytes / t.element_size(); }
 
+// The channel stride of the implicit GEMM's filter copy: Cp rounded up to whole k-blocks
+// (64 bytes), the extra channels zero, so that the filter loads need no channel test.
+int64_t filter_channels(int64_t cp, const at::Tensor& t) {
+  const int64_t block = igemm::kRowBytes / t.element_size();
+  return ceil_div(cp, block) * block;
+}
+
 // The implicit GEMM reads [N][H][W][Cp] with Cp = C rounded up to a whole 16-byte vector
 // (extra channels zero). A dense, aligned channels_last tensor with C % vec == 0 is that
 // already and is used in place. Anything else (NCHW, views, C = 3 or 17) is copied here
@@ -415,13 +422,14 @@ std::pair<at::Tensor, at::Tensor> unfolded_operands(const at::Tensor& input,
   const at::Tensor cols = at::im2col(input, {3, 3}, {1, 1}, {pad, pad}, {1, 1});
   at::Tensor x = at::zeros({n, out_h, out_w, cu}, input.options().memory_format(dense));
   x.narrow(3, 0, taps_c).copy_(cols.view({n, taps_c, out_h, out_w}).permute({0, 2, 3, 1}));
-  at::Tensor filt = at::zeros({k, 1, 1, cu}, weight.options().memory_format(dense));
+  at::Tensor filt =
+      at::zeros({k, 1, 1, filter_channels(cu, weight)}, weight.options().memory_format(dense));
   filt.narrow(3, 0, taps_c).copy_(weight.reshape({k, 1, 1, taps_c}));
   return {x, filt};
 }
 
-// out = conv3x3(in, filt) (+ bias, ReLU) on tensor cores, where `filt` is [K][3][3][Cp]
-// prepared by the caller and `in` is given as [n][h][w][cp]; or, with `filt` [K][1][1][Cu],
+// out = conv3x3(in, filt) (+ bias, ReLU) on tensor cores, where `filt` is [K][3][3][Cpf]
+// prepared by the caller and `in` is given as [n][h][w][cp]; or, with `filt` [K][1][1][Cuf],
 // the 1 × 1 convolution of an unfolded input (pad 0). `mask` (grad-input through a ReLU:
 // the forward's output, laid out as `in`), when defined: `in` counts only where it is > 0.
 template <typename scalar_t>
@@ -432,7 +440,7 @@ void igemm_conv(const at::Tensor& in_nhwc, int64_t in_h, int64_t in_w, const at:
   const int64_t taps = filt.size(1) * filt.size(2);
   TORCH_INTERNAL_ASSERT(in_nhwc.is_contiguous() && filt.is_contiguous() &&
                         filt.size(1) == filt.size(2) && (taps == 9 || (taps == 1 && pad == 0)) &&
-                        in_nhwc.size(3) == filt.size(3));
+                        filt.size(3) == filter_channels(in_nhwc.size(3), in_nhwc));
   TORCH_INTERNAL_ASSERT(!mask.defined() || (mask.is_contiguous() && mask.sizes() == in_nhwc.sizes()));
   igemm::Params<scalar_t> p{};
   p.in = in_nhwc.const_data_ptr<scalar_t>();
@@ -444,7 +452,8 @@ void igemm_conv(const at::Tensor& in_nhwc, int64_t in_h, int64_t in_w, const at:
   p.m = out.size(0) * out.size(2) * out.size(3);
   p.h = static_cast<int>(in_h);
   p.w = static_cast<int>(in_w);
-  p.cp = static_cast<int>(filt.size(3));
+  p.cp = static_cast<int>(in_nhwc.size(3));
+  p.cpf = static_cast<int>(filt.size(3));
   p.k = static_cast<int>(out.size(1));
   p.out_h = static_cast<int>(out.size(2));
   p.out_w = static_cast<int>(out.size(3));
@@ -482,7 +491,7 @@ at::Tensor conv3x3_cuda(const at::Tensor& input, const at::Tensor& weight,
     }
     const int64_t cp = ceil_div(input.size(1), vector_elems(input)) * vector_elems(input);
     const at::Tensor x = nhwc_padded(input, cp);
-    const at::Tensor filt = nhwc_padded(weight, cp);  // [K][3][3][Cp]
+    const at::Tensor filt = nhwc_padded(weight, filter_channels(cp, input));  // [K][3][3][Cpf]
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv3x3_igemm", [&] {
       if constexpr (!std::is_same_v<scalar_t, double>) {
         igemm_conv<scalar_t>(x, input.size(2), input.size(3), filt, b, padding, relu, out,
@@ -734,7 +743,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward_cuda(
         }));
   }
   if (tc_dgrad) {
-    const at::Tensor filt = nhwc_padded(weight.flip({2, 3}).transpose(0, 1), kp);
+    const at::Tensor filt =
+        nhwc_padded(weight.flip({2, 3}).transpose(0, 1), filter_channels(kp, input));
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv3x3_igemm_dgrad", [&] {
       if constexpr (!std::is_same_v<scalar_t, double>) {
         igemm_conv<scalar_t>(g, grad_output.size(2), grad_output.size(3), filt, at::Tensor(),
