@@ -211,9 +211,9 @@ void nchw_permute(const at::Tensor& input, at::Tensor& out, bool interleave, int
   T* o = static_cast<T*>(out.mutable_data_ptr());
   const bool short_rows = K > 0 && w * static_cast<int64_t>(sizeof(T)) < kShortRowBytes;
   // Short rows on AVX-512: the permutes where they measured faster than the plane stream
-  // (interleave, k >= 3, 4- and 8-byte elements: 2.5-4x on this project's benchmark CPU, a
-  // Zen 4 EPYC); elsewhere they were even or slower (16-bit permutes, masked stores of
-  // short runs), and the plane stream stays.
+  // (interleave, k >= 3, 4- and 8-byte elements: 2.3-3.9x on this project's AMD EPYC
+  // benchmark machine); elsewhere (k = 2, 16-bit permutes, deinterleave) they were even or
+  // slower there, and the plane stream stays.
   [[maybe_unused]] const bool permute_rows = OVERFEAT_CPU_HAVE_AVX2_VARIANT && short_rows &&
                                              interleave && K >= 3 && cpu::has_avx512() &&
                                              (sizeof(T) == 4 || sizeof(T) == 8);
