@@ -318,6 +318,11 @@ bool use_tensor_cores(at::ScalarType t) {
 // Elements per 16-byte vector: the implicit GEMM's channel granule.
 int64_t vector_elems(const at::Tensor& t) { return igemm::kVecBytes / t.element_size(); }
 
+// c channels rounded up to whole 16-byte vectors of t's elements: the implicit GEMM's Cp.
+int64_t vector_channels(int64_t c, const at::Tensor& t) {
+  return ceil_div(c, vector_elems(t)) * vector_elems(t);
+}
+
 // The channel stride of the implicit GEMM's filter copy: Cp rounded up to whole k-blocks
 // (64 bytes), the extra channels zero, so that the filter loads need no channel test.
 int64_t filter_channels(int64_t cp, const at::Tensor& t) {
@@ -417,7 +422,7 @@ std::pair<at::Tensor, at::Tensor> unfolded_operands(const at::Tensor& input,
                                                     int64_t out_h, int64_t out_w) {
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const int64_t n = input.size(0), k = weight.size(0), taps_c = 9 * input.size(1);
-  const int64_t cu = ceil_div(taps_c, vector_elems(input)) * vector_elems(input);
+  const int64_t cu = vector_channels(taps_c, input);
   const auto dense = at::MemoryFormat::Contiguous;
   const at::Tensor cols = at::im2col(input, {3, 3}, {1, 1}, {pad, pad}, {1, 1});
   at::Tensor x = at::zeros({n, out_h, out_w, cu}, input.options().memory_format(dense));
@@ -489,7 +494,7 @@ at::Tensor conv3x3_cuda(const at::Tensor& input, const at::Tensor& weight,
       });
       return out;
     }
-    const int64_t cp = ceil_div(input.size(1), vector_elems(input)) * vector_elems(input);
+    const int64_t cp = vector_channels(input.size(1), input);
     const at::Tensor x = nhwc_padded(input, cp);
     const at::Tensor filt = nhwc_padded(weight, filter_channels(cp, input));  // [K][3][3][Cpf]
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv3x3_igemm", [&] {
@@ -689,9 +694,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward_cuda(
   const cudaStream_t stream = current_stream();
   const at::Tensor w = weight.contiguous();
   const at::Tensor mask = relu_output.has_value() ? *relu_output : at::Tensor();
-  // grad-input on tensor cores: the forward kernel applied to the ReLU-masked grad_output
-  // (laid out as NHWC) with the filters flipped and transposed, [C][3][3][Kp], and padding
-  // 2 - pad.
+  // grad-input on tensor cores: the forward kernel applied to grad_output (laid out as NHWC,
+  // masked by the ReLU as it loads) with the filters flipped and transposed, [C][3][3][Kpf],
+  // and padding 2 - pad.
   const bool tc_dgrad =
       output_mask[0] &&
       pick_tensor_cores(algos[0], use_tensor_cores(input.scalar_type()) &&
@@ -719,28 +724,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward_cuda(
     if (aten_dgrad) grad_input.copy_(gi);
     if (aten_wgrad) grad_weight.copy_(gw);
   }
-  const int64_t kp = ceil_div(weight.size(0), vector_elems(input)) * vector_elems(input);
+  const int64_t kp = vector_channels(weight.size(0), input);
   // grad_output and the ReLU output as NHWC [n][h'][w'][kp], shared by both tensor-core
   // kernels: in place when they are dense channels_last with whole vectors, else copied.
   const bool tc = tc_dgrad || tc_wgrad;
   const at::Tensor g = tc ? nhwc_padded(grad_output, kp) : at::Tensor();
   const at::Tensor g_mask = tc && mask.defined() ? nhwc_padded(mask, kp) : at::Tensor();
   if (tc_wgrad) {
-    const int64_t cp = ceil_div(input.size(1), vector_elems(input)) * vector_elems(input);
-    const at::Tensor x = nhwc_padded(input, cp);
-    AT_DISPATCH_SWITCH(input.scalar_type(), "conv3x3_wgrad_igemm",
-        AT_DISPATCH_CASE(at::kHalf, [&] {
-          wgrad_igemm<scalar_t>(g, g_mask, x, grad_output.size(2), grad_output.size(3),
-                                padding, grad_weight, stream);
-        })
-        AT_DISPATCH_CASE(at::kBFloat16, [&] {
-          wgrad_igemm<scalar_t>(g, g_mask, x, grad_output.size(2), grad_output.size(3),
-                                padding, grad_weight, stream);
-        })
-        AT_DISPATCH_CASE(at::kFloat, [&] {
-          wgrad_igemm<scalar_t>(g, g_mask, x, grad_output.size(2), grad_output.size(3),
-                                padding, grad_weight, stream);
-        }));
+    const at::Tensor x = nhwc_padded(input, vector_channels(input.size(1), input));
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv3x3_wgrad_igemm", [&] {
+      if constexpr (!std::is_same_v<scalar_t, double>) {
+        wgrad_igemm<scalar_t>(g, g_mask, x, grad_output.size(2), grad_output.size(3), padding,
+                              grad_weight, stream);
+      }
+    });
   }
   if (tc_dgrad) {
     const at::Tensor filt =

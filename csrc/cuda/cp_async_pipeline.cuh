@@ -18,15 +18,11 @@ namespace overfeat_kernels {
 // landed(stage, kb), between the wait and the barrier, may rewrite what this thread's own
 // copies just put into k-block kb's stage (they are visible to it after its wait_group;
 // the barrier then publishes them): how the backward applies the ReLU mask on the way in.
-struct NothingLanded {
-  __device__ __forceinline__ void operator()(unsigned char*, int) const {}
-};
-
-template <int kStages, int kStageBytes, class LoadStage, class Compute,
-          class Landed = NothingLanded>
+// A kernel without such work passes a lambda that does nothing.
+template <int kStages, int kStageBytes, class LoadStage, class Compute, class Landed>
 __device__ __forceinline__ void cp_async_pipeline(int k_blocks, unsigned char* smem,
                                                   LoadStage& load_stage, Compute&& compute,
-                                                  Landed&& landed = {}) {
+                                                  Landed&& landed) {
   static_assert(kStages >= 2, "a ring of at least two stages");
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
