@@ -452,8 +452,7 @@ OVERFEAT_CPU_TARGET_AVX512 __attribute__((noinline)) void nchw_split_offsets_per
       for (int64_t j0 = 0; j0 < g.Wo; j0 += L) {
         const int64_t left = g.Wo - j0;
         const bool full = pos + j0 + L <= end;
-        const auto m =
-            static_cast<typename V::mask_t>((uint64_t{1} << std::min<int64_t>(left, L)) - 1);
+        const auto m = cpu::first_lanes<sizeof(T)>(std::min<int64_t>(left, L));
         for (int s = 0; s < k; ++s) v[s] = _mm512_loadu_si512(row + k * j0 + s * L);
         for (int dx = 0; dx < k; ++dx) {
           __m512i t = v[0];
