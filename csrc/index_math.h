@@ -109,13 +109,13 @@ C10_HOST_DEVICE inline OffsetBatch split_offset_batch(int64_t b, int64_t k) {
   return r;
 }
 
-// The window of offset d that contains pixel y along one side, if any: window i covers
-// pixels d + k*i .. d + k*i + k-1, for 0 <= i < count.
-C10_HOST_DEVICE inline bool window_containing(int64_t y, int64_t d, int64_t k, int64_t count,
-                                              int64_t* i) {
-  const int64_t t = y - d;
-  if (t < 0) return false;
-  *i = t / k;
+// Along one side, the window whose first pixel is y0 (windows of every offset together
+// start at every y0 = d + k*i, d < k, 0 <= i < count): its offset d and index i, if any.
+C10_HOST_DEVICE inline bool window_at(int64_t y0, int64_t k, int64_t count, int64_t* d,
+                                      int64_t* i) {
+  if (y0 < 0) return false;
+  *d = y0 % k;
+  *i = y0 / k;
   return *i < count;
 }
 
@@ -174,8 +174,10 @@ C10_HOST_DEVICE inline scalar_t offset_pool_forward_element(const scalar_t* in,
       .value;
 }
 
-// grad_input[n, c, y, x] for the input element at coordinates `p`: the sum, in a fixed
-// order (dy, dx ascending), of the gradients of every window whose max p holds. Each
+// grad_input[n, c, y, x] for the input element at coordinates `p`: the sum of the
+// gradients of every window whose max p holds, in a fixed order: windows by their first
+// pixel (y0, x0), row-major ascending, whatever their offsets. That order is the same for
+// every pixel relative to it, so the vectorised CPU paths can keep it lane by lane. Each
 // element is computed by one thread from reads only, so the result is deterministic
 // and needs no atomics.
 template <typename scalar_t, typename acc_t>
@@ -187,13 +189,12 @@ C10_HOST_DEVICE inline scalar_t offset_pool_backward_element(const scalar_t* gra
                                                              const Coord4& p) {
   const int64_t k = g.k;
   acc_t sum = acc_t(0);
-  for (int64_t dy = 0; dy < k; ++dy) {
-    int64_t i;
-    if (!window_containing(p.h, dy, k, g.out.h, &i)) continue;
-    for (int64_t dx = 0; dx < k; ++dx) {
-      int64_t j;
-      if (!window_containing(p.w, dx, k, g.out.w, &j)) continue;
-      const int64_t y0 = dy + k * i, x0 = dx + k * j;
+  for (int64_t y0 = p.h - (k - 1); y0 <= p.h; ++y0) {
+    int64_t dy, i;
+    if (!window_at(y0, k, g.out.h, &dy, &i)) continue;
+    for (int64_t x0 = p.w - (k - 1); x0 <= p.w; ++x0) {
+      int64_t dx, j;
+      if (!window_at(x0, k, g.out.w, &dx, &j)) continue;
       const auto m = window_max<scalar_t, acc_t>(in, in_s, p.n, p.c, y0, x0, k);
       if (m.pos == (p.h - y0) * k + (p.w - x0)) {
         const int64_t b = offset_batch(p.n, dy, dx, k);

@@ -96,7 +96,7 @@ def test_pool_forward_against_max_pool_per_offset(dtype, layout, values):
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("values", ["normal", "ties", "nan"])
 def test_pool_backward_bitwise_equals_general_path(dtype, layout, values):
-    # The general path sums each pixel's gradients in (dy, dx) order in the accumulation
+    # The general path sums each pixel's gradients in a fixed order in the accumulation
     # type; the fast paths must give the very same bits.
     for n, c, h, w, k in POOL_SHAPES:
         x = _layout(_draw((n, c, h, w), dtype, values), layout)
@@ -108,6 +108,59 @@ def test_pool_backward_bitwise_equals_general_path(dtype, layout, values):
         fmt = torch.channels_last if cl else torch.contiguous_format
         assert fast.is_contiguous(memory_format=fmt)
         assert torch.equal(_bits(fast), _bits(general)), f"{(n, c, h, w)} k={k}"
+
+
+def _window_order_backward(x: torch.Tensor, g: torch.Tensor, k: int) -> torch.Tensor:
+    """Independent oracle of the backward's summation order: each pixel adds the gradients of
+    the windows whose max it is, windows taken by first pixel (y0, x0) in row-major order, in
+    the accumulation type (float64 for float64, else float32), then rounds once. The window
+    maxima come from F.max_pool2d over every stride-1 position."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    n, c, h, w = x.shape
+    ho, wo = (h - k + 1) // k, (w - k + 1) // k
+    _, idx = F.max_pool2d(x.to(acc), k, stride=1, return_indices=True)  # [n, c, h-k+1, w-k+1]
+    # The gradient of the window starting at (y0, x0): offset (y0 % k, x0 % k), index
+    # (y0 // k, x0 // k); 0 where no window starts.
+    gw = torch.zeros(n, c, h, w, dtype=acc)
+    gw[:, :, : k * ho, : k * wo] = reference.interleave(g.to(acc), k)
+    total = torch.zeros(n, c, h, w, dtype=acc)
+    pixel = torch.arange(h * w).view(h, w)
+    for a in reversed(range(k)):  # window (y - a, x - b): a, b descending = (y0, x0) ascending
+        for b in reversed(range(k)):
+            term = torch.zeros(n, c, h, w, dtype=acc)
+            hi, wi = min(h - a, idx.shape[2]), min(w - b, idx.shape[3])
+            hits = idx[:, :, :hi, :wi] == pixel[a : a + hi, b : b + wi]
+            term[:, :, a : a + hi, b : b + wi] = torch.where(hits, gw[:, :, :hi, :wi], 0.0)
+            total = total + term
+    return total.to(x.dtype)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("sim", marks=pytest.mark.sim)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided"])
+def test_pool_backward_sums_in_window_order(device, dtype, layout):
+    # Random values and gradients: a local maximum is the max of up to k*k windows, so the
+    # order of its sum shows in the bits. Every path (fast, general, and the CUDA kernel in
+    # the simulator) must follow the documented one.
+    from overfeat_kernels import simulator
+
+    if device == "sim" and not simulator.available():
+        pytest.skip("CUDA simulator not built")
+    shapes = [(2, 3, 11, 13, 2), (1, 17, 20, 23, 3), (1, 130, 8, 11, 2), (1, 5, 9, 12, 4)]
+    for n, c, h, w, k in shapes:
+        x = _layout(torch.randn(n, c, h, w).to(dtype), layout)
+        g = torch.randn(n * k * k, c, (h - k + 1) // k, (w - k + 1) // k).to(dtype)
+        expect = _window_order_backward(x, g, k)
+        if device == "sim":
+            with simulator.simulate_cuda():
+                got = torch.ops.overfeat_kernels.offset_max_pool2d_backward(g, x, k)
+        else:
+            got = torch.ops.overfeat_kernels.offset_max_pool2d_backward(g, x, k)
+        _, idx = F.max_pool2d(x.float(), k, stride=1, return_indices=True)
+        planes = torch.arange(n * c).view(n, c, 1, 1) * (h * w)
+        most = torch.bincount((idx + planes).flatten()).max().item()
+        assert most >= 3, "no pixel is the max of three windows: the order is not tested"
+        assert torch.equal(_bits(got), _bits(expect)), f"{(n, c, h, w)} k={k}"
 
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])

@@ -236,5 +236,12 @@ OVERFEAT_CPU_INLINE bool replaces(key_t v, key_t best) {
   return (v > best) | (v != v);
 }
 
+// r ? a : b on int32 lanes, as a bit mask: GCC (12) vectorises a chain of these where the
+// `?:` form of the same chain becomes branches.
+OVERFEAT_CPU_INLINE int32_t select(bool r, int32_t a, int32_t b) {
+  const int32_t m = -static_cast<int32_t>(r);
+  return (a & m) | (b & ~m);
+}
+
 }  // namespace cpu
 }  // namespace overfeat_kernels

@@ -252,71 +252,6 @@ OVERFEAT_CPU_INLINE void masked_add(key_t* __restrict dst, const int32_t* __rest
   for (int64_t u = 0; u < n; ++u) dst[u] += idx[u] == e ? g[u] : key_t(0);
 }
 
-// One (n, c) plane of the backward, in the phase-split domain: for each offset, in
-// ascending (dy, dx) order, the argmax positions of all its windows (one vector loop over
-// the flattened windows), then for each window element (a, b) the gradients of the windows
-// whose max it is, added to that element's sub-plane run (again one vector loop). Each
-// pixel gets one add per offset, in the general path's order. `acc` (k*k sub-planes) is
-// then written back to the plane. `gpad` holds Ho x (Wo + 1) gradients, pad column 0.
-template <class C>
-OVERFEAT_CPU_INLINE void nchw_backward_plane(const typename C::raw_t* in,
-                                             const typename C::raw_t* go, int64_t offset_stride,
-                                             typename C::raw_t* gi, NchwGeo g,
-                                             typename C::raw_t* split, int32_t* idx,
-                                             typename C::key_t* gpad, typename C::key_t* acc) {
-  using raw_t = typename C::raw_t;
-  using key_t = typename C::key_t;
-  const int64_t k = C::K > 0 ? C::K : g.k;
-  std::fill(acc, acc + k * k * g.phase(), key_t(0));
-  split_phases<C>(in, g, split);
-  WindowPointers<C, const raw_t> src(k);
-  const raw_t** s = src.get();
-  for (int64_t dy = 0; dy < k; ++dy) {
-    for (int64_t dx = 0; dx < k; ++dx) {
-      window_runs<C>(split, g, k, dy, dx, s);
-      argmax_run<C>(s, k * k, idx, g.run());
-      const raw_t* gp = go + (dy * k + dx) * offset_stride;
-      for (int64_t c = 0; c < g.G; ++c) {
-        for (int64_t i = 0; i < g.Ho; ++i) {
-          key_t* __restrict drow = gpad + c * g.sub() + i * g.Ws;
-          const raw_t* grow = gp + (c * g.Ho + i) * g.Wo;
-          for (int64_t j = 0; j < g.Wo; ++j) drow[j] = C::E::key(grow[j]);
-        }
-      }
-      for (int64_t a = 0; a < k; ++a) {
-        for (int64_t b = 0; b < k; ++b) {
-          const int64_t qy = dy + a, qx = dx + b;
-          key_t* dst = acc + ((qy % k) * k + qx % k) * g.phase() + (qy / k) * g.Ws + qx / k;
-          masked_add(dst, idx, gpad, static_cast<int32_t>(a * k + b), g.run());
-        }
-      }
-    }
-  }
-  // Back from the sub-planes: pixel (py + k*i, px + k*t) is sub-plane (py, px) at (i, t).
-  // Pixels outside every sub-plane are in no window: 0.
-  const int64_t full = std::min(g.W / k, g.Ws);
-  for (int64_t c = 0; c < g.G; ++c) {
-    for (int64_t y = 0; y < g.H; ++y) {
-      raw_t* __restrict row = gi + (c * g.H + y) * g.W;
-      const int64_t py = y % k, i = y / k;
-      if (i >= g.Hs) {
-        std::fill_n(row, g.W, C::E::from_acc(key_t(0)));
-        continue;
-      }
-      const key_t* sub = acc + py * k * g.phase() + c * g.sub() + i * g.Ws;
-      for (int64_t t = 0; t < full; ++t) {
-        for (int64_t px = 0; px < k; ++px) {
-          row[k * t + px] = C::E::from_acc(sub[px * g.phase() + t]);
-        }
-      }
-      for (int64_t x = k * full; x < g.W; ++x) {
-        const int64_t t = x / k;
-        row[x] = C::E::from_acc(t < g.Ws ? sub[(x % k) * g.phase() + t] : key_t(0));
-      }
-    }
-  }
-}
-OVERFEAT_CPU_MULTIVERSION(nchw_backward_plane)
 
 // Planes per group: about kGroupElems input elements (the group's buffers stay in L2).
 constexpr int64_t kGroupElems = 8192;
@@ -518,6 +453,146 @@ void nchw_forward(const at::Tensor& input, at::Tensor& out, const PoolGeometry& 
   });
 }
 
+// ---------------------------------------------------------------------------------------
+// NCHW backward, in the dense domain of a group of G planes flattened (as the forward).
+// Every stride-1 position (y0, x0) with y0 < k*Ho and x0 < k*Wo is the first pixel of one
+// window (offset (y0 % k, x0 % k), index (y0 / k, x0 / k)). Each position gets a code, the
+// row-major position a*k + b of its window's max, and, in a dense map, its window's
+// gradient (0 where no window starts). Pixel p then sums, for (a, b) descending, the
+// gradient at p - a*W - b where the code there is a*k + b: its windows by first pixel in
+// row-major order (index_math.h). The k*k shifts are the same in every lane, so each sum is
+// one unit-stride loop over the group whatever the plane size, and grad_input is written
+// once, in memory order. Lanes at row and plane edges read codes of positions that are no
+// window; their gradient 0 adds nothing (adding +0 keeps a sum's bits: a sum that starts
+// at +0 is never -0, and NaN + 0 is NaN with its bits). A margin of (k-1)*W + k-1
+// gradients 0 lies before the group's first position.
+
+// code[t], t < n_dense. Without NaNs separably, like the forward's max: the first maximum
+// of each row (rv, rb over n_rows positions), then the first row holding the maximum, which
+// is the element the row-major scan picks. With NaNs, the full rule in window order.
+template <class C>
+OVERFEAT_CPU_INLINE void nchw_window_codes(const typename C::raw_t* __restrict in,
+                                           const NchwGeo& g, int64_t n_rows, int64_t n_dense,
+                                           typename C::key_t* __restrict rv,
+                                           int32_t* __restrict rb, int32_t* __restrict code) {
+  using key_t = typename C::key_t;
+  const int64_t k = C::K > 0 ? C::K : g.k;
+  if (!any_nan<C>(in, n_rows + k - 1)) {
+    for (int64_t t = 0; t < n_rows; ++t) {
+      key_t best = C::E::key(in[t]);
+      int32_t at = 0;
+      for (int64_t b = 1; b < k; ++b) {
+        const key_t v = C::E::key(in[t + b]);
+        const bool r = v > best;
+        best = r ? v : best;
+        at = cpu::select(r, static_cast<int32_t>(b), at);
+      }
+      rv[t] = best;
+      rb[t] = at;
+    }
+    for (int64_t t = 0; t < n_dense; ++t) {
+      key_t best = rv[t];
+      int32_t at = rb[t];
+      for (int64_t a = 1; a < k; ++a) {
+        const key_t v = rv[t + a * g.W];
+        const bool r = v > best;
+        best = r ? v : best;
+        at = cpu::select(r, static_cast<int32_t>(a * k) + rb[t + a * g.W], at);
+      }
+      code[t] = at;
+    }
+    return;
+  }
+  for (int64_t t = 0; t < n_dense; ++t) {
+    key_t best = C::E::key(in[t]);
+    int32_t at = 0;
+    for (int64_t e = 1; e < k * k; ++e) {
+      const key_t v = C::E::key(in[t + (e / k) * g.W + e % k]);
+      const bool r = cpu::replaces(v, best);
+      best = r ? v : best;
+      at = cpu::select(r, static_cast<int32_t>(e), at);
+    }
+    code[t] = at;
+  }
+}
+
+// The dense gradient map of a group: row y0 < k*Ho of plane c interleaves row y0 / k of
+// the k offsets (y0 % k, 0..k-1); other rows and columns are 0.
+template <class C>
+OVERFEAT_CPU_INLINE void nchw_dense_grads(const typename C::raw_t* go, int64_t offset_stride,
+                                          const NchwGeo& g, typename C::key_t* __restrict gd) {
+  using raw_t = typename C::raw_t;
+  using key_t = typename C::key_t;
+  const int64_t k = C::K > 0 ? C::K : g.k;
+  for (int64_t c = 0; c < g.G; ++c) {
+    for (int64_t y = 0; y < g.H; ++y) {
+      key_t* __restrict row = gd + (c * g.H + y) * g.W;
+      if (y >= k * g.Ho) {
+        std::fill_n(row, g.W, key_t(0));
+        continue;
+      }
+      const raw_t* src = go + (y % k) * k * offset_stride + (c * g.Ho + y / k) * g.Wo;
+      if constexpr (C::K > 0) {
+        const raw_t* s[C::K];
+        for (int dx = 0; dx < C::K; ++dx) s[dx] = src + dx * offset_stride;
+        for (int64_t j = 0; j < g.Wo; ++j) {
+          for (int dx = 0; dx < C::K; ++dx) row[C::K * j + dx] = C::E::key(s[dx][j]);
+        }
+      } else {
+        for (int64_t j = 0; j < g.Wo; ++j) {
+          for (int64_t dx = 0; dx < k; ++dx) row[k * j + dx] = C::E::key(src[dx * offset_stride + j]);
+        }
+      }
+      std::fill(row + k * g.Wo, row + g.W, key_t(0));
+    }
+  }
+}
+
+// gi[p] for the n pixels of a group (code and gd point at its first position).
+template <class C>
+OVERFEAT_CPU_INLINE void nchw_gather(const int32_t* code, const typename C::key_t* gd,
+                                     const NchwGeo& g, int64_t n,
+                                     typename C::raw_t* __restrict gi) {
+  using key_t = typename C::key_t;
+  if constexpr (C::K > 0) {
+    constexpr int E = C::K * C::K;
+    const int32_t* cs[E];
+    const key_t* gs[E];
+    for (int s = 0; s < E; ++s) {  // term s: window element e = E-1-s, (a, b) descending
+      const int64_t shift = ((E - 1 - s) / C::K) * g.W + (E - 1 - s) % C::K;
+      cs[s] = code - shift;
+      gs[s] = gd - shift;
+    }
+    for (int64_t p = 0; p < n; ++p) {
+      key_t sum = key_t(0);
+      for (int s = 0; s < E; ++s) sum += cs[s][p] == E - 1 - s ? gs[s][p] : key_t(0);
+      gi[p] = C::E::from_acc(sum);
+    }
+  } else {
+    const int64_t k = g.k;
+    for (int64_t p = 0; p < n; ++p) {
+      key_t sum = key_t(0);
+      for (int64_t e = k * k - 1; e >= 0; --e) {
+        const int64_t q = p - (e / k) * g.W - e % k;
+        sum += code[q] == e ? gd[q] : key_t(0);
+      }
+      gi[p] = C::E::from_acc(sum);
+    }
+  }
+}
+
+template <class C>
+OVERFEAT_CPU_INLINE void nchw_backward_group(const typename C::raw_t* in,
+                                             const typename C::raw_t* go, int64_t offset_stride,
+                                             typename C::raw_t* gi, NchwGeo g, int64_t n_rows,
+                                             int64_t n_dense, typename C::key_t* rv, int32_t* rb,
+                                             int32_t* code, typename C::key_t* gd) {
+  nchw_window_codes<C>(in, g, n_rows, n_dense, rv, rb, code);
+  nchw_dense_grads<C>(go, offset_stride, g, gd);
+  nchw_gather<C>(code, gd, g, g.G * g.H * g.W, gi);
+}
+OVERFEAT_CPU_MULTIVERSION(nchw_backward_group)
+
 template <typename scalar_t, int K>
 void nchw_backward(const at::Tensor& grad_output, const at::Tensor& input,
                    at::Tensor& grad_input, const PoolGeometry& pg) {
@@ -527,25 +602,28 @@ void nchw_backward(const at::Tensor& grad_output, const at::Tensor& input,
   const NchwGeo g = nchw_geo(pg);
   const int64_t k = pg.k, Cn = pg.in.c;
   const int64_t plane_in = g.H * g.W, plane_out = g.Ho * g.Wo;
+  const int64_t margin = (k - 1) * g.W + k - 1;
   const auto* in = static_cast<const raw_t*>(input.const_data_ptr());
   const auto* go = static_cast<const raw_t*>(grad_output.const_data_ptr());
   auto* gi = static_cast<raw_t*>(grad_input.mutable_data_ptr());
   const int64_t groups = ceil_div(Cn, g.G);
   const int64_t grain = std::max<int64_t>(1, kTaskElems / (g.G * plane_in));
   at::parallel_for(0, pg.in.n * groups, grain, [&](int64_t begin, int64_t end) {
-    std::vector<raw_t> split(k * k * g.phase());
-    std::vector<int32_t> idx(g.phase());
-    std::vector<key_t> gpad(g.phase(), key_t(0));  // pad rows and columns stay 0
-    std::vector<key_t> acc(k * k * g.phase());
+    std::vector<key_t> rv(g.G * plane_in);
+    std::vector<int32_t> rb(g.G * plane_in);
+    // Codes past a group's last window are never set: they only meet gradients 0.
+    std::vector<int32_t> code(margin + g.G * plane_in, 0);
+    std::vector<key_t> gd(margin + g.G * plane_in, key_t(0));
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n = p / groups, c0 = (p % groups) * g.G;
       NchwGeo gg = g;
       gg.G = std::min(g.G, Cn - c0);
       const int64_t first = n * Cn + c0;
-      const raw_t* gop = go + (n * k * k * Cn + c0) * plane_out;
-      nchw_backward_plane_run<C>(in + first * plane_in, gop, Cn * plane_out,
-                                 gi + first * plane_in, gg, split.data(), idx.data(),
-                                 gpad.data(), acc.data());
+      const int64_t n_dense = (gg.G - 1) * plane_in + (k * g.Ho - 1) * g.W + k * g.Wo;
+      nchw_backward_group_run<C>(in + first * plane_in, go + (n * k * k * Cn + c0) * plane_out,
+                                 Cn * plane_out, gi + first * plane_in, gg,
+                                 n_dense + (k - 1) * g.W, n_dense, rv.data(), rb.data(),
+                                 code.data() + margin, gd.data() + margin);
     }
   });
 }
@@ -609,77 +687,168 @@ void cl_forward(const at::Tensor& input, at::Tensor& out, const PoolGeometry& pg
   });
 }
 
-// A tile of the backward: rows [y0, y1) (y0 a multiple of k) and channels [c0, c0 + cn) of
-// image n. The tile's thread visits every window that overlaps the tile (windows that
-// straddle two tiles are visited by both, each adding only to its own rows), so each pixel
-// is summed by one thread. A pixel's windows are visited in (dy, dx) ascending order: for a
-// pixel, a larger dy means a smaller (or equal) window row i, and a larger dx a smaller
-// window column j, so visiting i and j descending with dy and dx ascending inside keeps
-// that order while neighbouring windows (sharing input runs) are visited together.
-// acc[(y - y0)*W*acc_px + x*acc_px + c]; for float and double acc points into grad_input.
+// The backward, as the NCHW one (codes of every window position, then a gather in the
+// order of index_math.h), with channel runs as the vector lanes: all lanes of a run share
+// the pixel, so the k*k terms of a pixel are k*k runs. A tile is rows [y0, y1) and channels
+// [c0, c0 + cn) of image n; it computes the codes of the windows starting in rows
+// y0 - k + 1 .. y1 - 1 (windows starting above y0 are computed by two tiles), keeping the
+// last k rows of row maxima and of codes in rings.
+struct ClTile {
+  int64_t n, y0, y1, c0, cn;
+};
+
+// Row maxima of input row y over its window positions x0 < k*Wo: rv (value), rb (b of the
+// first maximum); true if the row's channel block holds a NaN.
 template <class C>
-OVERFEAT_CPU_INLINE void cl_backward_tile(const typename C::raw_t* img,
-                                          const typename C::raw_t* go, ClGeo g, int64_t n,
-                                          int64_t y0, int64_t y1, int64_t c0, int64_t cn,
-                                          typename C::key_t* acc, int64_t acc_px,
-                                          int32_t* idx, typename C::key_t* sink,
-                                          typename C::key_t* gbuf) {
+OVERFEAT_CPU_INLINE bool cl_row_max(const typename C::raw_t* row, const ClGeo& g, int64_t cn,
+                                    typename C::key_t* __restrict rv, int32_t* __restrict rb) {
+  using key_t = typename C::key_t;
+  const int64_t k = C::K > 0 ? C::K : g.k;
+  typename C::E::bits_t nan = 0;
+  for (int64_t x = 0; x < g.W; ++x) {
+    const typename C::raw_t* px = row + x * g.C;
+    for (int64_t c = 0; c < cn; ++c) nan = std::max(nan, C::E::magnitude(px[c]));
+  }
+  for (int64_t x0 = 0; x0 < k * g.Wo; ++x0) {
+    const typename C::raw_t* px = row + x0 * g.C;
+    for (int64_t c = 0; c < cn; ++c) {
+      key_t best = C::E::key(px[c]);
+      int32_t at = 0;
+      for (int64_t b = 1; b < k; ++b) {
+        const key_t v = C::E::key(px[b * g.C + c]);
+        const bool r = v > best;
+        best = r ? v : best;
+        at = cpu::select(r, static_cast<int32_t>(b), at);
+      }
+      rv[x0 * cn + c] = best;
+      rb[x0 * cn + c] = at;
+    }
+  }
+  return nan > C::E::kInf;
+}
+
+// Codes of the windows starting in row wy: from the row maxima of rows wy .. wy+k-1
+// (rv[a], rb[a]), or, if `rows` (input rows wy ..) hold a NaN, by the full rule.
+template <class C>
+OVERFEAT_CPU_INLINE void cl_code_row(const typename C::raw_t* rows, const ClGeo& g, int64_t cn,
+                                     const typename C::key_t* const* rv,
+                                     const int32_t* const* rb, bool nan,
+                                     int32_t* __restrict code) {
+  using key_t = typename C::key_t;
+  const int64_t k = C::K > 0 ? C::K : g.k;
+  for (int64_t x0 = 0; x0 < k * g.Wo; ++x0) {
+    if (!nan) {
+      for (int64_t c = 0; c < cn; ++c) {
+        key_t best = rv[0][x0 * cn + c];
+        int32_t at = rb[0][x0 * cn + c];
+        for (int64_t a = 1; a < k; ++a) {
+          const key_t v = rv[a][x0 * cn + c];
+          const bool r = v > best;
+          best = r ? v : best;
+          at = cpu::select(r, static_cast<int32_t>(a * k) + rb[a][x0 * cn + c], at);
+        }
+        code[x0 * cn + c] = at;
+      }
+      continue;
+    }
+    const typename C::raw_t* px = rows + x0 * g.C;
+    for (int64_t c = 0; c < cn; ++c) {
+      key_t best = C::E::key(px[c]);
+      int32_t at = 0;
+      for (int64_t e = 1; e < k * k; ++e) {
+        const key_t v = C::E::key(px[((e / k) * g.W + e % k) * g.C + c]);
+        const bool r = cpu::replaces(v, best);
+        best = r ? v : best;
+        at = cpu::select(r, static_cast<int32_t>(e), at);
+      }
+      code[x0 * cn + c] = at;
+    }
+  }
+}
+
+// grad_input row y of the tile: pixel x sums, for (a, b) descending, the gradient of window
+// (y - a, x - b) where its code is a*k + b. Terms of positions that start no window read
+// `zeros` (cn gradients 0) and any codes.
+template <class C>
+OVERFEAT_CPU_INLINE void cl_gather_row(const typename C::raw_t* go, const ClGeo& g,
+                                       const ClTile& t, int64_t y, const int32_t* const* ring,
+                                       const typename C::raw_t* zeros,
+                                       typename C::raw_t* __restrict out) {
   using raw_t = typename C::raw_t;
   using key_t = typename C::key_t;
   const int64_t k = C::K > 0 ? C::K : g.k;
-  // Rows are zeroed just before the first window that adds to them (i descending), so
-  // they are still in cache when the adds come.
-  int64_t zeroed_from = y1;
-  auto zero_rows = [&](int64_t from) {
-    for (int64_t y = from; y < zeroed_from; ++y) {
-      for (int64_t x = 0; x < g.W; ++x) {
-        std::fill_n(acc + ((y - y0) * g.W + x) * acc_px, cn, key_t(0));
-      }
+  WindowPointers<C, const int32_t> cw(k);
+  WindowPointers<C, const raw_t> gw(k);
+  const int32_t** cs = cw.get();
+  const raw_t** gs = gw.get();
+  for (int64_t x = 0; x < g.W; ++x) {
+    for (int64_t e = k * k - 1; e >= 0; --e) {
+      const int64_t s = k * k - 1 - e, wy = y - e / k, wx = x - e % k;
+      const bool window = wy >= 0 && wy < k * g.Ho && wx >= 0 && wx < k * g.Wo;
+      cs[s] = ring[window ? wy % k : 0] + (window ? wx : 0) * t.cn;
+      gs[s] = window ? go + ((offset_batch(t.n, wy % k, wx % k, k) * g.Ho + wy / k) * g.Wo +
+                             wx / k) * g.C + t.c0
+                     : zeros;
     }
-    zeroed_from = std::min(zeroed_from, from);
-  };
-  WindowPointers<C, const raw_t> src(k);
-  WindowPointers<C, key_t> dst(k);
-  const raw_t** s = src.get();
-  key_t** d = dst.get();
-  // Windows (dy, i) meet [y0, y1) iff dy + k*i <= y1 - 1 and dy + k*i + k - 1 >= y0.
-  const int64_t i_top = std::min<int64_t>(g.Ho - 1, (y1 - 1) / k);
-  zero_rows(std::max(y0, std::min(y1, k * i_top + 2 * k - 1)));  // below every window
-  for (int64_t i = i_top; i >= 0; --i) {
-    if (k * i + 2 * k - 2 < y0) break;
-    zero_rows(std::max(y0, k * i));
-    for (int64_t dy = 0; dy < k; ++dy) {
-      const int64_t ya = dy + k * i;
-      if (ya > y1 - 1 || ya + k - 1 < y0) continue;
-      for (int64_t j = g.Wo - 1; j >= 0; --j) {
-        for (int64_t dx = 0; dx < k; ++dx) {
-          for (int64_t a = 0; a < k; ++a) {
-            const int64_t y = ya + a;
-            const raw_t* row = img + y * g.W * g.C + c0;
-            const bool mine = y >= y0 && y < y1;
-            for (int64_t b = 0; b < k; ++b) {
-              const int64_t x = dx + k * j + b;
-              s[a * k + b] = row + x * g.C;
-              d[a * k + b] = mine ? acc + ((y - y0) * g.W + x) * acc_px : sink;
-            }
-          }
-          argmax_run<C>(s, k * k, idx, cn);
-          const raw_t* gr = go + ((offset_batch(n, dy, dx, k) * g.Ho + i) * g.Wo + j) * g.C + c0;
-          const key_t* gk;
-          if constexpr (C::kSameKey) {
-            gk = gr;
-          } else {
-            for (int64_t c = 0; c < cn; ++c) gbuf[c] = C::E::key(gr[c]);
-            gk = gbuf;
-          }
-          for (int64_t e = 0; e < k * k; ++e) {
-            masked_add(d[e], idx, gk, static_cast<int32_t>(e), cn);
-          }
+    raw_t* o = out + x * g.C;
+    if constexpr (C::K > 0) {
+      constexpr int E = C::K * C::K;
+      for (int64_t c = 0; c < t.cn; ++c) {
+        key_t sum = key_t(0);
+        for (int s = 0; s < E; ++s) sum += cs[s][c] == E - 1 - s ? C::E::key(gs[s][c]) : key_t(0);
+        o[c] = C::E::from_acc(sum);
+      }
+    } else {
+      for (int64_t c = 0; c < t.cn; ++c) {
+        key_t sum = key_t(0);
+        for (int64_t s = 0; s < k * k; ++s) {
+          sum += cs[s][c] == k * k - 1 - s ? C::E::key(gs[s][c]) : key_t(0);
         }
+        o[c] = C::E::from_acc(sum);
       }
     }
   }
-  zero_rows(y0);  // rows above every window
+}
+
+// rv, rb: k rings of k*Wo*cn; code: k rings of k*Wo*cn; zeros: cn raw 0.
+template <class C>
+OVERFEAT_CPU_INLINE void cl_backward_tile(const typename C::raw_t* img,
+                                          const typename C::raw_t* go, ClGeo g, ClTile t,
+                                          typename C::key_t* rv, int32_t* rb, int32_t* code,
+                                          const typename C::raw_t* zeros,
+                                          typename C::raw_t* gi_img) {
+  using key_t = typename C::key_t;
+  const int64_t k = C::K > 0 ? C::K : g.k;
+  const int64_t ring = k * g.Wo * t.cn;
+  const int64_t first = std::max<int64_t>(0, t.y0 - k + 1);  // first window row needed
+  const int64_t last = std::min(t.y1, k * g.Ho);             // past the last
+  WindowPointers<C, const key_t> rvw(k);
+  WindowPointers<C, const int32_t> rbw(k);
+  WindowPointers<C, const int32_t> cw(k);
+  const key_t** rvs = rvw.get();
+  const int32_t** rbs = rbw.get();
+  const int32_t** rings = cw.get();
+  for (int64_t r = 0; r < k; ++r) rings[r] = code + r * ring;
+  std::vector<char> nan_ring(k);  // per ring slot: that input row holds a NaN
+  int64_t maxed = first;  // input rows [first, maxed) have row maxima in the rings
+  // Row y: the codes of the windows starting in it (if any), then its gradient (if the
+  // tile's); the rings then hold the codes of rows y - k + 1 .. y.
+  for (int64_t y = first; y < t.y1; ++y) {
+    if (y < last) {
+      for (; maxed < y + k; ++maxed) {
+        nan_ring[maxed % k] = cl_row_max<C>(img + maxed * g.W * g.C + t.c0, g, t.cn,
+                                            rv + (maxed % k) * ring, rb + (maxed % k) * ring);
+      }
+      bool nan = false;
+      for (int64_t a = 0; a < k; ++a) {
+        rvs[a] = rv + ((y + a) % k) * ring;
+        rbs[a] = rb + ((y + a) % k) * ring;
+        nan = nan || nan_ring[(y + a) % k];
+      }
+      cl_code_row<C>(img + y * g.W * g.C + t.c0, g, t.cn, rvs, rbs, nan, code + (y % k) * ring);
+    }
+    if (y >= t.y0) cl_gather_row<C>(go, g, t, y, rings, zeros, gi_img + y * g.W * g.C + t.c0);
+  }
 }
 OVERFEAT_CPU_MULTIVERSION(cl_backward_tile)
 
@@ -690,43 +859,32 @@ void cl_backward(const at::Tensor& grad_output, const at::Tensor& input, at::Ten
   using raw_t = typename C::raw_t;
   using key_t = typename C::key_t;
   const ClGeo g{pg.in.h, pg.in.w, pg.in.c, pg.k, pg.out.h, pg.out.w};
-  const int64_t cb = cl_channel_block(g.C, sizeof(key_t));
+  // Channel blocks of up to 1024 (a pixel's gradient terms are long runs, their pointer
+  // arithmetic amortised: 1.7x faster than 128 at [8, 512, 28, 28], k = 2), as long as the
+  // rings (3 * k rows of k*Wo positions, 4 bytes a lane) stay within about 1 MiB.
+  const int64_t ring_px = 3 * pg.k * pg.k * pg.out.w * 4;
+  const int64_t cb = std::min(g.C, std::clamp<int64_t>((int64_t{1} << 20) / ring_px / 16 * 16, 16, 1024));
   const int64_t c_tiles = ceil_div(g.C, cb);
-  // Whole images per task unless that leaves threads idle; then bands of rows (a multiple
-  // of k each), whose boundary windows are computed twice.
-  const int64_t bands = ceil_div(g.H, g.k);
+  // Whole images per task unless that leaves threads idle; then bands of rows, whose
+  // boundary windows are computed by both bands.
   const int64_t want = 4 * at::get_num_threads();
-  const int64_t r_tiles =
-      std::min(bands, std::max<int64_t>(1, ceil_div(want, pg.in.n * c_tiles)));
-  const int64_t rows = g.k * ceil_div(bands, r_tiles);
+  const int64_t r_tiles = std::min(g.H, std::max<int64_t>(1, ceil_div(want, pg.in.n * c_tiles)));
+  const int64_t rows = ceil_div(g.H, r_tiles);
   const int64_t r_count = ceil_div(g.H, rows);
+  const int64_t ring = g.k * g.Wo * cb;
   const auto* in = static_cast<const raw_t*>(input.const_data_ptr());
   const auto* go = static_cast<const raw_t*>(grad_output.const_data_ptr());
   auto* gi = static_cast<raw_t*>(grad_input.mutable_data_ptr());
   at::parallel_for(0, pg.in.n * r_count * c_tiles, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int32_t> idx(cb);
-    std::vector<key_t> sink(cb), gbuf(cb);
-    std::vector<key_t> tile(C::kSameKey ? 0 : rows * g.W * cb);
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t ct = t % c_tiles, rt = (t / c_tiles) % r_count, n = t / (c_tiles * r_count);
-      const int64_t y0 = rt * rows, y1 = std::min(g.H, y0 + rows);
-      const int64_t c0 = ct * cb, cn = std::min(cb, g.C - c0);
-      raw_t* gi_tile = gi + ((n * g.H + y0) * g.W) * g.C + c0;
-      key_t* acc;
-      int64_t acc_px;
-      if constexpr (C::kSameKey) {
-        acc = gi_tile;
-        acc_px = g.C;
-      } else {
-        acc = tile.data();
-        acc_px = cn;
-      }
-      cl_backward_tile_run<C>(in + n * g.H * g.W * g.C, go, g, n, y0, y1, c0, cn, acc, acc_px,
-                              idx.data(), sink.data(), gbuf.data());
-      if constexpr (!C::kSameKey) {
-        for (int64_t p = 0; p < (y1 - y0) * g.W; ++p)
-          for (int64_t c = 0; c < cn; ++c) gi_tile[p * g.C + c] = C::E::from_acc(acc[p * cn + c]);
-      }
+    std::vector<key_t> rv(g.k * ring);
+    std::vector<int32_t> rb(g.k * ring), code(g.k * ring, 0);
+    const std::vector<raw_t> zeros(cb, raw_t{});
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t ct = p % c_tiles, rt = (p / c_tiles) % r_count, n = p / (c_tiles * r_count);
+      ClTile t{n, rt * rows, std::min(g.H, (rt + 1) * rows), ct * cb, 0};
+      t.cn = std::min(cb, g.C - t.c0);
+      cl_backward_tile_run<C>(in + n * g.H * g.W * g.C, go, g, t, rv.data(), rb.data(),
+                              code.data(), zeros.data(), gi + n * g.H * g.W * g.C);
     }
   });
 }
