@@ -5,7 +5,7 @@
 // anything else (strided views) takes the general path, one element at a time through the
 // per-element math of index_math.h. Both give the same bits: window elements are compared
 // in row-major window order with F.max_pool2d's rule, and each input pixel sums its window
-// gradients in the fixed order (dy, dx) ascending, by one thread.
+// gradients in the fixed order of index_math.h (windows by first pixel), by one thread.
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -109,159 +109,24 @@ OVERFEAT_CPU_INLINE void max_run(const typename C::raw_t* const* src, int64_t kk
   }
 }
 
-// idx[j] = row-major window position e of the maximum over e of src[e][j].
-template <class C>
-OVERFEAT_CPU_INLINE void argmax_run(const typename C::raw_t* const* src, int64_t kk2,
-                                    int32_t* __restrict idx, int64_t n) {
-  using raw_t = typename C::raw_t;
-  using key_t = typename C::key_t;
-  constexpr int E = C::K * C::K;
-  if constexpr (E > 0) {
-    const raw_t* s[E];
-    for (int e = 0; e < E; ++e) s[e] = src[e];
-    for (int64_t j = 0; j < n; ++j) {
-      key_t bk = C::E::key(s[0][j]);
-      int32_t bi = 0;
-      for (int e = 1; e < E; ++e) {
-        const key_t kv = C::E::key(s[e][j]);
-        const bool r = cpu::replaces(kv, bk);
-        bk = r ? kv : bk;
-        bi = r ? e : bi;
-      }
-      idx[j] = bi;
-    }
-  } else {
-    for (int64_t j = 0; j < n; ++j) {
-      key_t bk = C::E::key(src[0][j]);
-      int32_t bi = 0;
-      for (int64_t e = 1; e < kk2; ++e) {
-        const key_t kv = C::E::key(src[e][j]);
-        if (cpu::replaces(kv, bk)) {
-          bk = kv;
-          bi = static_cast<int32_t>(e);
-        }
-      }
-      idx[j] = bi;
-    }
-  }
-}
-
 // ---------------------------------------------------------------------------------------
-// NCHW. A plane is first split by phase in both directions into k*k sub-planes of
-// (Ho + 1) x (Wo + 1): S[py][px][i][t] = plane[py + k*i][px + k*t]. Window element (a, b)
-// of offset (dy, dx) at output (i, j) is then sub-plane ((dy+a) % k, (dx+b) % k) at
-// (i + (dy+a) / k, j + (dx+b) / k): for fixed (dy, dx, a, b) one contiguous run over the
-// flattened (i, j) of the sub-plane, so every max and argmax below is a single long
-// unit-stride loop per offset (rows of padded length Wo + 1, the pad column dropped after).
-// G planes (channels) are handled together, their sub-planes of one phase side by side, so
-// that the runs stay long when the planes are small; lanes of pad rows and columns compute
-// values nobody reads (and add gradients of 0).
+// NCHW. Small planes are handled G (channels) at a time, flattened into one run, so that
+// the loops below stay long whatever the plane size.
 
 struct NchwGeo {
-  int64_t H, W, k, Ho, Wo, Hs, Ws;  // Hs, Ws = Ho + 1, Wo + 1: sub-plane extent
-  int64_t G;                        // planes handled together
-  int64_t sub() const { return Hs * Ws; }
-  int64_t phase() const { return G * sub(); }  // distance between the phases' sub-planes
-  // Flattened outputs of the G planes, pad rows and columns included.
-  int64_t run() const { return (G - 1) * sub() + (Ho - 1) * Ws + Wo; }
+  int64_t H, W, k, Ho, Wo;
+  int64_t G;  // planes handled together
 };
-
-template <class C>
-OVERFEAT_CPU_INLINE void split_phases(const typename C::raw_t* __restrict in, const NchwGeo& g,
-                                      typename C::raw_t* __restrict split) {
-  using raw_t = typename C::raw_t;
-  const int64_t k = C::K > 0 ? C::K : g.k;
-  const int64_t full = std::min(g.W / k, g.Ws);  // columns t whose k phases are all inside
-  for (int64_t c = 0; c < g.G; ++c)
-  for (int64_t py = 0; py < k; ++py) {
-    for (int64_t i = 0; i < g.Hs; ++i) {
-      const int64_t y = py + k * i;
-      raw_t* dst = split + py * k * g.phase() + c * g.sub() + i * g.Ws;
-      if (y >= g.H) {  // never read for outputs; filled for tidiness
-        for (int64_t px = 0; px < k; ++px) std::fill_n(dst + px * g.phase(), g.Ws, raw_t{});
-        continue;
-      }
-      const raw_t* row = in + c * g.H * g.W + y * g.W;
-      if constexpr (C::K > 0) {
-        // One pointer per phase: the form the compiler turns into vector permutes.
-        raw_t* ph[C::K];
-        for (int px = 0; px < C::K; ++px) ph[px] = dst + px * g.phase();
-        for (int64_t t = 0; t < full; ++t) {
-          for (int px = 0; px < C::K; ++px) ph[px][t] = row[C::K * t + px];
-        }
-      } else {
-        for (int64_t t = 0; t < full; ++t) {
-          for (int64_t px = 0; px < k; ++px) dst[px * g.phase() + t] = row[k * t + px];
-        }
-      }
-      for (int64_t t = full; t < g.Ws; ++t) {
-        for (int64_t px = 0; px < k; ++px) {
-          dst[px * g.phase() + t] = k * t + px < g.W ? row[k * t + px] : raw_t{};
-        }
-      }
-    }
-  }
-}
-
-// Start of the run of window element (a, b) of offset (dy, dx), for every e = a*k + b.
-template <class C>
-OVERFEAT_CPU_INLINE void window_runs(const typename C::raw_t* split, const NchwGeo& g,
-                                     int64_t k, int64_t dy, int64_t dx,
-                                     const typename C::raw_t** src) {
-  for (int64_t a = 0; a < k; ++a) {
-    for (int64_t b = 0; b < k; ++b) {
-      const int64_t qy = dy + a, qx = dx + b;
-      src[a * k + b] = split + ((qy % k) * k + qx % k) * g.phase() + (qy / k) * g.Ws + qx / k;
-    }
-  }
-}
-
-// One (n, c) plane: `out` is plane (n*k*k, c) of the output, `offset_stride` the distance
-// between the planes of consecutive offsets (C*Ho*Wo). `tmp` holds Ho*(Wo+1) elements.
-template <class C>
-OVERFEAT_CPU_INLINE void nchw_forward_plane(const typename C::raw_t* in, typename C::raw_t* out,
-                                            int64_t offset_stride, NchwGeo g,
-                                            typename C::raw_t* split, typename C::raw_t* tmp) {
-  using raw_t = typename C::raw_t;
-  const int64_t k = C::K > 0 ? C::K : g.k;
-  split_phases<C>(in, g, split);
-  WindowPointers<C, const raw_t> src(k);
-  const raw_t** s = src.get();
-  for (int64_t dy = 0; dy < k; ++dy) {
-    for (int64_t dx = 0; dx < k; ++dx) {
-      window_runs<C>(split, g, k, dy, dx, s);
-      max_run<C>(s, k * k, tmp, g.run());
-      raw_t* o = out + (dy * k + dx) * offset_stride;
-      for (int64_t c = 0; c < g.G; ++c) {
-        for (int64_t i = 0; i < g.Ho; ++i) {
-          std::memcpy(o + (c * g.Ho + i) * g.Wo, tmp + c * g.sub() + i * g.Ws,
-                      g.Wo * sizeof(raw_t));
-        }
-      }
-    }
-  }
-}
-OVERFEAT_CPU_MULTIVERSION(nchw_forward_plane)
-
-// dst[u] += g[u] where idx[u] == e. Adding +0 elsewhere leaves a sum's bits unchanged (a
-// sum that starts at +0 is never -0, and NaN + 0 keeps its bits), so every lane takes the
-// same branch-free add and each pixel still sums exactly its own windows' gradients.
-template <typename key_t>
-OVERFEAT_CPU_INLINE void masked_add(key_t* __restrict dst, const int32_t* __restrict idx,
-                                    const key_t* __restrict g, int32_t e, int64_t n) {
-  for (int64_t u = 0; u < n; ++u) dst[u] += idx[u] == e ? g[u] : key_t(0);
-}
-
 
 // Planes per group: about kGroupElems input elements (the group's buffers stay in L2).
 constexpr int64_t kGroupElems = 8192;
 
 NchwGeo nchw_geo(const PoolGeometry& g) {
   const int64_t group = std::clamp<int64_t>(kGroupElems / (g.in.h * g.in.w), 1, g.in.c);
-  return {g.in.h, g.in.w, g.k, g.out.h, g.out.w, g.out.h + 1, g.out.w + 1, group};
+  return {g.in.h, g.in.w, g.k, g.out.h, g.out.w, group};
 }
 
-// The NCHW forward without NaNs. The window max of offset (dy, dx) at output (i, j) is
+// The NCHW forward. The window max of offset (dy, dx) at output (i, j) is
 // the dense stride-1 k x k max D at pixel (dy + k*i, dx + k*j). D is computed separably
 // over the flattened group of G planes: row maxima R[t] = max_b x[t + b], then
 // D[t] = max_a R[t + a*W], each one long unit-stride loop whatever the plane size (lanes
@@ -271,7 +136,7 @@ NchwGeo nchw_geo(const PoolGeometry& g) {
 // Without NaNs, F.max_pool2d's rule is `later > running ? later : running` (ties keep the
 // first element), one maxps, and the separable order picks the same element as the
 // row-major one: the first row holding the maximum, and the first maximum in that row.
-// Groups holding a NaN take the phase-split path above, which applies the full rule.
+// Groups holding a NaN take the full rule, window by window.
 
 template <class C>
 OVERFEAT_CPU_INLINE bool any_nan(const typename C::raw_t* __restrict x, int64_t n) {
@@ -312,17 +177,32 @@ OVERFEAT_CPU_INLINE void fold_max(const S* __restrict src, int64_t step, int64_t
   }
 }
 
-// D of a group (above) as raw elements, or *nan = true (and D unset) if an input element
-// that D would read is a NaN. `rows` holds n_rows keys, `dense` n_dense raw elements.
+// D of a group (above) as raw elements. `rows` holds n_rows keys, `dense` n_dense raw
+// elements. A group holding a NaN takes the full rule, element by element in window order.
 template <class C>
 OVERFEAT_CPU_INLINE void nchw_dense_max(const typename C::raw_t* in, NchwGeo g, int64_t n_rows,
                                         int64_t n_dense, typename C::key_t* rows,
-                                        typename C::raw_t* dense, bool* nan) {
+                                        typename C::raw_t* __restrict dense) {
+  using raw_t = typename C::raw_t;
+  using key_t = typename C::key_t;
   const int64_t k = C::K > 0 ? C::K : g.k;
-  *nan = any_nan<C>(in, n_rows + k - 1);
-  if (*nan) return;
-  fold_max<C>(in, 1, k, rows, n_rows);
-  fold_max<C>(rows, g.W, k, dense, n_dense);
+  if (!any_nan<C>(in, n_rows + k - 1)) {
+    fold_max<C>(in, 1, k, rows, n_rows);
+    fold_max<C>(rows, g.W, k, dense, n_dense);
+    return;
+  }
+  for (int64_t t = 0; t < n_dense; ++t) {
+    raw_t best = in[t];
+    key_t bk = C::E::key(best);
+    for (int64_t e = 1; e < k * k; ++e) {
+      const raw_t v = in[t + (e / k) * g.W + e % k];
+      const key_t kv = C::E::key(v);
+      const bool r = cpu::replaces(kv, bk);
+      bk = r ? kv : bk;
+      best = r ? v : best;
+    }
+    dense[t] = best;
+  }
 }
 OVERFEAT_CPU_MULTIVERSION(nchw_dense_max)
 
@@ -420,7 +300,6 @@ void nchw_forward(const at::Tensor& input, at::Tensor& out, const PoolGeometry& 
   const int64_t groups = ceil_div(Cn, g.G);
   const int64_t grain = std::max<int64_t>(1, kTaskElems / (g.G * plane_in));
   at::parallel_for(0, pg.in.n * groups, grain, [&](int64_t begin, int64_t end) {
-    std::vector<raw_t> split, tmp;  // for groups with NaNs
     std::vector<key_t> rows(g.G * plane_in);
     // + k*64: the AVX-512 split reads up to k vectors (of at most 64 elements) past D.
     std::vector<raw_t> dense(g.G * plane_in + k * 64);
@@ -434,14 +313,7 @@ void nchw_forward(const at::Tensor& input, at::Tensor& out, const PoolGeometry& 
       // further on.
       const int64_t n_dense = (gg.G - 1) * plane_in + (k * g.Ho - 1) * g.W + k * g.Wo;
       const int64_t n_rows = n_dense + (k - 1) * g.W;
-      bool nan = false;
-      nchw_dense_max_run<C>(src, gg, n_rows, n_dense, rows.data(), dense.data(), &nan);
-      if (nan) {
-        split.resize(k * k * g.phase());
-        tmp.resize(g.phase());
-        nchw_forward_plane_run<C>(src, dst, Cn * plane_out, gg, split.data(), tmp.data());
-        continue;
-      }
+      nchw_dense_max_run<C>(src, gg, n_rows, n_dense, rows.data(), dense.data());
 #if OVERFEAT_CPU_HAVE_AVX2_VARIANT
       if (cpu::has_avx512() && k <= kMaxPermuteK) {
         nchw_split_offsets_permute<C>(dense.data(), dst, Cn * plane_out, gg);
