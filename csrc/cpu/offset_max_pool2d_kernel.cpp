@@ -508,70 +508,24 @@ struct ClGeo {
   int64_t H, W, C, k, Ho, Wo;
 };
 
-// Channels per block: the runs of a window and of its neighbours along j stay in L1.
-int64_t cl_channel_block(int64_t C, int64_t elem_bytes) {
-  const int64_t cb = 512 / elem_bytes;  // 128 floats
-  return C <= cb ? C : cb;
+// Channel blocks of the channels_last kernels: up to 1024 channels (a window's runs are
+// long, the pointer arithmetic per pixel amortised: the backward ran 1.7x faster than with
+// 128 at [8, 512, 28, 28], k = 2), as long as `rings` rows of k*Wo positions of 4-byte
+// lanes stay within about 1 MiB.
+int64_t cl_channel_block(const PoolGeometry& pg, int64_t rings) {
+  const int64_t ring_bytes = rings * pg.k * pg.out.w * 4;
+  return std::min(pg.in.c,
+                  std::clamp<int64_t>((int64_t{1} << 20) / ring_bytes / 16 * 16, 16, 1024));
 }
 
-// Output row i, channels [c0, c0 + cn), of every offset of image n (input rows k*i ..
-// k*i + 2k - 2). Windows are visited along j with all offsets of a position together, so
-// the 2k-1 x 2k-1 input runs they share are read from memory once.
-template <class C>
-OVERFEAT_CPU_INLINE void cl_forward_row(const typename C::raw_t* img, typename C::raw_t* out,
-                                        ClGeo g, int64_t n, int64_t i, int64_t c0, int64_t cn) {
-  using raw_t = typename C::raw_t;
-  const int64_t k = C::K > 0 ? C::K : g.k;
-  WindowPointers<C, const raw_t> src(k);
-  const raw_t** s = src.get();
-  for (int64_t j = 0; j < g.Wo; ++j) {
-    for (int64_t dy = 0; dy < k; ++dy) {
-      for (int64_t dx = 0; dx < k; ++dx) {
-        for (int64_t a = 0; a < k; ++a) {
-          const raw_t* row = img + (dy + k * i + a) * g.W * g.C + c0;
-          for (int64_t b = 0; b < k; ++b) s[a * k + b] = row + (dx + k * j + b) * g.C;
-        }
-        raw_t* o = out + ((offset_batch(n, dy, dx, k) * g.Ho + i) * g.Wo + j) * g.C + c0;
-        max_run<C>(s, k * k, o, cn);
-      }
-    }
-  }
-}
-OVERFEAT_CPU_MULTIVERSION(cl_forward_row)
-
-template <typename scalar_t, int K>
-void cl_forward(const at::Tensor& input, at::Tensor& out, const PoolGeometry& pg) {
-  using C = Cfg<scalar_t, K>;
-  using raw_t = typename C::raw_t;
-  const ClGeo g{pg.in.h, pg.in.w, pg.in.c, pg.k, pg.out.h, pg.out.w};
-  const int64_t cb = cl_channel_block(g.C, sizeof(raw_t));
-  const int64_t c_tiles = ceil_div(g.C, cb);
-  const auto* in = static_cast<const raw_t*>(input.const_data_ptr());
-  auto* o = static_cast<raw_t*>(out.mutable_data_ptr());
-  const int64_t grain = std::max<int64_t>(1, kTaskElems / (g.k * g.W * cb));
-  // Tasks (n, channel block, i), i fastest: a thread's consecutive rows share input rows.
-  at::parallel_for(0, pg.in.n * c_tiles * g.Ho, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t i = t % g.Ho, ct = (t / g.Ho) % c_tiles, n = t / (g.Ho * c_tiles);
-      const int64_t c0 = ct * cb, cn = std::min(cb, g.C - c0);
-      cl_forward_row_run<C>(in + n * g.H * g.W * g.C, o, g, n, i, c0, cn);
-    }
-  });
-}
-
-// The backward, as the NCHW one (codes of every window position, then a gather in the
-// order of index_math.h), with channel runs as the vector lanes: all lanes of a run share
-// the pixel, so the k*k terms of a pixel are k*k runs. A tile is rows [y0, y1) and channels
-// [c0, c0 + cn) of image n; it computes the codes of the windows starting in rows
-// y0 - k + 1 .. y1 - 1 (windows starting above y0 are computed by two tiles), keeping the
-// last k rows of row maxima and of codes in rings.
+// A tile: rows [y0, y1) and channels [c0, c0 + cn) of image n.
 struct ClTile {
   int64_t n, y0, y1, c0, cn;
 };
 
 // Row maxima of input row y over its window positions x0 < k*Wo: rv (value), rb (b of the
-// first maximum); true if the row's channel block holds a NaN.
-template <class C>
+// first maximum, if kIndex); true if the row's channel block holds a NaN.
+template <class C, bool kIndex>
 OVERFEAT_CPU_INLINE bool cl_row_max(const typename C::raw_t* row, const ClGeo& g, int64_t cn,
                                     typename C::key_t* __restrict rv, int32_t* __restrict rb) {
   using key_t = typename C::key_t;
@@ -590,15 +544,114 @@ OVERFEAT_CPU_INLINE bool cl_row_max(const typename C::raw_t* row, const ClGeo& g
         const key_t v = C::E::key(px[b * g.C + c]);
         const bool r = v > best;
         best = r ? v : best;
-        at = cpu::select(r, static_cast<int32_t>(b), at);
+        if constexpr (kIndex) at = cpu::select(r, static_cast<int32_t>(b), at);
       }
       rv[x0 * cn + c] = best;
-      rb[x0 * cn + c] = at;
+      if constexpr (kIndex) rb[x0 * cn + c] = at;
     }
   }
   return nan > C::E::kInf;
 }
 
+// The forward over window rows [t.y0, t.y1) (whole output rows): the max of the window
+// starting at (wy, x0) is the max over a of the row maxima of rows wy + a at x0 (the
+// separable order picks the row-major rule's element when there is no NaN; see the NCHW
+// forward), kept for the last k input rows in a ring `rv`. Windows over a row holding a
+// NaN take the full rule. Window (wy, x0) is output (wy / k, x0 / k) of offset
+// (wy % k, x0 % k).
+template <class C>
+OVERFEAT_CPU_INLINE void cl_forward_tile(const typename C::raw_t* img, typename C::raw_t* out,
+                                         ClGeo g, ClTile t, typename C::key_t* rv) {
+  using raw_t = typename C::raw_t;
+  using key_t = typename C::key_t;
+  const int64_t k = C::K > 0 ? C::K : g.k;
+  const int64_t ring = k * g.Wo * t.cn;
+  std::vector<char> nan_ring(k);  // per ring slot: that input row holds a NaN
+  WindowPointers<C, const key_t> rvw(k);
+  WindowPointers<C, const raw_t> src(k);
+  const key_t** rvs = rvw.get();
+  const raw_t** s = src.get();
+  int64_t maxed = t.y0;  // input rows [t.y0, maxed) have row maxima in the ring
+  for (int64_t wy = t.y0; wy < t.y1; ++wy) {
+    for (; maxed < wy + k; ++maxed) {
+      nan_ring[maxed % k] = cl_row_max<C, false>(img + maxed * g.W * g.C + t.c0, g, t.cn,
+                                                 rv + (maxed % k) * ring, nullptr);
+    }
+    bool nan = false;
+    for (int64_t a = 0; a < k; ++a) {
+      rvs[a] = rv + ((wy + a) % k) * ring;
+      nan = nan || nan_ring[(wy + a) % k];
+    }
+    for (int64_t x0 = 0; x0 < k * g.Wo; ++x0) {
+      raw_t* __restrict o =
+          out + ((offset_batch(t.n, wy % k, x0 % k, k) * g.Ho + wy / k) * g.Wo + x0 / k) * g.C +
+          t.c0;
+      if (nan) {
+        for (int64_t e = 0; e < k * k; ++e) {
+          s[e] = img + ((wy + e / k) * g.W + x0 + e % k) * g.C + t.c0;
+        }
+        max_run<C>(s, k * k, o, t.cn);
+        continue;
+      }
+      for (int64_t c = 0; c < t.cn; ++c) {
+        key_t best = rvs[0][x0 * t.cn + c];
+        for (int64_t a = 1; a < k; ++a) {
+          const key_t v = rvs[a][x0 * t.cn + c];
+          best = std::max(best, v);  // = v > best ? v : best; this form GCC vectorises for k = 2
+        }
+        o[c] = C::E::to_raw(best);
+      }
+    }
+  }
+}
+OVERFEAT_CPU_MULTIVERSION(cl_forward_tile)
+
+// Tasks (n, band of output rows, channel block): bands only when whole images leave
+// threads idle (their k - 1 shared input rows get row maxima twice).
+struct ClTasks {
+  int64_t cb, c_tiles, rows, r_count;
+  ClTasks(const PoolGeometry& pg, int64_t rings, int64_t band_rows, int64_t unit) {
+    cb = cl_channel_block(pg, rings);
+    c_tiles = ceil_div(pg.in.c, cb);
+    const int64_t want = 4 * at::get_num_threads();
+    const int64_t r_tiles =
+        std::min(band_rows, std::max<int64_t>(1, ceil_div(want, pg.in.n * c_tiles)));
+    rows = unit * ceil_div(band_rows, r_tiles);
+    r_count = ceil_div(band_rows * unit, rows);
+  }
+  int64_t count(const PoolGeometry& pg) const { return pg.in.n * r_count * c_tiles; }
+  ClTile tile(int64_t p, int64_t limit, int64_t C) const {
+    const int64_t ct = p % c_tiles, rt = (p / c_tiles) % r_count, n = p / (c_tiles * r_count);
+    ClTile t{n, rt * rows, std::min(limit, (rt + 1) * rows), ct * cb, 0};
+    t.cn = std::min(cb, C - t.c0);
+    return t;
+  }
+};
+
+template <typename scalar_t, int K>
+void cl_forward(const at::Tensor& input, at::Tensor& out, const PoolGeometry& pg) {
+  using C = Cfg<scalar_t, K>;
+  using raw_t = typename C::raw_t;
+  using key_t = typename C::key_t;
+  const ClGeo g{pg.in.h, pg.in.w, pg.in.c, pg.k, pg.out.h, pg.out.w};
+  const ClTasks tasks(pg, pg.k, g.Ho, g.k);  // bands of whole output rows: k window rows
+  const auto* in = static_cast<const raw_t*>(input.const_data_ptr());
+  auto* o = static_cast<raw_t*>(out.mutable_data_ptr());
+  at::parallel_for(0, tasks.count(pg), 1, [&](int64_t begin, int64_t end) {
+    std::vector<key_t> rv(g.k * g.k * g.Wo * tasks.cb);
+    for (int64_t p = begin; p < end; ++p) {
+      const ClTile t = tasks.tile(p, g.k * g.Ho, g.C);
+      cl_forward_tile_run<C>(in + t.n * g.H * g.W * g.C, o, g, t, rv.data());
+    }
+  });
+}
+
+// The backward, as the NCHW one (codes of every window position, then a gather in the
+// order of index_math.h), with channel runs as the vector lanes: all lanes of a run share
+// the pixel, so the k*k terms of a pixel are k*k runs. A tile is rows [y0, y1) and channels
+// [c0, c0 + cn) of image n; it computes the codes of the windows starting in rows
+// y0 - k + 1 .. y1 - 1 (windows starting above y0 are computed by two tiles), keeping the
+// last k rows of row maxima and of codes in rings.
 // Codes of the windows starting in row wy: from the row maxima of rows wy .. wy+k-1
 // (rv[a], rb[a]), or, if `rows` (input rows wy ..) hold a NaN, by the full rule.
 template <class C>
@@ -708,7 +761,7 @@ OVERFEAT_CPU_INLINE void cl_backward_tile(const typename C::raw_t* img,
   for (int64_t y = first; y < t.y1; ++y) {
     if (y < last) {
       for (; maxed < y + k; ++maxed) {
-        nan_ring[maxed % k] = cl_row_max<C>(img + maxed * g.W * g.C + t.c0, g, t.cn,
+        nan_ring[maxed % k] = cl_row_max<C, true>(img + maxed * g.W * g.C + t.c0, g, t.cn,
                                             rv + (maxed % k) * ring, rb + (maxed % k) * ring);
       }
       bool nan = false;
@@ -731,32 +784,20 @@ void cl_backward(const at::Tensor& grad_output, const at::Tensor& input, at::Ten
   using raw_t = typename C::raw_t;
   using key_t = typename C::key_t;
   const ClGeo g{pg.in.h, pg.in.w, pg.in.c, pg.k, pg.out.h, pg.out.w};
-  // Channel blocks of up to 1024 (a pixel's gradient terms are long runs, their pointer
-  // arithmetic amortised: 1.7x faster than 128 at [8, 512, 28, 28], k = 2), as long as the
-  // rings (3 * k rows of k*Wo positions, 4 bytes a lane) stay within about 1 MiB.
-  const int64_t ring_px = 3 * pg.k * pg.k * pg.out.w * 4;
-  const int64_t cb = std::min(g.C, std::clamp<int64_t>((int64_t{1} << 20) / ring_px / 16 * 16, 16, 1024));
-  const int64_t c_tiles = ceil_div(g.C, cb);
-  // Whole images per task unless that leaves threads idle; then bands of rows, whose
-  // boundary windows are computed by both bands.
-  const int64_t want = 4 * at::get_num_threads();
-  const int64_t r_tiles = std::min(g.H, std::max<int64_t>(1, ceil_div(want, pg.in.n * c_tiles)));
-  const int64_t rows = ceil_div(g.H, r_tiles);
-  const int64_t r_count = ceil_div(g.H, rows);
-  const int64_t ring = g.k * g.Wo * cb;
+  // Bands of any rows; windows starting above a band are computed by two bands.
+  const ClTasks tasks(pg, 3 * pg.k, g.H, 1);
+  const int64_t ring = g.k * g.Wo * tasks.cb;
   const auto* in = static_cast<const raw_t*>(input.const_data_ptr());
   const auto* go = static_cast<const raw_t*>(grad_output.const_data_ptr());
   auto* gi = static_cast<raw_t*>(grad_input.mutable_data_ptr());
-  at::parallel_for(0, pg.in.n * r_count * c_tiles, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, tasks.count(pg), 1, [&](int64_t begin, int64_t end) {
     std::vector<key_t> rv(g.k * ring);
     std::vector<int32_t> rb(g.k * ring), code(g.k * ring, 0);
-    const std::vector<raw_t> zeros(cb, raw_t{});
+    const std::vector<raw_t> zeros(tasks.cb, raw_t{});
     for (int64_t p = begin; p < end; ++p) {
-      const int64_t ct = p % c_tiles, rt = (p / c_tiles) % r_count, n = p / (c_tiles * r_count);
-      ClTile t{n, rt * rows, std::min(g.H, (rt + 1) * rows), ct * cb, 0};
-      t.cn = std::min(cb, g.C - t.c0);
-      cl_backward_tile_run<C>(in + n * g.H * g.W * g.C, go, g, t, rv.data(), rb.data(),
-                              code.data(), zeros.data(), gi + n * g.H * g.W * g.C);
+      const ClTile t = tasks.tile(p, g.H, g.C);
+      cl_backward_tile_run<C>(in + t.n * g.H * g.W * g.C, go, g, t, rv.data(), rb.data(),
+                              code.data(), zeros.data(), gi + t.n * g.H * g.W * g.C);
     }
   });
 }
