@@ -483,7 +483,8 @@ void nchw_backward(const at::Tensor& grad_output, const at::Tensor& input,
   at::parallel_for(0, pg.in.n * groups, grain, [&](int64_t begin, int64_t end) {
     std::vector<key_t> rv(g.G * plane_in);
     std::vector<int32_t> rb(g.G * plane_in);
-    // Codes past a group's last window are never set: they only meet gradients 0.
+    // Codes past a group's last window keep what an earlier group left: they only meet
+    // gradients 0.
     std::vector<int32_t> code(margin + g.G * plane_in, 0);
     std::vector<key_t> gd(margin + g.G * plane_in, key_t(0));
     for (int64_t p = begin; p < end; ++p) {
@@ -501,8 +502,9 @@ void nchw_backward(const at::Tensor& grad_output, const at::Tensor& input,
 }
 
 // ---------------------------------------------------------------------------------------
-// channels_last: every window element is a contiguous run of channels, so a window max is
-// a vertical max of k*k runs. Tensors are [N, H, W, C] in memory; outputs [N*k*k, Ho, Wo, C].
+// channels_last: every pixel is a contiguous run of channels, the vector lanes below; all
+// lanes of a run share the pixel, so row maxima, window maxima and gradient terms are whole
+// runs. Tensors are [N, H, W, C] in memory; outputs [N*k*k, Ho, Wo, C].
 
 struct ClGeo {
   int64_t H, W, C, k, Ho, Wo;
