@@ -109,6 +109,26 @@ OVERFEAT_CPU_INLINE void max_run(const typename C::raw_t* const* src, int64_t kk
   }
 }
 
+// idx[j] = row-major window position e of the maximum over e of src[e][j] (the full rule,
+// NaNs included), j < n.
+template <class C>
+OVERFEAT_CPU_INLINE void argmax_run(const typename C::raw_t* const* src, int64_t kk2,
+                                    int32_t* __restrict idx, int64_t n) {
+  using key_t = typename C::key_t;
+  const int64_t E = C::K > 0 ? C::K * C::K : kk2;  // a constant when K is: e loop unrolled
+  for (int64_t j = 0; j < n; ++j) {
+    key_t best = C::E::key(src[0][j]);
+    int32_t at = 0;
+    for (int64_t e = 1; e < E; ++e) {
+      const key_t v = C::E::key(src[e][j]);
+      const bool r = cpu::replaces(v, best);
+      best = r ? v : best;
+      at = cpu::select(r, static_cast<int32_t>(e), at);
+    }
+    idx[j] = at;
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // NCHW. Small planes are handled G (channels) at a time, flattened into one run, so that
 // the loops below stay long whatever the plane size.
@@ -183,26 +203,16 @@ template <class C>
 OVERFEAT_CPU_INLINE void nchw_dense_max(const typename C::raw_t* in, NchwGeo g, int64_t n_rows,
                                         int64_t n_dense, typename C::key_t* rows,
                                         typename C::raw_t* __restrict dense) {
-  using raw_t = typename C::raw_t;
-  using key_t = typename C::key_t;
   const int64_t k = C::K > 0 ? C::K : g.k;
   if (!any_nan<C>(in, n_rows + k - 1)) {
     fold_max<C>(in, 1, k, rows, n_rows);
     fold_max<C>(rows, g.W, k, dense, n_dense);
     return;
   }
-  for (int64_t t = 0; t < n_dense; ++t) {
-    raw_t best = in[t];
-    key_t bk = C::E::key(best);
-    for (int64_t e = 1; e < k * k; ++e) {
-      const raw_t v = in[t + (e / k) * g.W + e % k];
-      const key_t kv = C::E::key(v);
-      const bool r = cpu::replaces(kv, bk);
-      bk = r ? kv : bk;
-      best = r ? v : best;
-    }
-    dense[t] = best;
-  }
+  WindowPointers<C, const typename C::raw_t> src(k);
+  const typename C::raw_t** s = src.get();
+  for (int64_t e = 0; e < k * k; ++e) s[e] = in + (e / k) * g.W + e % k;
+  max_run<C>(s, k * k, dense, n_dense);
 }
 OVERFEAT_CPU_MULTIVERSION(nchw_dense_max)
 
@@ -375,17 +385,10 @@ OVERFEAT_CPU_INLINE void nchw_window_codes(const typename C::raw_t* __restrict i
     }
     return;
   }
-  for (int64_t t = 0; t < n_dense; ++t) {
-    key_t best = C::E::key(in[t]);
-    int32_t at = 0;
-    for (int64_t e = 1; e < k * k; ++e) {
-      const key_t v = C::E::key(in[t + (e / k) * g.W + e % k]);
-      const bool r = cpu::replaces(v, best);
-      best = r ? v : best;
-      at = cpu::select(r, static_cast<int32_t>(e), at);
-    }
-    code[t] = at;
-  }
+  WindowPointers<C, const typename C::raw_t> src(k);
+  const typename C::raw_t** s = src.get();
+  for (int64_t e = 0; e < k * k; ++e) s[e] = in + (e / k) * g.W + e % k;
+  argmax_run<C>(s, k * k, code, n_dense);
 }
 
 // The dense gradient map of a group: row y0 < k*Ho of plane c interleaves row y0 / k of
@@ -555,6 +558,25 @@ OVERFEAT_CPU_INLINE bool cl_row_max(const typename C::raw_t* row, const ClGeo& g
   return nan > C::E::kInf;
 }
 
+// Brings the rings of row maxima (slot y % k of `ring` elements in rv, and rb if kIndex) up
+// to input row wy + k - 1, from row *maxed on; true if one of rows wy .. wy + k - 1 holds a
+// NaN (nan_ring: per slot).
+template <class C, bool kIndex>
+OVERFEAT_CPU_INLINE bool cl_fill_rings(const typename C::raw_t* img, const ClGeo& g,
+                                       const ClTile& t, int64_t wy, int64_t ring,
+                                       typename C::key_t* rv, int32_t* rb, char* nan_ring,
+                                       int64_t* maxed) {
+  const int64_t k = C::K > 0 ? C::K : g.k;
+  for (; *maxed < wy + k; ++*maxed) {
+    const int64_t slot = *maxed % k;
+    nan_ring[slot] = cl_row_max<C, kIndex>(img + *maxed * g.W * g.C + t.c0, g, t.cn,
+                                           rv + slot * ring, kIndex ? rb + slot * ring : nullptr);
+  }
+  bool nan = false;
+  for (int64_t a = 0; a < k; ++a) nan = nan || nan_ring[(wy + a) % k];
+  return nan;
+}
+
 // The forward over window rows [t.y0, t.y1) (whole output rows): the max of the window
 // starting at (wy, x0) is the max over a of the row maxima of rows wy + a at x0 (the
 // separable order picks the row-major rule's element when there is no NaN; see the NCHW
@@ -575,15 +597,9 @@ OVERFEAT_CPU_INLINE void cl_forward_tile(const typename C::raw_t* img, typename 
   const raw_t** s = src.get();
   int64_t maxed = t.y0;  // input rows [t.y0, maxed) have row maxima in the ring
   for (int64_t wy = t.y0; wy < t.y1; ++wy) {
-    for (; maxed < wy + k; ++maxed) {
-      nan_ring[maxed % k] = cl_row_max<C, false>(img + maxed * g.W * g.C + t.c0, g, t.cn,
-                                                 rv + (maxed % k) * ring, nullptr);
-    }
-    bool nan = false;
-    for (int64_t a = 0; a < k; ++a) {
-      rvs[a] = rv + ((wy + a) % k) * ring;
-      nan = nan || nan_ring[(wy + a) % k];
-    }
+    const bool nan = cl_fill_rings<C, false>(img, g, t, wy, ring, rv, nullptr,
+                                             nan_ring.data(), &maxed);
+    for (int64_t a = 0; a < k; ++a) rvs[a] = rv + ((wy + a) % k) * ring;
     for (int64_t x0 = 0; x0 < k * g.Wo; ++x0) {
       raw_t* __restrict o =
           out + ((offset_batch(t.n, wy % k, x0 % k, k) * g.Ho + wy / k) * g.Wo + x0 / k) * g.C +
@@ -654,6 +670,7 @@ void cl_forward(const at::Tensor& input, at::Tensor& out, const PoolGeometry& pg
 // [c0, c0 + cn) of image n; it computes the codes of the windows starting in rows
 // y0 - k + 1 .. y1 - 1 (windows starting above y0 are computed by two tiles), keeping the
 // last k rows of row maxima and of codes in rings.
+
 // Codes of the windows starting in row wy: from the row maxima of rows wy .. wy+k-1
 // (rv[a], rb[a]), or, if `rows` (input rows wy ..) hold a NaN, by the full rule.
 template <class C>
@@ -663,6 +680,8 @@ OVERFEAT_CPU_INLINE void cl_code_row(const typename C::raw_t* rows, const ClGeo&
                                      int32_t* __restrict code) {
   using key_t = typename C::key_t;
   const int64_t k = C::K > 0 ? C::K : g.k;
+  WindowPointers<C, const typename C::raw_t> src(k);
+  const typename C::raw_t** s = src.get();
   for (int64_t x0 = 0; x0 < k * g.Wo; ++x0) {
     if (!nan) {
       for (int64_t c = 0; c < cn; ++c) {
@@ -678,28 +697,19 @@ OVERFEAT_CPU_INLINE void cl_code_row(const typename C::raw_t* rows, const ClGeo&
       }
       continue;
     }
-    const typename C::raw_t* px = rows + x0 * g.C;
-    for (int64_t c = 0; c < cn; ++c) {
-      key_t best = C::E::key(px[c]);
-      int32_t at = 0;
-      for (int64_t e = 1; e < k * k; ++e) {
-        const key_t v = C::E::key(px[((e / k) * g.W + e % k) * g.C + c]);
-        const bool r = cpu::replaces(v, best);
-        best = r ? v : best;
-        at = cpu::select(r, static_cast<int32_t>(e), at);
-      }
-      code[x0 * cn + c] = at;
-    }
+    for (int64_t e = 0; e < k * k; ++e) s[e] = rows + ((e / k) * g.W + x0 + e % k) * g.C;
+    argmax_run<C>(s, k * k, code + x0 * cn, cn);
   }
 }
 
 // grad_input row y of the tile: pixel x sums, for (a, b) descending, the gradient of window
-// (y - a, x - b) where its code is a*k + b. Terms of positions that start no window read
-// `zeros` (cn gradients 0) and any codes.
+// (y - a, x - b) where its code is a*k + b (codes of window row wy in slot wy % k of `code`,
+// `ring` elements each). Terms of positions that start no window read `zeros` (cn
+// gradients 0) and any codes.
 template <class C>
 OVERFEAT_CPU_INLINE void cl_gather_row(const typename C::raw_t* go, const ClGeo& g,
-                                       const ClTile& t, int64_t y, const int32_t* const* ring,
-                                       const typename C::raw_t* zeros,
+                                       const ClTile& t, int64_t y, const int32_t* code,
+                                       int64_t ring, const typename C::raw_t* zeros,
                                        typename C::raw_t* __restrict out) {
   using raw_t = typename C::raw_t;
   using key_t = typename C::key_t;
@@ -712,7 +722,7 @@ OVERFEAT_CPU_INLINE void cl_gather_row(const typename C::raw_t* go, const ClGeo&
     for (int64_t e = k * k - 1; e >= 0; --e) {
       const int64_t s = k * k - 1 - e, wy = y - e / k, wx = x - e % k;
       const bool window = wy >= 0 && wy < k * g.Ho && wx >= 0 && wx < k * g.Wo;
-      cs[s] = ring[window ? wy % k : 0] + (window ? wx : 0) * t.cn;
+      cs[s] = window ? code + (wy % k) * ring + wx * t.cn : code;
       gs[s] = window ? go + ((offset_batch(t.n, wy % k, wx % k, k) * g.Ho + wy / k) * g.Wo +
                              wx / k) * g.C + t.c0
                      : zeros;
@@ -751,30 +761,23 @@ OVERFEAT_CPU_INLINE void cl_backward_tile(const typename C::raw_t* img,
   const int64_t last = std::min(t.y1, k * g.Ho);             // past the last
   WindowPointers<C, const key_t> rvw(k);
   WindowPointers<C, const int32_t> rbw(k);
-  WindowPointers<C, const int32_t> cw(k);
   const key_t** rvs = rvw.get();
   const int32_t** rbs = rbw.get();
-  const int32_t** rings = cw.get();
-  for (int64_t r = 0; r < k; ++r) rings[r] = code + r * ring;
   std::vector<char> nan_ring(k);  // per ring slot: that input row holds a NaN
   int64_t maxed = first;  // input rows [first, maxed) have row maxima in the rings
   // Row y: the codes of the windows starting in it (if any), then its gradient (if the
-  // tile's); the rings then hold the codes of rows y - k + 1 .. y.
+  // tile's); the code ring then holds the codes of rows y - k + 1 .. y.
   for (int64_t y = first; y < t.y1; ++y) {
     if (y < last) {
-      for (; maxed < y + k; ++maxed) {
-        nan_ring[maxed % k] = cl_row_max<C, true>(img + maxed * g.W * g.C + t.c0, g, t.cn,
-                                            rv + (maxed % k) * ring, rb + (maxed % k) * ring);
-      }
-      bool nan = false;
+      const bool nan = cl_fill_rings<C, true>(img, g, t, y, ring, rv, rb, nan_ring.data(),
+                                              &maxed);
       for (int64_t a = 0; a < k; ++a) {
         rvs[a] = rv + ((y + a) % k) * ring;
         rbs[a] = rb + ((y + a) % k) * ring;
-        nan = nan || nan_ring[(y + a) % k];
       }
       cl_code_row<C>(img + y * g.W * g.C + t.c0, g, t.cn, rvs, rbs, nan, code + (y % k) * ring);
     }
-    if (y >= t.y0) cl_gather_row<C>(go, g, t, y, rings, zeros, gi_img + y * g.W * g.C + t.c0);
+    if (y >= t.y0) cl_gather_row<C>(go, g, t, y, code, ring, zeros, gi_img + y * g.W * g.C + t.c0);
   }
 }
 OVERFEAT_CPU_MULTIVERSION(cl_backward_tile)
