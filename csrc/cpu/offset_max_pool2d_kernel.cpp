@@ -238,60 +238,103 @@ OVERFEAT_CPU_INLINE void nchw_split_offsets(const typename C::raw_t* __restrict 
 OVERFEAT_CPU_MULTIVERSION(nchw_split_offsets)
 
 #if OVERFEAT_CPU_HAVE_AVX2_VARIANT
-// nchw_split_offsets with AVX-512 permutes (GCC does not vectorise the short strided rows):
-// 64 bytes of output lanes j come from the k vectors holding D[y][k*j0 .. k*j0 + k*L), lane
+// nchw_split_offsets with AVX-512 permutes (GCC does not vectorise the short strided rows).
+// One run r of n positions per offset: out[dx*offset_stride + j] = r[dx + k*j], j < n:
+// 64 bytes of output lanes j come from the k vectors holding r[k*j0 .. k*j0 + k*L), lane
 // j from position p = dx + k*j, picked by a chain of k - 1 two-source permutes (step s
-// takes the lanes whose p lies in vector s + 1). Reads up to k*L elements past a row's
-// last used element: `d` must have that many readable elements after D.
+// takes the lanes whose p lies in vector s + 1). Reads up to k*L elements past r's last
+// used one; stores whole vectors up to `writable` lanes from out (masked beyond).
+//
+// Output rows shorter than a vector would make every store a partial one that overlaps the
+// next row's (several times the output's bytes, mostly split across cache lines: 39 % of
+// the k = 3 forward at 17x17 planes went there). So where Wo < L, the rows y = dy + k*i of
+// D (their first k*Wo positions) are first copied end to end, for all planes of the group:
+// in that run position k*((c*Ho + i)*Wo + j) + dx is D[c][dy + k*i][dx + k*j], and the k
+// offsets (dy, 0..k-1) of the whole group are split from it in one pass of full stores.
 constexpr int kMaxPermuteK = 8;
 
 template <class C>
-OVERFEAT_CPU_TARGET_AVX512 __attribute__((noinline)) void nchw_split_offsets_permute(
-    const typename C::raw_t* d, typename C::raw_t* out, int64_t offset_stride, NchwGeo g) {
+struct SplitPermute {
   using T = typename C::raw_t;
   using V = cpu::Lanes512<sizeof(T)>;
   using index_t = typename V::index_t;
-  constexpr int L = 64 / sizeof(T);
-  const int k = C::K > 0 ? C::K : static_cast<int>(g.k);  // constant: loops unrolled
+  static constexpr int L = 64 / sizeof(T);
   // idx[dx][s]: step s of offset dx's chain; step 0 picks from vectors 0 and 1, step s > 0
   // from the chain so far (lane j, kept) and vector s + 1.
   alignas(64) index_t idx[kMaxPermuteK][kMaxPermuteK][L];
-  for (int dx = 0; dx < k; ++dx) {
-    for (int s = 0; s + 1 < k; ++s) {
-      for (int j = 0; j < L; ++j) {
-        const int p = dx + k * j;
-        const int from = p - (s + 1) * L;  // position in vector s + 1
-        idx[dx][s][j] = static_cast<index_t>(s == 0 ? (p < 2 * L ? p : 0)
-                                                    : (from >= 0 && from < L ? L + from : j));
+  int k;
+
+  OVERFEAT_CPU_TARGET_AVX512 explicit SplitPermute(int k_) : k(k_) {
+    for (int dx = 0; dx < k; ++dx) {
+      for (int s = 0; s + 1 < k; ++s) {
+        for (int j = 0; j < L; ++j) {
+          const int p = dx + k * j;
+          const int from = p - (s + 1) * L;  // position in vector s + 1
+          idx[dx][s][j] = static_cast<index_t>(s == 0 ? (p < 2 * L ? p : 0)
+                                                      : (from >= 0 && from < L ? L + from : j));
+        }
       }
     }
   }
-  __m512i v[kMaxPermuteK];
-  for (int64_t c = 0; c < g.G; ++c) {
-    for (int64_t y = 0; y < k * g.Ho; ++y) {
-      const T* row = d + (c * g.H + y) * g.W;
-      T* o = out + (y % k) * k * offset_stride + (c * g.Ho + y / k) * g.Wo;
-      // An offset's rows are written in order, so a store may run past its row into the
-      // next ones (written later); masked only where it would leave the group's output.
-      const int64_t pos = (c * g.Ho + y / k) * g.Wo, end = g.G * g.Ho * g.Wo;
-      for (int64_t j0 = 0; j0 < g.Wo; j0 += L) {
-        const int64_t left = g.Wo - j0;
-        const bool full = pos + j0 + L <= end;
-        const auto m = cpu::first_lanes<sizeof(T)>(std::min<int64_t>(left, L));
-        for (int s = 0; s < k; ++s) v[s] = _mm512_loadu_si512(row + k * j0 + s * L);
-        for (int dx = 0; dx < k; ++dx) {
-          __m512i t = v[0];
-          for (int s = 0; s + 1 < k; ++s) {
-            const __m512i i = _mm512_load_si512(idx[dx][s]);
-            t = V::permute(t, i, v[s + 1]);
-          }
-          if (full) {
-            _mm512_storeu_si512(o + dx * offset_stride + j0, t);
-          } else {
-            V::store(o + dx * offset_stride + j0, m, t);
+
+  template <int K>
+  OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE void run(const T* r, T* out,
+                                                          int64_t offset_stride, int64_t n,
+                                                          int64_t writable) const {
+    const int kk = K > 0 ? K : k;  // constant: loops unrolled
+    __m512i v[kMaxPermuteK];
+    for (int64_t j0 = 0; j0 < n; j0 += L) {
+      const bool full = j0 + L <= writable;
+      const auto m = cpu::first_lanes<sizeof(T)>(std::min<int64_t>(n - j0, L));
+      for (int s = 0; s < kk; ++s) v[s] = _mm512_loadu_si512(r + kk * j0 + s * L);
+      for (int dx = 0; dx < kk; ++dx) {
+        __m512i t = v[0];
+        for (int s = 0; s + 1 < kk; ++s) {
+          t = V::permute(t, _mm512_load_si512(idx[dx][s]), v[s + 1]);
+        }
+        if (full) {
+          _mm512_storeu_si512(out + dx * offset_stride + j0, t);
+        } else {
+          V::store(out + dx * offset_stride + j0, m, t);
+        }
+      }
+    }
+  }
+};
+
+// `packed` holds G*Ho*k*Wo + (k + 1)*L elements (used where Wo < L).
+template <class C>
+OVERFEAT_CPU_TARGET_AVX512 __attribute__((noinline)) void nchw_split_offsets_permute(
+    const typename C::raw_t* d, typename C::raw_t* out, int64_t offset_stride, NchwGeo g,
+    typename C::raw_t* packed) {
+  using P = SplitPermute<C>;
+  using T = typename C::raw_t;
+  constexpr int L = P::L;
+  const P split(C::K > 0 ? C::K : static_cast<int>(g.k));
+  const int64_t k = split.k, end = g.G * g.Ho * g.Wo;
+  if (g.Wo < L) {
+    const int64_t row = k * g.Wo;  // <= k*(L-1): copied as up to k whole vectors
+    for (int64_t dy = 0; dy < k; ++dy) {
+      T* p = packed;
+      for (int64_t c = 0; c < g.G; ++c) {
+        for (int64_t i = 0; i < g.Ho; ++i, p += row) {
+          const T* src = d + (c * g.H + dy + k * i) * g.W;
+          for (int64_t t = 0; t < row; t += L) {
+            _mm512_storeu_si512(p + t, _mm512_loadu_si512(src + t));
           }
         }
       }
+      split.template run<C::K>(packed, out + dy * k * offset_stride, offset_stride, end, end);
+    }
+    return;
+  }
+  for (int64_t c = 0; c < g.G; ++c) {
+    for (int64_t y = 0; y < k * g.Ho; ++y) {
+      // An offset's rows are written in order, so a store may run past its row into the
+      // next ones (written later); masked only where it would leave the group's output.
+      const int64_t pos = (c * g.Ho + y / k) * g.Wo;
+      split.template run<C::K>(d + (c * g.H + y) * g.W, out + (y % k) * k * offset_stride + pos,
+                               offset_stride, g.Wo, end - pos);
     }
   }
 }
@@ -311,8 +354,10 @@ void nchw_forward(const at::Tensor& input, at::Tensor& out, const PoolGeometry& 
   const int64_t grain = std::max<int64_t>(1, kTaskElems / (g.G * plane_in));
   at::parallel_for(0, pg.in.n * groups, grain, [&](int64_t begin, int64_t end) {
     std::vector<key_t> rows(g.G * plane_in);
-    // + k*64: the AVX-512 split reads up to k vectors (of at most 64 elements) past D.
-    std::vector<raw_t> dense(g.G * plane_in + k * 64);
+    // + k*64: the AVX-512 split reads up to k vectors (of at most 64 elements) past D, and
+    // up to one more copying D's rows into `packed`.
+    std::vector<raw_t> dense(g.G * plane_in + (k + 1) * 64);
+    std::vector<raw_t> packed(g.G * plane_out * k + (k + 1) * 64);
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n = p / groups, c0 = (p % groups) * g.G;
       NchwGeo gg = g;
@@ -326,7 +371,7 @@ void nchw_forward(const at::Tensor& input, at::Tensor& out, const PoolGeometry& 
       nchw_dense_max_run<C>(src, gg, n_rows, n_dense, rows.data(), dense.data());
 #if OVERFEAT_CPU_HAVE_AVX2_VARIANT
       if (cpu::has_avx512() && k <= kMaxPermuteK) {
-        nchw_split_offsets_permute<C>(dense.data(), dst, Cn * plane_out, gg);
+        nchw_split_offsets_permute<C>(dense.data(), dst, Cn * plane_out, gg, packed.data());
         continue;
       }
 #endif
