@@ -33,6 +33,7 @@ POOL_SHAPES = [
     (1, 2, 11, 14, 5),
     (2, 7, 5, 6, 1),
     (1, 1, 3, 40, 2),
+    (1, 3, 12, 75, 2),  # output rows of several vectors, in every dtype
 ]
 
 

@@ -251,7 +251,7 @@ constexpr int kMaxPermuteK = 8;
 //
 // Output rows shorter than a vector would make every store a partial one that overlaps the
 // next row's (several times the output's bytes, mostly split across cache lines: 39 % of
-// the k = 3 forward at 17x17 planes went there). So where Wo < L, the rows y = dy + k*i of
+// the k = 3 forward at 17x17 planes went there). So where Wo <= 2L/3, the rows y = dy + k*i of
 // D (their first k*Wo positions) are first copied end to end, for all planes of the group:
 // in that run position k*((c*Ho + i)*Wo + j) + dx is D[c][dy + k*i][dx + k*j], and the k
 // offsets (dy, 0..k-1) of the whole group are split from it in one pass of full stores.
@@ -305,7 +305,9 @@ struct SplitPermute {
   }
 };
 
-// `packed` holds G*Ho*k*Wo + (k + 1)*L elements (used where Wo < L).
+// `packed` holds G*Ho*k*Wo + (k + 1)*L elements. The copy pass costs more than the overlap
+// saves on rows close to a vector (f32, single thread: k = 2, Wo = 13: 1.6 -> 1.9 ms at
+// [8, 512, 28, 28]; k = 3, Wo = 9: 430 -> 280 us at [1, 1024, 23, 29]).
 template <class C>
 OVERFEAT_CPU_TARGET_AVX512 __attribute__((noinline)) void nchw_split_offsets_permute(
     const typename C::raw_t* d, typename C::raw_t* out, int64_t offset_stride, NchwGeo g,
@@ -315,7 +317,7 @@ OVERFEAT_CPU_TARGET_AVX512 __attribute__((noinline)) void nchw_split_offsets_per
   constexpr int L = P::L;
   const P split(C::K > 0 ? C::K : static_cast<int>(g.k));
   const int64_t k = split.k, end = g.G * g.Ho * g.Wo;
-  if (g.Wo < L) {
+  if (3 * g.Wo <= 2 * L) {
     const int64_t row = k * g.Wo;  // <= k*(L-1): copied as up to k whole vectors
     for (int64_t dy = 0; dy < k; ++dy) {
       T* p = packed;
