@@ -19,6 +19,7 @@
 
 #include "../checks.h"
 #include "../dispatch.h"
+#include "cpu_permute.h"
 #include "cpu_simd.h"
 #include "simulator_switch.h"
 
@@ -150,30 +151,15 @@ constexpr int64_t kShortRowBytes = 256;
 // The interleave of nchw_plane with AVX-512 permutes, for elements of 4 or 8 bytes and a
 // compile-time K: each block of L = 64 / sizeof(T) elements of the K runs of an
 // interleaved row (offsets (dy, 0..K-1), row i) becomes the K vectors of the row's block
-// of K*L, with masked loads and stores at the row ends. Interleaved lane p is run p % K's
-// element p / K, picked by a chain of K - 1 two-source permutes: step 0 from runs 0 and 1,
-// step q > 0 keeps its lane or takes run q + 1's. No buffer, no memcpy, no scalar
-// remainder: a 14-element OverFeat row is one masked vector per run.
+// of K*L (cpu::WeavePermute), with masked loads and stores at the row ends. No buffer, no
+// memcpy, no scalar remainder: a 14-element OverFeat row is one masked vector per run.
 template <typename T, int K>
 OVERFEAT_CPU_TARGET_AVX512 __attribute__((noinline)) void nchw_plane_permute(
     T* big, const T* small, int64_t offset_stride, int64_t h, int64_t w) {
   static_assert(K >= 2, "a permute chain has K - 1 >= 1 steps");
   using V = cpu::Lanes512<sizeof(T)>;
-  using index_t = typename V::index_t;
   constexpr int L = 64 / static_cast<int>(sizeof(T));
-  // idx[s][q][l]: the source of lane l of output vector s after step q.
-  alignas(64) index_t idx[K][K - 1][L];
-  for (int s = 0; s < K; ++s) {
-    for (int q = 0; q + 1 < K; ++q) {
-      for (int l = 0; l < L; ++l) {
-        const int p = s * L + l, run = p % K, at = p / K;
-        int from = q == 0 ? 0 : l;  // a lane that a later step fills keeps anything
-        if (q == 0 && run <= 1) from = run * L + at;
-        if (q > 0 && run == q + 1) from = L + at;
-        idx[s][q][l] = static_cast<index_t>(from);
-      }
-    }
-  }
+  const cpu::WeavePermute<sizeof(T)> weave(K);
   const int64_t W = K * w;
   __m512i r[K];
   for (int64_t i = 0; i < h; ++i) {
@@ -187,8 +173,7 @@ OVERFEAT_CPU_TARGET_AVX512 __attribute__((noinline)) void nchw_plane_permute(
         }
         T* block = row + K * j0;
         for (int s = 0; s < K; ++s) {
-          __m512i t = V::permute(r[0], _mm512_load_si512(idx[s][0]), r[1]);
-          for (int q = 1; q + 1 < K; ++q) t = V::permute(t, _mm512_load_si512(idx[s][q]), r[q + 1]);
+          const __m512i t = weave.template vector<K>(r, s);
           const int64_t lanes = std::clamp<int64_t>(K * n - s * L, 0, L);
           V::store(block + s * L, cpu::first_lanes<sizeof(T)>(lanes), t);
         }

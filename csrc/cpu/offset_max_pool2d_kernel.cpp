@@ -15,6 +15,7 @@
 
 #include "../checks.h"
 #include "../dispatch.h"
+#include "cpu_permute.h"
 #include "cpu_simd.h"
 #include "simulator_switch.h"
 
@@ -238,16 +239,9 @@ OVERFEAT_CPU_INLINE void nchw_split_offsets(const typename C::raw_t* __restrict 
 }
 OVERFEAT_CPU_MULTIVERSION(nchw_split_offsets)
 
-// The largest k of the AVX-512 permute paths (their index tables are k*k vectors).
-constexpr int kMaxPermuteK = 8;
-
 #if OVERFEAT_CPU_HAVE_AVX2_VARIANT
-// nchw_split_offsets with AVX-512 permutes (GCC does not vectorise the short strided rows).
-// One run r of n positions per offset: out[dx*offset_stride + j] = r[dx + k*j], j < n:
-// 64 bytes of output lanes j come from the k vectors holding r[k*j0 .. k*j0 + k*L), lane
-// j from position p = dx + k*j, picked by a chain of k - 1 two-source permutes (step s
-// takes the lanes whose p lies in vector s + 1). Reads up to k*L elements past r's last
-// used one; stores whole vectors up to `writable` lanes from out (masked beyond).
+// nchw_split_offsets with AVX-512 permutes (cpu_permute.h), a row of D split into the k
+// offsets (dy, 0..k-1) at a time.
 //
 // Output rows shorter than a vector would make every store a partial one that overlaps the
 // next row's (several times the output's bytes, mostly split across cache lines: 39 % of
@@ -256,55 +250,6 @@ constexpr int kMaxPermuteK = 8;
 // in that run position k*((c*Ho + i)*Wo + j) + dx is D[c][dy + k*i][dx + k*j], and the k
 // offsets (dy, 0..k-1) of the whole group are split from it in one pass of full stores.
 
-template <class C>
-struct SplitPermute {
-  using T = typename C::raw_t;
-  using V = cpu::Lanes512<sizeof(T)>;
-  using index_t = typename V::index_t;
-  static constexpr int L = 64 / sizeof(T);
-  // idx[dx][s]: step s of offset dx's chain; step 0 picks from vectors 0 and 1, step s > 0
-  // from the chain so far (lane j, kept) and vector s + 1.
-  alignas(64) index_t idx[kMaxPermuteK][kMaxPermuteK][L];
-  int k;
-
-  OVERFEAT_CPU_TARGET_AVX512 explicit SplitPermute(int k_) : k(k_) {
-    for (int dx = 0; dx < k; ++dx) {
-      for (int s = 0; s + 1 < k; ++s) {
-        for (int j = 0; j < L; ++j) {
-          const int p = dx + k * j;
-          const int from = p - (s + 1) * L;  // position in vector s + 1
-          idx[dx][s][j] = static_cast<index_t>(s == 0 ? (p < 2 * L ? p : 0)
-                                                      : (from >= 0 && from < L ? L + from : j));
-        }
-      }
-    }
-  }
-
-  template <int K>
-  OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE void run(const T* r, T* out,
-                                                          int64_t offset_stride, int64_t n,
-                                                          int64_t writable) const {
-    const int kk = K > 0 ? K : k;  // constant: loops unrolled
-    __m512i v[kMaxPermuteK];
-    for (int64_t j0 = 0; j0 < n; j0 += L) {
-      const bool full = j0 + L <= writable;
-      const auto m = cpu::first_lanes<sizeof(T)>(std::min<int64_t>(n - j0, L));
-      for (int s = 0; s < kk; ++s) v[s] = _mm512_loadu_si512(r + kk * j0 + s * L);
-      for (int dx = 0; dx < kk; ++dx) {
-        __m512i t = v[0];
-        for (int s = 0; s + 1 < kk; ++s) {
-          t = V::permute(t, _mm512_load_si512(idx[dx][s]), v[s + 1]);
-        }
-        if (full) {
-          _mm512_storeu_si512(out + dx * offset_stride + j0, t);
-        } else {
-          V::store(out + dx * offset_stride + j0, m, t);
-        }
-      }
-    }
-  }
-};
-
 // `packed` holds G*Ho*k*Wo + (k + 1)*L elements. The copy pass costs more than the overlap
 // saves on rows close to a vector (f32, single thread: k = 2, Wo = 13: 1.6 -> 1.9 ms at
 // [8, 512, 28, 28]; k = 3, Wo = 9: 430 -> 280 us at [1, 1024, 23, 29]).
@@ -312,11 +257,11 @@ template <class C>
 OVERFEAT_CPU_TARGET_AVX512 __attribute__((noinline)) void nchw_split_offsets_permute(
     const typename C::raw_t* d, typename C::raw_t* out, int64_t offset_stride, NchwGeo g,
     typename C::raw_t* packed) {
-  using P = SplitPermute<C>;
+  using P = cpu::SplitPermute<typename C::raw_t>;
   using T = typename C::raw_t;
   constexpr int L = P::L;
   const P split(C::K > 0 ? C::K : static_cast<int>(g.k));
-  const int64_t k = split.k, end = g.G * g.Ho * g.Wo;
+  const int64_t k = C::K > 0 ? C::K : split.k, end = g.G * g.Ho * g.Wo;
   if (3 * g.Wo <= 2 * L) {
     const int64_t row = k * g.Wo;  // <= k*(L-1): copied as up to k whole vectors
     for (int64_t dy = 0; dy < k; ++dy) {
@@ -375,7 +320,7 @@ void nchw_forward(const at::Tensor& input, at::Tensor& out, const PoolGeometry& 
       const int64_t n_rows = n_dense + (k - 1) * g.W;
       nchw_dense_max_run<C>(src, gg, n_rows, n_dense, rows.data(), dense.data());
 #if OVERFEAT_CPU_HAVE_AVX2_VARIANT
-      if (cpu::has_avx512() && k <= kMaxPermuteK) {
+      if (cpu::has_avx512() && k <= cpu::kMaxPermuteK) {
         nchw_split_offsets_permute<C>(dense.data(), dst, Cn * plane_out, gg, packed.data());
         continue;
       }
@@ -526,35 +471,20 @@ OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE __m512i load_keys(const typename 
 }
 
 // nchw_dense_grads with AVX-512 permutes, k >= 2 (GCC writes the interleaved short rows one
-// element at a time: 22 % of the k = 3 backward at 17x17 planes). A row's block of k*L
-// positions from k*j0 on takes run dx's elements j0 .. j0 + L at positions k*j + dx: output
-// vector s, lane l is position p = s*L + l, run p % k's element p / k, picked by a chain of
-// k - 1 two-source permutes (step 0 from runs 0 and 1, step q > 0 keeps its lane or takes
-// run q + 1's). Runs are loaded masked, so lanes past k*Wo come out 0. Rows are written in
+// element at a time: 22 % of the k = 3 backward at 17x17 planes), a row's block of k*L
+// positions from k*j0 on woven from the k runs' elements j0 .. j0 + L (cpu_permute.h).
+// Runs are loaded masked, so lanes past k*Wo come out 0. Rows are written in
 // order with whole vectors that may run into the next row (written later); `gd` needs L
 // writable keys past the group.
 template <class C>
 OVERFEAT_CPU_TARGET_AVX512 __attribute__((noinline)) void nchw_dense_grads_permute(
     const typename C::raw_t* go, int64_t offset_stride, NchwGeo g, typename C::key_t* gd) {
   using key_t = typename C::key_t;
-  using V = cpu::Lanes512<sizeof(key_t)>;
-  using index_t = typename V::index_t;
   constexpr int L = 64 / sizeof(key_t);
-  const int k = C::K > 0 ? C::K : static_cast<int>(g.k);  // constant: loops unrolled
-  alignas(64) index_t idx[kMaxPermuteK][kMaxPermuteK][L];
-  for (int s = 0; s < k; ++s) {
-    for (int q = 0; q + 1 < k; ++q) {
-      for (int l = 0; l < L; ++l) {
-        const int p = s * L + l, run = p % k, at = p / k;
-        int from = q == 0 ? 0 : l;  // a lane that a later step fills keeps anything
-        if (q == 0 && run <= 1) from = run * L + at;
-        if (q > 0 && run == q + 1) from = L + at;
-        idx[s][q][l] = static_cast<index_t>(from);
-      }
-    }
-  }
+  const cpu::WeavePermute<sizeof(key_t)> weave(C::K > 0 ? C::K : static_cast<int>(g.k));
+  const int k = C::K > 0 ? C::K : weave.k;  // constant: loops unrolled
   const __m512i zero = _mm512_setzero_si512();
-  __m512i r[kMaxPermuteK];
+  __m512i r[cpu::kMaxPermuteK];
   for (int64_t c = 0; c < g.G; ++c) {
     for (int64_t y = 0; y < g.H; ++y) {
       key_t* row = gd + (c * g.H + y) * g.W;
@@ -565,11 +495,7 @@ OVERFEAT_CPU_TARGET_AVX512 __attribute__((noinline)) void nchw_dense_grads_permu
           const int64_t n = std::min<int64_t>(g.Wo - j0, L);
           for (int dx = 0; dx < k; ++dx) r[dx] = load_keys<C>(runs + dx * offset_stride + j0, n);
           for (int s = 0; s < k && s * L < k * n; ++s) {
-            __m512i t = V::permute(r[0], _mm512_load_si512(idx[s][0]), r[1]);
-            for (int q = 1; q + 1 < k; ++q) {
-              t = V::permute(t, _mm512_load_si512(idx[s][q]), r[q + 1]);
-            }
-            _mm512_storeu_si512(row + k * j0 + s * L, t);
+            _mm512_storeu_si512(row + k * j0 + s * L, weave.template vector<C::K>(r, s));
             done = k * j0 + (s + 1) * L;
           }
         }
@@ -621,7 +547,7 @@ void nchw_backward(const at::Tensor& grad_output, const at::Tensor& input,
   // Rows of a vector or longer: the compiler's loop measured as fast or faster (k = 2,
   // [8, 256, 56, 56]: 7.6 against 8.2-8.9 ms).
   [[maybe_unused]] const bool permute_grads = cpu::has_avx512() && k >= 2 &&
-                                              k <= kMaxPermuteK && g.Wo < 64 / int64_t{sizeof(key_t)};
+                                              k <= cpu::kMaxPermuteK && g.Wo < 64 / int64_t{sizeof(key_t)};
   at::parallel_for(0, pg.in.n * groups, grain, [&](int64_t begin, int64_t end) {
     std::vector<key_t> rv(g.G * plane_in);
     std::vector<int32_t> rb(g.G * plane_in);
