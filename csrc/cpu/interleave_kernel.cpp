@@ -6,8 +6,10 @@
 // a grouped store (the reverse for deinterleave) that the compiler vectorises. Rows shorter
 // than a few vectors (OverFeat's 11 x 14 maps) would run as scalar loop remainders: there
 // the whole plane of each offset row band is merged as one long stream through a buffer,
-// and the interleaved rows are moved with memcpy; on AVX-512, interleaves with k >= 3 of 4-
-// and 8-byte elements build each row from masked vector loads and permutes instead. Dense
+// and the interleaved rows are moved with memcpy. On AVX-512 (elements of 2, 4 or 8 bytes)
+// the merge and split of those streams are vector permutes (cpu_permute.h), or, for
+// interleaves with k >= 3 of 4- and 8-byte elements, each row is built from masked vector
+// loads and permutes without a buffer. Dense
 // channels_last maps move whole pixels, C contiguous elements at a time. Anything else
 // (strided views) takes the general path through the shared index math.
 #include <ATen/Parallel.h>
@@ -15,6 +17,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 #include "../checks.h"
@@ -181,6 +184,76 @@ OVERFEAT_CPU_TARGET_AVX512 __attribute__((noinline)) void nchw_plane_permute(
     }
   }
 }
+
+// The deinterleave of a plane with short rows on AVX-512: the plane's rows are copied in
+// memory order into K runs, rows K*i + dy end to end in run dy, in which position
+// K*(i*w + j) + dx is offset (dy, dx)'s element (i, j); cpu::SplitPermute splits each run
+// into its K offset planes with whole-vector stores (masked at each plane's end). `tmp`:
+// K runs of `run` >= h*K*w + (K + 1)*L elements.
+template <typename T, int K>
+OVERFEAT_CPU_TARGET_AVX512 __attribute__((noinline)) void nchw_plane_split(
+    const T* big, T* small, int64_t offset_stride, int64_t h, int64_t w,
+    const cpu::SplitPermute<T>& split, T* tmp, int64_t run) {
+  using V = cpu::Lanes512<sizeof(T)>;
+  constexpr int L = 64 / static_cast<int>(sizeof(T));
+  const int64_t W = K * w;
+  for (int64_t i = 0; i < h; ++i) {
+    for (int dy = 0; dy < K; ++dy) {
+      const T* row = big + (K * i + dy) * W;
+      T* p = tmp + dy * run + i * W;
+      int64_t t = 0;
+      for (; t + L <= W; t += L) _mm512_storeu_si512(p + t, _mm512_loadu_si512(row + t));
+      // The row's end: a masked load (the plane's last row ends the tensor), and a whole
+      // store into `tmp` (the next row's copy, or the margin, follows).
+      if (t < W) _mm512_storeu_si512(p + t, V::load(cpu::first_lanes<sizeof(T)>(W - t), row + t));
+    }
+  }
+  for (int dy = 0; dy < K; ++dy) {
+    split.template run<K>(tmp + dy * run, small + dy * K * offset_stride, offset_stride, h * w,
+                          h * w);
+  }
+}
+
+// The interleave of a plane with short rows on AVX-512, the reverse of nchw_plane_split:
+// cpu::WeavePermute weaves the K offset planes (dy, 0..K-1) into run dy with whole-vector
+// stores, then the plane's rows are copied from the runs in memory order (whole vectors
+// that may run into the next row, written later; masked at the plane's end). `tmp`: K
+// runs of `run` >= h*K*w + L elements.
+template <typename T, int K>
+OVERFEAT_CPU_TARGET_AVX512 __attribute__((noinline)) void nchw_plane_weave(
+    T* big, const T* small, int64_t offset_stride, int64_t h, int64_t w,
+    const cpu::WeavePermute<sizeof(T)>& weave, T* tmp, int64_t run) {
+  using V = cpu::Lanes512<sizeof(T)>;
+  constexpr int L = 64 / static_cast<int>(sizeof(T));
+  const int64_t W = K * w, n = h * w;
+  __m512i r[K];
+  for (int dy = 0; dy < K; ++dy) {
+    const T* runs = small + dy * K * offset_stride;
+    T* out = tmp + dy * run;
+    for (int64_t j0 = 0; j0 < n; j0 += L) {
+      const auto m = cpu::first_lanes<sizeof(T)>(std::min<int64_t>(n - j0, L));
+      for (int dx = 0; dx < K; ++dx) r[dx] = V::load(m, runs + dx * offset_stride + j0);
+      for (int s = 0; s < K; ++s) {
+        _mm512_storeu_si512(out + K * j0 + s * L, weave.template vector<K>(r, s));
+      }
+    }
+  }
+  const int64_t plane = h * K * W;
+  for (int64_t i = 0; i < h; ++i) {
+    for (int dy = 0; dy < K; ++dy) {
+      const int64_t at = (K * i + dy) * W;
+      const T* src = tmp + dy * run + i * W;
+      for (int64_t t = 0; t < W; t += L) {
+        if (at + t + L <= plane) {
+          _mm512_storeu_si512(big + at + t, _mm512_loadu_si512(src + t));
+        } else {
+          V::store(big + at + t, cpu::first_lanes<sizeof(T)>(plane - at - t),
+                   _mm512_loadu_si512(src + t));
+        }
+      }
+    }
+  }
+}
 #endif
 
 // Both directions over dense NCHW maps: big [N, C, h*k, w*k], small [N*k*k, C, h, w].
@@ -195,23 +268,61 @@ void nchw_permute(const at::Tensor& input, at::Tensor& out, bool interleave, int
   const T* in = static_cast<const T*>(input.const_data_ptr());
   T* o = static_cast<T*>(out.mutable_data_ptr());
   const bool short_rows = K > 0 && w * static_cast<int64_t>(sizeof(T)) < kShortRowBytes;
-  // Short rows on AVX-512: the permutes where they measured faster than the plane stream
-  // (interleave, k >= 3, 4- and 8-byte elements: 2.3-3.9x on this project's AMD EPYC
-  // benchmark machine); elsewhere (k = 2, 16-bit permutes, deinterleave) they were even or
-  // slower there, and the plane stream stays.
+  // Short rows on AVX-512: the row permutes where they measured faster than the plane
+  // stream (interleave, k >= 3, 4- and 8-byte elements: 2.3-3.9x on this project's AMD
+  // EPYC benchmark machine).
   [[maybe_unused]] const bool permute_rows = OVERFEAT_CPU_HAVE_AVX2_VARIANT && short_rows &&
                                              interleave && K >= 3 && cpu::has_avx512() &&
                                              (sizeof(T) == 4 || sizeof(T) == 8);
+  // Deinterleaves of short rows on AVX-512, elements of 2, 4 or 8 bytes: copied rows split
+  // by permutes (nchw_plane_split; single thread, f32 k = 3 [1, 1024, 33, 42]: 2.0-2.3x the
+  // clone against 3.2-4.2x for the plane stream in the same runs).
+  [[maybe_unused]] const bool split_rows = OVERFEAT_CPU_HAVE_AVX2_VARIANT && short_rows &&
+                                           !interleave && K >= 2 && cpu::has_avx512() &&
+                                           sizeof(T) >= 2;
+  // Other interleaves of short rows on AVX-512 (k = 2, or 2-byte elements): woven plane
+  // runs (nchw_plane_weave; single thread, f32 k = 2 [32, 512, 14, 14]: 1.2-1.4x the clone
+  // against 1.5-2.0x for the plane stream; bf16 k = 3 [9, 1024, 11, 14]: 2.7x against 3.5x).
+  // For 4- and 8-byte k >= 3 the row permutes stay (2.0x against 2.2-2.5x woven).
+  [[maybe_unused]] const bool weave_rows = OVERFEAT_CPU_HAVE_AVX2_VARIANT && short_rows &&
+                                           interleave && !permute_rows && K >= 2 &&
+                                           cpu::has_avx512() && sizeof(T) >= 2;
   at::parallel_for(0, n * c, grain, [&](int64_t begin, int64_t end) {
-    std::vector<T> tmp(short_rows && !permute_rows ? plane_small * k : 0);
+    const int64_t run = plane_small * k + (k + 1) * 64;  // of nchw_plane_split / _weave
+    std::vector<T> tmp(split_rows || weave_rows ? k * run
+                       : short_rows && !permute_rows ? plane_small * k : 0);
+#if OVERFEAT_CPU_HAVE_AVX2_VARIANT
+    // (1-byte elements have no permute: a placeholder type, never used.)
+    using T2 = std::conditional_t<sizeof(T) >= 2, T, uint16_t>;
+    std::optional<cpu::SplitPermute<T2>> split;
+    std::optional<cpu::WeavePermute<sizeof(T2)>> weave;
+    if constexpr (sizeof(T) >= 2) {
+      if (split_rows) split.emplace(static_cast<int>(k));
+      if (weave_rows) weave.emplace(static_cast<int>(k));
+    }
+#endif
     for (int64_t p = begin; p < end; ++p) {
       const int64_t ni = p / c, ci = p % c;
       const int64_t small_off = (ni * k * k * c + ci) * plane_small;
       if constexpr (K > 0) {  // the short-row paths need a compile-time k
 #if OVERFEAT_CPU_HAVE_AVX2_VARIANT
+        if constexpr (K >= 2 && sizeof(T) >= 2) {
+          if (weave_rows) {
+            nchw_plane_weave<T, K>(o + p * plane_big, in + small_off, c * plane_small, h, w,
+                                   *weave, tmp.data(), run);
+            continue;
+          }
+        }
         if constexpr (K >= 3 && (sizeof(T) == 4 || sizeof(T) == 8)) {
           if (permute_rows) {
             nchw_plane_permute<T, K>(o + p * plane_big, in + small_off, c * plane_small, h, w);
+            continue;
+          }
+        }
+        if constexpr (K >= 2 && sizeof(T) >= 2) {
+          if (split_rows) {
+            nchw_plane_split<T, K>(in + p * plane_big, o + small_off, c * plane_small, h, w,
+                                   *split, tmp.data(), run);
             continue;
           }
         }
