@@ -94,6 +94,13 @@ def _extensions():
     with_cuda = bool(cuda_home) and torch.version.cuda is not None
     sources = ["csrc/ops.cpp", *sorted(glob.glob("csrc/cpu/*.cpp", root_dir=ROOT))]
     cxx_flags = ["-O3", "-fdiagnostics-color=always"]
+    link_flags = []
+    if torch._C.has_openmp and sys.platform.startswith("linux"):
+        # at::parallel_for is a header template: compiled without OpenMP it runs every
+        # chunk on the calling thread. With -fopenmp the kernels use torch's thread count,
+        # and the libgomp.so.1 torch has already loaded.
+        cxx_flags.append("-fopenmp")
+        link_flags.append("-fopenmp")
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
         sources += sorted(glob.glob("csrc/cuda/*.cu", root_dir=ROOT))
@@ -105,6 +112,7 @@ def _extensions():
                 "cxx": cxx_flags,
                 "nvcc": ["-O3", "-lineinfo", "-Xptxas=-warn-spills"],
             },
+            extra_link_args=link_flags,
         )
         _say(f"CUDA toolkit: {cuda_home} (torch built for CUDA {torch.version.cuda})")
         _say(f"GPU architectures (TORCH_CUDA_ARCH_LIST): {os.environ['TORCH_CUDA_ARCH_LIST']}")
@@ -120,7 +128,12 @@ def _extensions():
             f"\n{bar}\n  BUILDING THE CPU KERNELS ONLY: {why}.\n"
             f"  The ops will raise on CUDA tensors. See README, 'Building for a GPU'.\n{bar}"
         )
-        ext = CppExtension("overfeat_kernels._C", sources, extra_compile_args={"cxx": cxx_flags})
+        ext = CppExtension(
+            "overfeat_kernels._C",
+            sources,
+            extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=link_flags,
+        )
     _say(f"sources: {', '.join(sources)}")
     sim_sources = sorted(glob.glob("csrc/sim/*.cpp", root_dir=ROOT))
     # Each CUDA source is compiled into the simulator through a one-line csrc/sim/<stem>.cpp.
