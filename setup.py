@@ -93,14 +93,11 @@ def _extensions():
 
     with_cuda = bool(cuda_home) and torch.version.cuda is not None
     sources = ["csrc/ops.cpp", *sorted(glob.glob("csrc/cpu/*.cpp", root_dir=ROOT))]
-    cxx_flags = ["-O3", "-fdiagnostics-color=always"]
-    link_flags = []
-    if torch._C.has_openmp and sys.platform.startswith("linux"):
-        # at::parallel_for is a header template: compiled without OpenMP it runs every
-        # chunk on the calling thread. With -fopenmp the kernels use torch's thread count,
-        # and the libgomp.so.1 torch has already loaded.
-        cxx_flags.append("-fopenmp")
-        link_flags.append("-fopenmp")
+    # at::parallel_for is a header template: compiled without OpenMP it runs every chunk on
+    # the calling thread. With -fopenmp the kernels use torch's thread count, and the
+    # libgomp.so.1 torch has already loaded.
+    openmp = ["-fopenmp"] if torch._C.has_openmp and sys.platform.startswith("linux") else []
+    cxx_flags = ["-O3", "-fdiagnostics-color=always", *openmp]
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
         sources += sorted(glob.glob("csrc/cuda/*.cu", root_dir=ROOT))
@@ -112,7 +109,7 @@ def _extensions():
                 "cxx": cxx_flags,
                 "nvcc": ["-O3", "-lineinfo", "-Xptxas=-warn-spills"],
             },
-            extra_link_args=link_flags,
+            extra_link_args=openmp,
         )
         _say(f"CUDA toolkit: {cuda_home} (torch built for CUDA {torch.version.cuda})")
         _say(f"GPU architectures (TORCH_CUDA_ARCH_LIST): {os.environ['TORCH_CUDA_ARCH_LIST']}")
@@ -132,7 +129,7 @@ def _extensions():
             "overfeat_kernels._C",
             sources,
             extra_compile_args={"cxx": cxx_flags},
-            extra_link_args=link_flags,
+            extra_link_args=openmp,
         )
     _say(f"sources: {', '.join(sources)}")
     sim_sources = sorted(glob.glob("csrc/sim/*.cpp", root_dir=ROOT))
@@ -153,8 +150,11 @@ def _extensions():
         define_macros=[("OVERFEAT_SIM", "1")],
         # The simulator reads the kernels' __shared__ variables from the module's symbol
         # table: never strip it.
-        extra_compile_args={"cxx": ["-O2", "-std=c++20", "-fdiagnostics-color=always"]},
-        extra_link_args=["-ldl"],
+        # OpenMP as for _C: a launch's blocks run on torch's threads (at::parallel_for).
+        extra_compile_args={
+            "cxx": ["-O2", "-std=c++20", "-fdiagnostics-color=always", *openmp]
+        },
+        extra_link_args=["-ldl", *openmp],
     )
     _say(f"simulator sources: {', '.join(sim_sources)}")
     _say(f"parallel jobs (MAX_JOBS): {os.environ.get('MAX_JOBS', 'ninja default')}")
