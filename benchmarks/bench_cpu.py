@@ -87,7 +87,10 @@ def time_interleaved(
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            timer = tbench.Timer(stmt="fn()", globals={"fn": fn})
+            # Timer runs on one thread unless told: time on torch's thread count, as run.
+            timer = tbench.Timer(
+                stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()
+            )
             samples[name].append(timer.blocked_autorange(min_run_time=min_run_time).median * 1e3)
     return {name: statistics.median(v) for name, v in samples.items()}
 

@@ -34,7 +34,8 @@ def _time_ms(fn, dev: torch.device, reps: int) -> float:
     import torch.utils.benchmark as tbench
 
     fn()  # warm-up
-    timer = tbench.Timer(stmt="fn()", globals={"fn": fn})
+    # Timer runs on one thread unless told: time on torch's thread count, as run.
+    timer = tbench.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     return timer.blocked_autorange(min_run_time=0.02 * reps).median * 1e3
 
 
