@@ -45,6 +45,24 @@ def test_simulator_built_when_required():
     assert ok.simulator.available(), ok.build_info()
 
 
+@pytest.mark.parametrize("module", ["_C", "_sim"])
+def test_modules_built_with_openmp_like_torch(module):
+    # at::parallel_for is a header template: a module compiled without OpenMP runs every
+    # chunk on the calling thread, whatever torch.set_num_threads says. The parallel region
+    # compiles to a call into the OpenMP runtime (GOMP_parallel with GCC, __kmpc_fork_call
+    # with clang's libomp).
+    if not (torch._C.has_openmp and sys.platform.startswith("linux")):
+        pytest.skip("torch without OpenMP, or not Linux: the build adds no -fopenmp")
+    import importlib
+
+    try:
+        mod = importlib.import_module(f"overfeat_kernels.{module}")
+    except ImportError:
+        pytest.skip(f"overfeat_kernels.{module} not built")
+    binary = Path(mod.__file__).read_bytes()
+    assert b"GOMP_parallel" in binary or b"__kmpc_fork_call" in binary, mod.__file__
+
+
 def test_every_cuda_source_has_a_simulator_twin():
     root = Path(__file__).resolve().parents[1] / "csrc"
     for cu in sorted((root / "cuda").glob("*.cu")):
