@@ -249,7 +249,6 @@ OVERFEAT_CPU_MULTIVERSION(nchw_split_offsets)
 // D (their first k*Wo positions) are first copied end to end, for all planes of the group:
 // in that run position k*((c*Ho + i)*Wo + j) + dx is D[c][dy + k*i][dx + k*j], and the k
 // offsets (dy, 0..k-1) of the whole group are split from it in one pass of full stores.
-
 // `packed` holds G*Ho*k*Wo + (k + 1)*L elements. The copy pass costs more than the overlap
 // saves on rows close to a vector (f32, single thread: k = 2, Wo = 13: 1.6 -> 1.9 ms at
 // [8, 512, 28, 28]; k = 3, Wo = 9: 430 -> 280 us at [1, 1024, 23, 29]).
@@ -263,7 +262,7 @@ OVERFEAT_CPU_TARGET_AVX512 __attribute__((noinline)) void nchw_split_offsets_per
   const P split(C::K > 0 ? C::K : static_cast<int>(g.k));
   const int64_t k = C::K > 0 ? C::K : split.k, end = g.G * g.Ho * g.Wo;
   if (3 * g.Wo <= 2 * L) {
-    const int64_t row = k * g.Wo;  // <= k*(L-1): copied as up to k whole vectors
+    const int64_t row = k * g.Wo;  // <= 2kL/3: copied as up to k whole vectors
     for (int64_t dy = 0; dy < k; ++dy) {
       T* p = packed;
       for (int64_t c = 0; c < g.G; ++c) {
@@ -451,7 +450,6 @@ OVERFEAT_CPU_INLINE void nchw_gather(const int32_t* code, const typename C::key_
   }
 }
 
-
 #if OVERFEAT_CPU_HAVE_AVX2_VARIANT
 // The first n <= L raw elements at p as a vector of L keys (lanes from n on: 0).
 template <class C>
@@ -506,8 +504,7 @@ OVERFEAT_CPU_TARGET_AVX512 __attribute__((noinline)) void nchw_dense_grads_permu
 }
 #endif
 
-// One group: codes, gradient map, gather (one multiversioned function: as three, the k = 2
-// backward at [8, 256, 56, 56] measured 5-15 % slower). `permute_grads`: the map from
+// One group: codes, gradient map, gather. `permute_grads`: the map from
 // nchw_dense_grads_permute (AVX-512 only).
 template <class C>
 OVERFEAT_CPU_INLINE void nchw_backward_group(const typename C::raw_t* in,
@@ -544,10 +541,11 @@ void nchw_backward(const at::Tensor& grad_output, const at::Tensor& input,
   auto* gi = static_cast<raw_t*>(grad_input.mutable_data_ptr());
   const int64_t groups = ceil_div(Cn, g.G);
   const int64_t grain = std::max<int64_t>(1, kTaskElems / (g.G * plane_in));
-  // Rows of a vector or longer: the compiler's loop measured as fast or faster (k = 2,
-  // [8, 256, 56, 56]: 7.6 against 8.2-8.9 ms).
-  [[maybe_unused]] const bool permute_grads = cpu::has_avx512() && k >= 2 &&
-                                              k <= cpu::kMaxPermuteK && g.Wo < 64 / int64_t{sizeof(key_t)};
+  // Permutes for rows shorter than a vector only: no gain measured on longer rows (k = 2,
+  // [8, 256, 56, 56]), where the compiler's loop writes whole vectors.
+  [[maybe_unused]] const bool permute_grads =
+      cpu::has_avx512() && k >= 2 && k <= cpu::kMaxPermuteK &&
+      g.Wo < 64 / static_cast<int64_t>(sizeof(key_t));
   at::parallel_for(0, pg.in.n * groups, grain, [&](int64_t begin, int64_t end) {
     std::vector<key_t> rv(g.G * plane_in);
     std::vector<int32_t> rb(g.G * plane_in);
