@@ -15,7 +15,26 @@ namespace cpu {
 // The largest k of the permute paths (their index tables are k*k vectors).
 constexpr int kMaxPermuteK = 8;
 
+// Declared everywhere so that callers can pass a table by pointer (null: no permutes);
+// defined only where the AVX-512 variant is compiled.
+template <typename T>
+struct SplitPermute;
+template <int Bytes>
+struct WeavePermute;
+
 #if OVERFEAT_CPU_HAVE_AVX2_VARIANT
+// dst[0, n) = src[0, n) in whole vectors: the last, partial one is loaded masked (src may
+// end at n) and stored whole (dst needs L - 1 writable elements past n).
+template <typename T>
+OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE void copy_run(T* dst, const T* src, int64_t n) {
+  constexpr int L = 64 / static_cast<int>(sizeof(T));
+  int64_t t = 0;
+  for (; t + L <= n; t += L) _mm512_storeu_si512(dst + t, _mm512_loadu_si512(src + t));
+  if (t < n) {
+    _mm512_storeu_si512(dst + t, Lanes512<sizeof(T)>::load(first_lanes<sizeof(T)>(n - t), src + t));
+  }
+}
+
 // Split: out[dx*stride + j] = r[dx + k*j] for j < n, dx < k. 64 bytes of output lanes j
 // come from the k vectors holding r[k*j0 .. k*j0 + k*L), lane j from position
 // p = dx + k*j, picked by a chain of k - 1 two-source permutes (step s takes the lanes

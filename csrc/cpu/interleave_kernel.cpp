@@ -194,18 +194,12 @@ template <typename T, int K>
 OVERFEAT_CPU_TARGET_AVX512 __attribute__((noinline)) void nchw_plane_split(
     const T* big, T* small, int64_t offset_stride, int64_t h, int64_t w,
     const cpu::SplitPermute<T>& split, T* tmp, int64_t run) {
-  using V = cpu::Lanes512<sizeof(T)>;
-  constexpr int L = 64 / static_cast<int>(sizeof(T));
   const int64_t W = K * w;
   for (int64_t i = 0; i < h; ++i) {
     for (int dy = 0; dy < K; ++dy) {
-      const T* row = big + (K * i + dy) * W;
-      T* p = tmp + dy * run + i * W;
-      int64_t t = 0;
-      for (; t + L <= W; t += L) _mm512_storeu_si512(p + t, _mm512_loadu_si512(row + t));
-      // The row's end: a masked load (the plane's last row ends the tensor), and a whole
-      // store into `tmp` (the next row's copy, or the margin, follows).
-      if (t < W) _mm512_storeu_si512(p + t, V::load(cpu::first_lanes<sizeof(T)>(W - t), row + t));
+      // A whole store past the row's end lands where the next row's copy, or the margin,
+      // follows; the plane's last row ends the tensor, so its end is loaded masked.
+      cpu::copy_run(tmp + dy * run + i * W, big + (K * i + dy) * W, W);
     }
   }
   for (int dy = 0; dy < K; ++dy) {

@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <optional>
 #include <vector>
 
 #include "../checks.h"
@@ -35,6 +36,7 @@ struct Cfg {
   using E = Elem<scalar_t>;
   using raw_t = typename E::raw_t;
   using key_t = typename E::key_t;
+  using Weave = cpu::WeavePermute<sizeof(key_t)>;  // of key_t lanes (cpu_permute.h)
   static constexpr int K = K_;
   static constexpr bool kSameKey = std::is_same_v<raw_t, key_t>;
 };
@@ -249,28 +251,28 @@ OVERFEAT_CPU_MULTIVERSION(nchw_split_offsets)
 // D (their first k*Wo positions) are first copied end to end, for all planes of the group:
 // in that run position k*((c*Ho + i)*Wo + j) + dx is D[c][dy + k*i][dx + k*j], and the k
 // offsets (dy, 0..k-1) of the whole group are split from it in one pass of full stores.
-// `packed` holds G*Ho*k*Wo + (k + 1)*L elements. The copy pass costs more than the overlap
-// saves on rows close to a vector (f32, single thread: k = 2, Wo = 13: 1.6 -> 1.9 ms at
-// [8, 512, 28, 28]; k = 3, Wo = 9: 430 -> 280 us at [1, 1024, 23, 29]).
+// The copy pass costs more than the overlap saves on rows close to a vector (f32, single
+// thread: k = 2, Wo = 13: 1.6 -> 1.9 ms at [8, 512, 28, 28]; k = 3, Wo = 9: 430 -> 280 us
+// at [1, 1024, 23, 29]).
+template <typename T>
+bool packs_offset_rows(int64_t Wo) {
+  return 3 * Wo * static_cast<int64_t>(sizeof(T)) <= 2 * 64;  // Wo <= 2L/3
+}
+
+// `packed`: G*Ho*k*Wo + k*L elements where packs_offset_rows.
 template <class C>
 OVERFEAT_CPU_TARGET_AVX512 __attribute__((noinline)) void nchw_split_offsets_permute(
     const typename C::raw_t* d, typename C::raw_t* out, int64_t offset_stride, NchwGeo g,
-    typename C::raw_t* packed) {
-  using P = cpu::SplitPermute<typename C::raw_t>;
+    const cpu::SplitPermute<typename C::raw_t>& split, typename C::raw_t* packed) {
   using T = typename C::raw_t;
-  constexpr int L = P::L;
-  const P split(C::K > 0 ? C::K : static_cast<int>(g.k));
   const int64_t k = C::K > 0 ? C::K : split.k, end = g.G * g.Ho * g.Wo;
-  if (3 * g.Wo <= 2 * L) {
-    const int64_t row = k * g.Wo;  // <= 2kL/3: copied as up to k whole vectors
+  if (packs_offset_rows<T>(g.Wo)) {
+    const int64_t row = k * g.Wo;
     for (int64_t dy = 0; dy < k; ++dy) {
       T* p = packed;
       for (int64_t c = 0; c < g.G; ++c) {
         for (int64_t i = 0; i < g.Ho; ++i, p += row) {
-          const T* src = d + (c * g.H + dy + k * i) * g.W;
-          for (int64_t t = 0; t < row; t += L) {
-            _mm512_storeu_si512(p + t, _mm512_loadu_si512(src + t));
-          }
+          cpu::copy_run(p, d + (c * g.H + dy + k * i) * g.W, row);
         }
       }
       split.template run<C::K>(packed, out + dy * k * offset_stride, offset_stride, end, end);
@@ -301,12 +303,20 @@ void nchw_forward(const at::Tensor& input, at::Tensor& out, const PoolGeometry& 
   auto* o = static_cast<raw_t*>(out.mutable_data_ptr());
   const int64_t groups = ceil_div(Cn, g.G);
   const int64_t grain = std::max<int64_t>(1, kTaskElems / (g.G * plane_in));
+  const bool permute =
+      OVERFEAT_CPU_HAVE_AVX2_VARIANT && cpu::has_avx512() && k <= cpu::kMaxPermuteK;
   at::parallel_for(0, pg.in.n * groups, grain, [&](int64_t begin, int64_t end) {
+#if OVERFEAT_CPU_HAVE_AVX2_VARIANT
+    std::optional<cpu::SplitPermute<raw_t>> split;  // its index table, once per task
+    if (permute) split.emplace(static_cast<int>(k));
+#endif
     std::vector<key_t> rows(g.G * plane_in);
-    // + k*64: the AVX-512 split reads up to k vectors (of at most 64 elements) past D, and
-    // up to one more copying D's rows into `packed`.
-    std::vector<raw_t> dense(g.G * plane_in + (k + 1) * 64);
-    std::vector<raw_t> packed(g.G * plane_out * k + (k + 1) * 64);
+    // + k*64: the AVX-512 split reads up to k vectors (of at most 64 elements) past D or
+    // past `packed`.
+    std::vector<raw_t> dense(g.G * plane_in + k * 64);
+    std::vector<raw_t> packed(permute && packs_offset_rows<raw_t>(g.Wo)
+                                  ? g.G * plane_out * k + k * 64
+                                  : 0);
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n = p / groups, c0 = (p % groups) * g.G;
       NchwGeo gg = g;
@@ -319,8 +329,9 @@ void nchw_forward(const at::Tensor& input, at::Tensor& out, const PoolGeometry& 
       const int64_t n_rows = n_dense + (k - 1) * g.W;
       nchw_dense_max_run<C>(src, gg, n_rows, n_dense, rows.data(), dense.data());
 #if OVERFEAT_CPU_HAVE_AVX2_VARIANT
-      if (cpu::has_avx512() && k <= cpu::kMaxPermuteK) {
-        nchw_split_offsets_permute<C>(dense.data(), dst, Cn * plane_out, gg, packed.data());
+      if (permute) {
+        nchw_split_offsets_permute<C>(dense.data(), dst, Cn * plane_out, gg, *split,
+                                      packed.data());
         continue;
       }
 #endif
@@ -476,10 +487,10 @@ OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE __m512i load_keys(const typename 
 // writable keys past the group.
 template <class C>
 OVERFEAT_CPU_TARGET_AVX512 __attribute__((noinline)) void nchw_dense_grads_permute(
-    const typename C::raw_t* go, int64_t offset_stride, NchwGeo g, typename C::key_t* gd) {
+    const typename C::raw_t* go, int64_t offset_stride, NchwGeo g,
+    const typename C::Weave& weave, typename C::key_t* gd) {
   using key_t = typename C::key_t;
   constexpr int L = 64 / sizeof(key_t);
-  const cpu::WeavePermute<sizeof(key_t)> weave(C::K > 0 ? C::K : static_cast<int>(g.k));
   const int k = C::K > 0 ? C::K : weave.k;  // constant: loops unrolled
   const __m512i zero = _mm512_setzero_si512();
   __m512i r[cpu::kMaxPermuteK];
@@ -504,19 +515,19 @@ OVERFEAT_CPU_TARGET_AVX512 __attribute__((noinline)) void nchw_dense_grads_permu
 }
 #endif
 
-// One group: codes, gradient map, gather. `permute_grads`: the map from
-// nchw_dense_grads_permute (AVX-512 only).
+// One group: codes, gradient map, gather. The map from nchw_dense_grads_permute where
+// `weave` (AVX-512 only) is given.
 template <class C>
 OVERFEAT_CPU_INLINE void nchw_backward_group(const typename C::raw_t* in,
                                              const typename C::raw_t* go, int64_t offset_stride,
                                              typename C::raw_t* gi, NchwGeo g, int64_t n_rows,
                                              int64_t n_dense, typename C::key_t* rv, int32_t* rb,
                                              int32_t* code, typename C::key_t* gd,
-                                             bool permute_grads) {
+                                             const typename C::Weave* weave) {
   nchw_window_codes<C>(in, g, n_rows, n_dense, rv, rb, code);
 #if OVERFEAT_CPU_HAVE_AVX2_VARIANT
-  if (permute_grads) {
-    nchw_dense_grads_permute<C>(go, offset_stride, g, gd);
+  if (weave != nullptr) {
+    nchw_dense_grads_permute<C>(go, offset_stride, g, *weave, gd);
   } else
 #endif
   {
@@ -543,10 +554,15 @@ void nchw_backward(const at::Tensor& grad_output, const at::Tensor& input,
   const int64_t grain = std::max<int64_t>(1, kTaskElems / (g.G * plane_in));
   // Permutes for rows shorter than a vector only: no gain measured on longer rows (k = 2,
   // [8, 256, 56, 56]), where the compiler's loop writes whole vectors.
-  [[maybe_unused]] const bool permute_grads =
+  const bool permute_grads =
       cpu::has_avx512() && k >= 2 && k <= cpu::kMaxPermuteK &&
       g.Wo < 64 / static_cast<int64_t>(sizeof(key_t));
   at::parallel_for(0, pg.in.n * groups, grain, [&](int64_t begin, int64_t end) {
+    const typename C::Weave* weave = nullptr;  // its index table, once per task
+#if OVERFEAT_CPU_HAVE_AVX2_VARIANT
+    std::optional<typename C::Weave> table;
+    if (permute_grads) weave = &table.emplace(static_cast<int>(k));
+#endif
     std::vector<key_t> rv(g.G * plane_in);
     std::vector<int32_t> rb(g.G * plane_in);
     // Codes past a group's last window keep what an earlier group left: they only meet
@@ -563,7 +579,7 @@ void nchw_backward(const at::Tensor& grad_output, const at::Tensor& input,
       nchw_backward_group_run<C>(in + first * plane_in, go + (n * k * k * Cn + c0) * plane_out,
                                  Cn * plane_out, gi + first * plane_in, gg,
                                  n_dense + (k - 1) * g.W, n_dense, rv.data(), rb.data(),
-                                 code.data() + margin, gd.data() + margin, permute_grads);
+                                 code.data() + margin, gd.data() + margin, weave);
     }
   });
 }
