@@ -11,6 +11,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <bit>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -64,38 +65,44 @@ inline bool has_avx512() { return simd_level() >= 2; }
 
 // Defines NAME_run<Cfg>(args...), which calls the OVERFEAT_CPU_INLINE function template
 // NAME<Cfg>(args...) compiled for AVX-512 or AVX2 when the CPU has it, else for the
-// baseline ISA.
+// baseline ISA. OVERFEAT_CPU_MULTIVERSION_LEVEL(NAME) calls NAME<Cfg, L>(args...) instead,
+// L the variant's level (as simd_level), for bodies that need another form of a loop per ISA.
+#define OVERFEAT_CPU_LEVEL_ARG(L) , L
 #if OVERFEAT_CPU_HAVE_AVX2_VARIANT
-#define OVERFEAT_CPU_MULTIVERSION(NAME)                                              \
+#define OVERFEAT_CPU_MULTIVERSION_(NAME, L2, L1, L0)                                  \
   template <class Cfg, class... Args>                                                \
   OVERFEAT_CPU_TARGET_AVX512 __attribute__((noinline)) void NAME##_avx512(Args... a) { \
-    NAME<Cfg>(a...);                                                                 \
+    NAME<Cfg L2>(a...);                                                              \
   }                                                                                  \
   template <class Cfg, class... Args>                                                \
   OVERFEAT_CPU_TARGET_AVX2 __attribute__((noinline)) void NAME##_avx2(Args... a) {   \
-    NAME<Cfg>(a...);                                                                 \
+    NAME<Cfg L1>(a...);                                                              \
   }                                                                                  \
-  template <class Cfg, class... Args>                                            \
-  __attribute__((noinline)) void NAME##_base(Args... a) {                        \
-    NAME<Cfg>(a...);                                                             \
-  }                                                                              \
-  template <class Cfg, class... Args>                                            \
-  void NAME##_run(Args... a) {                                                   \
-    if (::overfeat_kernels::cpu::has_avx512()) {                                 \
-      NAME##_avx512<Cfg>(a...);                                                  \
-    } else if (::overfeat_kernels::cpu::has_avx2()) {                            \
-      NAME##_avx2<Cfg>(a...);                                                    \
-    } else {                                                                     \
-      NAME##_base<Cfg>(a...);                                                    \
-    }                                                                            \
+  template <class Cfg, class... Args>                                                \
+  __attribute__((noinline)) void NAME##_base(Args... a) {                            \
+    NAME<Cfg L0>(a...);                                                              \
+  }                                                                                  \
+  template <class Cfg, class... Args>                                                \
+  void NAME##_run(Args... a) {                                                       \
+    if (::overfeat_kernels::cpu::has_avx512()) {                                     \
+      NAME##_avx512<Cfg>(a...);                                                      \
+    } else if (::overfeat_kernels::cpu::has_avx2()) {                                \
+      NAME##_avx2<Cfg>(a...);                                                        \
+    } else {                                                                         \
+      NAME##_base<Cfg>(a...);                                                        \
+    }                                                                                \
   }
 #else
-#define OVERFEAT_CPU_MULTIVERSION(NAME) \
-  template <class Cfg, class... Args>   \
-  void NAME##_run(Args... a) {          \
-    NAME<Cfg>(a...);                    \
+#define OVERFEAT_CPU_MULTIVERSION_(NAME, L2, L1, L0) \
+  template <class Cfg, class... Args>                \
+  void NAME##_run(Args... a) {                       \
+    NAME<Cfg L0>(a...);                              \
   }
 #endif
+#define OVERFEAT_CPU_MULTIVERSION(NAME) OVERFEAT_CPU_MULTIVERSION_(NAME, , , )
+#define OVERFEAT_CPU_MULTIVERSION_LEVEL(NAME)                                    \
+  OVERFEAT_CPU_MULTIVERSION_(NAME, OVERFEAT_CPU_LEVEL_ARG(2), OVERFEAT_CPU_LEVEL_ARG(1), \
+                             OVERFEAT_CPU_LEVEL_ARG(0))
 
 #if OVERFEAT_CPU_HAVE_AVX2_VARIANT
 // 512-bit lanes of 2, 4 or 8 bytes, for the hand-written AVX-512 permutes (GCC does not
@@ -241,6 +248,23 @@ OVERFEAT_CPU_INLINE bool replaces(key_t v, key_t best) {
 OVERFEAT_CPU_INLINE int32_t select(bool r, int32_t a, int32_t b) {
   const int32_t m = -static_cast<int32_t>(r);
   return (a & m) | (b & ~m);
+}
+
+// c ? v : 0 for a float or double v, adding which to a sum is the same as adding v where c
+// (the sums of the pooling backward start at +0, so they are never -0). GCC (12) turns
+// `sum += c ? v : 0` into a conditional add, which it vectorises with AVX-512 masks only: the
+// AVX2 and baseline variants of the backward's gather ran scalar, 7x slower. So below
+// AVX-512 (kLevel < 2) v is and-masked by c, bits through std::bit_cast (through memcpy GCC
+// folds it back into the select); with AVX-512 the select stays, a masked add.
+template <int kLevel, typename key_t>
+OVERFEAT_CPU_INLINE key_t keep(bool c, key_t v) {
+  if constexpr (kLevel >= 2) {
+    return c ? v : key_t(0);
+  } else {
+    using bits_t = std::conditional_t<sizeof(key_t) == 8, uint64_t, uint32_t>;
+    const bits_t m = bits_t{0} - static_cast<bits_t>(c);
+    return std::bit_cast<key_t>(std::bit_cast<bits_t>(v) & m);
+  }
 }
 
 }  // namespace cpu

@@ -37,6 +37,9 @@ struct Cfg {
   using raw_t = typename E::raw_t;
   using key_t = typename E::key_t;
   using Weave = cpu::WeavePermute<sizeof(key_t)>;  // of key_t lanes (cpu_permute.h)
+  // A window's code, the row-major position a*k + b of its maximum: one byte for the
+  // compile-time sizes (k <= 3; the backward's gather loads k*k codes per pixel).
+  using code_t = std::conditional_t<(K_ > 0), uint8_t, int32_t>;
   static constexpr int K = K_;
   static constexpr bool kSameKey = std::is_same_v<raw_t, key_t>;
 };
@@ -117,7 +120,7 @@ OVERFEAT_CPU_INLINE void max_run(const typename C::raw_t* const* src, int64_t kk
 // NaNs included), j < n.
 template <class C>
 OVERFEAT_CPU_INLINE void argmax_run(const typename C::raw_t* const* src, int64_t kk2,
-                                    int32_t* __restrict idx, int64_t n) {
+                                    typename C::code_t* __restrict idx, int64_t n) {
   using key_t = typename C::key_t;
   const int64_t E = C::K > 0 ? C::K * C::K : kk2;  // a constant when K is: e loop unrolled
   for (int64_t j = 0; j < n; ++j) {
@@ -129,7 +132,7 @@ OVERFEAT_CPU_INLINE void argmax_run(const typename C::raw_t* const* src, int64_t
       best = r ? v : best;
       at = cpu::select(r, static_cast<int32_t>(e), at);
     }
-    idx[j] = at;
+    idx[j] = static_cast<typename C::code_t>(at);
   }
 }
 
@@ -361,8 +364,10 @@ template <class C>
 OVERFEAT_CPU_INLINE void nchw_window_codes(const typename C::raw_t* __restrict in,
                                            const NchwGeo& g, int64_t n_rows, int64_t n_dense,
                                            typename C::key_t* __restrict rv,
-                                           int32_t* __restrict rb, int32_t* __restrict code) {
+                                           typename C::code_t* __restrict rb,
+                                           typename C::code_t* __restrict code) {
   using key_t = typename C::key_t;
+  using code_t = typename C::code_t;
   const int64_t k = C::K > 0 ? C::K : g.k;
   if (!any_nan<C>(in, n_rows + k - 1)) {
     for (int64_t t = 0; t < n_rows; ++t) {
@@ -375,7 +380,7 @@ OVERFEAT_CPU_INLINE void nchw_window_codes(const typename C::raw_t* __restrict i
         at = cpu::select(r, static_cast<int32_t>(b), at);
       }
       rv[t] = best;
-      rb[t] = at;
+      rb[t] = static_cast<code_t>(at);
     }
     for (int64_t t = 0; t < n_dense; ++t) {
       key_t best = rv[t];
@@ -386,7 +391,7 @@ OVERFEAT_CPU_INLINE void nchw_window_codes(const typename C::raw_t* __restrict i
         best = r ? v : best;
         at = cpu::select(r, static_cast<int32_t>(a * k) + rb[t + a * g.W], at);
       }
-      code[t] = at;
+      code[t] = static_cast<code_t>(at);
     }
     return;
   }
@@ -428,24 +433,33 @@ OVERFEAT_CPU_INLINE void nchw_dense_grads(const typename C::raw_t* go, int64_t o
   }
 }
 
-// gi[p] for the n pixels of a group (code and gd point at its first position).
-template <class C>
-OVERFEAT_CPU_INLINE void nchw_gather(const int32_t* code, const typename C::key_t* gd,
+// gi[p] for the n pixels of a group (code and gd point at its first position). kLevel: the
+// ISA variant's (cpu::keep).
+template <class C, int kLevel>
+OVERFEAT_CPU_INLINE void nchw_gather(const typename C::code_t* code, const typename C::key_t* gd,
                                      const NchwGeo& g, int64_t n,
                                      typename C::raw_t* __restrict gi) {
   using key_t = typename C::key_t;
   if constexpr (C::K > 0) {
-    constexpr int E = C::K * C::K;
-    const int32_t* cs[E];
-    const key_t* gs[E];
-    for (int s = 0; s < E; ++s) {  // term s: window element e = E-1-s, (a, b) descending
-      const int64_t shift = ((E - 1 - s) / C::K) * g.W + (E - 1 - s) % C::K;
-      cs[s] = code - shift;
-      gs[s] = gd - shift;
+    // One base pointer per window row a, the b shifts as constant displacements: with one
+    // pointer per term (18 for k = 3) GCC kept them in vector registers and on the stack.
+    const typename C::code_t* cr[C::K];
+    const key_t* gr[C::K];
+    for (int a = 0; a < C::K; ++a) {
+      cr[a] = code - a * g.W;
+      gr[a] = gd - a * g.W;
     }
     for (int64_t p = 0; p < n; ++p) {
       key_t sum = key_t(0);
-      for (int s = 0; s < E; ++s) sum += cs[s][p] == E - 1 - s ? gs[s][p] : key_t(0);
+      for (int a = C::K - 1; a >= 0; --a) {
+        for (int b = C::K - 1; b >= 0; --b) {
+          // The gradient is loaded whatever the code: as a conditional load, GCC made it a
+          // masked load merging into the previous iteration's register (a loop-carried
+          // dependency, through the stack where registers ran out).
+          const key_t v = gr[a][p - b];
+          sum += cpu::keep<kLevel>(cr[a][p - b] == a * C::K + b, v);
+        }
+      }
       gi[p] = C::E::from_acc(sum);
     }
   } else {
@@ -454,7 +468,7 @@ OVERFEAT_CPU_INLINE void nchw_gather(const int32_t* code, const typename C::key_
       key_t sum = key_t(0);
       for (int64_t e = k * k - 1; e >= 0; --e) {
         const int64_t q = p - (e / k) * g.W - e % k;
-        sum += code[q] == e ? gd[q] : key_t(0);
+        sum += cpu::keep<kLevel>(code[q] == e, gd[q]);
       }
       gi[p] = C::E::from_acc(sum);
     }
@@ -517,12 +531,13 @@ OVERFEAT_CPU_TARGET_AVX512 __attribute__((noinline)) void nchw_dense_grads_permu
 
 // One group: codes, gradient map, gather. The map from nchw_dense_grads_permute where
 // `weave` (AVX-512 only) is given.
-template <class C>
+template <class C, int kLevel>
 OVERFEAT_CPU_INLINE void nchw_backward_group(const typename C::raw_t* in,
                                              const typename C::raw_t* go, int64_t offset_stride,
                                              typename C::raw_t* gi, NchwGeo g, int64_t n_rows,
-                                             int64_t n_dense, typename C::key_t* rv, int32_t* rb,
-                                             int32_t* code, typename C::key_t* gd,
+                                             int64_t n_dense, typename C::key_t* rv,
+                                             typename C::code_t* rb, typename C::code_t* code,
+                                             typename C::key_t* gd,
                                              const typename C::Weave* weave) {
   nchw_window_codes<C>(in, g, n_rows, n_dense, rv, rb, code);
 #if OVERFEAT_CPU_HAVE_AVX2_VARIANT
@@ -533,9 +548,9 @@ OVERFEAT_CPU_INLINE void nchw_backward_group(const typename C::raw_t* in,
   {
     nchw_dense_grads<C>(go, offset_stride, g, gd);
   }
-  nchw_gather<C>(code, gd, g, g.G * g.H * g.W, gi);
+  nchw_gather<C, kLevel>(code, gd, g, g.G * g.H * g.W, gi);
 }
-OVERFEAT_CPU_MULTIVERSION(nchw_backward_group)
+OVERFEAT_CPU_MULTIVERSION_LEVEL(nchw_backward_group)
 
 template <typename scalar_t, int K>
 void nchw_backward(const at::Tensor& grad_output, const at::Tensor& input,
@@ -564,10 +579,10 @@ void nchw_backward(const at::Tensor& grad_output, const at::Tensor& input,
     if (permute_grads) weave = &table.emplace(static_cast<int>(k));
 #endif
     std::vector<key_t> rv(g.G * plane_in);
-    std::vector<int32_t> rb(g.G * plane_in);
+    std::vector<typename C::code_t> rb(g.G * plane_in);
     // Codes past a group's last window keep what an earlier group left: they only meet
     // gradients 0.
-    std::vector<int32_t> code(margin + g.G * plane_in, 0);
+    std::vector<typename C::code_t> code(margin + g.G * plane_in, 0);
     // + 64: nchw_dense_grads_permute's whole vectors may run past the group.
     std::vector<key_t> gd(margin + g.G * plane_in + (permute_grads ? 64 : 0), key_t(0));
     for (int64_t p = begin; p < end; ++p) {
@@ -612,7 +627,8 @@ struct ClTile {
 // first maximum, if kIndex); true if the row's channel block holds a NaN.
 template <class C, bool kIndex>
 OVERFEAT_CPU_INLINE bool cl_row_max(const typename C::raw_t* row, const ClGeo& g, int64_t cn,
-                                    typename C::key_t* __restrict rv, int32_t* __restrict rb) {
+                                    typename C::key_t* __restrict rv,
+                                    typename C::code_t* __restrict rb) {
   using key_t = typename C::key_t;
   const int64_t k = C::K > 0 ? C::K : g.k;
   typename C::E::bits_t nan = 0;
@@ -632,7 +648,7 @@ OVERFEAT_CPU_INLINE bool cl_row_max(const typename C::raw_t* row, const ClGeo& g
         if constexpr (kIndex) at = cpu::select(r, static_cast<int32_t>(b), at);
       }
       rv[x0 * cn + c] = best;
-      if constexpr (kIndex) rb[x0 * cn + c] = at;
+      if constexpr (kIndex) rb[x0 * cn + c] = static_cast<typename C::code_t>(at);
     }
   }
   return nan > C::E::kInf;
@@ -644,7 +660,8 @@ OVERFEAT_CPU_INLINE bool cl_row_max(const typename C::raw_t* row, const ClGeo& g
 template <class C, bool kIndex>
 OVERFEAT_CPU_INLINE bool cl_fill_rings(const typename C::raw_t* img, const ClGeo& g,
                                        const ClTile& t, int64_t wy, int64_t ring,
-                                       typename C::key_t* rv, int32_t* rb, char* nan_ring,
+                                       typename C::key_t* rv, typename C::code_t* rb,
+                                       char* nan_ring,
                                        int64_t* maxed) {
   const int64_t k = C::K > 0 ? C::K : g.k;
   for (; *maxed < wy + k; ++*maxed) {
@@ -756,8 +773,8 @@ void cl_forward(const at::Tensor& input, at::Tensor& out, const PoolGeometry& pg
 template <class C>
 OVERFEAT_CPU_INLINE void cl_code_row(const typename C::raw_t* rows, const ClGeo& g, int64_t cn,
                                      const typename C::key_t* const* rv,
-                                     const int32_t* const* rb, bool nan,
-                                     int32_t* __restrict code) {
+                                     const typename C::code_t* const* rb, bool nan,
+                                     typename C::code_t* __restrict code) {
   using key_t = typename C::key_t;
   const int64_t k = C::K > 0 ? C::K : g.k;
   WindowPointers<C, const typename C::raw_t> src(k);
@@ -773,7 +790,7 @@ OVERFEAT_CPU_INLINE void cl_code_row(const typename C::raw_t* rows, const ClGeo&
           best = r ? v : best;
           at = cpu::select(r, static_cast<int32_t>(a * k) + rb[a][x0 * cn + c], at);
         }
-        code[x0 * cn + c] = at;
+        code[x0 * cn + c] = static_cast<typename C::code_t>(at);
       }
       continue;
     }
@@ -786,17 +803,18 @@ OVERFEAT_CPU_INLINE void cl_code_row(const typename C::raw_t* rows, const ClGeo&
 // (y - a, x - b) where its code is a*k + b (codes of window row wy in slot wy % k of `code`,
 // `ring` elements each). Terms of positions that start no window read `zeros` (cn
 // gradients 0) and any codes.
-template <class C>
+template <class C, int kLevel>
 OVERFEAT_CPU_INLINE void cl_gather_row(const typename C::raw_t* go, const ClGeo& g,
-                                       const ClTile& t, int64_t y, const int32_t* code,
+                                       const ClTile& t, int64_t y,
+                                       const typename C::code_t* code,
                                        int64_t ring, const typename C::raw_t* zeros,
                                        typename C::raw_t* __restrict out) {
   using raw_t = typename C::raw_t;
   using key_t = typename C::key_t;
   const int64_t k = C::K > 0 ? C::K : g.k;
-  WindowPointers<C, const int32_t> cw(k);
+  WindowPointers<C, const typename C::code_t> cw(k);
   WindowPointers<C, const raw_t> gw(k);
-  const int32_t** cs = cw.get();
+  const typename C::code_t** cs = cw.get();
   const raw_t** gs = gw.get();
   for (int64_t x = 0; x < g.W; ++x) {
     for (int64_t e = k * k - 1; e >= 0; --e) {
@@ -812,14 +830,17 @@ OVERFEAT_CPU_INLINE void cl_gather_row(const typename C::raw_t* go, const ClGeo&
       constexpr int E = C::K * C::K;
       for (int64_t c = 0; c < t.cn; ++c) {
         key_t sum = key_t(0);
-        for (int s = 0; s < E; ++s) sum += cs[s][c] == E - 1 - s ? C::E::key(gs[s][c]) : key_t(0);
+        for (int s = 0; s < E; ++s) {
+          const key_t v = C::E::key(gs[s][c]);  // unconditional: see nchw_gather
+          sum += cpu::keep<kLevel>(cs[s][c] == E - 1 - s, v);
+        }
         o[c] = C::E::from_acc(sum);
       }
     } else {
       for (int64_t c = 0; c < t.cn; ++c) {
         key_t sum = key_t(0);
         for (int64_t s = 0; s < k * k; ++s) {
-          sum += cs[s][c] == k * k - 1 - s ? C::E::key(gs[s][c]) : key_t(0);
+          sum += cpu::keep<kLevel>(cs[s][c] == k * k - 1 - s, C::E::key(gs[s][c]));
         }
         o[c] = C::E::from_acc(sum);
       }
@@ -828,10 +849,11 @@ OVERFEAT_CPU_INLINE void cl_gather_row(const typename C::raw_t* go, const ClGeo&
 }
 
 // rv, rb: k rings of k*Wo*cn; code: k rings of k*Wo*cn; zeros: cn raw 0.
-template <class C>
+template <class C, int kLevel>
 OVERFEAT_CPU_INLINE void cl_backward_tile(const typename C::raw_t* img,
                                           const typename C::raw_t* go, ClGeo g, ClTile t,
-                                          typename C::key_t* rv, int32_t* rb, int32_t* code,
+                                          typename C::key_t* rv, typename C::code_t* rb,
+                                          typename C::code_t* code,
                                           const typename C::raw_t* zeros,
                                           typename C::raw_t* gi_img) {
   using key_t = typename C::key_t;
@@ -840,9 +862,9 @@ OVERFEAT_CPU_INLINE void cl_backward_tile(const typename C::raw_t* img,
   const int64_t first = std::max<int64_t>(0, t.y0 - k + 1);  // first window row needed
   const int64_t last = std::min(t.y1, k * g.Ho);             // past the last
   WindowPointers<C, const key_t> rvw(k);
-  WindowPointers<C, const int32_t> rbw(k);
+  WindowPointers<C, const typename C::code_t> rbw(k);
   const key_t** rvs = rvw.get();
-  const int32_t** rbs = rbw.get();
+  const typename C::code_t** rbs = rbw.get();
   std::vector<char> nan_ring(k);  // per ring slot: that input row holds a NaN
   int64_t maxed = first;  // input rows [first, maxed) have row maxima in the rings
   // Row y: the codes of the windows starting in it (if any), then its gradient (if the
@@ -857,10 +879,10 @@ OVERFEAT_CPU_INLINE void cl_backward_tile(const typename C::raw_t* img,
       }
       cl_code_row<C>(img + y * g.W * g.C + t.c0, g, t.cn, rvs, rbs, nan, code + (y % k) * ring);
     }
-    if (y >= t.y0) cl_gather_row<C>(go, g, t, y, code, ring, zeros, gi_img + y * g.W * g.C + t.c0);
+    if (y >= t.y0) cl_gather_row<C, kLevel>(go, g, t, y, code, ring, zeros, gi_img + y * g.W * g.C + t.c0);
   }
 }
-OVERFEAT_CPU_MULTIVERSION(cl_backward_tile)
+OVERFEAT_CPU_MULTIVERSION_LEVEL(cl_backward_tile)
 
 template <typename scalar_t, int K>
 void cl_backward(const at::Tensor& grad_output, const at::Tensor& input, at::Tensor& grad_input,
@@ -877,7 +899,7 @@ void cl_backward(const at::Tensor& grad_output, const at::Tensor& input, at::Ten
   auto* gi = static_cast<raw_t*>(grad_input.mutable_data_ptr());
   at::parallel_for(0, tasks.count(pg), 1, [&](int64_t begin, int64_t end) {
     std::vector<key_t> rv(g.k * ring);
-    std::vector<int32_t> rb(g.k * ring), code(g.k * ring, 0);
+    std::vector<typename C::code_t> rb(g.k * ring), code(g.k * ring, 0);
     const std::vector<raw_t> zeros(tasks.cb, raw_t{});
     for (int64_t p = begin; p < end; ++p) {
       const ClTile t = tasks.tile(p, g.H, g.C);
