@@ -34,6 +34,7 @@ POOL_SHAPES = [
     (2, 7, 5, 6, 1),
     (1, 1, 3, 40, 2),
     (1, 3, 12, 75, 2),  # output rows of several vectors, in every dtype
+    (1, 150, 7, 400, 3),  # long rows: channels_last backward in blocks of 64, 64 and 22
 ]
 
 
