@@ -60,6 +60,9 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 def _draw(shape, dtype, values: str) -> torch.Tensor:
     if values == "ties":
         return torch.randint(-3, 4, shape).to(dtype)
+    if values == "signed_zeros":  # maxima of +0 and -0 in either order: the first one wins
+        x = torch.randint(-1, 1, shape).to(dtype)
+        return torch.where((x == 0) & (torch.rand(shape) < 0.5), -x.new_zeros(()), x)
     x = torch.randn(shape, dtype=torch.float64).to(dtype)
     if values == "nan":
         x[torch.rand(shape) < 0.05] = float("nan")
@@ -80,7 +83,7 @@ def _per_offset_max_pool(x: torch.Tensor, k: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("dtype", FLOATS, ids=str)
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-@pytest.mark.parametrize("values", ["normal", "ties", "nan"])
+@pytest.mark.parametrize("values", ["normal", "ties", "nan", "signed_zeros"])
 def test_pool_forward_against_max_pool_per_offset(dtype, layout, values):
     for n, c, h, w, k in POOL_SHAPES:
         x = _layout(_draw((n, c, h, w), dtype, values), layout)
@@ -96,7 +99,7 @@ def test_pool_forward_against_max_pool_per_offset(dtype, layout, values):
 
 @pytest.mark.parametrize("dtype", FLOATS, ids=str)
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-@pytest.mark.parametrize("values", ["normal", "ties", "nan"])
+@pytest.mark.parametrize("values", ["normal", "ties", "nan", "signed_zeros"])
 def test_pool_backward_bitwise_equals_general_path(dtype, layout, values):
     # The general path sums each pixel's gradients in a fixed order in the accumulation
     # type; the fast paths must give the very same bits.

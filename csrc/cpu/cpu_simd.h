@@ -172,7 +172,8 @@ OVERFEAT_CPU_INLINE typename Lanes512<Bytes>::mask_t first_lanes(int64_t n) {
 // maximum may be computed on keys alone and converted back at the end; without NaNs it
 // does so for every type. magnitude(v): v's bits without the sign, an integer above kInf
 // exactly when v is a NaN (a cheap NaN test on raw elements that vectorises as an integer
-// max).
+// max). order(): a key for maxima only, exact (from_order gives back the bits) for values
+// without NaN, and without -0 where kOrderSplitsZeros.
 template <typename scalar_t>
 struct Elem {
   using raw_t = scalar_t;
@@ -189,10 +190,32 @@ struct Elem {
   static OVERFEAT_CPU_INLINE key_t key(raw_t v) { return v; }
   static OVERFEAT_CPU_INLINE raw_t to_raw(key_t v) { return v; }
   static OVERFEAT_CPU_INLINE raw_t from_acc(key_t v) { return v; }
+  using order_t = key_t;
+  static constexpr bool kOrderSplitsZeros = false;
+  static OVERFEAT_CPU_INLINE order_t order(raw_t v) { return v; }
+  static OVERFEAT_CPU_INLINE raw_t from_order(order_t v) { return v; }
+};
+
+// The order key of a 16-bit float (sign and magnitude): its bits as an int16 whose
+// ordering is the float ordering, through the involution that flips the magnitude bits of
+// negative values. Two floats compare equal exactly when their keys are equal, except +0
+// and -0 (keys 0 and -1) and NaNs: without NaN and -0, a maximum taken on these keys (32
+// lanes of one instruction) picks the element F.max_pool2d's rule picks, bit for bit.
+struct SignMagnitude16 {
+  using order_t = int16_t;
+  static constexpr bool kOrderSplitsZeros = true;
+  static constexpr uint16_t kNegZero = 0x8000;
+  static OVERFEAT_CPU_INLINE order_t order(uint16_t v) {
+    const auto b = static_cast<int16_t>(v);
+    return static_cast<int16_t>(b ^ ((b >> 15) & 0x7FFF));
+  }
+  static OVERFEAT_CPU_INLINE uint16_t from_order(order_t k) {
+    return static_cast<uint16_t>(k ^ ((k >> 15) & 0x7FFF));
+  }
 };
 
 template <>
-struct Elem<c10::BFloat16> {
+struct Elem<c10::BFloat16> : SignMagnitude16 {
   using raw_t = uint16_t;
   using key_t = float;
   using bits_t = uint16_t;
@@ -222,7 +245,7 @@ struct Elem<c10::BFloat16> {
 };
 
 template <>
-struct Elem<c10::Half> {
+struct Elem<c10::Half> : SignMagnitude16 {
   using raw_t = uint16_t;
   using key_t = float;
   using bits_t = uint16_t;

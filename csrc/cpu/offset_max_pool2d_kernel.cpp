@@ -172,46 +172,64 @@ OVERFEAT_CPU_INLINE bool any_nan(const typename C::raw_t* __restrict x, int64_t 
   return m > C::E::kInf;
 }
 
-// The key of a raw element, or a key itself.
-template <class C, typename S>
-OVERFEAT_CPU_INLINE typename C::key_t key(S v) {
-  if constexpr (std::is_same_v<S, typename C::key_t>) {
-    return v;
+// Whether the forward's maxima need the full rule: a NaN, or a -0 where order keys split
+// the zeros (cpu_simd.h: the 16-bit floats).
+template <class C>
+OVERFEAT_CPU_INLINE bool needs_full_rule(const typename C::raw_t* __restrict x, int64_t n) {
+  if constexpr (C::E::kOrderSplitsZeros) {
+    using bits_t = typename C::E::bits_t;
+    bits_t m = 0, neg_zero = 0;  // two max reductions: GCC vectorises neither `|=` nor `?:`
+    for (int64_t t = 0; t < n; ++t) {
+      m = std::max(m, C::E::magnitude(x[t]));
+      neg_zero = std::max(neg_zero, static_cast<bits_t>(x[t] == C::E::kNegZero));
+    }
+    return m > C::E::kInf || neg_zero != 0;
   } else {
-    return C::E::key(v);
+    return any_nan<C>(x, n);
   }
 }
 
-// d[t] = max over s < k of src[t + s*step] (in s order, maxps form), t < n. S and D are
-// raw_t or key_t: keys are taken on loading and (exact without NaNs) converted back on
-// storing as needed.
+// The order key of a raw element, or an order key itself.
+template <class C, typename S>
+OVERFEAT_CPU_INLINE typename C::E::order_t order(S v) {
+  if constexpr (std::is_same_v<S, typename C::E::order_t>) {
+    return v;
+  } else {
+    return C::E::order(v);
+  }
+}
+
+// d[t] = max over s < k of src[t + s*step] (in s order, maxps form), t < n, for values that
+// do not need the full rule. S and D are raw_t or order_t: order keys are taken on loading
+// and converted back on storing as needed.
 template <class C, typename S, typename D>
 OVERFEAT_CPU_INLINE void fold_max(const S* __restrict src, int64_t step, int64_t k,
                                   D* __restrict d, int64_t n) {
-  using key_t = typename C::key_t;
+  using order_t = typename C::E::order_t;
   const int64_t kk = C::K > 0 ? C::K : k;  // a constant: the s loop unrolled
   for (int64_t t = 0; t < n; ++t) {
-    key_t best = key<C>(src[t]);
+    order_t best = order<C>(src[t]);
     for (int64_t s = 1; s < kk; ++s) {
-      const key_t v = key<C>(src[t + s * step]);
+      const order_t v = order<C>(src[t + s * step]);
       best = v > best ? v : best;
     }
-    if constexpr (std::is_same_v<D, key_t>) {
+    if constexpr (std::is_same_v<D, order_t>) {
       d[t] = best;
     } else {
-      d[t] = C::E::to_raw(best);
+      d[t] = C::E::from_order(best);
     }
   }
 }
 
-// D of a group (above) as raw elements. `rows` holds n_rows keys, `dense` n_dense raw
-// elements. A group holding a NaN takes the full rule, element by element in window order.
+// D of a group (above) as raw elements. `rows` holds n_rows order keys, `dense` n_dense raw
+// elements. A group holding a NaN (or a -0, see needs_full_rule) takes the full rule,
+// element by element in window order.
 template <class C>
 OVERFEAT_CPU_INLINE void nchw_dense_max(const typename C::raw_t* in, NchwGeo g, int64_t n_rows,
-                                        int64_t n_dense, typename C::key_t* rows,
+                                        int64_t n_dense, typename C::E::order_t* rows,
                                         typename C::raw_t* __restrict dense) {
   const int64_t k = C::K > 0 ? C::K : g.k;
-  if (!any_nan<C>(in, n_rows + k - 1)) {
+  if (!needs_full_rule<C>(in, n_rows + k - 1)) {
     fold_max<C>(in, 1, k, rows, n_rows);
     fold_max<C>(rows, g.W, k, dense, n_dense);
     return;
@@ -313,7 +331,7 @@ void nchw_forward(const at::Tensor& input, at::Tensor& out, const PoolGeometry& 
     std::optional<cpu::SplitPermute<raw_t>> split;  // its index table, once per task
     if (permute) split.emplace(static_cast<int>(k));
 #endif
-    std::vector<key_t> rows(g.G * plane_in);
+    std::vector<typename C::E::order_t> rows(g.G * plane_in);
     // + k*64: the AVX-512 split reads up to k vectors (of at most 64 elements) past D or
     // past `packed`.
     std::vector<raw_t> dense(g.G * plane_in + k * 64);
@@ -626,26 +644,45 @@ struct ClTile {
   int64_t n, y0, y1, c0, cn;
 };
 
+// The row maxima of the channels_last kernels: keys for the backward (kIndex: with the
+// position of the first maximum), order keys for the forward.
+template <class C, bool kIndex>
+using RowKey = std::conditional_t<kIndex, typename C::key_t, typename C::E::order_t>;
+
 // Row maxima of input row y over its window positions x0 < k*Wo: rv (value), rb (b of the
-// first maximum, if kIndex); true if the row's channel block holds a NaN.
+// first maximum, if kIndex); true if the row's channel block holds a NaN (or, for the
+// forward, a value that needs the full rule: needs_full_rule).
 template <class C, bool kIndex>
 OVERFEAT_CPU_INLINE bool cl_row_max(const typename C::raw_t* row, const ClGeo& g, int64_t cn,
-                                    typename C::key_t* __restrict rv,
+                                    RowKey<C, kIndex>* __restrict rv,
                                     typename C::code_t* __restrict rb) {
-  using key_t = typename C::key_t;
+  using key_t = RowKey<C, kIndex>;
   const int64_t k = C::K > 0 ? C::K : g.k;
-  typename C::E::bits_t nan = 0;
+  using bits_t = typename C::E::bits_t;
+  bits_t nan = 0, neg_zero = 0;  // as in needs_full_rule
   for (int64_t x = 0; x < g.W; ++x) {
     const typename C::raw_t* px = row + x * g.C;
-    for (int64_t c = 0; c < cn; ++c) nan = std::max(nan, C::E::magnitude(px[c]));
+    for (int64_t c = 0; c < cn; ++c) {
+      nan = std::max(nan, C::E::magnitude(px[c]));
+      if constexpr (!kIndex && C::E::kOrderSplitsZeros) {
+        neg_zero = std::max(neg_zero, static_cast<bits_t>(px[c] == C::E::kNegZero));
+      }
+    }
   }
+  const auto row_key = [](typename C::raw_t v) {
+    if constexpr (kIndex) {
+      return C::E::key(v);
+    } else {
+      return C::E::order(v);
+    }
+  };
   for (int64_t x0 = 0; x0 < k * g.Wo; ++x0) {
     const typename C::raw_t* px = row + x0 * g.C;
     for (int64_t c = 0; c < cn; ++c) {
-      key_t best = C::E::key(px[c]);
+      key_t best = row_key(px[c]);
       int32_t at = 0;
       for (int64_t b = 1; b < k; ++b) {
-        const key_t v = C::E::key(px[b * g.C + c]);
+        const key_t v = row_key(px[b * g.C + c]);
         const bool r = v > best;
         best = r ? v : best;
         if constexpr (kIndex) at = cpu::select(r, static_cast<int32_t>(b), at);
@@ -654,7 +691,7 @@ OVERFEAT_CPU_INLINE bool cl_row_max(const typename C::raw_t* row, const ClGeo& g
       if constexpr (kIndex) rb[x0 * cn + c] = static_cast<typename C::code_t>(at);
     }
   }
-  return nan > C::E::kInf;
+  return nan > C::E::kInf || neg_zero != 0;
 }
 
 // Brings the rings of row maxima (slot y % k of `ring` elements in rv, and rb if kIndex) up
@@ -663,7 +700,7 @@ OVERFEAT_CPU_INLINE bool cl_row_max(const typename C::raw_t* row, const ClGeo& g
 template <class C, bool kIndex>
 OVERFEAT_CPU_INLINE bool cl_fill_rings(const typename C::raw_t* img, const ClGeo& g,
                                        const ClTile& t, int64_t wy, int64_t ring,
-                                       typename C::key_t* rv, typename C::code_t* rb,
+                                       RowKey<C, kIndex>* rv, typename C::code_t* rb,
                                        char* nan_ring,
                                        int64_t* maxed) {
   const int64_t k = C::K > 0 ? C::K : g.k;
@@ -680,14 +717,14 @@ OVERFEAT_CPU_INLINE bool cl_fill_rings(const typename C::raw_t* img, const ClGeo
 // The forward over window rows [t.y0, t.y1) (whole output rows): the max of the window
 // starting at (wy, x0) is the max over a of the row maxima of rows wy + a at x0 (the
 // separable order picks the row-major rule's element when there is no NaN; see the NCHW
-// forward), kept for the last k input rows in a ring `rv`. Windows over a row holding a
-// NaN take the full rule. Window (wy, x0) is output (wy / k, x0 / k) of offset
-// (wy % k, x0 % k).
+// forward), as order keys kept for the last k input rows in a ring `rv`. Windows over a row
+// holding a NaN (or a -0, needs_full_rule) take the full rule. Window (wy, x0) is output
+// (wy / k, x0 / k) of offset (wy % k, x0 % k).
 template <class C>
 OVERFEAT_CPU_INLINE void cl_forward_tile(const typename C::raw_t* img, typename C::raw_t* out,
-                                         ClGeo g, ClTile t, typename C::key_t* rv) {
+                                         ClGeo g, ClTile t, typename C::E::order_t* rv) {
   using raw_t = typename C::raw_t;
-  using key_t = typename C::key_t;
+  using key_t = typename C::E::order_t;
   const int64_t k = C::K > 0 ? C::K : g.k;
   const int64_t ring = k * g.Wo * t.cn;
   std::vector<char> nan_ring(k);  // per ring slot: that input row holds a NaN
@@ -717,7 +754,7 @@ OVERFEAT_CPU_INLINE void cl_forward_tile(const typename C::raw_t* img, typename 
           const key_t v = rvs[a][x0 * t.cn + c];
           best = std::max(best, v);  // = v > best ? v : best; this form GCC vectorises for k = 2
         }
-        o[c] = C::E::to_raw(best);
+        o[c] = C::E::from_order(best);
       }
     }
   }
@@ -756,7 +793,7 @@ void cl_forward(const at::Tensor& input, at::Tensor& out, const PoolGeometry& pg
   const auto* in = static_cast<const raw_t*>(input.const_data_ptr());
   auto* o = static_cast<raw_t*>(out.mutable_data_ptr());
   at::parallel_for(0, tasks.count(pg), 1, [&](int64_t begin, int64_t end) {
-    std::vector<key_t> rv(g.k * g.k * g.Wo * tasks.cb);
+    std::vector<typename C::E::order_t> rv(g.k * g.k * g.Wo * tasks.cb);
     for (int64_t p = begin; p < end; ++p) {
       const ClTile t = tasks.tile(p, g.k * g.Ho, g.C);
       cl_forward_tile_run<C>(in + t.n * g.H * g.W * g.C, o, g, t, rv.data());
