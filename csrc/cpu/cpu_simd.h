@@ -11,7 +11,9 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <algorithm>
 #include <bit>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -244,6 +246,39 @@ struct Elem<c10::BFloat16> : SignMagnitude16 {
   }
 };
 
+// c10's software conversions between half and float (c10::detail::fp16_ieee_to_fp32_value
+// and fp16_ieee_from_fp32_value without F16C, as this extension is built): the same
+// operations, written so that GCC vectorises them for AVX2 too (bits through std::bit_cast,
+// selects as integer masks; c10's memcpy and `?:` kept the AVX2 and baseline float16
+// backward scalar, 7x slower than AVX-512). Checked equal to c10's on every input.
+OVERFEAT_CPU_INLINE uint32_t mask_if(bool c) { return uint32_t{0} - static_cast<uint32_t>(c); }
+
+OVERFEAT_CPU_INLINE float half_to_float(uint16_t h) {
+  const uint32_t w = static_cast<uint32_t>(h) << 16;
+  const uint32_t sign = w & 0x80000000u;
+  const uint32_t two_w = w + w;
+  const float normalized =
+      std::bit_cast<float>((two_w >> 4) + (0xE0u << 23)) * std::bit_cast<float>(15u << 23);
+  const float denormalized = std::bit_cast<float>((two_w >> 17) | (126u << 23)) - 0.5f;
+  const uint32_t m = mask_if(two_w < (1u << 27));
+  return std::bit_cast<float>(sign | (std::bit_cast<uint32_t>(denormalized) & m) |
+                              (std::bit_cast<uint32_t>(normalized) & ~m));
+}
+
+OVERFEAT_CPU_INLINE uint16_t float_to_half(float f) {
+  const float base0 = (std::fabs(f) * std::bit_cast<float>(239u << 23)) *
+                      std::bit_cast<float>(17u << 23);
+  const uint32_t w = std::bit_cast<uint32_t>(f);
+  const uint32_t shl1_w = w + w;
+  const uint32_t sign = w & 0x80000000u;
+  const uint32_t bias = std::max(shl1_w & 0xFF000000u, 0x71000000u);
+  const float base = std::bit_cast<float>((bias >> 1) + 0x07800000u) + base0;
+  const uint32_t bits = std::bit_cast<uint32_t>(base);
+  const uint32_t nonsign = ((bits >> 13) & 0x00007C00u) + (bits & 0x00000FFFu);
+  const uint32_t nan = mask_if(shl1_w > 0xFF000000u);
+  return static_cast<uint16_t>((sign >> 16) | (0x7E00u & nan) | (nonsign & ~nan));
+}
+
 template <>
 struct Elem<c10::Half> : SignMagnitude16 {
   using raw_t = uint16_t;
@@ -251,12 +286,10 @@ struct Elem<c10::Half> : SignMagnitude16 {
   using bits_t = uint16_t;
   static constexpr bits_t kInf = 0x7C00;
   static OVERFEAT_CPU_INLINE bits_t magnitude(raw_t v) { return v & 0x7FFF; }
-  static OVERFEAT_CPU_INLINE float key(uint16_t v) {
-    return c10::detail::fp16_ieee_to_fp32_value(v);
-  }
+  static OVERFEAT_CPU_INLINE float key(uint16_t v) { return half_to_float(v); }
   static constexpr bool kExactBack = false;  // NaN payloads would not survive
-  static OVERFEAT_CPU_INLINE uint16_t to_raw(float v) { return c10::Half(v).x; }
-  static OVERFEAT_CPU_INLINE uint16_t from_acc(float v) { return c10::Half(v).x; }
+  static OVERFEAT_CPU_INLINE uint16_t to_raw(float v) { return float_to_half(v); }
+  static OVERFEAT_CPU_INLINE uint16_t from_acc(float v) { return float_to_half(v); }
 };
 
 // F.max_pool2d's rule (index_math.h replaces_max) as a branch-free select: a strictly
@@ -266,11 +299,12 @@ OVERFEAT_CPU_INLINE bool replaces(key_t v, key_t best) {
   return (v > best) | (v != v);
 }
 
-// r ? a : b on int32 lanes, as a bit mask: GCC (12) vectorises a chain of these where the
+// r ? a : b on integer lanes, as a bit mask: GCC (12) vectorises a chain of these where the
 // `?:` form of the same chain becomes branches.
-OVERFEAT_CPU_INLINE int32_t select(bool r, int32_t a, int32_t b) {
-  const int32_t m = -static_cast<int32_t>(r);
-  return (a & m) | (b & ~m);
+template <typename I>
+OVERFEAT_CPU_INLINE I select(bool r, I a, I b) {
+  const auto m = static_cast<I>(-static_cast<I>(r));
+  return static_cast<I>((a & m) | (b & ~m));
 }
 
 // c ? v : 0 for a float or double v, adding which to a sum is the same as adding v where c

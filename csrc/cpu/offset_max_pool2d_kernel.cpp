@@ -40,6 +40,9 @@ struct Cfg {
   // A window's code, the row-major position a*k + b of its maximum: one byte for the
   // compile-time sizes (k <= 3; the backward's gather loads k*k codes per pixel).
   using code_t = std::conditional_t<(K_ > 0), uint8_t, int32_t>;
+  // The integer lanes that select codes beside order keys: of their width where codes fit.
+  using select_t = std::conditional_t<(K_ > 0 && sizeof(typename E::order_t) == 2), int16_t,
+                                      int32_t>;
   static constexpr int K = K_;
   static constexpr bool kSameKey = std::is_same_v<raw_t, key_t>;
 };
@@ -381,33 +384,34 @@ void nchw_forward(const at::Tensor& input, at::Tensor& out, const PoolGeometry& 
 template <class C>
 OVERFEAT_CPU_INLINE void nchw_window_codes(const typename C::raw_t* __restrict in,
                                            const NchwGeo& g, int64_t n_rows, int64_t n_dense,
-                                           typename C::key_t* __restrict rv,
+                                           typename C::E::order_t* __restrict rv,
                                            typename C::code_t* __restrict rb,
                                            typename C::code_t* __restrict code) {
-  using key_t = typename C::key_t;
+  using key_t = typename C::E::order_t;
   using code_t = typename C::code_t;
+  using at_t = typename C::select_t;
   const int64_t k = C::K > 0 ? C::K : g.k;
-  if (!any_nan<C>(in, n_rows + k - 1)) {
+  if (!needs_full_rule<C>(in, n_rows + k - 1)) {
     for (int64_t t = 0; t < n_rows; ++t) {
-      key_t best = C::E::key(in[t]);
-      int32_t at = 0;
+      key_t best = C::E::order(in[t]);
+      at_t at = 0;
       for (int64_t b = 1; b < k; ++b) {
-        const key_t v = C::E::key(in[t + b]);
+        const key_t v = C::E::order(in[t + b]);
         const bool r = v > best;
         best = r ? v : best;
-        at = cpu::select(r, static_cast<int32_t>(b), at);
+        at = cpu::select(r, static_cast<at_t>(b), at);
       }
       rv[t] = best;
       rb[t] = static_cast<code_t>(at);
     }
     for (int64_t t = 0; t < n_dense; ++t) {
       key_t best = rv[t];
-      int32_t at = rb[t];
+      at_t at = rb[t];
       for (int64_t a = 1; a < k; ++a) {
         const key_t v = rv[t + a * g.W];
         const bool r = v > best;
         best = r ? v : best;
-        at = cpu::select(r, static_cast<int32_t>(a * k) + rb[t + a * g.W], at);
+        at = cpu::select(r, static_cast<at_t>(a * k + rb[t + a * g.W]), at);
       }
       code[t] = static_cast<code_t>(at);
     }
@@ -553,7 +557,7 @@ template <class C, int kLevel>
 OVERFEAT_CPU_INLINE void nchw_backward_group(const typename C::raw_t* in,
                                              const typename C::raw_t* go, int64_t offset_stride,
                                              typename C::raw_t* gi, NchwGeo g, int64_t n_rows,
-                                             int64_t n_dense, typename C::key_t* rv,
+                                             int64_t n_dense, typename C::E::order_t* rv,
                                              typename C::code_t* rb, typename C::code_t* code,
                                              typename C::key_t* gd,
                                              const typename C::Weave* weave) {
@@ -596,7 +600,7 @@ void nchw_backward(const at::Tensor& grad_output, const at::Tensor& input,
     std::optional<typename C::Weave> table;
     if (permute_grads) weave = &table.emplace(static_cast<int>(k));
 #endif
-    std::vector<key_t> rv(g.G * plane_in);
+    std::vector<typename C::E::order_t> rv(g.G * plane_in);
     std::vector<typename C::code_t> rb(g.G * plane_in);
     // Codes past a group's last window keep what an earlier group left: they only meet
     // gradients 0.
