@@ -378,9 +378,10 @@ void nchw_forward(const at::Tensor& input, at::Tensor& out, const PoolGeometry& 
 // at +0 is never -0, and NaN + 0 is NaN with its bits). A margin of (k-1)*W + k-1
 // gradients 0 lies before the group's first position.
 
-// code[t], t < n_dense. Without NaNs separably, like the forward's max: the first maximum
-// of each row (rv, rb over n_rows positions), then the first row holding the maximum, which
-// is the element the row-major scan picks. With NaNs, the full rule in window order.
+// code[t], t < n_dense. Without NaNs (and -0 for the 16-bit floats: needs_full_rule)
+// separably on order keys, like the forward's max: the first maximum of each row (rv, rb
+// over n_rows positions), then the first row holding the maximum, which is the element the
+// row-major scan picks. Otherwise the full rule in window order.
 template <class C>
 OVERFEAT_CPU_INLINE void nchw_window_codes(const typename C::raw_t* __restrict in,
                                            const NchwGeo& g, int64_t n_rows, int64_t n_dense,
