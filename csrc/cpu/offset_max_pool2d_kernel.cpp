@@ -649,19 +649,14 @@ struct ClTile {
   int64_t n, y0, y1, c0, cn;
 };
 
-// The row maxima of the channels_last kernels: keys for the backward (kIndex: with the
-// position of the first maximum), order keys for the forward.
-template <class C, bool kIndex>
-using RowKey = std::conditional_t<kIndex, typename C::key_t, typename C::E::order_t>;
-
-// Row maxima of input row y over its window positions x0 < k*Wo: rv (value), rb (b of the
-// first maximum, if kIndex); true if the row's channel block holds a NaN (or, for the
-// forward, a value that needs the full rule: needs_full_rule).
+// Row maxima of input row y over its window positions x0 < k*Wo, on order keys: rv (value),
+// rb (b of the first maximum, if kIndex); true if the row's channel block holds a value that
+// needs the full rule (needs_full_rule: a NaN, or a -0 for the 16-bit floats).
 template <class C, bool kIndex>
 OVERFEAT_CPU_INLINE bool cl_row_max(const typename C::raw_t* row, const ClGeo& g, int64_t cn,
-                                    RowKey<C, kIndex>* __restrict rv,
+                                    typename C::E::order_t* __restrict rv,
                                     typename C::code_t* __restrict rb) {
-  using key_t = RowKey<C, kIndex>;
+  using key_t = typename C::E::order_t;
   const int64_t k = C::K > 0 ? C::K : g.k;
   using bits_t = typename C::E::bits_t;
   bits_t nan = 0, neg_zero = 0;  // as in needs_full_rule
@@ -669,25 +664,18 @@ OVERFEAT_CPU_INLINE bool cl_row_max(const typename C::raw_t* row, const ClGeo& g
     const typename C::raw_t* px = row + x * g.C;
     for (int64_t c = 0; c < cn; ++c) {
       nan = std::max(nan, C::E::magnitude(px[c]));
-      if constexpr (!kIndex && C::E::kOrderSplitsZeros) {
+      if constexpr (C::E::kOrderSplitsZeros) {
         neg_zero = std::max(neg_zero, static_cast<bits_t>(px[c] == C::E::kNegZero));
       }
     }
   }
-  const auto row_key = [](typename C::raw_t v) {
-    if constexpr (kIndex) {
-      return C::E::key(v);
-    } else {
-      return C::E::order(v);
-    }
-  };
   for (int64_t x0 = 0; x0 < k * g.Wo; ++x0) {
     const typename C::raw_t* px = row + x0 * g.C;
     for (int64_t c = 0; c < cn; ++c) {
-      key_t best = row_key(px[c]);
+      key_t best = C::E::order(px[c]);
       int32_t at = 0;
       for (int64_t b = 1; b < k; ++b) {
-        const key_t v = row_key(px[b * g.C + c]);
+        const key_t v = C::E::order(px[b * g.C + c]);
         const bool r = v > best;
         best = r ? v : best;
         if constexpr (kIndex) at = cpu::select(r, static_cast<int32_t>(b), at);
@@ -705,7 +693,7 @@ OVERFEAT_CPU_INLINE bool cl_row_max(const typename C::raw_t* row, const ClGeo& g
 template <class C, bool kIndex>
 OVERFEAT_CPU_INLINE bool cl_fill_rings(const typename C::raw_t* img, const ClGeo& g,
                                        const ClTile& t, int64_t wy, int64_t ring,
-                                       RowKey<C, kIndex>* rv, typename C::code_t* rb,
+                                       typename C::E::order_t* rv, typename C::code_t* rb,
                                        char* nan_ring,
                                        int64_t* maxed) {
   const int64_t k = C::K > 0 ? C::K : g.k;
@@ -732,7 +720,7 @@ OVERFEAT_CPU_INLINE void cl_forward_tile(const typename C::raw_t* img, typename 
   using key_t = typename C::E::order_t;
   const int64_t k = C::K > 0 ? C::K : g.k;
   const int64_t ring = k * g.Wo * t.cn;
-  std::vector<char> nan_ring(k);  // per ring slot: that input row holds a NaN
+  std::vector<char> nan_ring(k);  // per ring slot: that input row needs the full rule
   WindowPointers<C, const key_t> rvw(k);
   WindowPointers<C, const raw_t> src(k);
   const key_t** rvs = rvw.get();
@@ -814,13 +802,14 @@ void cl_forward(const at::Tensor& input, at::Tensor& out, const PoolGeometry& pg
 // last k rows of row maxima and of codes in rings.
 
 // Codes of the windows starting in row wy: from the row maxima of rows wy .. wy+k-1
-// (rv[a], rb[a]), or, if `rows` (input rows wy ..) hold a NaN, by the full rule.
+// (rv[a], rb[a]), or, if `rows` (input rows wy ..) need it (a NaN, a 16-bit -0), by the
+// full rule.
 template <class C>
 OVERFEAT_CPU_INLINE void cl_code_row(const typename C::raw_t* rows, const ClGeo& g, int64_t cn,
-                                     const typename C::key_t* const* rv,
+                                     const typename C::E::order_t* const* rv,
                                      const typename C::code_t* const* rb, bool nan,
                                      typename C::code_t* __restrict code) {
-  using key_t = typename C::key_t;
+  using key_t = typename C::E::order_t;
   const int64_t k = C::K > 0 ? C::K : g.k;
   WindowPointers<C, const typename C::raw_t> src(k);
   const typename C::raw_t** s = src.get();
@@ -897,11 +886,11 @@ OVERFEAT_CPU_INLINE void cl_gather_row(const typename C::raw_t* go, const ClGeo&
 template <class C, int kLevel>
 OVERFEAT_CPU_INLINE void cl_backward_tile(const typename C::raw_t* img,
                                           const typename C::raw_t* go, ClGeo g, ClTile t,
-                                          typename C::key_t* rv, typename C::code_t* rb,
+                                          typename C::E::order_t* rv, typename C::code_t* rb,
                                           typename C::code_t* code,
                                           const typename C::raw_t* zeros,
                                           typename C::raw_t* gi_img) {
-  using key_t = typename C::key_t;
+  using key_t = typename C::E::order_t;
   const int64_t k = C::K > 0 ? C::K : g.k;
   const int64_t ring = k * g.Wo * t.cn;
   const int64_t first = std::max<int64_t>(0, t.y0 - k + 1);  // first window row needed
@@ -910,7 +899,7 @@ OVERFEAT_CPU_INLINE void cl_backward_tile(const typename C::raw_t* img,
   WindowPointers<C, const typename C::code_t> rbw(k);
   const key_t** rvs = rvw.get();
   const typename C::code_t** rbs = rbw.get();
-  std::vector<char> nan_ring(k);  // per ring slot: that input row holds a NaN
+  std::vector<char> nan_ring(k);  // per ring slot: that input row needs the full rule
   int64_t maxed = first;  // input rows [first, maxed) have row maxima in the rings
   // Row y: the codes of the windows starting in it (if any), then its gradient (if the
   // tile's); the code ring then holds the codes of rows y - k + 1 .. y.
@@ -943,7 +932,7 @@ void cl_backward(const at::Tensor& grad_output, const at::Tensor& input, at::Ten
   const auto* go = static_cast<const raw_t*>(grad_output.const_data_ptr());
   auto* gi = static_cast<raw_t*>(grad_input.mutable_data_ptr());
   at::parallel_for(0, tasks.count(pg), 1, [&](int64_t begin, int64_t end) {
-    std::vector<key_t> rv(g.k * ring);
+    std::vector<typename C::E::order_t> rv(g.k * ring);
     std::vector<typename C::code_t> rb(g.k * ring), code(g.k * ring, 0);
     const std::vector<raw_t> zeros(tasks.cb, raw_t{});
     for (int64_t p = begin; p < end; ++p) {
