@@ -319,7 +319,6 @@ template <typename scalar_t, int K>
 void nchw_forward(const at::Tensor& input, at::Tensor& out, const PoolGeometry& pg) {
   using C = Cfg<scalar_t, K>;
   using raw_t = typename C::raw_t;
-  using key_t = typename C::key_t;
   const NchwGeo g = nchw_geo(pg);
   const int64_t k = pg.k, Cn = pg.in.c;
   const int64_t plane_in = g.H * g.W, plane_out = g.Ho * g.Wo;
@@ -780,7 +779,6 @@ template <typename scalar_t, int K>
 void cl_forward(const at::Tensor& input, at::Tensor& out, const PoolGeometry& pg) {
   using C = Cfg<scalar_t, K>;
   using raw_t = typename C::raw_t;
-  using key_t = typename C::key_t;
   const ClGeo g{pg.in.h, pg.in.w, pg.in.c, pg.k, pg.out.h, pg.out.w};
   const ClTasks tasks(pg, pg.k, g.Ho, g.k);  // bands of whole output rows: k window rows
   const auto* in = static_cast<const raw_t*>(input.const_data_ptr());
@@ -923,7 +921,6 @@ void cl_backward(const at::Tensor& grad_output, const at::Tensor& input, at::Ten
                  const PoolGeometry& pg) {
   using C = Cfg<scalar_t, K>;
   using raw_t = typename C::raw_t;
-  using key_t = typename C::key_t;
   const ClGeo g{pg.in.h, pg.in.w, pg.in.c, pg.k, pg.out.h, pg.out.w};
   // Bands of any rows; windows starting above a band are computed by two bands.
   const ClTasks tasks(pg, 3 * pg.k, g.H, 1);
