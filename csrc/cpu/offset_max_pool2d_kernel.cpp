@@ -168,28 +168,33 @@ NchwGeo nchw_geo(const PoolGeometry& g) {
 // row-major one: the first row holding the maximum, and the first maximum in that row.
 // Groups holding a NaN take the full rule, window by window.
 
+// Whether maxima over some raw elements need the full rule: a NaN, or a -0 where order
+// keys split the zeros (cpu_simd.h: the 16-bit floats). Runs are added one by one.
 template <class C>
-OVERFEAT_CPU_INLINE bool any_nan(const typename C::raw_t* __restrict x, int64_t n) {
-  typename C::E::bits_t m = 0;
-  for (int64_t t = 0; t < n; ++t) m = std::max(m, C::E::magnitude(x[t]));
-  return m > C::E::kInf;
-}
+struct FullRuleScan {
+  using bits_t = typename C::E::bits_t;
+  bits_t magnitude = 0, neg_zero = 0;
 
-// Whether the forward's maxima need the full rule: a NaN, or a -0 where order keys split
-// the zeros (cpu_simd.h: the 16-bit floats).
-template <class C>
-OVERFEAT_CPU_INLINE bool needs_full_rule(const typename C::raw_t* __restrict x, int64_t n) {
-  if constexpr (C::E::kOrderSplitsZeros) {
-    using bits_t = typename C::E::bits_t;
-    bits_t m = 0, neg_zero = 0;  // two max reductions: GCC vectorises neither `|=` nor `?:`
+  OVERFEAT_CPU_INLINE void add(const typename C::raw_t* __restrict x, int64_t n) {
+    // Local accumulators, two max reductions: GCC vectorises neither `|=` nor `?:` here.
+    bits_t m = magnitude, z = neg_zero;
     for (int64_t t = 0; t < n; ++t) {
       m = std::max(m, C::E::magnitude(x[t]));
-      neg_zero = std::max(neg_zero, static_cast<bits_t>(x[t] == C::E::kNegZero));
+      if constexpr (C::E::kOrderSplitsZeros) {
+        z = std::max(z, static_cast<bits_t>(x[t] == C::E::kNegZero));
+      }
     }
-    return m > C::E::kInf || neg_zero != 0;
-  } else {
-    return any_nan<C>(x, n);
+    magnitude = m;
+    neg_zero = z;
   }
+  bool needed() const { return magnitude > C::E::kInf || neg_zero != 0; }
+};
+
+template <class C>
+OVERFEAT_CPU_INLINE bool needs_full_rule(const typename C::raw_t* x, int64_t n) {
+  FullRuleScan<C> scan;
+  scan.add(x, n);
+  return scan.needed();
 }
 
 // The order key of a raw element, or an order key itself.
@@ -657,17 +662,8 @@ OVERFEAT_CPU_INLINE bool cl_row_max(const typename C::raw_t* row, const ClGeo& g
                                     typename C::code_t* __restrict rb) {
   using key_t = typename C::E::order_t;
   const int64_t k = C::K > 0 ? C::K : g.k;
-  using bits_t = typename C::E::bits_t;
-  bits_t nan = 0, neg_zero = 0;  // as in needs_full_rule
-  for (int64_t x = 0; x < g.W; ++x) {
-    const typename C::raw_t* px = row + x * g.C;
-    for (int64_t c = 0; c < cn; ++c) {
-      nan = std::max(nan, C::E::magnitude(px[c]));
-      if constexpr (C::E::kOrderSplitsZeros) {
-        neg_zero = std::max(neg_zero, static_cast<bits_t>(px[c] == C::E::kNegZero));
-      }
-    }
-  }
+  FullRuleScan<C> scan;
+  for (int64_t x = 0; x < g.W; ++x) scan.add(row + x * g.C, cn);
   for (int64_t x0 = 0; x0 < k * g.Wo; ++x0) {
     const typename C::raw_t* px = row + x0 * g.C;
     for (int64_t c = 0; c < cn; ++c) {
@@ -683,7 +679,7 @@ OVERFEAT_CPU_INLINE bool cl_row_max(const typename C::raw_t* row, const ClGeo& g
       if constexpr (kIndex) rb[x0 * cn + c] = static_cast<typename C::code_t>(at);
     }
   }
-  return nan > C::E::kInf || neg_zero != 0;
+  return scan.needed();
 }
 
 // Brings the rings of row maxima (slot y % k of `ring` elements in rv, and rb if kIndex) up
