@@ -158,11 +158,11 @@ constexpr int64_t kShortRowBytes = 256;
 // memcpy, no scalar remainder: a 14-element OverFeat row is one masked vector per run.
 template <typename T, int K>
 OVERFEAT_CPU_TARGET_AVX512 __attribute__((noinline)) void nchw_plane_permute(
-    T* big, const T* small, int64_t offset_stride, int64_t h, int64_t w) {
+    T* big, const T* small, int64_t offset_stride, int64_t h, int64_t w,
+    const cpu::WeavePermute<sizeof(T)>& weave) {
   static_assert(K >= 2, "a permute chain has K - 1 >= 1 steps");
   using V = cpu::Lanes512<sizeof(T)>;
   constexpr int L = 64 / static_cast<int>(sizeof(T));
-  const cpu::WeavePermute<sizeof(T)> weave(K);
   const int64_t W = K * w;
   __m512i r[K];
   for (int64_t i = 0; i < h; ++i) {
@@ -292,7 +292,7 @@ void nchw_permute(const at::Tensor& input, at::Tensor& out, bool interleave, int
     std::optional<cpu::WeavePermute<sizeof(T2)>> weave;
     if constexpr (sizeof(T) >= 2) {
       if (split_rows) split.emplace(static_cast<int>(k));
-      if (weave_rows) weave.emplace(static_cast<int>(k));
+      if (weave_rows || permute_rows) weave.emplace(static_cast<int>(k));
     }
 #endif
     for (int64_t p = begin; p < end; ++p) {
@@ -309,7 +309,8 @@ void nchw_permute(const at::Tensor& input, at::Tensor& out, bool interleave, int
         }
         if constexpr (K >= 3 && (sizeof(T) == 4 || sizeof(T) == 8)) {
           if (permute_rows) {
-            nchw_plane_permute<T, K>(o + p * plane_big, in + small_off, c * plane_small, h, w);
+            nchw_plane_permute<T, K>(o + p * plane_big, in + small_off, c * plane_small, h, w,
+                                     *weave);
             continue;
           }
         }
