@@ -25,13 +25,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import torch.utils.benchmark as tbench
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ops import OVERFEAT_SCALES, overfeat_accurate_layer5, write_results
 
 import overfeat_kernels as ok
 from overfeat_kernels import dense, models, reference
+from overfeat_kernels.timing import cpu_timer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -87,10 +87,7 @@ def time_interleaved(
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            # Timer runs on one thread unless told: time on torch's thread count, as run.
-            timer = tbench.Timer(
-                stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()
-            )
+            timer = cpu_timer(fn)  # on torch's thread count, as the op runs
             samples[name].append(timer.blocked_autorange(min_run_time=min_run_time).median * 1e3)
     return {name: statistics.median(v) for name, v in samples.items()}
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from . import _ext, ops, reference, simulator
 from .nn import Conv3x3, Interleave, OffsetMaxPool2d
-from .timing import device_description, median_ms
+from .timing import cpu_timer, device_description, median_ms
 
 
 def _cpu_name() -> str:
@@ -31,12 +31,8 @@ def _time_ms(fn, dev: torch.device, reps: int) -> float:
     blocked_autorange (blocks of calls long enough for the clock, median of the blocks)."""
     if dev.type != "cpu":
         return median_ms(fn, dev, reps=reps)
-    import torch.utils.benchmark as tbench
-
     fn()  # warm-up
-    # Timer runs on one thread unless told: time on torch's thread count, as run.
-    timer = tbench.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-    return timer.blocked_autorange(min_run_time=0.02 * reps).median * 1e3
+    return cpu_timer(fn).blocked_autorange(min_run_time=0.02 * reps).median * 1e3
 
 
 def _rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:

@@ -38,6 +38,14 @@ def median_ms(
     return statistics.median(times)
 
 
+def cpu_timer(fn: Callable[[], object]):
+    """A torch.utils.benchmark Timer of fn() on torch's intra-op thread count (the Timer's
+    own default is one thread, whatever torch.set_num_threads says)."""
+    import torch.utils.benchmark as tbench
+
+    return tbench.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+
+
 def device_description(device: torch.device | str) -> str:
     device = torch.device(device)
     if device.type == "cuda":
