@@ -71,34 +71,30 @@ inline bool has_avx512() { return simd_level() >= 2; }
 // L the variant's level (as simd_level), for bodies that need another form of a loop per ISA.
 #define OVERFEAT_CPU_LEVEL_ARG(L) , L
 #if OVERFEAT_CPU_HAVE_AVX2_VARIANT
-#define OVERFEAT_CPU_MULTIVERSION_(NAME, L2, L1, L0)                                  \
-  template <class Cfg, class... Args>                                                \
-  OVERFEAT_CPU_TARGET_AVX512 __attribute__((noinline)) void NAME##_avx512(Args... a) { \
-    NAME<Cfg L2>(a...);                                                              \
-  }                                                                                  \
-  template <class Cfg, class... Args>                                                \
-  OVERFEAT_CPU_TARGET_AVX2 __attribute__((noinline)) void NAME##_avx2(Args... a) {   \
-    NAME<Cfg L1>(a...);                                                              \
-  }                                                                                  \
-  template <class Cfg, class... Args>                                                \
-  __attribute__((noinline)) void NAME##_base(Args... a) {                            \
-    NAME<Cfg L0>(a...);                                                              \
-  }                                                                                  \
-  template <class Cfg, class... Args>                                                \
-  void NAME##_run(Args... a) {                                                       \
-    if (::overfeat_kernels::cpu::has_avx512()) {                                     \
-      NAME##_avx512<Cfg>(a...);                                                      \
-    } else if (::overfeat_kernels::cpu::has_avx2()) {                                \
-      NAME##_avx2<Cfg>(a...);                                                        \
-    } else {                                                                         \
-      NAME##_base<Cfg>(a...);                                                        \
-    }                                                                                \
+#define OVERFEAT_CPU_MULTIVERSION_(NAME, L2, L1, L0)                                   \
+  template <class Cfg, class... Args>                                                  \
+  OVERFEAT_CPU_TARGET_AVX512 __attribute__((noinline)) auto NAME##_avx512(Args... a) { \
+    return NAME<Cfg L2>(a...);                                                         \
+  }                                                                                    \
+  template <class Cfg, class... Args>                                                  \
+  OVERFEAT_CPU_TARGET_AVX2 __attribute__((noinline)) auto NAME##_avx2(Args... a) {     \
+    return NAME<Cfg L1>(a...);                                                         \
+  }                                                                                    \
+  template <class Cfg, class... Args>                                                  \
+  __attribute__((noinline)) auto NAME##_base(Args... a) {                              \
+    return NAME<Cfg L0>(a...);                                                         \
+  }                                                                                    \
+  template <class Cfg, class... Args>                                                  \
+  auto NAME##_run(Args... a) {                                                         \
+    if (::overfeat_kernels::cpu::has_avx512()) return NAME##_avx512<Cfg>(a...);        \
+    if (::overfeat_kernels::cpu::has_avx2()) return NAME##_avx2<Cfg>(a...);            \
+    return NAME##_base<Cfg>(a...);                                                     \
   }
 #else
-#define OVERFEAT_CPU_MULTIVERSION_(NAME, L2, L1, L0) \
-  template <class Cfg, class... Args>                \
-  void NAME##_run(Args... a) {                       \
-    NAME<Cfg L0>(a...);                              \
+#define OVERFEAT_CPU_MULTIVERSION_(NAME, L2, L1, L0)                                   \
+  template <class Cfg, class... Args>                                                  \
+  auto NAME##_run(Args... a) {                                                         \
+    return NAME<Cfg L0>(a...);                                                         \
   }
 #endif
 #define OVERFEAT_CPU_MULTIVERSION(NAME) OVERFEAT_CPU_MULTIVERSION_(NAME, , , )

@@ -148,11 +148,15 @@ struct NchwGeo {
   int64_t G;  // planes handled together
 };
 
-// Planes per group: about kGroupElems input elements (the group's buffers stay in L2).
-constexpr int64_t kGroupElems = 8192;
+// Planes per group: about `elems` input elements. The forward's group buffers stay in L1
+// (f32, one thread, [1, 1024, 35, 44], k = 3: 0.75 ms with groups of 8192 elements, 0.54 ms
+// with 4096); the backward's, five times the group's bytes, in L2 (there 4096 was slower:
+// [8, 512, 28, 28], k = 2: 2.9 -> 3.3 ms).
+constexpr int64_t kForwardGroupElems = 4096;
+constexpr int64_t kBackwardGroupElems = 8192;
 
-NchwGeo nchw_geo(const PoolGeometry& g) {
-  const int64_t group = std::clamp<int64_t>(kGroupElems / (g.in.h * g.in.w), 1, g.in.c);
+NchwGeo nchw_geo(const PoolGeometry& g, int64_t elems) {
+  const int64_t group = std::clamp<int64_t>(elems / (g.in.h * g.in.w), 1, g.in.c);
   return {g.in.h, g.in.w, g.k, g.out.h, g.out.w, group};
 }
 
@@ -231,21 +235,23 @@ OVERFEAT_CPU_INLINE void fold_max(const S* __restrict src, int64_t step, int64_t
 
 // D of a group (above) as raw elements. `rows` holds n_rows order keys, `dense` n_dense raw
 // elements. A group holding a NaN (or a -0, see needs_full_rule) takes the full rule,
-// element by element in window order.
+// element by element in window order. With `rows_only`, R alone where the full rule is not
+// needed (the caller takes D from it). Returns whether the full rule was taken.
 template <class C>
-OVERFEAT_CPU_INLINE void nchw_dense_max(const typename C::raw_t* in, NchwGeo g, int64_t n_rows,
+OVERFEAT_CPU_INLINE bool nchw_dense_max(const typename C::raw_t* in, NchwGeo g, int64_t n_rows,
                                         int64_t n_dense, typename C::E::order_t* rows,
-                                        typename C::raw_t* __restrict dense) {
+                                        typename C::raw_t* __restrict dense, bool rows_only) {
   const int64_t k = C::K > 0 ? C::K : g.k;
   if (!needs_full_rule<C>(in, n_rows + k - 1)) {
     fold_max<C>(in, 1, k, rows, n_rows);
-    fold_max<C>(rows, g.W, k, dense, n_dense);
-    return;
+    if (!rows_only) fold_max<C>(rows, g.W, k, dense, n_dense);
+    return false;
   }
   WindowPointers<C, const typename C::raw_t> src(k);
   const typename C::raw_t** s = src.get();
   for (int64_t e = 0; e < k * k; ++e) s[e] = in + (e / k) * g.W + e % k;
   max_run<C>(s, k * k, dense, n_dense);
+  return true;
 }
 OVERFEAT_CPU_MULTIVERSION(nchw_dense_max)
 
@@ -271,51 +277,119 @@ OVERFEAT_CPU_INLINE void nchw_split_offsets(const typename C::raw_t* __restrict 
 OVERFEAT_CPU_MULTIVERSION(nchw_split_offsets)
 
 #if OVERFEAT_CPU_HAVE_AVX2_VARIANT
-// nchw_split_offsets with AVX-512 permutes (cpu_permute.h), a row of D split into the k
-// offsets (dy, 0..k-1) at a time.
+// One 512-bit vector of order keys (fold_max's maxima, written by hand: GCC left the short
+// whole-vector loops over rows of D scalar): max(v, best) is `v > best ? v : best`, and
+// store_raw converts keys back to raw elements.
+template <class C, typename order_t = typename C::E::order_t>
+struct OrderMax512;
+template <class C>
+struct OrderMax512<C, float> {
+  using V = __m512;
+  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE V load(const float* p) {
+    return _mm512_loadu_ps(p);
+  }
+  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE V max(V v, V best) {
+    return _mm512_max_ps(v, best);
+  }
+  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE void store_raw(float* p, V v) {
+    _mm512_storeu_ps(p, v);
+  }
+};
+template <class C>
+struct OrderMax512<C, double> {
+  using V = __m512d;
+  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE V load(const double* p) {
+    return _mm512_loadu_pd(p);
+  }
+  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE V max(V v, V best) {
+    return _mm512_max_pd(v, best);
+  }
+  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE void store_raw(double* p, V v) {
+    _mm512_storeu_pd(p, v);
+  }
+};
+template <class C>
+struct OrderMax512<C, int16_t> {  // SignMagnitude16 keys: equal keys are equal bits
+  using V = __m512i;
+  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE V load(const int16_t* p) {
+    return _mm512_loadu_si512(p);
+  }
+  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE V max(V v, V best) {
+    return _mm512_max_epi16(v, best);
+  }
+  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE void store_raw(uint16_t* p, V v) {
+    // SignMagnitude16::from_order: k ^ ((k >> 15) & 0x7FFF)
+    const V flip = _mm512_and_si512(_mm512_srai_epi16(v, 15), _mm512_set1_epi16(0x7FFF));
+    _mm512_storeu_si512(p, _mm512_xor_si512(v, flip));
+  }
+};
+
+// The forward of a group with AVX-512 permutes (cpu_permute.h).
 //
-// Output rows shorter than a vector would make every store a partial one that overlaps the
-// next row's (several times the output's bytes, mostly split across cache lines: 39 % of
-// the k = 3 forward at 17x17 planes went there). So where Wo <= 2L/3, the rows y = dy + k*i of
-// D (their first k*Wo positions) are first copied end to end, for all planes of the group:
-// in that run position k*((c*Ho + i)*Wo + j) + dx is D[c][dy + k*i][dx + k*j], and the k
-// offsets (dy, 0..k-1) of the whole group are split from it in one pass of full stores.
-// The copy pass costs more than the overlap saves on rows close to a vector (f32, single
-// thread: k = 2, Wo = 13: 1.6 -> 1.9 ms at [8, 512, 28, 28]; k = 3, Wo = 9: 430 -> 280 us
-// at [1, 1024, 23, 29]).
+// Output rows up to a vector long are packed: split row by row, every store would be a
+// partial one overlapping the next row's, mostly split across cache lines (39 % of the
+// k = 3 forward at 17x17 planes went there). So for each dy the rows y = dy + k*i of D
+// (their first k*Wo positions) are written end to end for all planes of the group: in that
+// run position k*((c*Ho + i)*Wo + j) + dx is D[c][dy + k*i][dx + k*j], and the k offsets
+// (dy, 0..k-1) of the whole group are split from it in one pass of whole-vector stores,
+// each offset's outputs of the group being one contiguous run. Without the full rule these
+// rows are maxima over k rows of R taken straight into the run; D is not stored (f32, one
+// thread, [1, 1024, 35, 44], k = 3: 0.74 -> 0.56 ms). Longer rows are split row by row from
+// D (packing was slower there: [8, 64, 224, 224], k = 2: 57 -> 57-71 ms).
+//
+// `rows`: n_rows + L order keys, `dense`: n_dense raw elements, `packed`: G*Ho*k*Wo + k*L
+// elements where packs_offset_rows.
 template <typename T>
 bool packs_offset_rows(int64_t Wo) {
-  return 3 * Wo * static_cast<int64_t>(sizeof(T)) <= 2 * 64;  // Wo <= 2L/3
+  return Wo * static_cast<int64_t>(sizeof(T)) <= 64;
 }
 
-// `packed`: G*Ho*k*Wo + k*L elements where packs_offset_rows.
 template <class C>
-OVERFEAT_CPU_TARGET_AVX512 __attribute__((noinline)) void nchw_split_offsets_permute(
-    const typename C::raw_t* d, typename C::raw_t* out, int64_t offset_stride, NchwGeo g,
-    const cpu::SplitPermute<typename C::raw_t>& split, typename C::raw_t* packed) {
+OVERFEAT_CPU_TARGET_AVX512 __attribute__((noinline)) void nchw_forward_group_permute(
+    const typename C::raw_t* in, NchwGeo g, int64_t n_rows, int64_t n_dense,
+    typename C::E::order_t* rows, typename C::raw_t* dense, typename C::raw_t* packed,
+    typename C::raw_t* out, int64_t offset_stride,
+    const cpu::SplitPermute<typename C::raw_t>& split) {
   using T = typename C::raw_t;
-  const int64_t k = C::K > 0 ? C::K : split.k, end = g.G * g.Ho * g.Wo;
-  if (packs_offset_rows<T>(g.Wo)) {
-    const int64_t row = k * g.Wo;
-    for (int64_t dy = 0; dy < k; ++dy) {
-      T* p = packed;
-      for (int64_t c = 0; c < g.G; ++c) {
-        for (int64_t i = 0; i < g.Ho; ++i, p += row) {
-          cpu::copy_run(p, d + (c * g.H + dy + k * i) * g.W, row);
-        }
+  constexpr int L = 64 / sizeof(T);
+  const int64_t k = C::K > 0 ? C::K : split.k, end = g.G * g.Ho * g.Wo, row = k * g.Wo;
+  if (!packs_offset_rows<T>(g.Wo)) {
+    nchw_dense_max_avx512<C>(in, g, n_rows, n_dense, rows, dense, false);
+    for (int64_t c = 0; c < g.G; ++c) {
+      for (int64_t y = 0; y < k * g.Ho; ++y) {
+        // An offset's rows are written in order, so a store may run past its row into the
+        // next ones (written later); masked only where it would leave the group's output.
+        const int64_t pos = (c * g.Ho + y / k) * g.Wo;
+        split.template run<C::K>(dense + (c * g.H + y) * g.W,
+                                 out + (y % k) * k * offset_stride + pos, offset_stride, g.Wo,
+                                 end - pos);
       }
-      split.template run<C::K>(packed, out + dy * k * offset_stride, offset_stride, end, end);
     }
     return;
   }
-  for (int64_t c = 0; c < g.G; ++c) {
-    for (int64_t y = 0; y < k * g.Ho; ++y) {
-      // An offset's rows are written in order, so a store may run past its row into the
-      // next ones (written later); masked only where it would leave the group's output.
-      const int64_t pos = (c * g.Ho + y / k) * g.Wo;
-      split.template run<C::K>(d + (c * g.H + y) * g.W, out + (y % k) * k * offset_stride + pos,
-                               offset_stride, g.Wo, end - pos);
+  const bool full_rule = nchw_dense_max_avx512<C>(in, g, n_rows, n_dense, rows, dense, true);
+  for (int64_t dy = 0; dy < k; ++dy) {
+    T* p = packed;
+    for (int64_t c = 0; c < g.G; ++c) {
+      for (int64_t i = 0; i < g.Ho; ++i, p += row) {
+        const int64_t at = (c * g.H + dy + k * i) * g.W;
+        if (full_rule) {
+          cpu::copy_run(p, dense + at, row);
+          continue;
+        }
+        // Whole vectors: lanes past the row read R past it (rows has L to spare) and land
+        // where the next row (or the spare end of `packed`) is written after.
+        for (int64_t x = 0; x < row; x += L) {
+          const typename C::E::order_t* r = rows + at + x;
+          auto best = OrderMax512<C>::load(r);
+          for (int64_t a = 1; a < k; ++a) {
+            best = OrderMax512<C>::max(OrderMax512<C>::load(r + a * g.W), best);
+          }
+          OrderMax512<C>::store_raw(p + x, best);
+        }
+      }
     }
+    split.template run<C::K>(packed, out + dy * k * offset_stride, offset_stride, end, end);
   }
 }
 #endif
@@ -324,7 +398,7 @@ template <typename scalar_t, int K>
 void nchw_forward(const at::Tensor& input, at::Tensor& out, const PoolGeometry& pg) {
   using C = Cfg<scalar_t, K>;
   using raw_t = typename C::raw_t;
-  const NchwGeo g = nchw_geo(pg);
+  const NchwGeo g = nchw_geo(pg, kForwardGroupElems);
   const int64_t k = pg.k, Cn = pg.in.c;
   const int64_t plane_in = g.H * g.W, plane_out = g.Ho * g.Wo;
   const auto* in = static_cast<const raw_t*>(input.const_data_ptr());
@@ -338,9 +412,8 @@ void nchw_forward(const at::Tensor& input, at::Tensor& out, const PoolGeometry& 
     std::optional<cpu::SplitPermute<raw_t>> split;  // its index table, once per task
     if (permute) split.emplace(static_cast<int>(k));
 #endif
-    std::vector<typename C::E::order_t> rows(g.G * plane_in);
-    // + k*64: the AVX-512 split reads up to k vectors (of at most 64 elements) past D or
-    // past `packed`.
+    // + 64: whole vectors read past R's rows or D's (at most 64 elements each).
+    std::vector<typename C::E::order_t> rows(g.G * plane_in + 64);
     std::vector<raw_t> dense(g.G * plane_in + k * 64);
     std::vector<raw_t> packed(permute && packs_offset_rows<raw_t>(g.Wo)
                                   ? g.G * plane_out * k + k * 64
@@ -355,14 +428,14 @@ void nchw_forward(const at::Tensor& input, at::Tensor& out, const PoolGeometry& 
       // further on.
       const int64_t n_dense = (gg.G - 1) * plane_in + (k * g.Ho - 1) * g.W + k * g.Wo;
       const int64_t n_rows = n_dense + (k - 1) * g.W;
-      nchw_dense_max_run<C>(src, gg, n_rows, n_dense, rows.data(), dense.data());
 #if OVERFEAT_CPU_HAVE_AVX2_VARIANT
       if (permute) {
-        nchw_split_offsets_permute<C>(dense.data(), dst, Cn * plane_out, gg, *split,
-                                      packed.data());
+        nchw_forward_group_permute<C>(src, gg, n_rows, n_dense, rows.data(), dense.data(),
+                                      packed.data(), dst, Cn * plane_out, *split);
         continue;
       }
 #endif
+      nchw_dense_max_run<C>(src, gg, n_rows, n_dense, rows.data(), dense.data(), false);
       nchw_split_offsets_run<C>(dense.data(), dst, Cn * plane_out, gg);
     }
   });
@@ -585,7 +658,7 @@ void nchw_backward(const at::Tensor& grad_output, const at::Tensor& input,
   using C = Cfg<scalar_t, K>;
   using raw_t = typename C::raw_t;
   using key_t = typename C::key_t;
-  const NchwGeo g = nchw_geo(pg);
+  const NchwGeo g = nchw_geo(pg, kBackwardGroupElems);
   const int64_t k = pg.k, Cn = pg.in.c;
   const int64_t plane_in = g.H * g.W, plane_out = g.Ho * g.Wo;
   const int64_t margin = (k - 1) * g.W + k - 1;
