@@ -191,6 +191,27 @@ struct FullRuleScan {
     magnitude = m;
     neg_zero = z;
   }
+  // add(x, n) and r[t] = max over s < k of x[t + s] (as fold_max) in one pass.
+  OVERFEAT_CPU_INLINE void add_fold_max(const typename C::raw_t* __restrict x, int64_t k,
+                                        typename C::E::order_t* __restrict r, int64_t n) {
+    using order_t = typename C::E::order_t;
+    const int64_t kk = C::K > 0 ? C::K : k;
+    bits_t m = magnitude, z = neg_zero;
+    for (int64_t t = 0; t < n; ++t) {
+      m = std::max(m, C::E::magnitude(x[t]));
+      if constexpr (C::E::kOrderSplitsZeros) {
+        z = std::max(z, static_cast<bits_t>(x[t] == C::E::kNegZero));
+      }
+      order_t best = C::E::order(x[t]);
+      for (int64_t s = 1; s < kk; ++s) {
+        const order_t v = C::E::order(x[t + s]);
+        best = v > best ? v : best;
+      }
+      r[t] = best;
+    }
+    magnitude = m;
+    neg_zero = z;
+  }
   bool needed() const { return magnitude > C::E::kInf || neg_zero != 0; }
 };
 
@@ -242,8 +263,10 @@ OVERFEAT_CPU_INLINE bool nchw_dense_max(const typename C::raw_t* in, NchwGeo g, 
                                         int64_t n_dense, typename C::E::order_t* rows,
                                         typename C::raw_t* __restrict dense, bool rows_only) {
   const int64_t k = C::K > 0 ? C::K : g.k;
-  if (!needs_full_rule<C>(in, n_rows + k - 1)) {
-    fold_max<C>(in, 1, k, rows, n_rows);
+  FullRuleScan<C> scan;
+  scan.add_fold_max(in, k, rows, n_rows);
+  scan.add(in + n_rows, k - 1);
+  if (!scan.needed()) {
     if (!rows_only) fold_max<C>(rows, g.W, k, dense, n_dense);
     return false;
   }
