@@ -300,9 +300,10 @@ OVERFEAT_CPU_INLINE void nchw_split_offsets(const typename C::raw_t* __restrict 
 OVERFEAT_CPU_MULTIVERSION(nchw_split_offsets)
 
 #if OVERFEAT_CPU_HAVE_AVX2_VARIANT
-// One 512-bit vector of order keys (fold_max's maxima, written by hand: GCC left the short
-// whole-vector loops over rows of D scalar): max(v, best) is `v > best ? v : best`, and
-// store_raw converts keys back to raw elements.
+// One 512-bit vector of order keys, for maxima and window codes written by hand (GCC left
+// the short whole-vector loops over rows of D scalar, and converted the codes between
+// 32-bit and byte lanes): max(v, best) is `v > best ? v : best`, gt(v, best) the mask of
+// `v > best`; load_order takes keys of raw elements, store_raw converts keys back.
 template <class C, typename order_t = typename C::E::order_t>
 struct OrderMax512;
 template <class C>
@@ -310,6 +311,15 @@ struct OrderMax512<C, float> {
   using V = __m512;
   static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE V load(const float* p) {
     return _mm512_loadu_ps(p);
+  }
+  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE V load_order(const float* p) {
+    return _mm512_loadu_ps(p);
+  }
+  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE void store(float* p, V v) {
+    _mm512_storeu_ps(p, v);
+  }
+  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE uint64_t gt(V v, V best) {
+    return _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ);
   }
   static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE V max(V v, V best) {
     return _mm512_max_ps(v, best);
@@ -323,6 +333,15 @@ struct OrderMax512<C, double> {
   using V = __m512d;
   static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE V load(const double* p) {
     return _mm512_loadu_pd(p);
+  }
+  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE V load_order(const double* p) {
+    return _mm512_loadu_pd(p);
+  }
+  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE void store(double* p, V v) {
+    _mm512_storeu_pd(p, v);
+  }
+  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE uint64_t gt(V v, V best) {
+    return _mm512_cmp_pd_mask(v, best, _CMP_GT_OQ);
   }
   static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE V max(V v, V best) {
     return _mm512_max_pd(v, best);
@@ -340,10 +359,22 @@ struct OrderMax512<C, int16_t> {  // SignMagnitude16 keys: equal keys are equal 
   static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE V max(V v, V best) {
     return _mm512_max_epi16(v, best);
   }
+  // SignMagnitude16's order and from_order, one involution: k ^ ((k >> 15) & 0x7FFF).
+  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE V flip(V v) {
+    return _mm512_xor_si512(
+        v, _mm512_and_si512(_mm512_srai_epi16(v, 15), _mm512_set1_epi16(0x7FFF)));
+  }
   static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE void store_raw(uint16_t* p, V v) {
-    // SignMagnitude16::from_order: k ^ ((k >> 15) & 0x7FFF)
-    const V flip = _mm512_and_si512(_mm512_srai_epi16(v, 15), _mm512_set1_epi16(0x7FFF));
-    _mm512_storeu_si512(p, _mm512_xor_si512(v, flip));
+    _mm512_storeu_si512(p, flip(v));
+  }
+  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE V load_order(const uint16_t* p) {
+    return flip(_mm512_loadu_si512(p));
+  }
+  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE void store(int16_t* p, V v) {
+    _mm512_storeu_si512(p, v);
+  }
+  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE uint64_t gt(V v, V best) {
+    return _mm512_cmpgt_epi16_mask(v, best);
   }
 };
 
@@ -482,7 +513,64 @@ void nchw_forward(const at::Tensor& input, at::Tensor& out, const PoolGeometry& 
 // separably on order keys, like the forward's max: the first maximum of each row (rv, rb
 // over n_rows positions), then the first row holding the maximum, which is the element the
 // row-major scan picks. Otherwise the full rule in window order.
+#if OVERFEAT_CPU_HAVE_AVX2_VARIANT
+// The two separable passes of nchw_window_codes (below) for one-byte codes, 64 positions
+// (one vector of codes) at a time: the comparisons' masks select codes in byte lanes
+// (GCC's loop moved every code through 32-bit lanes and back). Returns the positions done
+// (a multiple of 64); the caller finishes the rest.
 template <class C>
+OVERFEAT_CPU_TARGET_AVX512 __attribute__((noinline)) int64_t nchw_row_codes_avx512(
+    const typename C::raw_t* in, int64_t n, typename C::E::order_t* rv, uint8_t* rb) {
+  using M = OrderMax512<C>;
+  constexpr int K = C::K, Lv = 64 / sizeof(typename C::E::order_t), S = 64 / Lv;
+  int64_t t = 0;
+  for (; t + 64 <= n; t += 64) {
+    uint64_t won[K] = {};  // won[b]: lanes where element b replaced the maximum
+    for (int s = 0; s < S; ++s) {
+      const typename C::raw_t* x = in + t + s * Lv;
+      auto best = M::load_order(x);
+      for (int b = 1; b < K; ++b) {
+        const auto v = M::load_order(x + b);
+        won[b] |= M::gt(v, best) << (s * Lv);
+        best = M::max(v, best);
+      }
+      M::store(rv + t + s * Lv, best);
+    }
+    __m512i at = _mm512_setzero_si512();
+    for (int b = 1; b < K; ++b) at = _mm512_mask_blend_epi8(won[b], at, _mm512_set1_epi8(b));
+    _mm512_storeu_si512(rb + t, at);
+  }
+  return t;
+}
+
+template <class C>
+OVERFEAT_CPU_TARGET_AVX512 __attribute__((noinline)) int64_t nchw_col_codes_avx512(
+    const typename C::E::order_t* rv, const uint8_t* rb, int64_t W, int64_t n, uint8_t* code) {
+  using M = OrderMax512<C>;
+  constexpr int K = C::K, Lv = 64 / sizeof(typename C::E::order_t), S = 64 / Lv;
+  int64_t t = 0;
+  for (; t + 64 <= n; t += 64) {
+    typename M::V best[S];
+    for (int s = 0; s < S; ++s) best[s] = M::load(rv + t + s * Lv);
+    __m512i at = _mm512_loadu_si512(rb + t);
+    for (int a = 1; a < K; ++a) {
+      uint64_t won = 0;
+      for (int s = 0; s < S; ++s) {
+        const auto v = M::load(rv + t + a * W + s * Lv);
+        won |= M::gt(v, best[s]) << (s * Lv);
+        best[s] = M::max(v, best[s]);
+      }
+      const __m512i cand =
+          _mm512_add_epi8(_mm512_loadu_si512(rb + t + a * W), _mm512_set1_epi8(a * K));
+      at = _mm512_mask_blend_epi8(won, at, cand);
+    }
+    _mm512_storeu_si512(code + t, at);
+  }
+  return t;
+}
+#endif
+
+template <class C, int kLevel>
 OVERFEAT_CPU_INLINE void nchw_window_codes(const typename C::raw_t* __restrict in,
                                            const NchwGeo& g, int64_t n_rows, int64_t n_dense,
                                            typename C::E::order_t* __restrict rv,
@@ -493,7 +581,12 @@ OVERFEAT_CPU_INLINE void nchw_window_codes(const typename C::raw_t* __restrict i
   using at_t = typename C::select_t;
   const int64_t k = C::K > 0 ? C::K : g.k;
   if (!needs_full_rule<C>(in, n_rows + k - 1)) {
-    for (int64_t t = 0; t < n_rows; ++t) {
+    int64_t t_row = 0, t_col = 0;  // positions done by the AVX-512 passes
+#if OVERFEAT_CPU_HAVE_AVX2_VARIANT
+    constexpr bool kBytes = std::is_same_v<code_t, uint8_t> && C::K >= 2;
+    if constexpr (kLevel >= 2 && kBytes) t_row = nchw_row_codes_avx512<C>(in, n_rows, rv, rb);
+#endif
+    for (int64_t t = t_row; t < n_rows; ++t) {
       key_t best = C::E::order(in[t]);
       at_t at = 0;
       for (int64_t b = 1; b < k; ++b) {
@@ -505,7 +598,12 @@ OVERFEAT_CPU_INLINE void nchw_window_codes(const typename C::raw_t* __restrict i
       rv[t] = best;
       rb[t] = static_cast<code_t>(at);
     }
-    for (int64_t t = 0; t < n_dense; ++t) {
+#if OVERFEAT_CPU_HAVE_AVX2_VARIANT
+    if constexpr (kLevel >= 2 && kBytes) {
+      t_col = nchw_col_codes_avx512<C>(rv, rb, g.W, n_dense, code);
+    }
+#endif
+    for (int64_t t = t_col; t < n_dense; ++t) {
       key_t best = rv[t];
       at_t at = rb[t];
       for (int64_t a = 1; a < k; ++a) {
@@ -662,7 +760,7 @@ OVERFEAT_CPU_INLINE void nchw_backward_group(const typename C::raw_t* in,
                                              typename C::code_t* rb, typename C::code_t* code,
                                              typename C::key_t* gd,
                                              const typename C::Weave* weave) {
-  nchw_window_codes<C>(in, g, n_rows, n_dense, rv, rb, code);
+  nchw_window_codes<C, kLevel>(in, g, n_rows, n_dense, rv, rb, code);
 #if OVERFEAT_CPU_HAVE_AVX2_VARIANT
   if (weave != nullptr) {
     nchw_dense_grads_permute<C>(go, offset_stride, g, *weave, gd);
