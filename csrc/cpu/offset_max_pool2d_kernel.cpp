@@ -149,9 +149,10 @@ struct NchwGeo {
 };
 
 // Planes per group: about `elems` input elements. The forward's group buffers stay in L1
-// (f32, one thread, [1, 1024, 35, 44], k = 3: 0.75 ms with groups of 8192 elements, 0.54 ms
-// with 4096); the backward's, five times the group's bytes, in L2 (there 4096 was slower:
-// [8, 512, 28, 28], k = 2: 2.9 -> 3.3 ms).
+// (f32, one thread, [1, 1024, 35, 44], k = 3, rows packed as below: 0.70 ms with groups of
+// 8192 elements, 0.54 ms with 4096); the backward's, about five times the group's bytes, in
+// L2 (no group size from 2048 to 16384 was faster than 8192 at [8, 512, 28, 28], k = 2, or
+// [1, 1024, 35, 44], k = 3).
 constexpr int64_t kForwardGroupElems = 4096;
 constexpr int64_t kBackwardGroupElems = 8192;
 
@@ -388,7 +389,7 @@ struct OrderMax512<C, int16_t> {  // SignMagnitude16 keys: equal keys are equal 
 // (dy, 0..k-1) of the whole group are split from it in one pass of whole-vector stores,
 // each offset's outputs of the group being one contiguous run. Without the full rule these
 // rows are maxima over k rows of R taken straight into the run; D is not stored (f32, one
-// thread, [1, 1024, 35, 44], k = 3: 0.74 -> 0.56 ms). Longer rows are split row by row from
+// thread, [1, 1024, 35, 44], k = 3: 0.73 -> 0.55 ms). Longer rows are split row by row from
 // D (packing was slower there: [8, 64, 224, 224], k = 2: 57 -> 57-71 ms).
 //
 // `rows`: n_rows + L order keys, `dense`: n_dense raw elements, `packed`: G*Ho*k*Wo + k*L
@@ -509,10 +510,6 @@ void nchw_forward(const at::Tensor& input, at::Tensor& out, const PoolGeometry& 
 // at +0 is never -0, and NaN + 0 is NaN with its bits). A margin of (k-1)*W + k-1
 // gradients 0 lies before the group's first position.
 
-// code[t], t < n_dense. Without NaNs (and -0 for the 16-bit floats: needs_full_rule)
-// separably on order keys, like the forward's max: the first maximum of each row (rv, rb
-// over n_rows positions), then the first row holding the maximum, which is the element the
-// row-major scan picks. Otherwise the full rule in window order.
 #if OVERFEAT_CPU_HAVE_AVX2_VARIANT
 // The two separable passes of nchw_window_codes (below) for one-byte codes, 64 positions
 // (one vector of codes) at a time: the comparisons' masks select codes in byte lanes
@@ -570,6 +567,10 @@ OVERFEAT_CPU_TARGET_AVX512 __attribute__((noinline)) int64_t nchw_col_codes_avx5
 }
 #endif
 
+// code[t], t < n_dense. Without NaNs (and -0 for the 16-bit floats: needs_full_rule)
+// separably on order keys, like the forward's max: the first maximum of each row (rv, rb
+// over n_rows positions), then the first row holding the maximum, which is the element the
+// row-major scan picks. Otherwise the full rule in window order.
 template <class C, int kLevel>
 OVERFEAT_CPU_INLINE void nchw_window_codes(const typename C::raw_t* __restrict in,
                                            const NchwGeo& g, int64_t n_rows, int64_t n_dense,
