@@ -511,23 +511,27 @@ void nchw_forward(const at::Tensor& input, at::Tensor& out, const PoolGeometry& 
 // gradients 0 lies before the group's first position.
 
 #if OVERFEAT_CPU_HAVE_AVX2_VARIANT
-// The two separable passes of nchw_window_codes (below) for one-byte codes, 64 positions
-// (one vector of codes) at a time: the comparisons' masks select codes in byte lanes
-// (GCC's loop moved every code through 32-bit lanes and back). Returns the positions done
-// (a multiple of 64); the caller finishes the rest.
+// The two separable passes of the window codes (nchw_window_codes, cl_row_max and
+// cl_code_row below) for one-byte codes, 64 positions (one vector of codes) at a time: the
+// comparisons' masks select codes in byte lanes (GCC's loops moved every code through
+// 32-bit lanes and back). Each returns the positions done (a multiple of 64); the caller
+// finishes the rest.
+//
+// Row pass: rv[t] = max over b < K of x[t + b*step] (first maximum), rb[t] = its b, t < n.
 template <class C>
-OVERFEAT_CPU_TARGET_AVX512 __attribute__((noinline)) int64_t nchw_row_codes_avx512(
-    const typename C::raw_t* in, int64_t n, typename C::E::order_t* rv, uint8_t* rb) {
+OVERFEAT_CPU_TARGET_AVX512 __attribute__((noinline)) int64_t row_codes_avx512(
+    const typename C::raw_t* x, int64_t step, int64_t n, typename C::E::order_t* rv,
+    uint8_t* rb) {
   using M = OrderMax512<C>;
   constexpr int K = C::K, Lv = 64 / sizeof(typename C::E::order_t), S = 64 / Lv;
   int64_t t = 0;
   for (; t + 64 <= n; t += 64) {
     uint64_t won[K] = {};  // won[b]: lanes where element b replaced the maximum
     for (int s = 0; s < S; ++s) {
-      const typename C::raw_t* x = in + t + s * Lv;
-      auto best = M::load_order(x);
+      const typename C::raw_t* p = x + t + s * Lv;
+      auto best = M::load_order(p);
       for (int b = 1; b < K; ++b) {
-        const auto v = M::load_order(x + b);
+        const auto v = M::load_order(p + b * step);
         won[b] |= M::gt(v, best) << (s * Lv);
         best = M::max(v, best);
       }
@@ -540,25 +544,28 @@ OVERFEAT_CPU_TARGET_AVX512 __attribute__((noinline)) int64_t nchw_row_codes_avx5
   return t;
 }
 
+// Column pass over the row maxima of K rows (rv[a], rb[a]): code[t] = a*K + rb[a][t] for
+// the first a holding the maximum, t < n.
 template <class C>
-OVERFEAT_CPU_TARGET_AVX512 __attribute__((noinline)) int64_t nchw_col_codes_avx512(
-    const typename C::E::order_t* rv, const uint8_t* rb, int64_t W, int64_t n, uint8_t* code) {
+OVERFEAT_CPU_TARGET_AVX512 __attribute__((noinline)) int64_t col_codes_avx512(
+    const typename C::E::order_t* const* rv, const uint8_t* const* rb, int64_t n,
+    uint8_t* code) {
   using M = OrderMax512<C>;
   constexpr int K = C::K, Lv = 64 / sizeof(typename C::E::order_t), S = 64 / Lv;
   int64_t t = 0;
   for (; t + 64 <= n; t += 64) {
     typename M::V best[S];
-    for (int s = 0; s < S; ++s) best[s] = M::load(rv + t + s * Lv);
-    __m512i at = _mm512_loadu_si512(rb + t);
+    for (int s = 0; s < S; ++s) best[s] = M::load(rv[0] + t + s * Lv);
+    __m512i at = _mm512_loadu_si512(rb[0] + t);
     for (int a = 1; a < K; ++a) {
       uint64_t won = 0;
       for (int s = 0; s < S; ++s) {
-        const auto v = M::load(rv + t + a * W + s * Lv);
+        const auto v = M::load(rv[a] + t + s * Lv);
         won |= M::gt(v, best[s]) << (s * Lv);
         best[s] = M::max(v, best[s]);
       }
       const __m512i cand =
-          _mm512_add_epi8(_mm512_loadu_si512(rb + t + a * W), _mm512_set1_epi8(a * K));
+          _mm512_add_epi8(_mm512_loadu_si512(rb[a] + t), _mm512_set1_epi8(a * K));
       at = _mm512_mask_blend_epi8(won, at, cand);
     }
     _mm512_storeu_si512(code + t, at);
@@ -566,6 +573,12 @@ OVERFEAT_CPU_TARGET_AVX512 __attribute__((noinline)) int64_t nchw_col_codes_avx5
   return t;
 }
 #endif
+
+// Whether the window codes of C take row_codes_avx512 / col_codes_avx512 in variant kLevel.
+template <class C, int kLevel>
+constexpr bool kByteLaneCodes =
+    OVERFEAT_CPU_HAVE_AVX2_VARIANT && kLevel >= 2 && C::K >= 2 &&
+    std::is_same_v<typename C::code_t, uint8_t>;
 
 // code[t], t < n_dense. Without NaNs (and -0 for the 16-bit floats: needs_full_rule)
 // separably on order keys, like the forward's max: the first maximum of each row (rv, rb
@@ -584,8 +597,7 @@ OVERFEAT_CPU_INLINE void nchw_window_codes(const typename C::raw_t* __restrict i
   if (!needs_full_rule<C>(in, n_rows + k - 1)) {
     int64_t t_row = 0, t_col = 0;  // positions done by the AVX-512 passes
 #if OVERFEAT_CPU_HAVE_AVX2_VARIANT
-    constexpr bool kBytes = std::is_same_v<code_t, uint8_t> && C::K >= 2;
-    if constexpr (kLevel >= 2 && kBytes) t_row = nchw_row_codes_avx512<C>(in, n_rows, rv, rb);
+    if constexpr (kByteLaneCodes<C, kLevel>) t_row = row_codes_avx512<C>(in, 1, n_rows, rv, rb);
 #endif
     for (int64_t t = t_row; t < n_rows; ++t) {
       key_t best = C::E::order(in[t]);
@@ -600,8 +612,14 @@ OVERFEAT_CPU_INLINE void nchw_window_codes(const typename C::raw_t* __restrict i
       rb[t] = static_cast<code_t>(at);
     }
 #if OVERFEAT_CPU_HAVE_AVX2_VARIANT
-    if constexpr (kLevel >= 2 && kBytes) {
-      t_col = nchw_col_codes_avx512<C>(rv, rb, g.W, n_dense, code);
+    if constexpr (kByteLaneCodes<C, kLevel>) {
+      const key_t* rvs[C::K];
+      const code_t* rbs[C::K];
+      for (int a = 0; a < C::K; ++a) {
+        rvs[a] = rv + a * g.W;
+        rbs[a] = rb + a * g.W;
+      }
+      t_col = col_codes_avx512<C>(rvs, rbs, n_dense, code);
     }
 #endif
     for (int64_t t = t_col; t < n_dense; ++t) {
@@ -851,7 +869,7 @@ struct ClTile {
 // Row maxima of input row y over its window positions x0 < k*Wo, on order keys: rv (value),
 // rb (b of the first maximum, if kIndex); true if the row's channel block holds a value that
 // needs the full rule (needs_full_rule: a NaN, or a -0 for the 16-bit floats).
-template <class C, bool kIndex>
+template <class C, bool kIndex, int kLevel = 0>
 OVERFEAT_CPU_INLINE bool cl_row_max(const typename C::raw_t* row, const ClGeo& g, int64_t cn,
                                     typename C::E::order_t* __restrict rv,
                                     typename C::code_t* __restrict rb) {
@@ -861,7 +879,13 @@ OVERFEAT_CPU_INLINE bool cl_row_max(const typename C::raw_t* row, const ClGeo& g
   for (int64_t x = 0; x < g.W; ++x) scan.add(row + x * g.C, cn);
   for (int64_t x0 = 0; x0 < k * g.Wo; ++x0) {
     const typename C::raw_t* px = row + x0 * g.C;
-    for (int64_t c = 0; c < cn; ++c) {
+    int64_t c = 0;
+#if OVERFEAT_CPU_HAVE_AVX2_VARIANT
+    if constexpr (kIndex && kByteLaneCodes<C, kLevel>) {
+      c = row_codes_avx512<C>(px, g.C, cn, rv + x0 * cn, rb + x0 * cn);
+    }
+#endif
+    for (; c < cn; ++c) {
       key_t best = C::E::order(px[c]);
       int32_t at = 0;
       for (int64_t b = 1; b < k; ++b) {
@@ -880,7 +904,7 @@ OVERFEAT_CPU_INLINE bool cl_row_max(const typename C::raw_t* row, const ClGeo& g
 // Brings the rings of row maxima (slot y % k of `ring` elements in rv, and rb if kIndex) up
 // to input row wy + k - 1, from row *maxed on; true if one of rows wy .. wy + k - 1 holds a
 // NaN (nan_ring: per slot).
-template <class C, bool kIndex>
+template <class C, bool kIndex, int kLevel = 0>
 OVERFEAT_CPU_INLINE bool cl_fill_rings(const typename C::raw_t* img, const ClGeo& g,
                                        const ClTile& t, int64_t wy, int64_t ring,
                                        typename C::E::order_t* rv, typename C::code_t* rb,
@@ -889,7 +913,7 @@ OVERFEAT_CPU_INLINE bool cl_fill_rings(const typename C::raw_t* img, const ClGeo
   const int64_t k = C::K > 0 ? C::K : g.k;
   for (; *maxed < wy + k; ++*maxed) {
     const int64_t slot = *maxed % k;
-    nan_ring[slot] = cl_row_max<C, kIndex>(img + *maxed * g.W * g.C + t.c0, g, t.cn,
+    nan_ring[slot] = cl_row_max<C, kIndex, kLevel>(img + *maxed * g.W * g.C + t.c0, g, t.cn,
                                            rv + slot * ring, kIndex ? rb + slot * ring : nullptr);
   }
   bool nan = false;
@@ -998,30 +1022,36 @@ void cl_forward(const at::Tensor& input, at::Tensor& out, const PoolGeometry& pg
 // Codes of the windows starting in row wy: from the row maxima of rows wy .. wy+k-1
 // (rv[a], rb[a]), or, if `rows` (input rows wy ..) need it (a NaN, a 16-bit -0), by the
 // full rule.
-template <class C>
+template <class C, int kLevel>
 OVERFEAT_CPU_INLINE void cl_code_row(const typename C::raw_t* rows, const ClGeo& g, int64_t cn,
                                      const typename C::E::order_t* const* rv,
                                      const typename C::code_t* const* rb, bool nan,
                                      typename C::code_t* __restrict code) {
   using key_t = typename C::E::order_t;
   const int64_t k = C::K > 0 ? C::K : g.k;
+  if (!nan) {
+    // Position t = x0*cn + c of the row's rings, one run.
+    const int64_t n = k * g.Wo * cn;
+    int64_t t = 0;
+#if OVERFEAT_CPU_HAVE_AVX2_VARIANT
+    if constexpr (kByteLaneCodes<C, kLevel>) t = col_codes_avx512<C>(rv, rb, n, code);
+#endif
+    for (; t < n; ++t) {
+      key_t best = rv[0][t];
+      int32_t at = rb[0][t];
+      for (int64_t a = 1; a < k; ++a) {
+        const key_t v = rv[a][t];
+        const bool r = v > best;
+        best = r ? v : best;
+        at = cpu::select(r, static_cast<int32_t>(a * k) + rb[a][t], at);
+      }
+      code[t] = static_cast<typename C::code_t>(at);
+    }
+    return;
+  }
   WindowPointers<C, const typename C::raw_t> src(k);
   const typename C::raw_t** s = src.get();
   for (int64_t x0 = 0; x0 < k * g.Wo; ++x0) {
-    if (!nan) {
-      for (int64_t c = 0; c < cn; ++c) {
-        key_t best = rv[0][x0 * cn + c];
-        int32_t at = rb[0][x0 * cn + c];
-        for (int64_t a = 1; a < k; ++a) {
-          const key_t v = rv[a][x0 * cn + c];
-          const bool r = v > best;
-          best = r ? v : best;
-          at = cpu::select(r, static_cast<int32_t>(a * k) + rb[a][x0 * cn + c], at);
-        }
-        code[x0 * cn + c] = static_cast<typename C::code_t>(at);
-      }
-      continue;
-    }
     for (int64_t e = 0; e < k * k; ++e) s[e] = rows + ((e / k) * g.W + x0 + e % k) * g.C;
     argmax_run<C>(s, k * k, code + x0 * cn, cn);
   }
@@ -1099,13 +1129,14 @@ OVERFEAT_CPU_INLINE void cl_backward_tile(const typename C::raw_t* img,
   // tile's); the code ring then holds the codes of rows y - k + 1 .. y.
   for (int64_t y = first; y < t.y1; ++y) {
     if (y < last) {
-      const bool nan = cl_fill_rings<C, true>(img, g, t, y, ring, rv, rb, nan_ring.data(),
-                                              &maxed);
+      const bool nan = cl_fill_rings<C, true, kLevel>(img, g, t, y, ring, rv, rb,
+                                                      nan_ring.data(), &maxed);
       for (int64_t a = 0; a < k; ++a) {
         rvs[a] = rv + ((y + a) % k) * ring;
         rbs[a] = rb + ((y + a) % k) * ring;
       }
-      cl_code_row<C>(img + y * g.W * g.C + t.c0, g, t.cn, rvs, rbs, nan, code + (y % k) * ring);
+      cl_code_row<C, kLevel>(img + y * g.W * g.C + t.c0, g, t.cn, rvs, rbs, nan,
+                             code + (y % k) * ring);
     }
     if (y >= t.y0) cl_gather_row<C, kLevel>(go, g, t, y, code, ring, zeros, gi_img + y * g.W * g.C + t.c0);
   }
