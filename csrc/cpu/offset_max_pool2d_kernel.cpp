@@ -305,50 +305,52 @@ OVERFEAT_CPU_MULTIVERSION(nchw_split_offsets)
 // the short whole-vector loops over rows of D scalar, and converted the codes between
 // 32-bit and byte lanes): max(v, best) is `v > best ? v : best`, gt(v, best) the mask of
 // `v > best`; load_order takes keys of raw elements, store_raw converts keys back.
-template <class C, typename order_t = typename C::E::order_t>
-struct OrderMax512;
-template <class C>
-struct OrderMax512<C, float> {
+template <int Bytes>
+struct FloatVec512 {  // (a specialisation: vector types lose their attributes as arguments)
   using V = __m512;
-  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE V load(const float* p) {
-    return _mm512_loadu_ps(p);
-  }
-  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE V load_order(const float* p) {
-    return _mm512_loadu_ps(p);
-  }
-  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE void store(float* p, V v) {
-    _mm512_storeu_ps(p, v);
-  }
-  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE uint64_t gt(V v, V best) {
-    return _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ);
-  }
-  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE V max(V v, V best) {
-    return _mm512_max_ps(v, best);
-  }
-  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE void store_raw(float* p, V v) {
-    _mm512_storeu_ps(p, v);
-  }
 };
-template <class C>
-struct OrderMax512<C, double> {
+template <>
+struct FloatVec512<8> {
   using V = __m512d;
-  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE V load(const double* p) {
-    return _mm512_loadu_pd(p);
+};
+
+template <class C, typename order_t = typename C::E::order_t>
+struct OrderMax512 {  // float and double: the keys are the elements
+  static constexpr bool kF32 = sizeof(order_t) == 4;
+  using V = typename FloatVec512<sizeof(order_t)>::V;
+  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE V load(const order_t* p) {
+    if constexpr (kF32) {
+      return _mm512_loadu_ps(p);
+    } else {
+      return _mm512_loadu_pd(p);
+    }
   }
-  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE V load_order(const double* p) {
-    return _mm512_loadu_pd(p);
+  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE void store(order_t* p, V v) {
+    if constexpr (kF32) {
+      _mm512_storeu_ps(p, v);
+    } else {
+      _mm512_storeu_pd(p, v);
+    }
   }
-  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE void store(double* p, V v) {
-    _mm512_storeu_pd(p, v);
+  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE V load_order(const order_t* p) {
+    return load(p);
+  }
+  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE void store_raw(order_t* p, V v) {
+    store(p, v);
   }
   static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE uint64_t gt(V v, V best) {
-    return _mm512_cmp_pd_mask(v, best, _CMP_GT_OQ);
+    if constexpr (kF32) {
+      return _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ);
+    } else {
+      return _mm512_cmp_pd_mask(v, best, _CMP_GT_OQ);
+    }
   }
   static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE V max(V v, V best) {
-    return _mm512_max_pd(v, best);
-  }
-  static OVERFEAT_CPU_TARGET_AVX512 OVERFEAT_CPU_INLINE void store_raw(double* p, V v) {
-    _mm512_storeu_pd(p, v);
+    if constexpr (kF32) {
+      return _mm512_max_ps(v, best);
+    } else {
+      return _mm512_max_pd(v, best);
+    }
   }
 };
 template <class C>
