@@ -67,8 +67,9 @@ inline bool has_avx512() { return simd_level() >= 2; }
 
 // Defines NAME_run<Cfg>(args...), which calls (and returns the value of) the
 // OVERFEAT_CPU_INLINE function template NAME<Cfg>(args...) compiled for AVX-512 or AVX2
-// when the CPU has it, else for the baseline ISA. OVERFEAT_CPU_MULTIVERSION_LEVEL(NAME) calls NAME<Cfg, L>(args...) instead,
-// L the variant's level (as simd_level), for bodies that need another form of a loop per ISA.
+// when the CPU has it, else for the baseline ISA. OVERFEAT_CPU_MULTIVERSION_LEVEL(NAME)
+// calls NAME<Cfg, L>(args...) instead, L the variant's level (as simd_level), for bodies
+// that need another form of a loop per ISA.
 #define OVERFEAT_CPU_LEVEL_ARG(L) , L
 #if OVERFEAT_CPU_HAVE_AVX2_VARIANT
 #define OVERFEAT_CPU_MULTIVERSION_(NAME, L2, L1, L0)                                   \

@@ -180,36 +180,17 @@ struct FullRuleScan {
   using bits_t = typename C::E::bits_t;
   bits_t magnitude = 0, neg_zero = 0;
 
-  OVERFEAT_CPU_INLINE void add(const typename C::raw_t* __restrict x, int64_t n) {
-    // Local accumulators, two max reductions: GCC vectorises neither `|=` nor `?:` here.
-    bits_t m = magnitude, z = neg_zero;
-    for (int64_t t = 0; t < n; ++t) {
-      m = std::max(m, C::E::magnitude(x[t]));
-      if constexpr (C::E::kOrderSplitsZeros) {
-        z = std::max(z, static_cast<bits_t>(x[t] == C::E::kNegZero));
-      }
+  // One element into a caller's local accumulators m, z (GCC vectorises neither `|=` nor
+  // `?:` here, nor reductions into members): two max reductions.
+  static OVERFEAT_CPU_INLINE void note(bits_t& m, bits_t& z, typename C::raw_t v) {
+    m = std::max(m, C::E::magnitude(v));
+    if constexpr (C::E::kOrderSplitsZeros) {
+      z = std::max(z, static_cast<bits_t>(v == C::E::kNegZero));
     }
-    magnitude = m;
-    neg_zero = z;
   }
-  // add(x, n) and r[t] = max over s < k of x[t + s] (as fold_max) in one pass.
-  OVERFEAT_CPU_INLINE void add_fold_max(const typename C::raw_t* __restrict x, int64_t k,
-                                        typename C::E::order_t* __restrict r, int64_t n) {
-    using order_t = typename C::E::order_t;
-    const int64_t kk = C::K > 0 ? C::K : k;
+  OVERFEAT_CPU_INLINE void add(const typename C::raw_t* __restrict x, int64_t n) {
     bits_t m = magnitude, z = neg_zero;
-    for (int64_t t = 0; t < n; ++t) {
-      m = std::max(m, C::E::magnitude(x[t]));
-      if constexpr (C::E::kOrderSplitsZeros) {
-        z = std::max(z, static_cast<bits_t>(x[t] == C::E::kNegZero));
-      }
-      order_t best = C::E::order(x[t]);
-      for (int64_t s = 1; s < kk; ++s) {
-        const order_t v = C::E::order(x[t + s]);
-        best = v > best ? v : best;
-      }
-      r[t] = best;
-    }
+    for (int64_t t = 0; t < n; ++t) note(m, z, x[t]);
     magnitude = m;
     neg_zero = z;
   }
@@ -235,13 +216,21 @@ OVERFEAT_CPU_INLINE typename C::E::order_t order(S v) {
 
 // d[t] = max over s < k of src[t + s*step] (in s order, maxps form), t < n, for values that
 // do not need the full rule. S and D are raw_t or order_t: order keys are taken on loading
-// and converted back on storing as needed.
-template <class C, typename S, typename D>
+// and converted back on storing as needed. With kScan, src[0, n) (raw) is added to *scan in
+// the same pass.
+template <class C, bool kScan = false, typename S, typename D>
 OVERFEAT_CPU_INLINE void fold_max(const S* __restrict src, int64_t step, int64_t k,
-                                  D* __restrict d, int64_t n) {
+                                  D* __restrict d, int64_t n,
+                                  FullRuleScan<C>* scan = nullptr) {
   using order_t = typename C::E::order_t;
   const int64_t kk = C::K > 0 ? C::K : k;  // a constant: the s loop unrolled
+  typename FullRuleScan<C>::bits_t m = 0, z = 0;
+  if constexpr (kScan) {
+    m = scan->magnitude;
+    z = scan->neg_zero;
+  }
   for (int64_t t = 0; t < n; ++t) {
+    if constexpr (kScan) FullRuleScan<C>::note(m, z, src[t]);
     order_t best = order<C>(src[t]);
     for (int64_t s = 1; s < kk; ++s) {
       const order_t v = order<C>(src[t + s * step]);
@@ -252,6 +241,10 @@ OVERFEAT_CPU_INLINE void fold_max(const S* __restrict src, int64_t step, int64_t
     } else {
       d[t] = C::E::from_order(best);
     }
+  }
+  if constexpr (kScan) {
+    scan->magnitude = m;
+    scan->neg_zero = z;
   }
 }
 
@@ -265,7 +258,7 @@ OVERFEAT_CPU_INLINE bool nchw_dense_max(const typename C::raw_t* in, NchwGeo g, 
                                         typename C::raw_t* __restrict dense, bool rows_only) {
   const int64_t k = C::K > 0 ? C::K : g.k;
   FullRuleScan<C> scan;
-  scan.add_fold_max(in, k, rows, n_rows);
+  fold_max<C, true>(in, 1, k, rows, n_rows, &scan);
   scan.add(in + n_rows, k - 1);
   if (!scan.needed()) {
     if (!rows_only) fold_max<C>(rows, g.W, k, dense, n_dense);
@@ -299,6 +292,12 @@ OVERFEAT_CPU_INLINE void nchw_split_offsets(const typename C::raw_t* __restrict 
   }
 }
 OVERFEAT_CPU_MULTIVERSION(nchw_split_offsets)
+
+// Whether the AVX-512 forward packs output rows of Wo elements (below).
+template <typename T>
+bool packs_offset_rows(int64_t Wo) {
+  return Wo * static_cast<int64_t>(sizeof(T)) <= 64;
+}
 
 #if OVERFEAT_CPU_HAVE_AVX2_VARIANT
 // One 512-bit vector of order keys, for maxima and window codes written by hand (GCC left
@@ -396,11 +395,6 @@ struct OrderMax512<C, int16_t> {  // SignMagnitude16 keys: equal keys are equal 
 //
 // `rows`: n_rows + L order keys, `dense`: n_dense raw elements, `packed`: G*Ho*k*Wo + k*L
 // elements where packs_offset_rows.
-template <typename T>
-bool packs_offset_rows(int64_t Wo) {
-  return Wo * static_cast<int64_t>(sizeof(T)) <= 64;
-}
-
 template <class C>
 OVERFEAT_CPU_TARGET_AVX512 __attribute__((noinline)) void nchw_forward_group_permute(
     const typename C::raw_t* in, NchwGeo g, int64_t n_rows, int64_t n_dense,
@@ -915,8 +909,9 @@ OVERFEAT_CPU_INLINE bool cl_fill_rings(const typename C::raw_t* img, const ClGeo
   const int64_t k = C::K > 0 ? C::K : g.k;
   for (; *maxed < wy + k; ++*maxed) {
     const int64_t slot = *maxed % k;
-    nan_ring[slot] = cl_row_max<C, kIndex, kLevel>(img + *maxed * g.W * g.C + t.c0, g, t.cn,
-                                           rv + slot * ring, kIndex ? rb + slot * ring : nullptr);
+    nan_ring[slot] =
+        cl_row_max<C, kIndex, kLevel>(img + *maxed * g.W * g.C + t.c0, g, t.cn, rv + slot * ring,
+                                      kIndex ? rb + slot * ring : nullptr);
   }
   bool nan = false;
   for (int64_t a = 0; a < k; ++a) nan = nan || nan_ring[(wy + a) % k];
