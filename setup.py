@@ -97,7 +97,11 @@ def _extensions():
     # the calling thread. With -fopenmp the kernels use torch's thread count, and the
     # libgomp.so.1 torch has already loaded.
     openmp = ["-fopenmp"] if torch._C.has_openmp and sys.platform.startswith("linux") else []
-    cxx_flags = ["-O3", "-fdiagnostics-color=always", *openmp]
+    # C++20 named: older torch builds default their extensions to C++17 (std::bit_cast is 20).
+    # _FORTIFY_SOURCE=3 everywhere, as Ubuntu's compilers default to it, so that its
+    # checks fire in our tests rather than first on a user's machine.
+    fortify = ["-U_FORTIFY_SOURCE", "-D_FORTIFY_SOURCE=3"]
+    cxx_flags = ["-O3", "-std=c++20", *fortify, "-fdiagnostics-color=always", *openmp]
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
         sources += sorted(glob.glob("csrc/cuda/*.cu", root_dir=ROOT))
@@ -152,7 +156,7 @@ def _extensions():
         # table: never strip it.
         # OpenMP as for _C: a launch's blocks run on torch's threads (at::parallel_for).
         extra_compile_args={
-            "cxx": ["-O2", "-std=c++20", "-fdiagnostics-color=always", *openmp]
+            "cxx": ["-O2", "-std=c++20", *fortify, "-fdiagnostics-color=always", *openmp]
         },
         extra_link_args=["-ldl", *openmp],
     )
