@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import time
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,33 @@ def test_choice_counts():
         "grad_input": {"tc": 1, "cudnn": 1},
         "grad_weight": {"tc": 2},
     }
+
+
+class _HostEvent:
+    """A stand-in for torch.cuda.Event on the CPU: record() reads the host clock."""
+
+    def record(self):
+        self.t = time.perf_counter()
+
+    def synchronize(self):
+        pass
+
+    def elapsed_time(self, other):
+        return (other.t - self.t) * 1e3
+
+
+def test_bench_queued_times_bursts_of_calls_per_call(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    sets = [(i,) for i in range(3)]
+    seen = []
+
+    def fn(i):
+        seen.append(i)
+        time.sleep(0.002)
+
+    ms = bench_ops.bench_queued(fn, sets, budget_ms=60, rounds=3, event=_HostEvent)
+    assert 2.0 <= ms < 10.0  # per call, not per burst
+    # 2 warm-up calls, one burst over the sets to size the rest, then 3 equal bursts
+    bursts = len(seen) - 2 - len(sets)
+    assert bursts > 0 and bursts % 3 == 0 and bursts // 3 >= len(sets)
+    assert set(seen) == {0, 1, 2}  # every input set is used
