@@ -29,6 +29,9 @@ __all__ = ["conv3x3", "deinterleave", "interleave", "offset_max_pool2d"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+_TORCH_ARGS = (Tensor, int, float, type(None))  # bool is an int
+
+
 def _library_of(x: object) -> str | None:
     """The top-level module of a non-torch array that supports DLPack, else None."""
     if isinstance(x, Tensor) or not hasattr(x, "__dlpack__"):
@@ -41,6 +44,8 @@ def _dlpack_interop(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not kwargs and all(isinstance(a, _TORCH_ARGS) for a in args):
+            return fn(*args)  # the usual call, checked in a fraction of a microsecond
         first = args[0] if args else kwargs.get("input")
         library = _library_of(first)
         if library is None and not any(_library_of(a) for a in (*args, *kwargs.values())):
@@ -51,6 +56,20 @@ def _dlpack_interop(fn: F) -> F:
         return importlib.import_module(library).from_dlpack(out) if library else out
 
     return wrapper  # type: ignore[return-value]
+
+
+# torch.library's autograd kernel (ours are registered from Python) costs several
+# microseconds a call even when no gradient can be recorded, only to redispatch below
+# autograd. Without grad mode the ops go there directly, as inference_mode would; traced
+# code keeps the plain call. (A private API of torch: if it goes, the plain call remains.)
+_below_autograd = getattr(torch._C, "_AutoDispatchBelowAutograd", None)
+
+
+def _call(op: Callable[..., Any], *args: Any) -> Any:
+    if _below_autograd is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return op(*args)
+    with _below_autograd():
+        return op(*args)
 
 
 @_dlpack_interop
@@ -100,7 +119,9 @@ def conv3x3(
         )
     check.conv3x3(input, weight, bias, padding, relu)
     algos = backend.algos_for(input, weight, bias, padding, relu)
-    return torch.ops.overfeat_kernels.conv3x3.default(input, weight, bias, padding, relu, algos)
+    return _call(
+        torch.ops.overfeat_kernels.conv3x3.default, input, weight, bias, padding, relu, algos
+    )
 
 
 @_dlpack_interop
@@ -125,7 +146,7 @@ def offset_max_pool2d(input: Tensor, kernel_size: int) -> Tensor:
     """
     _ext.require()
     check.offset_max_pool2d(input, kernel_size)
-    return torch.ops.overfeat_kernels.offset_max_pool2d.default(input, kernel_size)
+    return _call(torch.ops.overfeat_kernels.offset_max_pool2d.default, input, kernel_size)
 
 
 @_dlpack_interop
@@ -148,7 +169,7 @@ def interleave(input: Tensor, kernel_size: int) -> Tensor:
     """
     _ext.require()
     check.interleave(input, kernel_size)
-    return torch.ops.overfeat_kernels.interleave.default(input, kernel_size)
+    return _call(torch.ops.overfeat_kernels.interleave.default, input, kernel_size)
 
 
 @_dlpack_interop
@@ -164,7 +185,7 @@ def deinterleave(input: Tensor, kernel_size: int) -> Tensor:
     """
     _ext.require()
     check.deinterleave(input, kernel_size)
-    return torch.ops.overfeat_kernels.deinterleave.default(input, kernel_size)
+    return _call(torch.ops.overfeat_kernels.deinterleave.default, input, kernel_size)
 
 
 # ---------------------------------------------------------------------------------------

@@ -83,3 +83,49 @@ def test_compile_dynamic_shapes(device):
     for h in (17, 20, 26):
         x = torch.randn(1, 2, h, h + 1, device=device)
         assert torch.equal(fn(x), reference.interleave(reference.offset_max_pool2d(x, 3), 3))
+
+
+def _public_ops(x, w, b):
+    """Each public op once: conv3x3, offset_max_pool2d, interleave, deinterleave."""
+    y = ok.interleave(ok.offset_max_pool2d(ok.conv3x3(x, w, b, 1, True), 2), 2)
+    return y, ok.deinterleave(y, 2)
+
+
+def test_ops_without_grad_mode_skip_autograd(device, monkeypatch):
+    from overfeat_kernels import ops
+
+    entered = []
+    real = ops._below_autograd
+    assert real is not None  # the torch this package supports has it
+
+    class Counting:
+        def __enter__(self):
+            entered.append(1)
+            self.guard = real()
+            return self.guard.__enter__()
+
+        def __exit__(self, *exc):
+            return self.guard.__exit__(*exc)
+
+    monkeypatch.setattr(ops, "_below_autograd", Counting)
+    x = torch.randn(2, 3, 11, 13, device=device, requires_grad=True)
+    w = torch.randn(5, 3, 3, 3, device=device, requires_grad=True)
+    b = torch.randn(5, device=device, requires_grad=True)
+    with_grad = _public_ops(x, w, b)
+    assert not entered and all(t.grad_fn is not None for t in with_grad)
+    with torch.no_grad():
+        without = _public_ops(x, w, b)
+    assert len(entered) == 4  # every public op went below autograd
+    for t, ref in zip(without, with_grad, strict=True):
+        assert t.grad_fn is None and not t.requires_grad
+        assert torch.equal(t, ref.detach())
+
+
+def test_compile_fullgraph_without_grad_mode(device):
+    torch._dynamo.reset()
+    x = torch.randn(2, 3, 11, 13, device=device)
+    w, b = torch.randn(5, 3, 3, 3, device=device), torch.randn(5, device=device)
+    compiled = torch.compile(_pipeline, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        out = compiled(x, w, b)
+    assert_matches(out, _pipeline_reference(to64(x), to64(w), to64(b)))
