@@ -5,7 +5,8 @@
 Every number is a ratio against baselines timed in the same run, never an absolute claim:
 each op against overfeat_kernels.reference (the pure-PyTorch composition) and against
 x.clone() of its input (the copy-bandwidth limit of a memory-bound op), conv3x3 + bias +
-ReLU against F.conv2d + relu_ (and its autograd). The candidates of a row are timed in
+ReLU against F.conv2d + relu_ (and its autograd), each op's fixed cost per call (tiny
+inputs) against the PyTorch call it stands for. The candidates of a row are timed in
 turn, round after round (torch.utils.benchmark, blocked_autorange), and each keeps the
 median of its rounds, so that load from other processes hits all of them alike. The JSON
 records the CPU model, thread count and load average (default:
@@ -211,6 +212,70 @@ def _conv_row(n, c, kout, h, w, layout: str, min_run_time: float, rounds: int) -
     return r
 
 
+def call_rows(min_run_time: float, rounds: int) -> list[dict]:
+    """Each public op's fixed cost per call: tiny inputs, so that the time is the host's
+    work (Python, argument checks, dispatch, autograd), against the PyTorch call it stands
+    for, without grad mode and with inputs that require gradients. On one thread: a tiny
+    convolution handed to several threads times their start-up, not the call."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _call_rows(min_run_time, rounds)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _call_rows(min_run_time: float, rounds: int) -> list[dict]:
+    x, w, b = torch.randn(1, 4, 4, 4), torch.randn(4, 4, 3, 3), torch.randn(4)
+    p = torch.randn(1, 4, 8, 8)
+    m = torch.randn(4, 4, 4, 4)
+    cases = {
+        "conv3x3": (
+            lambda x, w, b, p, m: ok.conv3x3(x, w, b, 1, True),
+            lambda x, w, b, p, m: F.conv2d(x, w, b, padding=1).relu_(),
+            "F.conv2d + relu_",
+        ),
+        "offset_max_pool2d": (
+            lambda x, w, b, p, m: ok.offset_max_pool2d(p, 2),
+            lambda x, w, b, p, m: F.max_pool2d(p, 2),
+            "F.max_pool2d",
+        ),
+        "interleave": (
+            lambda x, w, b, p, m: ok.interleave(m, 2),
+            lambda x, w, b, p, m: reference.interleave(m, 2),
+            "reference",
+        ),
+        "deinterleave": (
+            lambda x, w, b, p, m: ok.deinterleave(p, 2),
+            lambda x, w, b, p, m: reference.deinterleave(p, 2),
+            "reference",
+        ),
+    }
+    rows = []
+    for grad in (False, True):
+        args = [t.clone().requires_grad_(grad) for t in (x, w, b, p, m)]
+        for op, (ours, base, base_name) in cases.items():
+            with torch.set_grad_enabled(grad):
+                t = time_interleaved(
+                    {
+                        "ours": lambda f=ours, a=args: f(*a),
+                        "baseline": lambda f=base, a=args: f(*a),
+                    },
+                    min_run_time,
+                    rounds,
+                )
+            us = {name: ms * 1e3 for name, ms in t.items()}
+            r = {"op": op, "grad": grad, "baseline": base_name, "us": us}
+            r["ours_vs_baseline"] = t["ours"] / t["baseline"]
+            rows.append(r)
+            print(
+                f"  call {op:18} {'grad   ' if grad else 'no grad'} ours / {base_name}: "
+                f"{r['ours_vs_baseline']:.2f}x"
+            )
+    sys.stdout.flush()
+    return rows
+
+
 def crops_at_fine_stride(images: torch.Tensor, size: int, stride: int, h: int, w: int):
     """The h x w crops of side `size` at `stride` pixels (top-left first), as one batch."""
     crops = [
@@ -288,12 +353,15 @@ def print_row(r: dict) -> None:
 
 def markdown_table(result: dict) -> str:
     """The README table: one line per row, ratios only."""
-    lines = [
-        "| op | shape | k | layout | dtype | fwd / clone | fwd: reference / ours "
-        "| bwd / clone | bwd: reference / ours |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in result.get("pool", []) + result.get("permute", []):
+    lines = []
+    memory_bound = result.get("pool", []) + result.get("permute", [])
+    if memory_bound:
+        lines += [
+            "| op | shape | k | layout | dtype | fwd / clone | fwd: reference / ours "
+            "| bwd / clone | bwd: reference / ours |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+    for r in memory_bound:
         bwd = (
             f"{r['bwd_vs_clone']:.2f} | {r['bwd_speedup_vs_reference']:.1f}"
             if "bwd_vs_clone" in r
@@ -316,6 +384,18 @@ def markdown_table(result: dict) -> str:
                 f"| {'x'.join(map(str, r['shape']))}, {r['filters']} filters | {r['layout']} "
                 f"| {r['fwd_speedup_vs_baseline']:.2f} | {r['bwd_speedup_vs_baseline']:.2f} |"
             )
+    calls = result.get("calls", [])
+    if calls:
+        lines += [
+            "",
+            "| one call, tiny input | grad | ours / PyTorch | PyTorch call |",
+            "|---|---|---|---|",
+        ]
+        for r in calls:
+            lines.append(
+                f"| ok.{r['op']} | {'yes' if r['grad'] else 'no'} | {r['ours_vs_baseline']:.2f} "
+                f"| {r['baseline']} |"
+            )
     dense_ = result.get("dense", [])
     if dense_:
         lines += [
@@ -328,7 +408,7 @@ def markdown_table(result: dict) -> str:
                 f"| {r['shape'][2]}x{r['shape'][3]} | {r['map'][0]}x{r['map'][1]} "
                 f"| {r['speedup_vs_dilated']:.2f} | {r['speedup_vs_crops']:.2f} |"
             )
-    return "\n".join(lines)
+    return "\n".join(lines).strip("\n")
 
 
 def cases(quick: bool) -> dict[str, list]:
@@ -384,8 +464,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--sections",
-        default="pool,permute,conv,dense",
-        help="comma-separated: pool, permute, conv, dense (default: all)",
+        default="pool,permute,conv,calls,dense",
+        help="comma-separated: pool, permute, conv, calls, dense (default: all)",
     )
     parser.add_argument("--out", type=Path, default=None, help="JSON file to write")
     args = parser.parse_args(argv)
@@ -407,6 +487,8 @@ def main(argv: list[str] | None = None) -> int:
         result["permute"] = permute_rows(c["permute"], mrt, rounds)
     if "conv" in sections:
         result["conv"] = conv_rows(c["conv"], mrt, rounds)
+    if "calls" in sections:
+        result["calls"] = call_rows(mrt, rounds)
     if "dense" in sections:
         result["dense"] = dense_rows(c["dense"], mrt, rounds)
     env["loadavg_end"] = list(os.getloadavg())

@@ -51,7 +51,7 @@ def test_time_interleaved_returns_a_median_per_candidate():
 
 def test_quick_run_writes_json_and_table(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    args = ["--quick", "--sections", "pool,permute,conv", "--min-run-time", "0.001"]
+    args = ["--quick", "--sections", "pool,permute,conv,calls", "--min-run-time", "0.001"]
     assert bench_cpu.main([*args, "--rounds", "1", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     env = result["environment"]
@@ -66,8 +66,17 @@ def test_quick_run_writes_json_and_table(tmp_path, capsys):
     assert {r["op"] for r in result["permute"]} == {"interleave", "deinterleave"}
     (conv,) = result["conv"]
     assert conv["fwd_speedup_vs_baseline"] == conv["ms"]["baseline"] / conv["ms"]["ours"]
+    calls = result["calls"]
+    assert {(r["op"], r["grad"]) for r in calls} == {
+        (op, grad)
+        for op in ("conv3x3", "offset_max_pool2d", "interleave", "deinterleave")
+        for grad in (False, True)
+    }
+    for r in calls:
+        assert r["ours_vs_baseline"] == r["us"]["ours"] / r["us"]["baseline"]
     table = result["table"]
     assert table.count("| offset_max_pool2d |") == len(pool)
+    assert table.count("| one call, tiny input |") == 1
     assert "| conv3x3 + bias + ReLU |" in table
     assert table in capsys.readouterr().out
 
