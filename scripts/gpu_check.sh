@@ -9,7 +9,8 @@
 # with a per-command time limit can take the steps one call at a time, e.g.
 #   scripts/gpu_check.sh out --full build tests      (build about 2 minutes on an H100 host;
 #                                                     tests 8 or more: the GPU cases first)
-#   scripts/gpu_check.sh out --full bench-conv       (about 4 minutes per dtype)
+#   CONV_DTYPES="bf16 fp32-tf32" scripts/gpu_check.sh out --full bench-conv
+#                                                    (about 4 minutes per dtype; default: all 4)
 # "tests" runs everything but the simulator cases (CI runs those; they need no GPU).
 # Uses the python3 on PATH (with torch, pytest, ninja; cupy for the CuPy oracle tests;
 # pytest-xdist if present).
@@ -68,9 +69,10 @@ fi
 budget=(--budget-ms 60)
 if has bench-conv; then
   if [ "$mode" = "--full" ]; then
-    for dtypes in bf16,fp32-tf32 fp16,fp32; do
-      $PYTHON benchmarks/bench_ops.py --sections conv --dtypes $dtypes "${budget[@]}" \
-        --out "$out/bench_conv_${dtypes/,/_}.json" 2>&1 | tee "$out/bench_conv_${dtypes/,/_}.log"
+    # One dtype per run and file; CONV_DTYPES picks some (about 4 minutes each on an H100).
+    for dtype in ${CONV_DTYPES:-bf16 fp32-tf32 fp16 fp32}; do
+      $PYTHON benchmarks/bench_ops.py --sections conv --dtypes $dtype "${budget[@]}" \
+        --out "$out/bench_conv_$dtype.json" 2>&1 | tee "$out/bench_conv_$dtype.log"
       [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
     done
   else
