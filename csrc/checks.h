@@ -6,6 +6,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/util/safe_numerics.h>
 
 #include <optional>
 #include <vector>
@@ -57,6 +58,16 @@ inline void check_same(const at::Tensor& t, const at::Tensor& ref, const char* o
 
 inline void check_kernel_size(int64_t k, const char* op) {
   TORCH_CHECK_VALUE(k >= 1, op, ": kernel_size must be >= 1, got ", k);
+}
+
+// a * b, a size that the op derives from kernel_size k (k*k, N*k*k, h*k); a ValueError where
+// it leaves int64 (only tensors without elements get that far, or a huge k).
+inline int64_t kernel_size_product(int64_t a, int64_t b, int64_t k, const char* op) {
+  int64_t out = 0;
+  TORCH_CHECK_VALUE(!c10::mul_overflows(a, b, &out), op, ": kernel_size ", k,
+                    " is too large: a size derived from it (", a, " * ", b,
+                    ") does not fit in 64 bits");
+  return out;
 }
 
 inline void check_conv3x3_args(const at::Tensor& input, const at::Tensor& weight,
@@ -151,7 +162,8 @@ inline PoolGeometry check_offset_pool_args(const at::Tensor& input, int64_t k,
   TORCH_CHECK_VALUE(ho >= 1 && wo >= 1, op, ": input of spatial size ", in.h, "x", in.w,
                     " is too small for offset pooling with kernel_size ", k,
                     " (needs H, W >= 2*kernel_size - 1 = ", 2 * k - 1, ")");
-  return {in, {in.n * k * k, in.c, ho, wo}, k};
+  const int64_t kk = kernel_size_product(k, k, k, op);
+  return {in, {kernel_size_product(in.n, kk, k, op), in.c, ho, wo}, k};
 }
 
 inline PoolGeometry check_offset_pool_backward_args(const at::Tensor& grad_output,
@@ -175,18 +187,21 @@ inline Shape4 check_deinterleave_args(const at::Tensor& input, int64_t k) {
                     "deinterleave: input height and width must be multiples of kernel_size ",
                     k, ", got shape ", input.sizes());
   const Shape4 s = shape4(input);
-  return {s.n * k * k, s.c, s.h / k, s.w / k};
+  const int64_t kk = kernel_size_product(k, k, k, "deinterleave");
+  return {kernel_size_product(s.n, kk, k, "deinterleave"), s.c, s.h / k, s.w / k};
 }
 
 // Returns the shape of interleave's output.
 inline Shape4 check_interleave_args(const at::Tensor& input, int64_t k) {
   check_4d(input, "interleave", "input");
   check_kernel_size(k, "interleave");
-  TORCH_CHECK_VALUE(input.size(0) % (k * k) == 0,
-                    "interleave: input batch must be a multiple of kernel_size**2 = ", k * k,
+  const int64_t kk = kernel_size_product(k, k, k, "interleave");
+  TORCH_CHECK_VALUE(input.size(0) % kk == 0,
+                    "interleave: input batch must be a multiple of kernel_size**2 = ", kk,
                     " (one map per offset), got shape ", input.sizes());
   const Shape4 s = shape4(input);
-  return {s.n / (k * k), s.c, s.h * k, s.w * k};
+  return {s.n / kk, s.c, kernel_size_product(s.h, k, k, "interleave"),
+          kernel_size_product(s.w, k, k, "interleave")};
 }
 
 }  // namespace overfeat_kernels

@@ -54,11 +54,27 @@ def integer(value: object, op: str, name: str) -> int:
     return value  # type: ignore[return-value]
 
 
+_INT64_MAX = 2**63 - 1
+
+
 def kernel_size(k: object, op: str) -> int:
     k = integer(k, op, "kernel_size")
     if k < 1:
         raise ValueError(f"{op}: kernel_size must be >= 1, got {k}")
+    if isinstance(k, int) and k > _INT64_MAX:
+        raise ValueError(f"{op}: kernel_size must be < 2**63, got {k}")
     return k
+
+
+def sizes_fit(op: str, k: int, *sizes: int) -> None:
+    """Sizes derived from kernel_size (k*k, N*k*k, H*k) must fit in int64, the kernels' size
+    type. Only tensors without elements, or a huge k, come this far with sizes that do not."""
+    for size in sizes:
+        if isinstance(size, int) and size > _INT64_MAX:  # symbolic sizes: left to the op
+            raise ValueError(
+                f"{op}: kernel_size {k} is too large: a size derived from it ({size}) "
+                "does not fit in 64 bits"
+            )
 
 
 def conv3x3(
@@ -114,6 +130,7 @@ def offset_max_pool2d(
             f"{op}: input of spatial size {h}x{w} is too small for offset pooling with "
             f"kernel_size {k} (needs H, W >= 2*kernel_size - 1 = {2 * k - 1})"
         )
+    sizes_fit(op, k, k * k, n * k * k)
     return (n * k * k, c, ho, wo)
 
 
@@ -131,6 +148,7 @@ def interleave(input: object, k: object) -> tuple[int, int, int, int]:
     movable(input, op)
     k = kernel_size(k, op)
     b, c, h, w = input.shape
+    sizes_fit(op, k, k * k, h * k, w * k)
     if b % (k * k) != 0:
         raise ValueError(
             f"{op}: input batch must be a multiple of kernel_size**2 = {k * k} "
@@ -150,6 +168,7 @@ def deinterleave(input: object, k: object) -> tuple[int, int, int, int]:
             f"{op}: input height and width must be multiples of kernel_size {k}, "
             f"got shape {tuple(input.shape)}"
         )
+    sizes_fit(op, k, k * k, n * k * k)
     return (n * k * k, c, h // k, w // k)
 
 

@@ -147,6 +147,42 @@ def test_interleave_bad_input(case):
         assert word in str(info.value), (word, str(info.value))
 
 
+# Sizes derived from a huge kernel_size (k*k, N*k*k, H*k) that leave int64: only tensors
+# without elements get past the other checks with such a k. Each case once through the
+# public wrapper and once through the raw op (the C++ check).
+HUGE_K_CASES = [
+    ("interleave empty batch", "interleave", (0, 2, 7, 7), 2**40),
+    ("interleave k*k wraps to 0", "interleave", (4, 0, 7, 7), 2**32),
+    ("interleave k*k just past int64", "interleave", (0, 2, 7, 7), 3037000500),
+    ("deinterleave N*k*k", "deinterleave", (9, 2, 0, 0), 2**31),
+    ("deinterleave N*k*k wraps to 0", "deinterleave", (9, 2, 0, 0), 2**32),
+    ("offset pool N*k*k", "offset_max_pool2d", (3, 0, 2**32, 2**32), 2**31),
+]
+
+
+@pytest.mark.parametrize("case", HUGE_K_CASES, ids=[c[0] for c in HUGE_K_CASES])
+@pytest.mark.parametrize("path", ["wrapper", "raw op"])
+def test_huge_kernel_size_is_an_error_not_a_crash(case, path):
+    _, name, shape, k = case
+    n, c, h, w = shape
+    x = torch.empty(n, c, min(h, 1), min(w, 1)).expand(shape)  # stride 0: no huge strides
+    fn = getattr(ok, name) if path == "wrapper" else getattr(OPS, name)
+    with pytest.raises(ValueError, match=rf"kernel_size {k} is too large.*64 bits"):
+        fn(x, k)
+
+
+def test_kernel_size_beyond_int64():
+    with pytest.raises(ValueError, match=r"kernel_size must be < 2\*\*63"):
+        ok.interleave(torch.empty(0, 2, 7, 7), 2**63)
+
+
+def test_huge_kernel_size_with_fitting_sizes_still_works():
+    # Empty results whose sizes fit: a valid (if odd) call, not an error.
+    out = ok.interleave(torch.empty(0, 2, 7, 7), 2**20)
+    assert out.shape == (0, 2, 7 * 2**20, 7 * 2**20)
+    assert ok.deinterleave(torch.empty(9, 2, 0, 0), 2**20).shape == (9 * 2**40, 2, 0, 0)
+
+
 def test_conv3x3_backward_raw_op_checks():
     x, w = x4(1, 3, 8, 8), x4(4, 3, 3, 3)
     with pytest.raises(ValueError, match="grad_output must have shape"):
