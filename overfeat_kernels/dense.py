@@ -61,6 +61,27 @@ def _check_images(images: object, min_size: int, fn: str) -> Tensor:
     return images
 
 
+def _check_model_input(model: nn.Module, images: Tensor, fn: str) -> None:
+    """Images on the device and, outside autocast, in the dtype of the model's parameters
+    (the stock layers would otherwise fail deep inside with torch's message)."""
+    param = next(model.parameters(), None)
+    if param is None:
+        return
+    if images.device != param.device:
+        raise ValueError(
+            f"{fn}: images are on {images.device} but the model is on {param.device}; "
+            "move one to the other"
+        )
+    autocast = images.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(
+        images.device.type
+    )
+    if images.dtype != param.dtype and not autocast:  # (autocast casts both)
+        raise TypeError(
+            f"{fn}: images are {images.dtype} but the model's parameters are {param.dtype}; "
+            f"convert one to the other (images.to({param.dtype}) or model.to({images.dtype}))"
+        )
+
+
 def linear_as_conv(layer: nn.Linear, x: Tensor, kernel: int = 1, dilation: int = 1) -> Tensor:
     """`layer` applied at every position of the map `x` as a kernel x kernel convolution,
     through a view of its weight (no copy)."""
@@ -96,6 +117,7 @@ def dense_maps(
     localization heads share layer 5. Arguments as for score_map."""
     spec = _spec(model)
     _check_images(images, spec.input_size, "score_map")
+    _check_model_input(model, images, "score_map")
     if method not in ("offsets", "dilated"):
         raise ValueError(f"score_map: method must be 'offsets' or 'dilated', got {method!r}")
     heads = [model.classifier] if heads is None else heads
@@ -148,6 +170,22 @@ def score_map(
     return dense_maps(model, images, None, fine_stride, method)[0]
 
 
+def _check_scales(scales: object) -> tuple:
+    def is_size(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    ok = isinstance(scales, (tuple, list)) and len(scales) > 0
+    for scale in scales if ok else ():
+        pair = isinstance(scale, (tuple, list)) and len(scale) == 2 and all(map(is_size, scale))
+        ok = ok and (is_size(scale) or pair)
+    if not ok:
+        raise ValueError(
+            "classify: scales must be a non-empty list of ints >= 1 (smallest side) or "
+            f"(height, width) pairs of them, got {scales!r}"
+        )
+    return tuple(scales)
+
+
 def _resize(images: Tensor, scale: int | tuple[int, int]) -> Tensor:
     if isinstance(scale, int):  # smallest side = scale, aspect kept
         h, w = images.shape[-2:]
@@ -188,7 +226,9 @@ def classify(
     """
     spec = _spec(model)
     is_overfeat = hasattr(model, "variant")
-    scales = scales if scales is not None else (OVERFEAT_SCALES if is_overfeat else VGG_SCALES)
+    scales = _check_scales(
+        scales if scales is not None else (OVERFEAT_SCALES if is_overfeat else VGG_SCALES)
+    )
     reduce = reduce or ("max" if is_overfeat else "mean_softmax")
     fine_stride = is_overfeat if fine_stride is None else fine_stride
     if reduce not in ("max", "mean_softmax"):
@@ -211,7 +251,8 @@ def classify(
             per_image = maps.amax(dim=(-2, -1))
         else:
             per_image = maps.float().softmax(dim=1).mean(dim=(-2, -1))
-        per_image = per_image.float().view(-1, images.shape[0], per_image.shape[1]).sum(0)
+        views = 2 if flip else 1  # (an empty batch leaves -1 ambiguous)
+        per_image = per_image.float().view(views, images.shape[0], per_image.shape[1]).sum(0)
         total = per_image if total is None else total + per_image
         count += 2 if flip else 1
     return total / count
@@ -219,4 +260,11 @@ def classify(
 
 def topk(scores: Tensor, k: int = 5) -> tuple[Tensor, Tensor]:
     """The k best (scores, class indices) per image, best first."""
+    if not isinstance(scores, Tensor) or scores.dim() < 1:
+        raise ValueError(f"topk: scores must be a [..., classes] tensor, got {scores!r:.80}")
+    classes = scores.shape[-1]
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"topk: k must be an int, got {type(k).__name__} {k!r}")
+    if not 0 <= k <= classes:
+        raise ValueError(f"topk: k must be from 0 to the number of classes {classes}, got {k}")
     return scores.topk(k, dim=-1)

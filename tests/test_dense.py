@@ -111,6 +111,46 @@ def test_errors():
         dense.score_map(nn.Conv2d(3, 3, 1), torch.empty(1, 3, 245, 245))
 
 
+def test_errors_model_and_images_must_match():
+    model = models.overfeat("fast", num_classes=5).to("meta")
+    with pytest.raises(TypeError, match=r"images are torch.float64 but the model's parameters"):
+        dense.score_map(model, torch.empty(1, 3, 231, 231, dtype=torch.float64, device="meta"))
+    with pytest.raises(ValueError, match="images are on cpu but the model is on meta"):
+        dense.classify(model, torch.empty(1, 3, 231, 231), scales=[231])
+    # Under autocast both are cast: bfloat16 images meet a float32 model.
+    model = small_init(models.overfeat("fast", num_classes=5))
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        scores = dense.score_map(model, torch.randn(1, 3, 247, 247, dtype=torch.bfloat16))
+    assert scores.shape[:2] == (1, 5) and scores.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("scales", [[], [0], (-1,), "x", 231, [231.5], [(231, 0)], [True]])
+def test_classify_bad_scales(scales):
+    model = models.overfeat("fast", num_classes=5).to("meta")
+    with pytest.raises(ValueError, match="scales must be a non-empty list"):
+        dense.classify(model, torch.empty(1, 3, 231, 231, device="meta"), scales=scales)
+
+
+@pytest.mark.parametrize("flip", [True, False])
+def test_classify_empty_batch(flip):
+    model = small_init(models.overfeat("fast", num_classes=5))
+    scores = dense.classify(model, torch.empty(0, 3, 240, 250), scales=[231], flip=flip)
+    assert scores.shape == (0, 5)
+
+
+def test_topk_checks_k():
+    scores = torch.randn(2, 5)
+    for k in (6, -1):
+        with pytest.raises(ValueError, match="k must be from 0 to the number of classes 5"):
+            dense.topk(scores, k)
+    assert dense.topk(scores, 0)[0].shape == (2, 0)
+    with pytest.raises(TypeError, match="k must be an int"):
+        dense.topk(scores, 2.0)
+    values, idx = dense.topk(scores, 5)
+    expect = scores.sort(dim=-1, descending=True)
+    assert torch.equal(values, expect.values) and torch.equal(idx, expect.indices)
+
+
 @torch.no_grad()
 def test_classify_overfeat_protocol():
     model = build("accurate")
