@@ -113,8 +113,13 @@ def _cmd_layers(args: argparse.Namespace) -> int:
     with torch.device("meta"):  # shapes only: no weights in memory
         model = models.build_model(args.model)
     size = args.size or model.dense_spec.input_size
+    try:
+        shapes = layers.layer_shapes(model, size)
+    except ValueError as err:
+        print(f"overfeat-kernels layers: error: {err}", file=sys.stderr)
+        return 2
     print(f"{args.model}: extractable layers at {size}x{size} (shape per image)")
-    for name, shape in layers.layer_shapes(model, size):
+    for name, shape in shapes:
         print(f"  {name:10} {'x'.join(map(str, shape))}")
     return 0
 

@@ -118,7 +118,14 @@ def forward_layers(model: nn.Module, images: Tensor, names: list[str],
 def layer_shapes(model: nn.Module, size: int | None = None) -> list[tuple[str, tuple[int, ...]]]:
     """(name, per-image output shape) of every layer at input size `size` (default: the
     model's), computed on the meta device: no arithmetic, no memory."""
-    size = size or model.dense_spec.input_size
+    smallest = model.dense_spec.input_size
+    size = smallest if size is None else size
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise TypeError(f"layer_shapes: size must be an int, got {type(size).__name__}")
+    if size < smallest:
+        raise ValueError(
+            f"layer_shapes: size {size} is smaller than the model's input size {smallest}"
+        )
     meta = _on_meta(model)
     names = [t.name for t in layer_taps(meta)]
     with torch.no_grad():

@@ -154,6 +154,8 @@ def convert(module: nn.Module, verbose: bool = True) -> nn.Module:
         >>> convert(net, verbose=False)[0]
         Conv3x3(3, 8, padding=1, bias=True, relu=True)
     """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"convert: module must be a torch.nn.Module, got {type(module).__name__}")
     replaced: list[str] = []
 
     def visit(parent: nn.Module, prefix: str) -> None:

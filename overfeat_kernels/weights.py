@@ -18,6 +18,7 @@ Files are read with ``torch.load(weights_only=True)`` or safetensors: never unpi
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -37,16 +38,28 @@ __all__ = [
 PathLike = str | os.PathLike
 
 
+def _unreadable(path: Path, kind: str, error: BaseException) -> ValueError:
+    first = (str(error).splitlines() or [type(error).__name__])[0]
+    return ValueError(f"{path}: cannot be read as {kind} of weights: {first}")
+
+
 def load_state_dict_file(path: PathLike) -> dict[str, Tensor]:
     """A state dict from a .safetensors file or a torch.save file (weights_only=True)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return load_file(str(path))
+        except (OSError, SafetensorError) as e:
+            raise _unreadable(path, "a .safetensors file", e) from e
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as e:
+        raise _unreadable(path, "a torch.save file", e) from e
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(
             state["state_dict"], Mapping):  # fmt: skip
         state = state["state_dict"]  # a training checkpoint

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torchvision
 from torch import nn
@@ -58,3 +59,8 @@ def test_convert_root_and_nothing_eligible(capsys):
     net = nn.Sequential(nn.Conv2d(3, 4, 5), nn.Conv2d(4, 4, 3, stride=2))
     convert(net)
     assert "replaced 0 convolution(s)" in capsys.readouterr().out
+
+
+def test_convert_rejects_a_non_module():
+    with pytest.raises(TypeError, match=r"module must be a torch\.nn\.Module, got str"):
+        convert("vgg16")

@@ -152,6 +152,8 @@ def test_layers_and_help(capsys):
     assert cli.main(["layers", "vgg16"]) == 0
     out = capsys.readouterr().out
     assert "conv5_3    512x14x14" in out and "fc7        4096" in out
+    assert cli.main(["layers", "vgg11", "--size", "10"]) == 2
+    assert "size 10 is smaller than the model's input size 224" in capsys.readouterr().err
     assert cli.main(["layers", "overfeat-accurate"]) == 0
     assert "layer9" in capsys.readouterr().out
     with pytest.raises(SystemExit):

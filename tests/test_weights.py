@@ -57,6 +57,25 @@ def test_files(tmp_path, tv_vgg11):
         weights.load_vgg(models.vgg11(), tmp_path / "nope.pth")
 
 
+@pytest.mark.parametrize(
+    ("name", "data", "kind"),
+    [
+        ("garbage.pth", b"not a checkpoint", "torch.save"),
+        ("empty.pth", b"", "torch.save"),
+        ("cut.pth", None, "torch.save"),  # a real file cut in half
+        ("garbage.safetensors", b"\x00" * 16, ".safetensors"),
+    ],
+)
+def test_unreadable_files_name_the_file(tmp_path, tv_vgg11, name, data, kind):
+    path = tmp_path / name
+    if data is None:
+        torch.save(tv_vgg11.state_dict(), path)
+        data = path.read_bytes()[: path.stat().st_size // 2]
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match=rf"{name}: cannot be read as a {kind} file of weights"):
+        weights.load_vgg(models.vgg11(), path)
+
+
 def test_mismatch_names_missing_and_unexpected_keys(tv_vgg11):
     state = dict(tv_vgg11.state_dict())
     del state["features.3.bias"]
