@@ -108,6 +108,10 @@ def test_cli_train_and_errors(folder, tmp_path, capsys):
     assert cli.main(["train", "--model", "vgg11", "--data", str(tmp_path / "none"),
                         "--out", str(tmp_path / "d")]) == 2  # fmt: skip
     assert "data folder not found" in capsys.readouterr().err
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert cli.main([*args[:-1], "--out", str(tmp_path / "e"), "--init-from", str(bad)]) == 2
+    assert "bad.pt: cannot be read as a torch.save file of weights" in capsys.readouterr().err
 
 
 def test_ddp_two_processes_on_cpu(folder, tmp_path):
