@@ -351,64 +351,70 @@ def print_row(r: dict) -> None:
     sys.stdout.flush()
 
 
+def _memory_bound_line(r: dict) -> str:
+    bwd = (
+        f"{r['bwd_vs_clone']:.2f} | {r['bwd_speedup_vs_reference']:.1f}"
+        if "bwd_vs_clone" in r
+        else "— | —"
+    )
+    return (
+        f"| {r['op']} | {'x'.join(map(str, r['shape']))} | {r['k']} | {r['layout']} "
+        f"| {r['dtype']} | {r['fwd_vs_clone']:.2f} | {r['fwd_speedup_vs_reference']:.1f} "
+        f"| {bwd} |"
+    )
+
+
+def _conv_line(r: dict) -> str:
+    return (
+        f"| {'x'.join(map(str, r['shape']))}, {r['filters']} filters | {r['layout']} "
+        f"| {r['fwd_speedup_vs_baseline']:.2f} | {r['bwd_speedup_vs_baseline']:.2f} |"
+    )
+
+
+def _call_line(r: dict) -> str:
+    return (
+        f"| ok.{r['op']} | {'yes' if r['grad'] else 'no'} | {r['ours_vs_baseline']:.2f} "
+        f"| {r['baseline']} |"
+    )
+
+
+def _dense_line(r: dict) -> str:
+    return (
+        f"| {r['shape'][2]}x{r['shape'][3]} | {r['map'][0]}x{r['map'][1]} "
+        f"| {r['speedup_vs_dilated']:.2f} | {r['speedup_vs_crops']:.2f} |"
+    )
+
+
 def markdown_table(result: dict) -> str:
-    """The README table: one line per row, ratios only."""
-    lines = []
-    memory_bound = result.get("pool", []) + result.get("permute", [])
-    if memory_bound:
-        lines += [
-            "| op | shape | k | layout | dtype | fwd / clone | fwd: reference / ours "
-            "| bwd / clone | bwd: reference / ours |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-    for r in memory_bound:
-        bwd = (
-            f"{r['bwd_vs_clone']:.2f} | {r['bwd_speedup_vs_reference']:.1f}"
-            if "bwd_vs_clone" in r
-            else "— | —"
-        )
-        lines.append(
-            f"| {r['op']} | {'x'.join(map(str, r['shape']))} | {r['k']} | {r['layout']} "
-            f"| {r['dtype']} | {r['fwd_vs_clone']:.2f} | {r['fwd_speedup_vs_reference']:.1f} "
-            f"| {bwd} |"
-        )
-    conv = result.get("conv", [])
-    if conv:
-        lines += [
-            "",
-            "| conv3x3 + bias + ReLU | layout | fwd: baseline / ours | bwd: baseline / ours |",
-            "|---|---|---|---|",
-        ]
-        for r in conv:
-            lines.append(
-                f"| {'x'.join(map(str, r['shape']))}, {r['filters']} filters | {r['layout']} "
-                f"| {r['fwd_speedup_vs_baseline']:.2f} | {r['bwd_speedup_vs_baseline']:.2f} |"
-            )
-    calls = result.get("calls", [])
-    if calls:
-        lines += [
-            "",
-            "| one call, tiny input | grad | ours / PyTorch | PyTorch call |",
-            "|---|---|---|---|",
-        ]
-        for r in calls:
-            lines.append(
-                f"| ok.{r['op']} | {'yes' if r['grad'] else 'no'} | {r['ours_vs_baseline']:.2f} "
-                f"| {r['baseline']} |"
-            )
-    dense_ = result.get("dense", [])
-    if dense_:
-        lines += [
-            "",
-            "| OverFeat fast, image | fine map | dilated / offsets | crop by crop / offsets |",
-            "|---|---|---|---|",
-        ]
-        for r in dense_:
-            lines.append(
-                f"| {r['shape'][2]}x{r['shape'][3]} | {r['map'][0]}x{r['map'][1]} "
-                f"| {r['speedup_vs_dilated']:.2f} | {r['speedup_vs_crops']:.2f} |"
-            )
-    return "\n".join(lines).strip("\n")
+    """The README tables, one per section that has rows: one line per row, ratios only."""
+    tables = [
+        (
+            ["op", "shape", "k", "layout", "dtype", "fwd / clone", "fwd: reference / ours",
+             "bwd / clone", "bwd: reference / ours"],
+            _memory_bound_line,
+            result.get("pool", []) + result.get("permute", []),
+        ),
+        (
+            ["conv3x3 + bias + ReLU", "layout", "fwd: baseline / ours", "bwd: baseline / ours"],
+            _conv_line,
+            result.get("conv", []),
+        ),
+        (
+            ["one call, tiny input", "grad", "ours / PyTorch", "PyTorch call"],
+            _call_line,
+            result.get("calls", []),
+        ),
+        (
+            ["OverFeat fast, image", "fine map", "dilated / offsets", "crop by crop / offsets"],
+            _dense_line,
+            result.get("dense", []),
+        ),
+    ]  # fmt: skip
+    return "\n\n".join(
+        "\n".join([f"| {' | '.join(columns)} |", "|" + "---|" * len(columns), *map(line, rows)])
+        for columns, line, rows in tables
+        if rows
+    )
 
 
 def cases(quick: bool) -> dict[str, list]:
