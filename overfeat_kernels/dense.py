@@ -236,7 +236,7 @@ def classify(
     if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3:
         raise ValueError("classify: images must be a [N, 3, H, W] tensor")
     total = None
-    count = 0
+    views = 2 if flip else 1  # the images, and their mirror images if flip
     for scale in scales:
         x = _resize(images, scale)
         _check_images(x, spec.input_size, f"classify (scale {scale})")
@@ -251,11 +251,10 @@ def classify(
             per_image = maps.amax(dim=(-2, -1))
         else:
             per_image = maps.float().softmax(dim=1).mean(dim=(-2, -1))
-        views = 2 if flip else 1  # (an empty batch leaves -1 ambiguous)
+        # (views named: with an empty batch a -1 would be ambiguous)
         per_image = per_image.float().view(views, images.shape[0], per_image.shape[1]).sum(0)
         total = per_image if total is None else total + per_image
-        count += 2 if flip else 1
-    return total / count
+    return total / (views * len(scales))
 
 
 def topk(scores: Tensor, k: int = 5) -> tuple[Tensor, Tensor]:

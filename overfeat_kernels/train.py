@@ -18,7 +18,6 @@ adaptation layers for another class count (``adaptation`` hidden units adds one 
 from __future__ import annotations
 
 import os
-import pickle
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -167,10 +166,7 @@ def _read_init(path: str) -> tuple[dict | None, int]:
         return weights.load_state_dict_file(p), 1000
     if p.suffix not in (".pt", ".pth"):
         return None, 1000
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as e:
-        raise weights._unreadable(p, "a torch.save file", e) from e
+    state = weights._torch_load(p)
     if isinstance(state, dict) and isinstance(state.get("model"), dict) and "classes" in state:
         return state["model"], len(state["classes"])  # a checkpoint of ours
     return state, 1000

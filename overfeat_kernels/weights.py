@@ -43,6 +43,14 @@ def _unreadable(path: Path, kind: str, error: BaseException) -> ValueError:
     return ValueError(f"{path}: cannot be read as {kind} of weights: {first}")
 
 
+def _torch_load(path: Path) -> object:
+    """torch.load(weights_only=True) on the CPU; an unreadable file is a ValueError naming it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as e:
+        raise _unreadable(path, "a torch.save file", e) from e
+
+
 def load_state_dict_file(path: PathLike) -> dict[str, Tensor]:
     """A state dict from a .safetensors file or a torch.save file (weights_only=True)."""
     path = Path(path)
@@ -56,10 +64,7 @@ def load_state_dict_file(path: PathLike) -> dict[str, Tensor]:
             return load_file(str(path))
         except (OSError, SafetensorError) as e:
             raise _unreadable(path, "a .safetensors file", e) from e
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as e:
-        raise _unreadable(path, "a torch.save file", e) from e
+    state = _torch_load(path)
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(
             state["state_dict"], Mapping):  # fmt: skip
         state = state["state_dict"]  # a training checkpoint
