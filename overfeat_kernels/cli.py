@@ -45,9 +45,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from . import digits
+    from . import demo
 
-    digits.run(args.out, quick=args.quick, seed=args.seed)
+    demo.run(args.out, quick=args.quick, seed=args.seed)
     if torch.cuda.is_available():
         bench = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_ops.py"
         if bench.exists():
@@ -60,7 +60,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_selfcheck(args: argparse.Namespace) -> int:
-    from . import backend, demo, simulator
+    from . import backend, selfcheck, simulator
 
     if args.device == "cuda" and not torch.cuda.is_available():
         print("overfeat-kernels selfcheck: --device cuda but no CUDA GPU is available",
@@ -75,7 +75,7 @@ def _cmd_selfcheck(args: argparse.Namespace) -> int:
         # the defaults shrink and the times say nothing about a GPU.
         simulator.reset_launch_counts()
         with simulator.simulate_cuda():
-            rows = demo.run(
+            rows = selfcheck.run(
                 "cpu", DTYPES[args.dtype], args.batch, args.size or 24, args.channels or 16,
                 args.reps or 1,
             )  # fmt: skip
@@ -86,7 +86,7 @@ def _cmd_selfcheck(args: argparse.Namespace) -> int:
     else:
         # Our kernels are what is checked: the "auto" backend could hand conv3x3 to cuDNN.
         with backend.conv_backend("ours"):
-            rows = demo.run(
+            rows = selfcheck.run(
                 args.device, DTYPES[args.dtype], args.batch, args.size or 56,
                 args.channels or 64, args.reps or 10,
             )  # fmt: skip
@@ -216,26 +216,26 @@ def build_parser() -> argparse.ArgumentParser:
     main_job.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     main_job.set_defaults(func=_cmd_demo)
 
-    demo = sub.add_parser("selfcheck", help="run every op and layer against the reference, timed")
-    demo.add_argument(
+    check = sub.add_parser("selfcheck", help="run every op and layer against the reference, timed")
+    check.add_argument(
         "--device",
         choices=["cpu", "cuda", "sim"],
         default=None,
         help="where to run: cpu, cuda, or sim (the CUDA kernels in the CPU simulator); "
         "default: cuda if available, else cpu",
     )
-    demo.add_argument(
+    check.add_argument(
         "--dtype", choices=sorted(DTYPES), default="float32", help="data type (default: float32)"
     )
-    demo.add_argument("--batch", type=int, default=2, help="batch size (default: 2)")
-    demo.add_argument(
+    check.add_argument("--batch", type=int, default=2, help="batch size (default: 2)")
+    check.add_argument(
         "--size", type=int, default=None, help="map height and width (default: 56; sim: 24)"
     )
-    demo.add_argument("--channels", type=int, default=None, help="channels (default: 64; sim: 16)")
-    demo.add_argument(
+    check.add_argument("--channels", type=int, default=None, help="channels (default: 64; sim: 16)")
+    check.add_argument(
         "--reps", type=int, default=None, help="timed repetitions (default: 10; sim: 1)"
     )
-    demo.set_defaults(func=_cmd_selfcheck)
+    check.set_defaults(func=_cmd_selfcheck)
 
     lay = sub.add_parser("layers", help="list a model's extractable layers and their shapes")
     _add_model(lay, "model")

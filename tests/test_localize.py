@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from overfeat_kernels import digits, localize
+from overfeat_kernels import demo, localize
 from overfeat_kernels.dense import dense_maps
 
 
@@ -35,7 +35,7 @@ def test_overlap_fraction():
 def test_boxes_placed_at_their_windows():
     """A regressor that always answers 'the whole window' must give, for fine-map position
     (i, j), the box of the window at (stride * j, stride * i), divided by the scale."""
-    net = digits.DigitNet().eval()
+    net = demo.DigitNet().eval()
     reg = localize.BoxRegressor.for_model(net, hidden=(4,))
     last = reg.head[-1]
     with torch.no_grad():
@@ -58,14 +58,14 @@ def test_boxes_placed_at_their_windows():
 
 def test_train_regressor_lowers_loss_and_freezes_trunk():
     torch.manual_seed(0)
-    net = digits.DigitNet()
+    net = demo.DigitNet()
     before = [p.clone() for p in net.parameters()]
     reg = localize.BoxRegressor.for_model(net, hidden=(32,))
-    train, _ = digits.load_glyphs()
+    train, _ = demo.load_glyphs()
     import random
 
     rng = random.Random(0)
-    batches = [digits.make_windows(train, 64, rng, background=0.0, max_shift=8)
+    batches = [demo.make_windows(train, 64, rng, background=0.0, max_shift=8)
                for _ in range(60)]  # fmt: skip
     losses = localize.train_regressor(net, reg, ((x, b, y) for x, y, b in batches), lr=3e-3)
     assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10 / 3

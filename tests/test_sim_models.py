@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from test_dense import build
 
-from overfeat_kernels import dense, digits, models, simulator
+from overfeat_kernels import demo, dense, models, simulator
 
 pytestmark = [
     pytest.mark.sim,
@@ -56,9 +56,9 @@ def test_vgg_forward_through_cuda_kernels():
 def test_training_steps_through_cuda_kernels():
     """The main job's network, two SGD steps (forward, all three conv gradients)."""
     torch.manual_seed(0)
-    net = digits.DigitNet()
+    net = demo.DigitNet()
     twin = copy.deepcopy(net)
-    x = torch.randn(8, 3, digits.WINDOW, digits.WINDOW)
+    x = torch.randn(8, 3, demo.WINDOW, demo.WINDOW)
     y = torch.randint(0, 11, (8,))
 
     def train(m):

@@ -6,11 +6,11 @@ import json
 
 from PIL import Image
 
-from overfeat_kernels import digits
+from overfeat_kernels import demo
 
 
 def test_reduced_demo_meets_the_bar(tmp_path):
-    result = digits.run(tmp_path, quick=True, verbose=False)
+    result = demo.run(tmp_path, quick=True, verbose=False)
     assert result.test_accuracy >= 0.95
     assert result.recall >= 0.8
     assert result.precision >= 0.6
@@ -27,8 +27,8 @@ def test_reduced_demo_meets_the_bar(tmp_path):
 def test_canvas_digits_do_not_overlap():
     import random
 
-    train, _ = digits.load_glyphs()
-    canvas = digits.make_canvas(train, random.Random(0))
+    train, _ = demo.load_glyphs()
+    canvas = demo.make_canvas(train, random.Random(0))
     assert len(canvas.truth) == 4
     from overfeat_kernels.boxes import intersection
 
@@ -39,12 +39,12 @@ def test_canvas_digits_do_not_overlap():
 def test_training_shows_a_progress_bar(capsys):
     import random
 
-    train, _ = digits.load_glyphs()
-    net = digits.DigitNet()
-    digits.train_classifier(net, train, 3, random.Random(0), batch=8, progress=True)
+    train, _ = demo.load_glyphs()
+    net = demo.DigitNet()
+    demo.train_classifier(net, train, 3, random.Random(0), batch=8, progress=True)
     err = capsys.readouterr().err
     # A bar named after the phase, with its total (how far it got before closing depends
     # on tqdm's refresh interval, i.e. on the machine's speed).
     assert "classifier:" in err and "/3 [" in err
-    digits.train_classifier(net, train, 2, random.Random(0), batch=8)  # default: silent
+    demo.train_classifier(net, train, 2, random.Random(0), batch=8)  # default: silent
     assert capsys.readouterr().err == ""
