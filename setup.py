@@ -92,7 +92,14 @@ def _extensions():
         raise SystemExit("overfeat_kernels needs ninja to build: `pip install ninja`, then retry.")
 
     with_cuda = bool(cuda_home) and torch.version.cuda is not None
-    sources = ["csrc/ops.cpp", *sorted(glob.glob("csrc/cpu/*.cpp", root_dir=ROOT))]
+    sources = [
+        "csrc/ops.cpp",
+        "csrc/python_module.cpp",
+        "csrc/conv_choice.cpp",
+        *sorted(glob.glob("csrc/autograd/*.cpp", root_dir=ROOT)),
+        *sorted(glob.glob("csrc/autocast/*.cpp", root_dir=ROOT)),
+        *sorted(glob.glob("csrc/cpu/*.cpp", root_dir=ROOT)),
+    ]
     # at::parallel_for is a header template: compiled without OpenMP it runs every chunk on
     # the calling thread. With -fopenmp the kernels use torch's thread count, and the
     # libgomp.so.1 torch has already loaded.

@@ -1,16 +1,22 @@
 // Argument checks and tensor helpers shared by the CPU and CUDA implementations.
 //
-// The Python wrappers validate first and give the friendliest messages; these checks are
-// the safety net for direct torch.ops calls, so that no input reaches a kernel that could
-// read out of bounds. TORCH_CHECK_VALUE / TORCH_CHECK_TYPE raise ValueError / TypeError.
+// These are the ops' argument checks: a public call reaches them in one step (the Python
+// wrappers check only what C++ cannot see, such as arrays of other libraries). Messages
+// name the op and the argument and speak Python (shapes as tuples, dtypes as torch.float32),
+// as the fake kernels' checks (overfeat_kernels/_validate.py) do when tracing; a test holds
+// the two to the same words. TORCH_CHECK_VALUE / TORCH_CHECK_TYPE raise ValueError /
+// TypeError.
 #pragma once
 
 #include <ATen/ATen.h>
 #include <c10/util/safe_numerics.h>
 
 #include <optional>
+#include <sstream>
+#include <string>
 #include <vector>
 
+#include "conv_plan.h"
 #include "index_math.h"
 #include "op_schemas.h"
 
@@ -33,11 +39,40 @@ inline at::Tensor empty_in_format_of(at::IntArrayRef sizes, const at::Tensor& li
   return at::empty(sizes, like.options().memory_format(like.suggest_memory_format()));
 }
 
+// Sizes as Python prints a tuple of them: (3, 8, 8), (5,), ().
+inline std::string py_shape(at::IntArrayRef sizes) {
+  std::ostringstream s;
+  s << '(';
+  for (size_t i = 0; i < sizes.size(); ++i) s << (i ? ", " : "") << sizes[i];
+  s << (sizes.size() == 1 ? ",)" : ")");
+  return s.str();
+}
+
+// A dtype as Python names it: torch.float32, torch.complex128.
+inline std::string py_dtype(at::ScalarType t) {
+  return "torch." + std::string(c10::getDtypeNames(t).first);
+}
+
+// A layout as Python names it: torch.strided, torch.sparse_coo, ...
+inline const char* py_layout(at::Layout l) {
+  switch (l) {
+    case at::kStrided: return "torch.strided";
+    case at::kSparse: return "torch.sparse_coo";
+    case at::kSparseCsr: return "torch.sparse_csr";
+    case at::kSparseCsc: return "torch.sparse_csc";
+    case at::kSparseBsr: return "torch.sparse_bsr";
+    case at::kSparseBsc: return "torch.sparse_bsc";
+    case at::kMkldnn: return "torch._mkldnn";
+    case at::kJagged: return "torch.jagged";
+    default: return "an unknown layout";
+  }
+}
+
 inline void check_4d(const at::Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK_VALUE(t.dim() == 4, op, ": ", name, " must be a 4-D tensor [N, C, H, W], got ",
-                    t.dim(), "-D tensor of shape ", t.sizes());
+  TORCH_CHECK_VALUE(t.dim() == 4, op, ": ", name, " must be a 4-D tensor [N, C, H, W], got a ",
+                    t.dim(), "-D tensor of shape ", py_shape(t.sizes()));
   TORCH_CHECK_VALUE(t.layout() == at::kStrided, op, ": ", name,
-                    " must be a dense (strided) tensor, got layout ", t.layout());
+                    " must be a dense (strided) tensor, got layout ", py_layout(t.layout()));
 }
 
 inline void check_floating(const at::Tensor& t, const char* op, const char* name) {
@@ -45,13 +80,22 @@ inline void check_floating(const at::Tensor& t, const char* op, const char* name
   TORCH_CHECK_TYPE(st == at::kFloat || st == at::kHalf || st == at::kBFloat16 ||
                        st == at::kDouble,
                    op, ": ", name,
-                   " must be float32, float16, bfloat16 or float64, got ", st);
+                   " must be float32, float16, bfloat16 or float64, got ", py_dtype(st));
+}
+
+// interleave / deinterleave move elements of 1, 2, 4 or 8 bytes (any such dtype).
+inline void check_movable(const at::Tensor& t, const char* op) {
+  const auto size = t.element_size();
+  TORCH_CHECK_TYPE(size == 1 || size == 2 || size == 4 || size == 8, op, ": input dtype ",
+                   py_dtype(t.scalar_type()),
+                   " is not supported (elements of 1, 2, 4 or 8 bytes only)");
 }
 
 inline void check_same(const at::Tensor& t, const at::Tensor& ref, const char* op,
                        const char* name, const char* ref_name) {
   TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), op, ": ", name, " dtype ",
-                   t.scalar_type(), " does not match ", ref_name, " dtype ", ref.scalar_type());
+                   py_dtype(t.scalar_type()), " does not match ", ref_name, " dtype ",
+                   py_dtype(ref.scalar_type()));
   TORCH_CHECK_VALUE(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but ",
                     ref_name, " is on ", ref.device());
 }
@@ -78,12 +122,12 @@ inline void check_conv3x3_args(const at::Tensor& input, const at::Tensor& weight
   check_4d(weight, op, "weight");
   check_same(weight, input, op, "weight", "input");
   TORCH_CHECK_VALUE(weight.size(2) == 3 && weight.size(3) == 3, op,
-                    ": weight must be [K, C, 3, 3], got shape ", weight.sizes());
+                    ": weight must be [K, C, 3, 3], got shape ", py_shape(weight.sizes()));
   TORCH_CHECK_VALUE(weight.size(0) >= 1, op, ": weight must have at least one output channel");
   TORCH_CHECK_VALUE(input.size(1) >= 1, op, ": input must have at least one channel");
   TORCH_CHECK_VALUE(weight.size(1) == input.size(1), op, ": weight expects ", weight.size(1),
-                    " input channels (shape ", weight.sizes(), ") but input has ", input.size(1),
-                    " (shape ", input.sizes(), ")");
+                    " input channels (shape ", py_shape(weight.sizes()), ") but input has ",
+                    input.size(1), " (shape ", py_shape(input.sizes()), ")");
   TORCH_CHECK_VALUE(padding == 0 || padding == 1, op, ": padding must be 0 or 1, got ",
                     padding);
   TORCH_CHECK_VALUE(input.size(2) + 2 * padding >= 3 && input.size(3) + 2 * padding >= 3, op,
@@ -93,28 +137,8 @@ inline void check_conv3x3_args(const at::Tensor& input, const at::Tensor& weight
     const auto& b = *bias;
     check_same(b, input, op, "bias", "input");
     TORCH_CHECK_VALUE(b.dim() == 1 && b.size(0) == weight.size(0), op, ": bias must be [",
-                      weight.size(0), "], got shape ", b.sizes());
+                      weight.size(0), "], got shape ", py_shape(b.sizes()));
   }
-}
-
-inline const char* conv_algo_name(int64_t algo) {
-  switch (algo) {
-    case kAlgoDefault: return "default";
-    case kAlgoDirect: return "direct";
-    case kAlgoTensorCores: return "tensor cores";
-    case kAlgoTensorCoresSmall: return "tensor cores, small tiles";
-    case kAlgoAten: return "aten";
-    default: return "unknown";
-  }
-}
-
-// One entry of conv3x3's `algos` (ConvAlgo). `which` names it, e.g. "algos[1] (grad-input)";
-// `small_tiles` whether that direction has a small-tile variant (grad-weight has not).
-inline void check_conv_algo(int64_t algo, const char* op, const char* which, bool small_tiles) {
-  TORCH_CHECK_VALUE(algo >= 0 && algo < kNumConvAlgos && (small_tiles || algo != kAlgoTensorCoresSmall),
-                    op, ": ", which, " must be ", small_tiles ? "0-4" : "0, 1, 2 or 4",
-                    " (default, direct, tensor cores", small_tiles ? ", tensor cores with small tiles" : "",
-                    ", aten), got ", algo);
 }
 
 inline void check_conv_algos(at::IntArrayRef algos, bool backward) {
@@ -122,12 +146,12 @@ inline void check_conv_algos(at::IntArrayRef algos, bool backward) {
   TORCH_CHECK_VALUE(algos.size() == (backward ? 2u : 3u), op, ": algos must have ",
                     backward ? 2 : 3, " entries, got ", algos.size());
   if (backward) {
-    check_conv_algo(algos[0], op, "algos[0] (grad-input)", true);
-    check_conv_algo(algos[1], op, "algos[1] (grad-weight)", false);
+    check_conv_algo(algos[0], op, algo_argument(ConvDirection::kGradInput, true), true);
+    check_conv_algo(algos[1], op, algo_argument(ConvDirection::kGradWeight, true), false);
   } else {
-    check_conv_algo(algos[0], op, "algos[0] (forward)", true);
-    check_conv_algo(algos[1], op, "algos[1] (grad-input)", true);
-    check_conv_algo(algos[2], op, "algos[2] (grad-weight)", false);
+    check_conv_algo(algos[0], op, algo_argument(ConvDirection::kForward, false), true);
+    check_conv_algo(algos[1], op, algo_argument(ConvDirection::kGradInput, false), true);
+    check_conv_algo(algos[2], op, algo_argument(ConvDirection::kGradWeight, false), false);
   }
 }
 
@@ -142,13 +166,13 @@ inline void check_conv3x3_backward_args(const at::Tensor& grad_output, const at:
   check_4d(grad_output, "conv3x3_backward", "grad_output");
   check_same(grad_output, input, "conv3x3_backward", "grad_output", "input");
   TORCH_CHECK_VALUE(grad_output.sizes() == at::IntArrayRef(expected),
-                    "conv3x3_backward: grad_output must have shape ", at::IntArrayRef(expected),
-                    ", got ", grad_output.sizes());
+                    "conv3x3_backward: grad_output must have shape ", py_shape(expected),
+                    ", got ", py_shape(grad_output.sizes()));
   if (relu_output.has_value()) {
     check_same(*relu_output, input, "conv3x3_backward", "relu_output", "input");
     TORCH_CHECK_VALUE(relu_output->sizes() == at::IntArrayRef(expected),
-                      "conv3x3_backward: relu_output must have shape ", at::IntArrayRef(expected),
-                      ", got ", relu_output->sizes());
+                      "conv3x3_backward: relu_output must have shape ", py_shape(expected),
+                      ", got ", py_shape(relu_output->sizes()));
   }
 }
 
@@ -174,18 +198,19 @@ inline PoolGeometry check_offset_pool_backward_args(const at::Tensor& grad_outpu
   check_same(grad_output, input, op, "grad_output", "input");
   const std::vector<int64_t> expected{g.out.n, g.out.c, g.out.h, g.out.w};
   TORCH_CHECK_VALUE(grad_output.sizes() == at::IntArrayRef(expected), op,
-                    ": grad_output must have shape ", at::IntArrayRef(expected), ", got ",
-                    grad_output.sizes());
+                    ": grad_output must have shape ", py_shape(expected), ", got ",
+                    py_shape(grad_output.sizes()));
   return g;
 }
 
 // Returns the shape of deinterleave's output.
 inline Shape4 check_deinterleave_args(const at::Tensor& input, int64_t k) {
   check_4d(input, "deinterleave", "input");
+  check_movable(input, "deinterleave");
   check_kernel_size(k, "deinterleave");
   TORCH_CHECK_VALUE(input.size(2) % k == 0 && input.size(3) % k == 0,
                     "deinterleave: input height and width must be multiples of kernel_size ",
-                    k, ", got shape ", input.sizes());
+                    k, ", got shape ", py_shape(input.sizes()));
   const Shape4 s = shape4(input);
   const int64_t kk = kernel_size_product(k, k, k, "deinterleave");
   return {kernel_size_product(s.n, kk, k, "deinterleave"), s.c, s.h / k, s.w / k};
@@ -194,14 +219,16 @@ inline Shape4 check_deinterleave_args(const at::Tensor& input, int64_t k) {
 // Returns the shape of interleave's output.
 inline Shape4 check_interleave_args(const at::Tensor& input, int64_t k) {
   check_4d(input, "interleave", "input");
+  check_movable(input, "interleave");
   check_kernel_size(k, "interleave");
+  const Shape4 s = shape4(input);
   const int64_t kk = kernel_size_product(k, k, k, "interleave");
+  const int64_t h = kernel_size_product(s.h, k, k, "interleave");
+  const int64_t w = kernel_size_product(s.w, k, k, "interleave");
   TORCH_CHECK_VALUE(input.size(0) % kk == 0,
                     "interleave: input batch must be a multiple of kernel_size**2 = ", kk,
-                    " (one map per offset), got shape ", input.sizes());
-  const Shape4 s = shape4(input);
-  return {s.n / kk, s.c, kernel_size_product(s.h, k, k, "interleave"),
-          kernel_size_product(s.w, k, k, "interleave")};
+                    " (one map per offset), got shape ", py_shape(input.sizes()));
+  return {s.n / kk, s.c, h, w};
 }
 
 }  // namespace overfeat_kernels

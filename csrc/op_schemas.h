@@ -17,35 +17,23 @@ inline constexpr char kOffsetMaxPool2dBackward[] = "offset_max_pool2d_backward";
 inline constexpr char kInterleave[] = "interleave";
 inline constexpr char kDeinterleave[] = "deinterleave";
 
-// conv3x3's `algos` arguments: which implementation computes the forward, the grad-input
-// and the grad-weight (the per-direction candidates that overfeat_kernels.backend times).
-// kAlgoDefault lets the kernel decide (the tile heuristic); the others force one.
-// kAlgoTensorCoresSmall applies to the forward and grad-input only.
-enum ConvAlgo : int64_t {
-  kAlgoDefault = 0,
-  kAlgoDirect = 1,            // CUDA: the direct CUDA-core kernels
-  kAlgoTensorCores = 2,       // CUDA: implicit GEMM on tensor cores, large tiles
-  kAlgoTensorCoresSmall = 3,  // CUDA: implicit GEMM on tensor cores, small tiles
-  kAlgoAten = 4,              // PyTorch's own convolution (cuDNN on CUDA, oneDNN on CPU)
-};
-inline constexpr int64_t kNumConvAlgos = 5;
-
 inline void define_ops(torch::Library& m) {
   const std::vector<at::Tag> tags{at::Tag::pt2_compliant_tag};
   // 3x3 convolution, stride 1, padding 0 or 1, optional fused bias and ReLU.
-  // algos: the implementation of [forward, grad-input, grad-weight] (ConvAlgo); the forward
-  // uses algos[0], the autograd formula passes the other two to conv3x3_backward.
+  // algos: the implementation of [forward, grad-input, grad-weight] (ConvAlgo, conv_plan.h);
+  // None lets the conv backend's mode choose (conv_choice.h). The forward uses algos[0],
+  // the autograd formula passes the other two to conv3x3_backward.
   m.def(
       "conv3x3(Tensor input, Tensor weight, Tensor? bias, int padding, bool relu, "
-      "int[3] algos=[0, 0, 0]) -> Tensor",
+      "int[3]? algos=None) -> Tensor",
       tags);
   // Gradients of conv3x3. relu_output is the forward's output when it applied ReLU (the
   // gradient is then masked by relu_output > 0), else None. Outputs not asked for in
   // output_mask (grad_input, grad_weight, grad_bias) come back as empty tensors. algos: the
-  // implementation of [grad-input, grad-weight] (ConvAlgo).
+  // implementation of [grad-input, grad-weight] (ConvAlgo), None: the mode chooses.
   m.def(
       "conv3x3_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor? relu_output, "
-      "int padding, bool[3] output_mask, int[2] algos=[0, 0]) -> (Tensor, Tensor, Tensor)",
+      "int padding, bool[3] output_mask, int[2]? algos=None) -> (Tensor, Tensor, Tensor)",
       tags);
   // k x k max pooling with stride k at each of the k*k pixel offsets.
   m.def("offset_max_pool2d(Tensor input, int kernel_size) -> Tensor", tags);

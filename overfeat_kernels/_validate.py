@@ -1,7 +1,10 @@
-"""Argument checks shared by the public wrappers (eager) and the fake kernels (tracing).
+"""Argument checks of the fake kernels (tracing) and of the wrappers' general path.
 
-Each check names the op and the argument and says what was expected and what came; each
-returns the output shape, so shape logic lives in one place. Shapes may be symbolic.
+A public call on plain tensors is checked in C++ (csrc/checks.h); these checks serve where
+that cannot run: fake and symbolic tensors while tracing, and the arguments of the general
+path (arrays of other libraries, subclasses). Each names the op and the argument and says
+what was expected and what came, in the same words as the C++ check; each returns the
+output shape. Shapes may be symbolic.
 """
 
 from __future__ import annotations
@@ -66,13 +69,15 @@ def kernel_size(k: object, op: str) -> int:
     return k
 
 
-def sizes_fit(op: str, k: int, *sizes: int) -> None:
-    """Sizes derived from kernel_size (k*k, N*k*k, H*k) must fit in int64, the kernels' size
-    type. Only tensors without elements, or a huge k, come this far with sizes that do not."""
-    for size in sizes:
+def sizes_fit(op: str, k: int, *products: tuple[int, int]) -> None:
+    """Sizes derived from kernel_size (k*k, N*k*k, H*k), given as factor pairs, must fit in
+    int64, the kernels' size type. Only tensors without elements, or a huge k, come this far
+    with sizes that do not."""
+    for a, b in products:
+        size = a * b
         if isinstance(size, int) and size > _INT64_MAX:  # symbolic sizes: left to the op
             raise ValueError(
-                f"{op}: kernel_size {k} is too large: a size derived from it ({size}) "
+                f"{op}: kernel_size {k} is too large: a size derived from it ({a} * {b}) "
                 "does not fit in 64 bits"
             )
 
@@ -130,7 +135,7 @@ def offset_max_pool2d(
             f"{op}: input of spatial size {h}x{w} is too small for offset pooling with "
             f"kernel_size {k} (needs H, W >= 2*kernel_size - 1 = {2 * k - 1})"
         )
-    sizes_fit(op, k, k * k, n * k * k)
+    sizes_fit(op, k, (k, k), (n, k * k))
     return (n * k * k, c, ho, wo)
 
 
@@ -148,7 +153,7 @@ def interleave(input: object, k: object) -> tuple[int, int, int, int]:
     movable(input, op)
     k = kernel_size(k, op)
     b, c, h, w = input.shape
-    sizes_fit(op, k, k * k, h * k, w * k)
+    sizes_fit(op, k, (k, k), (h, k), (w, k))
     if b % (k * k) != 0:
         raise ValueError(
             f"{op}: input batch must be a multiple of kernel_size**2 = {k * k} "
@@ -168,7 +173,7 @@ def deinterleave(input: object, k: object) -> tuple[int, int, int, int]:
             f"{op}: input height and width must be multiples of kernel_size {k}, "
             f"got shape {tuple(input.shape)}"
         )
-    sizes_fit(op, k, k * k, n * k * k)
+    sizes_fit(op, k, (k, k), (n, k * k))
     return (n * k * k, c, h // k, w // k)
 
 

@@ -5,34 +5,45 @@ Modes:
 - ``"auto"`` (the default): on a CUDA tensor, the first call with a new shape times the
   candidates on that GPU, for the forward and, when gradients are needed, for grad-input
   and grad-weight each on its own; it keeps the fastest of each and remembers them in
-  memory and on disk. Elsewhere (CPU tensors, the simulator, inside ``torch.compile``
-  tracing or CUDA-graph capture, where nothing may be timed) it uses a remembered choice if
-  there is one, else our kernels.
+  memory and on disk. Elsewhere (CPU tensors, the simulator) and wherever nothing may be
+  timed (during CUDA-graph capture; tracing never runs the kernels) it uses a remembered
+  choice if there is one, else our kernels; a key met during capture is timed at its next
+  eager call.
 - ``"ours"``: our kernels only, the configuration picked by their heuristic (what the
   benchmarks and tests of our kernels use).
 - ``"cudnn"``: PyTorch's own convolution with bias, then ReLU: cuDNN on CUDA, ATen's CPU
   convolution on the CPU.
 
-The candidates on CUDA (see :func:`candidates`): ``"direct"`` (CUDA-core kernels, every
-dtype), ``"tc"`` and ``"tc-small"`` (the tensor-core implicit GEMM with large or small
-tiles: bfloat16, float16, and float32 when ``torch.backends.cudnn.allow_tf32`` is set;
-grad-weight on tensor cores has one tile) and ``"cudnn"``.
-All of them are deterministic (cuDNN under ``torch.use_deterministic_algorithms(True)``
-picks deterministic algorithms itself, and that setting is part of the key). The choice
-is passed into the op (its ``algos`` argument), so whatever runs, the result is
-``conv3x3``'s: ``relu(F.conv2d(input, weight, bias, padding))`` in the input's memory
-format, with the same autograd.
+The choice is made inside the op, in C++ (``csrc/conv_choice.cpp``): a call of
+``overfeat_kernels.conv3x3``, of ``torch.ops.overfeat_kernels.conv3x3``, of a compiled or
+exported graph or of a captured CUDA graph runs what the mode says, at the cost of a table
+lookup. This module holds the Python side: the mode's API, the tuner that C++ calls on a key
+it has not seen (the disk cache, else CUDA-event timing on the current stream), and the
+disk cache.
+
+The candidates on CUDA (see :func:`candidates`, read from the C++ table ``conv_plan.h``):
+``"direct"`` (CUDA-core kernels, every dtype), ``"tc"`` and ``"tc-small"`` (the tensor-core
+implicit GEMM with large or small tiles: bfloat16, float16, and float32 when
+``torch.backends.cudnn.allow_tf32`` is set; grad-weight on tensor cores has one tile) and
+``"cudnn"``. All of them are deterministic (cuDNN under
+``torch.use_deterministic_algorithms(True)`` picks deterministic algorithms itself, and that
+setting is part of the key). Whatever runs, the result is ``conv3x3``'s:
+``relu(F.conv2d(input, weight, bias, padding))`` in the input's memory format, with the same
+autograd.
 
     >>> import overfeat_kernels as ok
     >>> with ok.conv_backend("cudnn"):
     ...     ok.get_conv_backend()
     'cudnn'
 
+The scope of ``conv_backend`` is the calling thread. A backward pass runs the gradients'
+implementations fixed at the forward call, under the mode in force then.
+
 The disk cache is ``conv_choices.json`` in ``$OVERFEAT_KERNELS_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/overfeat_kernels``, else ``~/.cache/overfeat_kernels``. Its keys name the
 GPU, the torch / CUDA / cuDNN versions and a hash of the compiled module, so a new driver
-stack or a rebuilt package times again. Writers take a lock and replace the file
-atomically; a corrupt or foreign file is ignored with a warning.
+stack or a rebuilt package times again. It is read once per process; writers take a lock
+and replace the file atomically; a corrupt or foreign file is ignored with a warning.
 """
 
 from __future__ import annotations
@@ -53,31 +64,39 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
-from torch._prims_common import suggest_memory_format
+
+from . import _ext
 
 __all__ = ["conv_backend", "conv_choices", "get_conv_backend", "set_conv_backend"]
 
 MODES = ("auto", "ours", "cudnn")
 DIRECTIONS = ("forward", "grad_input", "grad_weight")
-# Candidate name -> the op's `algos` code (csrc/op_schemas.h, ConvAlgo). "ours" is our
-# kernels with their own heuristic.
-ALGOS = {"ours": 0, "direct": 1, "tc": 2, "tc-small": 3, "cudnn": 4}
 ENV_MODE = "OVERFEAT_KERNELS_CONV_BACKEND"
 ENV_CACHE = "OVERFEAT_KERNELS_CACHE_DIR"
 CACHE_FORMAT = "overfeat_kernels.conv_choices/2"
 CACHE_FILE = "conv_choices.json"
 
-# Device types on which "auto" times candidates (tests widen it to exercise the path on CPU).
-AUTO_DEVICE_TYPES = frozenset({"cuda"})
+_C = _ext._C
 
-_global_mode: str | None = None  # None: not set; the environment or "auto" decides
-_scoped_mode: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+
+def _candidate_table() -> list[dict[str, Any]]:
+    return list(_C.conv_candidates()) if _C is not None else []
+
+
+CANDIDATES: list[dict[str, Any]] = _candidate_table()
+"""The candidates' table (``csrc/conv_plan.h``): name, code, directions, whether it runs
+on GPUs only, whether it needs tensor cores, the compute capability it needs."""
+
+# Candidate name -> the op's `algos` code. "ours" is our kernels with their own heuristic.
+ALGOS: dict[str, int] = {row["name"]: row["code"] for row in CANDIDATES}
+
+# Without the compiled module (nothing can run then) the mode is kept here.
+_py_global: str | None = None
+_py_scoped: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "overfeat_kernels_conv_backend", default=None
 )
 _lock = threading.Lock()
 _memory: dict[str, dict[str, Any]] = {}  # key -> {"choice", "times_ms", "source"}
-_DEFAULT_ALGOS = [0, 0, 0]
 _disk_loaded: set[Path] = set()
 
 
@@ -87,32 +106,50 @@ def _check_mode(mode: object, name: str) -> str:
     return mode  # type: ignore[return-value]
 
 
+def _code(mode: str | None) -> int:
+    return -1 if mode is None else MODES.index(mode)
+
+
 def set_conv_backend(mode: str) -> None:
     """Sets the conv3x3 backend for the whole process: "auto", "ours" or "cudnn"."""
-    global _global_mode
-    _global_mode = _check_mode(mode, "set_conv_backend: mode")
+    _set_global_mode(_check_mode(mode, "set_conv_backend: mode"))
+
+
+def _set_global_mode(mode: str | None) -> str | None:
+    """Sets (or, with None, unsets) the process-wide mode; returns the previous one."""
+    global _py_global
+    previous, _py_global = _py_global, mode
+    if _C is not None:
+        _C.set_conv_mode(_code(mode))
+    return previous
 
 
 def get_conv_backend() -> str:
     """The mode in force here: a ``conv_backend`` scope, else ``set_conv_backend``, else
     ``$OVERFEAT_KERNELS_CONV_BACKEND``, else "auto"."""
-    scoped = _scoped_mode.get()
+    if _C is not None:
+        return _C.conv_mode()
+    scoped = _py_scoped.get()
     if scoped is not None:
         return scoped
-    if _global_mode is not None:
-        return _global_mode
+    if _py_global is not None:
+        return _py_global
     env = os.environ.get(ENV_MODE)
     return "auto" if not env else _check_mode(env, ENV_MODE)
 
 
 @contextlib.contextmanager
 def conv_backend(mode: str) -> Iterator[None]:
-    """Uses `mode` for conv3x3 calls inside the ``with`` block (this thread / task only)."""
-    token = _scoped_mode.set(_check_mode(mode, "conv_backend: mode"))
+    """Uses `mode` for conv3x3 calls inside the ``with`` block (this thread only)."""
+    mode = _check_mode(mode, "conv_backend: mode")
+    token = _py_scoped.set(mode)
+    previous = _C.set_scoped_conv_mode(_code(mode)) if _C is not None else None
     try:
         yield
     finally:
-        _scoped_mode.reset(token)
+        if _C is not None:
+            _C.set_scoped_conv_mode(previous)
+        _py_scoped.reset(token)
 
 
 def conv_choices() -> dict[str, dict[str, Any]]:
@@ -135,61 +172,64 @@ def _copy_entry(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def clear_memory() -> None:
-    """Forgets the in-memory choices (the disk cache stays)."""
+    """Forgets the choices held in memory, in Python and in the op (the disk cache stays)."""
     with _lock:
         _memory.clear()
         _disk_loaded.clear()
+    if _C is not None:
+        _C.clear_conv_choices()
+
+
+_test_seams = {"time_on_cpu": False, "pretend_capture": False}
+
+
+@contextlib.contextmanager
+def _testing(time_on_cpu: bool = False, pretend_capture: bool = False) -> Iterator[None]:
+    """Test seams of the choice in C++: "auto" times CPU tensors too (so that the path runs
+    without a GPU); CPU calls behave as under CUDA-graph capture. Nests."""
+    previous = dict(_test_seams)
+    _test_seams.update(time_on_cpu=time_on_cpu, pretend_capture=pretend_capture)
+    _C.set_conv_choice_testing(**_test_seams)
+    try:
+        yield
+    finally:
+        _test_seams.update(previous)
+        _C.set_conv_choice_testing(**_test_seams)
 
 
 # ---------------------------------------------------------------------------------------
-# Candidates and the algos of a call
+# Candidates
 
 
-def candidates(direction: str, device_type: str, dtype: torch.dtype, tf32: bool) -> tuple[str, ...]:
-    """The implementations "auto" times for one direction of a call.
+def _tensor_core_dtype(dtype: torch.dtype, tf32: bool) -> bool:
+    return dtype in (torch.float16, torch.bfloat16) or (dtype == torch.float32 and tf32)
 
-    On CUDA: the direct kernels, the tensor-core tiles where they apply, and cuDNN. On
-    the CPU our conv3x3 is ATen's convolution with the epilogue fused: ours and ATen's.
+
+def candidates(
+    direction: str,
+    device_type: str,
+    dtype: torch.dtype,
+    tf32: bool,
+    capability: int | None = None,
+) -> tuple[str, ...]:
+    """The implementations "auto" times for one direction of a call (from the C++ table).
+
+    On CUDA: the direct kernels, the tensor-core tiles where they apply, and cuDNN; on the
+    CPU (and in the simulator) our conv3x3 is ATen's convolution with the epilogue fused:
+    ours and ATen's. `capability` is the GPU's compute capability x 10 (default: the
+    current GPU's, else 90, the simulator's H100).
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
-    if device_type != "cuda":
-        return ("ours", "cudnn")
-    tc = dtype in (torch.float16, torch.bfloat16) or (dtype == torch.float32 and tf32)
-    if not tc:
-        return ("direct", "cudnn")
-    tiles = ("tc",) if direction == "grad_weight" else ("tc", "tc-small")
-    return ("direct", *tiles, "cudnn")
-
-
-def _algos(choice: dict[str, str]) -> list[int]:
-    return [ALGOS[choice.get(d, "ours")] for d in DIRECTIONS]
-
-
-def _mode_algos(mode: str) -> list[int]:
-    return [ALGOS["cudnn"]] * 3 if mode == "cudnn" else list(_DEFAULT_ALGOS)
-
-
-def algos_for(
-    input: Tensor, weight: Tensor, bias: Tensor | None, padding: int, relu: bool
-) -> list[int]:
-    """The op's ``algos`` for this call (arguments already checked): [forward, grad-input,
-    grad-weight]."""
-    if torch.compiler.is_compiling():
-        # Traced code must not time anything: the process-wide mode, "auto" meaning ours.
-        return _mode_algos(_global_mode or "ours")
-    mode = get_conv_backend()
-    if mode != "auto":
-        return _mode_algos(mode)
-    if input.device.type not in AUTO_DEVICE_TYPES:
-        return list(_DEFAULT_ALGOS)
-    key = call_key(input, weight, bias, padding, relu)
-    found = _lookup(key)
-    if found is not None:
-        return _algos(found)
-    if input.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        return list(_DEFAULT_ALGOS)  # timed at the next eager call
-    return _algos(choose(key, input, weight, bias, padding, relu))
+    gpu = device_type == "cuda"
+    if capability is None:
+        capability = 90
+        if gpu and torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability()
+            capability = 10 * major + minor
+    return tuple(
+        _C.conv_candidates_for(direction, gpu, _tensor_core_dtype(dtype, tf32), capability)
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -203,9 +243,7 @@ def build_hash() -> str:
     """A short hash of the compiled module's bytes: a rebuilt package times again."""
     global _build_hash
     if _build_hash is None:
-        from . import _ext
-
-        path = getattr(getattr(_ext, "_C", None), "__file__", None)
+        path = getattr(_C, "__file__", None)
         digest = hashlib.sha256()
         if path and os.path.exists(path):
             with open(path, "rb") as f:
@@ -239,20 +277,46 @@ def _environment_key(device: torch.device) -> str:
     )
 
 
-def call_key(input: Tensor, weight: Tensor, bias: Tensor | None, padding: int, relu: bool) -> str:
-    """The environment and everything about the call that can change which is faster."""
-    n, c, h, w = input.shape
-    cl = input.is_contiguous(memory_format=torch.channels_last) and not input.is_contiguous()
-    train = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (input, weight, bias)
-    )
-    tf32 = input.dtype == torch.float32 and torch.backends.cudnn.allow_tf32
-    return (
-        f"{environment_key(input.device)}|n{n}c{c}h{h}w{w}k{weight.shape[0]}"
-        f"|{str(input.dtype).removeprefix('torch.')}|{'nhwc' if cl else 'nchw'}|pad{padding}"
-        f"|relu{int(relu)}|bias{int(bias is not None)}|tf32{int(tf32)}"
-        f"|det{int(torch.are_deterministic_algorithms_enabled())}|{'train' if train else 'infer'}"
-    )
+class Call:
+    """One call's key as the op sends it to the tuner (csrc/conv_choice.h, Key)."""
+
+    __slots__ = (
+        "bias", "c", "channels_last", "deterministic", "device", "dtype", "h", "k", "n",
+        "padding", "relu", "tf32", "train", "w",
+    )  # fmt: skip
+
+    def __init__(self, fields: tuple) -> None:
+        (dev_type, dev_index, dtype, self.n, self.c, self.h, self.w, self.k, cl, self.padding,
+         relu, bias, tf32, det, train) = fields  # fmt: skip
+        self.device = torch.device(dev_type, dev_index if dev_index >= 0 else None)
+        self.dtype = getattr(torch, dtype)
+        self.channels_last, self.relu, self.bias = bool(cl), bool(relu), bool(bias)
+        self.tf32, self.deterministic, self.train = bool(tf32), bool(det), bool(train)
+
+    def key(self) -> str:
+        """The key of the disk cache: the environment and everything about the call that can
+        change which candidate is faster."""
+        return (
+            f"{environment_key(self.device)}|n{self.n}c{self.c}h{self.h}w{self.w}k{self.k}"
+            f"|{str(self.dtype).removeprefix('torch.')}|{'nhwc' if self.channels_last else 'nchw'}"
+            f"|pad{self.padding}|relu{int(self.relu)}|bias{int(self.bias)}|tf32{int(self.tf32)}"
+            f"|det{int(self.deterministic)}|{'train' if self.train else 'infer'}"
+        )
+
+
+def _codes(choice: dict[str, str]) -> tuple[int, int, int]:
+    return tuple(ALGOS[choice.get(d, "ours")] for d in DIRECTIONS)  # type: ignore[return-value]
+
+
+def _tune(fields: tuple) -> tuple[int, int, int]:
+    """What the op asks on a key it has not seen in "auto" mode: the remembered choice (this
+    process, else the disk), else the candidates timed now."""
+    call = Call(fields)
+    key = call.key()
+    found = _lookup(key)
+    if found is not None:
+        return _codes(found)
+    return _codes(choose(key, call))
 
 
 # ---------------------------------------------------------------------------------------
@@ -290,37 +354,40 @@ def _median_cuda_ms(
 timer: Timer = _median_cuda_ms  # replaced in tests
 
 
-def _input_sets(input, weight, bias) -> list[tuple]:
+def _input_sets(call: Call) -> list[tuple]:
     """Fresh random inputs shaped like the call's, enough sets that L2 does not hold them."""
-    nbytes = (input.numel() + weight.numel()) * input.element_size()
+    x_shape, w_shape = (call.n, call.c, call.h, call.w), (call.k, call.c, 3, 3)
+    itemsize = torch.empty((), dtype=call.dtype).element_size()
+    nbytes = (math.prod(x_shape) + math.prod(w_shape)) * itemsize
     l2 = 50 << 20
-    if input.device.type == "cuda":
-        l2 = int(getattr(torch.cuda.get_device_properties(input.device), "L2_cache_size", l2))
+    if call.device.type == "cuda":
+        l2 = int(getattr(torch.cuda.get_device_properties(call.device), "L2_cache_size", l2))
     count = max(1, min(4, math.ceil(3 * l2 / max(nbytes, 1))))
-    fmt = suggest_memory_format(input)
+    fmt = torch.channels_last if call.channels_last else torch.contiguous_format
 
-    def like(t, memory_format=torch.contiguous_format):
-        if t is None:
-            return None
-        return torch.randn(t.shape, device=t.device, dtype=t.dtype).contiguous(
-            memory_format=memory_format
-        )
+    def rand(shape, memory_format=torch.contiguous_format):
+        t = torch.randn(shape, device=call.device, dtype=call.dtype)
+        return t.contiguous(memory_format=memory_format)
 
-    return [(like(input, fmt), like(weight), like(bias)) for _ in range(count)]
+    return [
+        (rand(x_shape, fmt), rand(w_shape), rand((call.k,)) if call.bias else None)
+        for _ in range(count)
+    ]
 
 
 def _direction_fns(
     direction: str, names: tuple[str, ...], sets: list[tuple], padding: int, relu: bool
 ) -> dict[str, Callable[[], object]]:
     """One callable per candidate: that direction alone, by that implementation, each call
-    on the next input set."""
+    on the next input set. Every call names its algos: nothing here asks the tuner again."""
     ops = torch.ops.overfeat_kernels
     counter = itertools.count()
+    ours = [ALGOS["ours"]] * 3
     if direction != "forward":
         # grad_output and the ReLU output per set, from our default forward.
         with_grads = []
         for x, w, b in sets:
-            out = ops.conv3x3.default(x, w, b, padding, relu)
+            out = ops.conv3x3.default(x, w, b, padding, relu, ours)
             with_grads.append((x, w, b, torch.randn_like(out), out if relu else None))
         sets = with_grads
 
@@ -328,10 +395,10 @@ def _direction_fns(
         def call() -> object:
             s = sets[next(counter) % len(sets)]
             if direction == "forward":
-                return ops.conv3x3.default(*s[:3], padding, relu, [algo, 0, 0])
+                return ops.conv3x3.default(*s[:3], padding, relu, [algo, ours[1], ours[2]])
             x, w, _, go, ro = s
             mask = [direction == "grad_input", direction == "grad_weight", False]
-            algos = [algo, 0] if direction == "grad_input" else [0, algo]
+            algos = [algo, ours[2]] if direction == "grad_input" else [ours[1], algo]
             return ops.conv3x3_backward.default(go, x, w, ro, padding, mask, algos)
 
         return call
@@ -339,21 +406,17 @@ def _direction_fns(
     return {name: fn(ALGOS[name]) for name in names}
 
 
-def choose(
-    key: str, input: Tensor, weight: Tensor, bias: Tensor | None, padding: int, relu: bool
-) -> dict[str, str]:
-    """Times the candidates for `key` on inputs like these, direction by direction (the
+def choose(key: str, call: Call) -> dict[str, str]:
+    """Times the candidates for `key` on inputs like the call's, direction by direction (the
     gradients only for a training key), remembers and returns the fastest of each."""
-    train = key.endswith("|train")
-    tf32 = input.dtype == torch.float32 and torch.backends.cudnn.allow_tf32
     choice: dict[str, str] = {}
     times: dict[str, dict[str, float]] = {}
     try:
         with torch.no_grad():
-            sets = _input_sets(input, weight, bias)
-            for direction in DIRECTIONS if train else DIRECTIONS[:1]:
-                names = candidates(direction, input.device.type, input.dtype, tf32)
-                measured = timer(_direction_fns(direction, names, sets, padding, relu))
+            sets = _input_sets(call)
+            for direction in DIRECTIONS if call.train else DIRECTIONS[:1]:
+                names = candidates(direction, call.device.type, call.dtype, call.tf32)
+                measured = timer(_direction_fns(direction, names, sets, call.padding, call.relu))
                 times[direction] = {name: float(measured[name]) for name in names}
                 choice[direction] = min(names, key=lambda name: times[direction][name])
     except Exception as err:  # never let tuning break a convolution
@@ -361,20 +424,18 @@ def choose(
             f"overfeat_kernels: timing the conv3x3 candidates failed ({err!r}); "
             "using our kernels for this shape",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=2,
         )
-        _remember(key, {d: "ours" for d in DIRECTIONS}, {}, "fallback", persist=False)
-        return {d: "ours" for d in DIRECTIONS}
+        _remember(key, dict.fromkeys(DIRECTIONS, "ours"), {}, "fallback", persist=False)
+        return dict.fromkeys(DIRECTIONS, "ours")
     _remember(key, choice, times, "measured", persist=True)
     return choice
 
 
 def _lookup(key: str) -> dict[str, str] | None:
-    entry = _memory.get(key)  # the hot path: a remembered key, no file system work
-    if entry is None:
-        _load_disk()
-        with _lock:
-            entry = _memory.get(key)
+    _load_disk()
+    with _lock:
+        entry = _memory.get(key)
     return None if entry is None else entry["choice"]
 
 
@@ -395,7 +456,7 @@ def _remember(
             warnings.warn(
                 f"overfeat_kernels: could not write the conv3x3 choice cache ({err})",
                 RuntimeWarning,
-                stacklevel=4,
+                stacklevel=2,
             )
 
 
@@ -521,3 +582,7 @@ def _load_disk() -> None:
         _disk_loaded.add(path)
         for key, entry in entries.items():
             _memory.setdefault(key, dict(entry, source="disk"))
+
+
+if _C is not None:
+    _C.set_conv_tuner(_tune)

@@ -1,10 +1,13 @@
-"""The public functional ops, their fake (meta) kernels and their autograd.
+"""The public functional ops and their fake kernels.
 
-The schemas live in C++ (csrc/ops.cpp); the CPU and CUDA kernels in csrc/cpu and
-csrc/cuda. Here: argument checking with clear messages, fake kernels so that
-`torch.compile(fullgraph=True)` and `torch.library.opcheck` work, and autograd, whose
-backward passes are ops of their own (`conv3x3_backward`, `offset_max_pool2d_backward`;
-interleave and deinterleave are each other's backward).
+The ops are C++ (csrc/): their schemas, argument checks, autograd (C++
+``torch::autograd::Function`` s whose backward passes are ops of their own), conv3x3's
+autocast and backend choice, and the CPU and CUDA kernels. On the common path a call here is
+one step into C++: the wrappers hand their arguments to ``overfeat_kernels._C``, which calls
+the op. Arguments that path cannot take as they are (arrays of other libraries that speak
+DLPack, Tensor subclasses, an active torch-function mode) and code being traced by
+``torch.compile`` take the general path: ``torch.ops.overfeat_kernels``. Here too: the fake
+kernels with which ``torch.compile`` and ``torch.library.opcheck`` trace the ops.
 
 Every functional op also accepts arrays of other libraries that speak DLPack (CuPy on the
 GPU, NumPy on the CPU) and returns an array of the same library, without copies.
@@ -12,24 +15,20 @@ GPU, NumPy on the CPU) and returns an array of the same library, without copies.
 
 from __future__ import annotations
 
-import functools
 import importlib
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch._prims_common import suggest_memory_format
 
-from . import _ext, backend
+from . import _ext
 from . import _validate as check
 
 __all__ = ["conv3x3", "deinterleave", "interleave", "offset_max_pool2d"]
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-_TORCH_ARGS = (Tensor, int, float, type(None))  # bool is an int
+_C = _ext._C
+_compiling = torch.compiler.is_compiling
 
 
 def _library_of(x: object) -> str | None:
@@ -39,40 +38,20 @@ def _library_of(x: object) -> str | None:
     return type(x).__module__.split(".")[0]
 
 
-def _dlpack_interop(fn: F) -> F:
-    """Lets `fn` take DLPack arrays (CuPy, NumPy, ...) and return the input's kind."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if not kwargs and all(isinstance(a, _TORCH_ARGS) for a in args):
-            return fn(*args)  # the usual call, checked in a fraction of a microsecond
-        first = args[0] if args else kwargs.get("input")
-        library = _library_of(first)
-        if library is None and not any(_library_of(a) for a in (*args, *kwargs.values())):
-            return fn(*args, **kwargs)
+def _general(name: str, *args: Any) -> Any:
+    """The op through torch.ops: what torch.compile traces, and what takes DLPack arrays
+    (converted; the result is of the first argument's kind), Tensor subclasses and
+    torch-function modes. The Python checks name bad arguments first (for these inputs C++
+    would see converted or wrapped tensors)."""
+    _ext.require()
+    library = _library_of(args[0])
+    if any(_library_of(a) for a in args):
         args = tuple(torch.from_dlpack(a) if _library_of(a) else a for a in args)
-        kwargs = {k: torch.from_dlpack(v) if _library_of(v) else v for k, v in kwargs.items()}
-        out = fn(*args, **kwargs)
-        return importlib.import_module(library).from_dlpack(out) if library else out
-
-    return wrapper  # type: ignore[return-value]
+    getattr(check, name)(*args)
+    out = getattr(torch.ops.overfeat_kernels, name).default(*args)
+    return importlib.import_module(library).from_dlpack(out) if library else out
 
 
-# torch.library's autograd kernel (ours are registered from Python) costs several
-# microseconds a call even when no gradient can be recorded, only to redispatch below
-# autograd. Without grad mode the ops go there directly, as inference_mode would; traced
-# code keeps the plain call. (A private API of torch: if it goes, the plain call remains.)
-_below_autograd = getattr(torch._C, "_AutoDispatchBelowAutograd", None)
-
-
-def _call(op: Callable[..., Any], *args: Any) -> Any:
-    if _below_autograd is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
-        return op(*args)
-    with _below_autograd():
-        return op(*args)
-
-
-@_dlpack_interop
 def conv3x3(
     input: Tensor,
     weight: Tensor,
@@ -107,24 +86,13 @@ def conv3x3(
         >>> conv3x3(x, w, torch.zeros(64), padding=1, relu=True).shape
         torch.Size([2, 64, 32, 32])
     """
-    _ext.require()
-    device_type = input.device.type if isinstance(input, Tensor) else None
-    # Autocast exists for cpu / cuda only (asking about "meta" raises).
-    if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
-        # Like F.conv2d under autocast: compute in the autocast dtype (bf16 / fp16).
-        dtype = torch.get_autocast_dtype(device_type)
-        input, weight, bias = (
-            t.to(dtype) if isinstance(t, Tensor) and t.is_floating_point() else t
-            for t in (input, weight, bias)
-        )
-    check.conv3x3(input, weight, bias, padding, relu)
-    algos = backend.algos_for(input, weight, bias, padding, relu)
-    return _call(
-        torch.ops.overfeat_kernels.conv3x3.default, input, weight, bias, padding, relu, algos
-    )
+    if _C is not None and not _compiling():
+        out = _C.conv3x3(input, weight, bias, padding, relu)
+        if out is not NotImplemented:
+            return out
+    return _general("conv3x3", input, weight, bias, padding, relu)
 
 
-@_dlpack_interop
 def offset_max_pool2d(input: Tensor, kernel_size: int) -> Tensor:
     """Non-overlapping k x k max-pooling applied at every pixel offset (OverFeat §3.3).
 
@@ -144,12 +112,13 @@ def offset_max_pool2d(input: Tensor, kernel_size: int) -> Tensor:
         >>> offset_max_pool2d(torch.randn(1, 8, 17, 17), 3).shape
         torch.Size([9, 8, 5, 5])
     """
-    _ext.require()
-    check.offset_max_pool2d(input, kernel_size)
-    return _call(torch.ops.overfeat_kernels.offset_max_pool2d.default, input, kernel_size)
+    if _C is not None and not _compiling():
+        out = _C.offset_max_pool2d(input, kernel_size)
+        if out is not NotImplemented:
+            return out
+    return _general("offset_max_pool2d", input, kernel_size)
 
 
-@_dlpack_interop
 def interleave(input: Tensor, kernel_size: int) -> Tensor:
     """Weaves the k*k per-offset maps into one map at k times the resolution.
 
@@ -167,12 +136,13 @@ def interleave(input: Tensor, kernel_size: int) -> Tensor:
         >>> interleave(torch.randn(9, 4, 5, 5), 3).shape
         torch.Size([1, 4, 15, 15])
     """
-    _ext.require()
-    check.interleave(input, kernel_size)
-    return _call(torch.ops.overfeat_kernels.interleave.default, input, kernel_size)
+    if _C is not None and not _compiling():
+        out = _C.interleave(input, kernel_size)
+        if out is not NotImplemented:
+            return out
+    return _general("interleave", input, kernel_size)
 
 
-@_dlpack_interop
 def deinterleave(input: Tensor, kernel_size: int) -> Tensor:
     """Splits a map into its k*k offset maps: the exact inverse of ``interleave``.
 
@@ -183,13 +153,17 @@ def deinterleave(input: Tensor, kernel_size: int) -> Tensor:
     Returns:
         ``[N*k*k, C, H/k, W/k]`` in the input's memory format.
     """
-    _ext.require()
-    check.deinterleave(input, kernel_size)
-    return _call(torch.ops.overfeat_kernels.deinterleave.default, input, kernel_size)
+    if _C is not None and not _compiling():
+        out = _C.deinterleave(input, kernel_size)
+        if out is not NotImplemented:
+            return out
+    return _general("deinterleave", input, kernel_size)
 
 
 # ---------------------------------------------------------------------------------------
-# Fake kernels and autograd. Registered only when the compiled ops exist.
+# Fake kernels, for tracing (torch.compile, torch.export, opcheck). Registered only when the
+# compiled ops exist. Their checks are Python (shapes may be symbolic) and say what the C++
+# checks say (tests/test_bad_input.py holds the two to the same words).
 
 
 def _empty_as(like: Tensor, shape: tuple[int, ...]) -> Tensor:
@@ -199,17 +173,16 @@ def _empty_as(like: Tensor, shape: tuple[int, ...]) -> Tensor:
     )
 
 
-def _register() -> None:
+def _register_fakes() -> None:
     lib = "overfeat_kernels::"
-    ops = torch.ops.overfeat_kernels
 
     @torch.library.register_fake(lib + "conv3x3")
-    def _conv3x3_fake(input, weight, bias, padding, relu, algos=(0, 0, 0)):
+    def _conv3x3_fake(input, weight, bias, padding, relu, algos=None):
         return _empty_as(input, check.conv3x3(input, weight, bias, padding, relu))
 
     @torch.library.register_fake(lib + "conv3x3_backward")
     def _conv3x3_backward_fake(
-        grad_output, input, weight, relu_output, padding, output_mask, algos=(0, 0)
+        grad_output, input, weight, relu_output, padding, output_mask, algos=None
     ):
         shape = check.conv3x3(input, weight, None, padding)
         check.grad_like(grad_output, input, shape, "conv3x3_backward", "grad_output")
@@ -241,65 +214,6 @@ def _register() -> None:
     def _deinterleave_fake(input, kernel_size):
         return _empty_as(input, check.deinterleave(input, kernel_size))
 
-    # conv3x3 ---------------------------------------------------------------------------
-    def conv3x3_setup(ctx, inputs, output):
-        input, weight, bias, padding, relu, *algos = inputs
-        ctx.save_for_backward(input, weight, output if relu else None)
-        ctx.padding = padding
-        # The implementations chosen for grad-input and grad-weight (algos[1:]).
-        ctx.grad_algos = list(algos[0][1:]) if algos else [0, 0]
-        ctx.has_bias = bias is not None
-
-    def conv3x3_backward(ctx, grad):
-        input, weight, relu_output = ctx.saved_tensors
-        mask = [
-            ctx.needs_input_grad[0],
-            ctx.needs_input_grad[1],
-            ctx.has_bias and ctx.needs_input_grad[2],
-        ]
-        gi, gw, gb = ops.conv3x3_backward.default(
-            grad, input, weight, relu_output, ctx.padding, mask, ctx.grad_algos
-        )
-        return (
-            gi if mask[0] else None,
-            gw if mask[1] else None,
-            gb if mask[2] else None,
-            None,
-            None,
-            None,
-        )
-
-    torch.library.register_autograd(lib + "conv3x3", conv3x3_backward, setup_context=conv3x3_setup)
-
-    # offset_max_pool2d -----------------------------------------------------------------
-    def pool_setup(ctx, inputs, output):
-        input, kernel_size = inputs
-        ctx.save_for_backward(input)
-        ctx.kernel_size = kernel_size
-
-    def pool_backward(ctx, grad):
-        (input,) = ctx.saved_tensors
-        return ops.offset_max_pool2d_backward.default(grad, input, ctx.kernel_size), None
-
-    torch.library.register_autograd(
-        lib + "offset_max_pool2d", pool_backward, setup_context=pool_setup
-    )
-
-    # interleave / deinterleave: each is the other's backward ----------------------------
-    def k_setup(ctx, inputs, output):
-        ctx.kernel_size = inputs[1]
-
-    torch.library.register_autograd(
-        lib + "interleave",
-        lambda ctx, grad: (ops.deinterleave.default(grad, ctx.kernel_size), None),
-        setup_context=k_setup,
-    )
-    torch.library.register_autograd(
-        lib + "deinterleave",
-        lambda ctx, grad: (ops.interleave.default(grad, ctx.kernel_size), None),
-        setup_context=k_setup,
-    )
-
 
 if _ext.loaded():
-    _register()
+    _register_fakes()

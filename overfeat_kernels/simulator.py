@@ -40,6 +40,7 @@ __all__ = [
     "assert_schedule_independent",
     "available",
     "enabled",
+    "host_steps",
     "launch_counts",
     "reset_launch_counts",
     "simulate_cuda",
@@ -150,8 +151,14 @@ def launch_counts() -> dict[str, int]:
     return dict(_require().launch_counts())
 
 
+def host_steps() -> dict[str, int]:
+    """``{step: count}`` of the host-side steps the launchers took since the last reset:
+    the operand copies a conv3x3 call made (``"conv3x3 copy: filters"``, ...)."""
+    return dict(_require().host_steps())
+
+
 def reset_launch_counts() -> None:
-    """Zeroes :func:`launch_counts`."""
+    """Zeroes :func:`launch_counts` and :func:`host_steps`."""
     _require().reset_launch_counts()
 
 

@@ -1,9 +1,12 @@
-"""conv3x3's backend choice (overfeat_kernels.backend): modes, the "auto" selection with an
-injected timer, the disk cache (round trip, corrupt and foreign files, version change,
-concurrent writers), torch.compile; the real timing path on a GPU."""
+"""conv3x3's backend choice, made inside the op (csrc/conv_choice.cpp) with its Python side
+in overfeat_kernels.backend: modes, the "auto" selection with an injected timer, what reaches
+the kernels for every way of setting the mode and of calling the op (the simulator's launch
+counters tell), capture and tracing never timing, the disk cache (round trip, corrupt and
+foreign files, version change, concurrent writers); the real timing path on a GPU."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import warnings
@@ -17,14 +20,21 @@ from overfeat_kernels import backend, simulator
 
 
 @pytest.fixture
-def fresh(monkeypatch, tmp_path):
+def unset_mode():
+    """No process-wide mode: the environment or "auto" decides."""
+    was = backend._set_global_mode(None)
+    yield
+    backend._set_global_mode(was)
+
+
+@pytest.fixture
+def fresh(monkeypatch, tmp_path, unset_mode):
     """No mode set, an empty cache directory, nothing remembered; "auto" also on CPU."""
-    monkeypatch.setattr(backend, "_global_mode", None)
     monkeypatch.delenv(backend.ENV_MODE, raising=False)
     monkeypatch.setenv(backend.ENV_CACHE, str(tmp_path))
-    monkeypatch.setattr(backend, "AUTO_DEVICE_TYPES", frozenset({"cuda", "cpu"}))
     backend.clear_memory()
-    yield tmp_path
+    with backend._testing(time_on_cpu=True):
+        yield tmp_path
     backend.clear_memory()
 
 
@@ -113,30 +123,23 @@ def test_cudnn_mode_computes_conv3x3(fresh, layout):
         torch.testing.assert_close(g, r)
 
 
-def test_cpu_auto_uses_our_kernels_without_timing(monkeypatch, tmp_path):
-    monkeypatch.setattr(backend, "_global_mode", None)
+def test_cpu_auto_uses_our_kernels_without_timing(monkeypatch, tmp_path, unset_mode):
     monkeypatch.setenv(backend.ENV_CACHE, str(tmp_path))
+    backend.clear_memory()
     timer = FakeTimer({"ours": 2.0, "cudnn": 1.0})
     monkeypatch.setattr(backend, "timer", timer)
     ok.conv3x3(*_args())
     assert timer.calls == 0 and not list(tmp_path.iterdir())
+    assert backend._C.conv_choice_count() == 0
 
 
 # ------------------------------------------------------------------------------- auto
 
 
-def _spy_algos(monkeypatch):
-    """Records the op's `algos` that each conv3x3 call gets."""
-    used = []
-    real = backend.algos_for
-
-    def spy(*args):
-        algos = real(*args)
-        used.append(algos)
-        return algos
-
-    monkeypatch.setattr(backend, "algos_for", spy)
-    return used
+def _remembered_algos():
+    """The op's algos remembered per key, [forward, grad-input, grad-weight], in the order
+    of the keys' fields (csrc/conv_choice.h): what every later call of the key runs."""
+    return [list(codes) for _, codes in backend._C.conv_choice_table()]
 
 
 @pytest.mark.parametrize("winner", ["ours", "cudnn"])
@@ -145,13 +148,12 @@ def test_auto_times_once_and_keeps_the_faster(fresh, monkeypatch, winner):
     timer = FakeTimer({winner: 1.0, loser: 3.0})
     monkeypatch.setattr(backend, "timer", timer)
     x, w, b = _args()
-    used = _spy_algos(monkeypatch)
     first = ok.conv3x3(x, w, b, 1, True)
     second = ok.conv3x3(x, w, b, 1, True)
     assert timer.calls == 1  # inference: the forward alone is timed, once
     assert torch.equal(first, second)
     torch.testing.assert_close(first, _expected(x, w, b))
-    assert used == [[backend.ALGOS[winner], 0, 0]] * 2
+    assert _remembered_algos() == [[backend.ALGOS[winner], 0, 0]]
     (entry,) = ok.conv_choices().values()
     assert entry == {
         "choice": {"forward": winner},
@@ -168,11 +170,10 @@ def test_training_chooses_each_direction_on_its_own(fresh, monkeypatch):
     }
     timer = FakeTimer(times)
     monkeypatch.setattr(backend, "timer", timer)
-    used = _spy_algos(monkeypatch)
     x, w, b = _args(requires_grad=True)
     out = ok.conv3x3(x, w, b, 1, True)
     grads = torch.autograd.grad(out.sum(), (x, w, b))
-    assert timer.calls == 3 and used == [[0, 4, 0]]
+    assert timer.calls == 3 and _remembered_algos() == [[0, 4, 0]]
     (entry,) = ok.conv_choices().values()
     assert entry["choice"] == {"forward": "ours", "grad_input": "cudnn", "grad_weight": "ours"}
     assert entry["times_ms"] == times
@@ -246,9 +247,145 @@ def test_compile_fullgraph_with_each_mode(fresh, monkeypatch):
     x, w, b = _args()
     for mode in backend.MODES:
         torch._dynamo.reset()
-        backend._global_mode = mode
+        backend.set_conv_backend(mode)
         fn = torch.compile(lambda *a: ok.conv3x3(*a, 1, True), fullgraph=True, backend="eager")
         torch.testing.assert_close(fn(x, w, b), _expected(x, w, b))
+
+
+# ------------------------------------------- what reaches the kernels, however it is set
+
+IGEMM = "conv3x3_igemm_kernel"
+
+
+def _setting(how, mode, monkeypatch):
+    """A context in which `mode` is in force, set the way `how` says."""
+    if how == "set_conv_backend":
+        backend.set_conv_backend(mode)
+        return contextlib.nullcontext()
+    if how == "scope":
+        return ok.conv_backend(mode)
+    monkeypatch.setenv(backend.ENV_MODE, mode)
+    return contextlib.nullcontext()
+
+
+def _callers():
+    """Ways a user reaches the op: the public function, torch.ops without algos, inside
+    inference_mode, a layer, a compiled function, a compiled training step."""
+
+    def public(x, w, b):
+        return ok.conv3x3(x, w, b, 1, True)
+
+    def raw(x, w, b):
+        return torch.ops.overfeat_kernels.conv3x3(x, w, b, 1, True)
+
+    def inference(x, w, b):
+        with torch.inference_mode():
+            return ok.conv3x3(x, w, b, 1, True)
+
+    def layer(x, w, b):
+        conv = ok.nn.Conv3x3(w.shape[1], w.shape[0], relu=True, dtype=w.dtype)
+        with torch.no_grad():
+            conv.weight.copy_(w)
+            conv.bias.copy_(b)
+        return conv(x)
+
+    def compiled(x, w, b):
+        torch._dynamo.reset()
+        return torch.compile(public, fullgraph=True, backend="aot_eager")(x, w, b)
+
+    return {"public": public, "raw": raw, "inference_mode": inference, "layer": layer,
+            "compiled": compiled}  # fmt: skip
+
+
+@pytest.mark.sim
+@pytest.mark.skipif(not simulator.available(), reason="CUDA simulator not built")
+@pytest.mark.parametrize("how", ["set_conv_backend", "scope", "environment"])
+@pytest.mark.parametrize("caller", list(_callers()))
+def test_the_mode_reaches_the_kernels(fresh, monkeypatch, how, caller):
+    """In the simulator, for every way of setting the mode and of calling the op: "ours"
+    launches our tensor-core kernel, "cudnn" runs PyTorch's convolution (no launch), "auto"
+    runs what its timer found faster."""
+    call = _callers()[caller]
+    x, w, b = _args(dtype=torch.bfloat16)
+    ref = _expected(x.double(), w.double(), b.double())
+    expected_igemm = {"ours": True, "cudnn": False, "auto-ours": True, "auto-cudnn": False}
+    for case, igemm in expected_igemm.items():
+        mode, _, winner = case.partition("-")
+        if winner:  # forget the other winner, in memory and on disk
+            backend.clear_memory()
+            (fresh / backend.CACHE_FILE).unlink(missing_ok=True)
+            loser = "cudnn" if winner == "ours" else "ours"
+            monkeypatch.setattr(backend, "timer", FakeTimer({winner: 1.0, loser: 2.0}))
+        with simulator.simulate_cuda(), _setting(how, mode, monkeypatch):
+            assert ok.get_conv_backend() == mode
+            if winner:
+                call(x, w, b)  # times the candidates (each runs once)
+            simulator.reset_launch_counts()
+            out = call(x, w, b)
+            launches = simulator.launch_counts()
+        assert any(IGEMM in k for k in launches) == igemm, (case, launches)
+        torch.testing.assert_close(out.double(), ref, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.sim
+@pytest.mark.skipif(not simulator.available(), reason="CUDA simulator not built")
+def test_training_step_runs_the_mode_of_its_forward(fresh):
+    """The gradients' implementations are fixed at the forward call: a backward run after
+    the scope ended still runs the scope's mode."""
+    x, w, b = _args(dtype=torch.bfloat16, requires_grad=True)
+    with simulator.simulate_cuda():
+        with ok.conv_backend("cudnn"):
+            out = ok.conv3x3(x, w, b, 1, True)
+        backend.set_conv_backend("ours")
+        simulator.reset_launch_counts()
+        out.float().sum().backward()
+        launches = simulator.launch_counts()  # grad-input and grad-weight by ATen
+        assert not any("conv3x3" in k or "wgrad" in k for k in launches), launches
+        with ok.conv_backend("ours"):
+            out = ok.conv3x3(x, w, b, 1, True)
+        backend.set_conv_backend("cudnn")
+        simulator.reset_launch_counts()
+        out.float().sum().backward()
+        launches = simulator.launch_counts()
+    assert any(IGEMM in k for k in launches) and any("wgrad" in k for k in launches), launches
+
+
+# ------------------------------------------------ nothing is timed while capturing or tracing
+
+
+def test_capture_never_times_and_the_next_eager_call_does(fresh, monkeypatch):
+    timer = FakeTimer({"ours": 2.0, "cudnn": 1.0})
+    monkeypatch.setattr(backend, "timer", timer)
+    x, w, b = _args()
+    with backend._testing(time_on_cpu=True, pretend_capture=True):
+        out = ok.conv3x3(x, w, b, 1, True)  # as inside torch.cuda.graph(...)
+    assert timer.calls == 0 and backend._C.conv_tuner_calls() == 0
+    assert backend._C.conv_choice_count() == 0 and ok.conv_choices() == {}
+    torch.testing.assert_close(out, _expected(x, w, b))
+    ok.conv3x3(x, w, b, 1, True)  # eager: timed now
+    assert timer.calls == 1 and _remembered_algos() == [[4, 0, 0]]
+
+
+def test_tracing_never_times(fresh, monkeypatch):
+    """torch.export and make_fx trace with fake tensors: the kernels (and the choice) never
+    run. The exported program runs the choice when it is called."""
+    timer = FakeTimer({"ours": 2.0, "cudnn": 1.0})
+    monkeypatch.setattr(backend, "timer", timer)
+    x, w, b = _args()
+
+    class Net(torch.nn.Module):
+        def forward(self, x, w, b):
+            return ok.conv3x3(x, w, b, 1, True)
+
+    exported = torch.export.export(Net(), (x, w, b))
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    make_fx(Net(), tracing_mode="fake")(x, w, b)
+    torch._dynamo.reset()
+    torch.compile(Net(), fullgraph=True, backend="aot_eager")  # traced lazily: nothing yet
+    assert timer.calls == 0 and backend._C.conv_tuner_calls() == 0
+    torch.testing.assert_close(exported.module()(x, w, b), _expected(x, w, b))
+    assert timer.calls == 1 and _remembered_algos() == [[4, 0, 0]]
 
 
 # ------------------------------------------------------------------------------- cache
@@ -261,9 +398,8 @@ def test_choices_survive_the_process(fresh, monkeypatch):
     data = json.loads((fresh / backend.CACHE_FILE).read_text())
     assert data["format"] == backend.CACHE_FORMAT and len(data["entries"]) == 1
     backend.clear_memory()  # as a new process would start
-    used = _spy_algos(monkeypatch)
     ok.conv3x3(*_args())
-    assert timer.calls == 1 and used == [[4, 0, 0]]
+    assert timer.calls == 1 and _remembered_algos() == [[4, 0, 0]]
     (entry,) = ok.conv_choices().values()
     assert entry["source"] == "disk" and entry["choice"] == {"forward": "cudnn"}
 

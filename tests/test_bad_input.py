@@ -212,3 +212,40 @@ def test_large_element_counts_are_planned_not_crashing():
     out = ok.offset_max_pool2d(x, 2)
     assert out.shape == (4, 2, 2**15 - 1, 2**14)
     assert ok.interleave(out, 2).numel() > 2**31
+
+
+# One check per call: on plain tensors the C++ checks run (csrc/checks.h); while tracing,
+# the fake kernels' Python checks (overfeat_kernels/_validate.py). The same bad input must
+# read the same in both: meta tensors take the fake kernels' path.
+def _message(fn, *args):
+    try:
+        fn(*args)
+    except (TypeError, ValueError) as err:
+        return type(err), str(err)
+    raise AssertionError(f"no error for {args}")
+
+
+def _to_meta(args):
+    return tuple(a.to("meta") if isinstance(a, torch.Tensor) else a for a in args)
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=[c[0] for c in CONV_CASES])
+def test_conv3x3_cpp_and_fake_checks_say_the_same(case):
+    _, args, _, _ = case
+    assert _message(ok.conv3x3, *args) == _message(ok.conv3x3, *_to_meta(args))
+
+
+KERNEL_SIZE_CASES = [
+    *[(name, ok.offset_max_pool2d, args) for name, args, _, _ in POOL_CASES],
+    *[(name, fn, args) for name, fn, args, _, _ in INTERLEAVE_CASES],
+    *[
+        (name, getattr(ok, op), (torch.empty(n, c, min(h, 1), min(w, 1)).expand(n, c, h, w), k))
+        for name, op, (n, c, h, w), k in HUGE_K_CASES
+    ],
+]
+
+
+@pytest.mark.parametrize("case", KERNEL_SIZE_CASES, ids=[c[0] for c in KERNEL_SIZE_CASES])
+def test_kernel_size_ops_cpp_and_fake_checks_say_the_same(case):
+    _, fn, args = case
+    assert _message(fn, *args) == _message(fn, *_to_meta(args))

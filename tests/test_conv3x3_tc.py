@@ -328,7 +328,7 @@ def test_tile_heuristic(pixels, filters, element_bytes, sms, choice):
         (torch.bfloat16, [0, 0, 3], r"algos\[2\] \(grad-weight\) must be 0, 1, 2 or 4"),
         (torch.bfloat16, [0, 0], "algos must have 3 entries"),
         (torch.float64, [2, 0, 0], r"algos\[0\] \(forward\) = 2 \(tensor cores\) does not apply"),
-        (torch.float32, [3, 0, 0], "does not apply to Float"),  # TF32 off
+        (torch.float32, [3, 0, 0], "does not apply to torch.float32"),  # TF32 off
     ],
 )
 def test_forced_algos_are_checked(dtype, algos, message):

@@ -85,3 +85,43 @@ def test_conv3x3_bad_arguments():
 def test_repr():
     assert "relu=True" in repr(Conv3x3(3, 4, relu=True))
     assert "kernel_size=3" in repr(ok.nn.OffsetMaxPool2d(3))
+
+
+@pytest.mark.sim
+@pytest.mark.skipif(not ok.simulator.available(), reason="CUDA simulator not built")
+def test_prepack_reads_the_filters_in_place():
+    """After prepack() the tensor-core forward copies no filters (the simulator counts the
+    operand copies of a call), with the same bits, the same Parameter object and the same
+    state dict; training still updates it."""
+    torch.manual_seed(0)
+    layer = Conv3x3(32, 48, relu=True, dtype=torch.bfloat16)
+    param = layer.weight
+    x = torch.randn(2, 32, 9, 10, dtype=torch.bfloat16)
+    x = x.contiguous(memory_format=torch.channels_last)
+
+    def forward():
+        ok.simulator.reset_launch_counts()
+        with ok.simulator.simulate_cuda(), ok.conv_backend("ours"):
+            out = layer(x)
+        return out, ok.simulator.host_steps()
+
+    before, steps = forward()
+    assert steps == {"conv3x3 copy: filters": 1}
+    state = {k: v.clone() for k, v in layer.state_dict().items()}
+    assert ok.nn.prepack(nn.Sequential(layer)) is not None
+    assert layer.weight is param and param.is_contiguous(memory_format=torch.channels_last)
+    after, steps = forward()
+    assert steps == {} and torch.equal(after, before)
+    for k, v in layer.state_dict().items():
+        assert torch.equal(v, state[k])
+    ref = nn.Conv2d(32, 48, 3, padding=1, dtype=torch.bfloat16)
+    ref.load_state_dict(layer.state_dict(), strict=True)  # loads into stock layers as before
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    layer(x.float().bfloat16()).float().sum().backward()
+    opt.step()
+    assert layer.weight is param and not torch.equal(param, state["weight"])
+
+
+def test_prepack_needs_a_module():
+    with pytest.raises(TypeError, match=r"prepack: module must be a torch\.nn\.Module"):
+        ok.nn.prepack("vgg16")

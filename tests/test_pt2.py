@@ -91,34 +91,68 @@ def _public_ops(x, w, b):
     return y, ok.deinterleave(y, 2)
 
 
-def test_ops_without_grad_mode_skip_autograd(device, monkeypatch):
-    from overfeat_kernels import ops
+def _node_names(out):
+    """Names of the autograd nodes behind `out` (the whole graph)."""
+    names, todo, seen = [], [out.grad_fn], set()
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.append(node.name())
+        todo.extend(next_fn for next_fn, _ in node.next_functions)
+    return names
 
-    entered = []
-    real = ops._below_autograd
-    assert real is not None  # the torch this package supports has it
 
-    class Counting:
-        def __enter__(self):
-            entered.append(1)
-            self.guard = real()
-            return self.guard.__enter__()
-
-        def __exit__(self, *exc):
-            return self.guard.__exit__(*exc)
-
-    monkeypatch.setattr(ops, "_below_autograd", Counting)
+def test_autograd_is_cpp_and_builds_nodes_only_when_needed(device):
     x = torch.randn(2, 3, 11, 13, device=device, requires_grad=True)
     w = torch.randn(5, 3, 3, 3, device=device, requires_grad=True)
     b = torch.randn(5, device=device, requires_grad=True)
     with_grad = _public_ops(x, w, b)
-    assert not entered and all(t.grad_fn is not None for t in with_grad)
+    names = _node_names(with_grad[1])
+    for function in ("Conv3x3Function", "OffsetMaxPool2dFunction", "PermuteFunction<true>",
+                     "PermuteFunction<false>"):  # fmt: skip
+        assert sum(function in n for n in names) == 1, names
+    # C++ nodes only: torch.library's Python autograd would show as a Python function node.
+    assert all(n.startswith(("overfeat_kernels::", "torch::autograd::")) for n in names), names
     with torch.no_grad():
         without = _public_ops(x, w, b)
-    assert len(entered) == 4  # every public op went below autograd
-    for t, ref in zip(without, with_grad, strict=True):
+    detached = [t.detach() for t in (x, w, b)]
+    plain = _public_ops(*detached)  # grad mode, but nothing requires grad
+    for t, u, ref in zip(without, plain, with_grad, strict=True):
         assert t.grad_fn is None and not t.requires_grad
-        assert torch.equal(t, ref.detach())
+        assert u.grad_fn is None and not u.requires_grad
+        assert torch.equal(t, ref.detach()) and torch.equal(u, ref.detach())
+
+
+def test_second_order_gradients(device):
+    """conv3x3 and offset pooling raise a clear error when their gradients are
+    differentiated; interleave and deinterleave, linear, have gradients of any order."""
+    x = torch.randn(1, 3, 7, 9, device=device, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, device=device, dtype=torch.float64, requires_grad=True)
+    (gx,) = torch.autograd.grad(ok.conv3x3(x, w, None, 1, True).sum(), x, create_graph=True)
+    with pytest.raises(NotImplementedError, match="conv3x3: second-order gradients"):
+        gx.sum().backward()
+    (gx,) = torch.autograd.grad(ok.offset_max_pool2d(x, 2).sum(), x, create_graph=True)
+    with pytest.raises(NotImplementedError, match="offset_max_pool2d: second-order gradients"):
+        gx.sum().backward()
+    m = torch.randn(8, 2, 3, 4, device=device, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda t: ok.interleave(t, 2), (m,))
+    assert torch.autograd.gradgradcheck(lambda t: ok.deinterleave(t, 2), (x[:, :, :6, :8],))
+
+
+def test_autocast_is_below_the_op():
+    """torch.ops callers get autocast too (a C++ Autocast kernel): float32 in, bfloat16 out,
+    equal to the call on bfloat16 inputs."""
+    x, w, b = torch.randn(1, 4, 6, 7), torch.randn(5, 4, 3, 3), torch.randn(5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        raw = OPS.conv3x3(x, w, b, 1, True)
+        public = ok.conv3x3(x, w, b, 1, True)
+        doubles = OPS.conv3x3(x.double(), w.double(), b.double(), 1, True)
+    expected = ok.conv3x3(x.bfloat16(), w.bfloat16(), b.bfloat16(), 1, True)
+    assert raw.dtype == public.dtype == torch.bfloat16
+    assert torch.equal(raw, expected) and torch.equal(public, expected)
+    assert doubles.dtype == torch.float64  # float64 stays, as for F.conv2d
 
 
 def test_compile_fullgraph_without_grad_mode(device):

@@ -9,7 +9,9 @@
 #include <torch/library.h>
 
 #include "../checks.h"
+#include "../conv_choice.h"
 #include "../dispatch.h"
+#include "../op_handles.h"
 #include "cpu_simd.h"
 #include "simulator_switch.h"
 
@@ -25,35 +27,47 @@ std::vector<int64_t> conv3x3_output_size(const at::Tensor& input, const at::Tens
 }
 
 // On the CPU our implementation is ATen's convolution: the default and "aten" algos are the
-// same computation; the CUDA kernels' algos need a CUDA tensor (or the simulator).
-void check_cpu_algo(int64_t algo, const char* op, const char* which) {
-  TORCH_CHECK_VALUE(algo == kAlgoDefault || algo == kAlgoAten, op, ": ", which, " = ", algo,
-                    " (", conv_algo_name(algo), ") runs on CUDA tensors only; on the CPU use 0 "
-                    "(default) or 4 (aten)");
+// same computation, the CUDA kernels' algos need a CUDA tensor (or the simulator).
+template <size_t N>
+void check_cpu_algos(const std::array<int64_t, N>& algos, bool backward) {
+  const char* op = backward ? "conv3x3_backward" : "conv3x3";
+  for (size_t i = 0; i < N; ++i) {
+    const auto d = static_cast<ConvDirection>(i + (backward ? 1 : 0));
+    plan_direction(ConvProblem{}, d, algos[i], /*gpu=*/false, DeviceInfo{}, op,
+                   algo_argument(d, backward));
+  }
 }
 
 at::Tensor conv3x3_cpu(const at::Tensor& input, const at::Tensor& weight,
                        const std::optional<at::Tensor>& bias, int64_t padding, bool relu,
-                       at::IntArrayRef algos) {
+                       at::OptionalIntArrayRef requested) {
   check_conv3x3_args(input, weight, bias, padding);
-  check_conv_algos(algos, false);
-  check_cpu_algo(algos[0], "conv3x3", "algos[0] (forward)");
-  check_cpu_algo(algos[1], "conv3x3", "algos[1] (grad-input)");
-  check_cpu_algo(algos[2], "conv3x3", "algos[2] (grad-weight)");
+  const choice::Codes algos =
+      choice::forward_algos(input, weight, bias.has_value(), padding, relu,
+                            choice::records_grad(input, weight, bias), requested);
+  if (simulate_cuda_enabled()) {
+    return Simulated<kConv3x3, op::Conv3x3>::call(input, weight, bias, padding, relu,
+                                                   at::IntArrayRef(algos));
+  }
+  check_cpu_algos(algos, false);
   const auto size = conv3x3_output_size(input, weight, padding);
   if (input.size(0) == 0) return empty_in_format_of(size, input);
-  // The ATen calls below are our implementation, not the user's: autocast (handled in the
-  // Python wrapper) must not recast them.
+  // The ATen calls below are our implementation, not the user's: autocast (handled by the
+  // op's own autocast kernel) must not recast them.
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  const auto compute = at::toOpMathType(input.scalar_type());
-  // .to() returns the tensor itself when it already has the compute dtype: no copies for
-  // float32 / float64. The bias goes into oneDNN's call (added inside its epilogue), and
-  // ReLU runs in place on the result with ATen's vectorised kernel (NaN passes, as F.relu).
-  const std::optional<at::Tensor> b =
-      bias.has_value() ? std::optional<at::Tensor>(bias->to(compute)) : std::nullopt;
-  at::Tensor out = at::conv2d(input.to(compute), weight.to(compute), b, 1, padding);
+  const auto dtype = input.scalar_type();
+  const auto compute = at::toOpMathType(dtype);
+  const bool cast = dtype != compute;  // float16 / bfloat16: accumulate in float32
+  // The bias goes into oneDNN's call (added inside its epilogue), and ReLU runs in place on
+  // the result with ATen's vectorised kernel (NaN passes, as F.relu). No conversions (each
+  // a dispatcher call) where the dtype is already the compute dtype.
+  std::optional<at::Tensor> b = bias;
+  if (cast && b.has_value()) b = b->to(compute);
+  at::Tensor out = at::conv2d(cast ? input.to(compute) : input,
+                              cast ? weight.to(compute) : weight, b, 1, padding);
   if (relu) out.relu_();
-  return out.to(input.scalar_type()).contiguous(input.suggest_memory_format());
+  if (cast) out = out.to(dtype);
+  return out.contiguous(input.suggest_memory_format());
 }
 
 // out[i] = relu_output[i] > 0 ? grad_output[i] : 0 in the compute dtype, one vector pass
@@ -203,11 +217,15 @@ at::Tensor bias_grad(const at::Tensor& g, at::ScalarType out_dtype) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward_cpu(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     const std::optional<at::Tensor>& relu_output, int64_t padding,
-    std::array<bool, 3> output_mask, at::IntArrayRef algos) {
+    std::array<bool, 3> output_mask, at::OptionalIntArrayRef requested) {
   check_conv3x3_backward_args(grad_output, input, weight, relu_output, padding);
-  check_conv_algos(algos, true);
-  check_cpu_algo(algos[0], "conv3x3_backward", "algos[0] (grad-input)");
-  check_cpu_algo(algos[1], "conv3x3_backward", "algos[1] (grad-weight)");
+  const auto algos = choice::backward_algos(input, weight, output_mask[2], padding,
+                                            relu_output.has_value(), requested);
+  if (simulate_cuda_enabled()) {
+    return Simulated<kConv3x3Backward, op::Conv3x3Backward>::call(
+        grad_output, input, weight, relu_output, padding, output_mask, at::IntArrayRef(algos));
+  }
+  check_cpu_algos(algos, true);
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const auto dtype = input.scalar_type();
   const auto compute = at::toOpMathType(dtype);
@@ -237,8 +255,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward_cpu(
 }  // namespace
 
 TORCH_LIBRARY_IMPL(overfeat_kernels, CPU, m) {
-  m.impl("conv3x3", cpu_or_simulated<kConv3x3, &conv3x3_cpu>());
-  m.impl("conv3x3_backward", cpu_or_simulated<kConv3x3Backward, &conv3x3_backward_cpu>());
+  // The conv kernels forward to the simulator themselves, after resolving the algos.
+  m.impl("conv3x3", &conv3x3_cpu);
+  m.impl("conv3x3_backward", &conv3x3_backward_cpu);
 }
 
 }  // namespace overfeat_kernels

@@ -16,20 +16,28 @@ namespace overfeat_kernels {
 
 bool simulate_cuda_enabled();  // ops.cpp
 
+// Op kName of the simulator's library, called as the kernel it stands in for would be:
+// below autograd.
+template <const char* kName, typename Sig>
+struct Simulated;
+template <const char* kName, typename R, typename... A>
+struct Simulated<kName, R(A...)> {
+  static R call(A... args) {
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow(("overfeat_kernels_sim::" + std::string(kName)).c_str(), "")
+                               .template typed<R(A...)>();
+    const c10::impl::ExcludeDispatchKeyGuard below_autograd(c10::autograd_dispatch_keyset);
+    return op.call(args...);
+  }
+};
+
 template <const char* kName, auto kCpu>
 struct CpuOrSimulated;
 
 template <const char* kName, typename R, typename... A, R (*kCpu)(A...)>
 struct CpuOrSimulated<kName, kCpu> {
   static R call(A... args) {
-    if (simulate_cuda_enabled()) {
-      static const auto op = c10::Dispatcher::singleton()
-                                 .findSchemaOrThrow(("overfeat_kernels_sim::" + std::string(kName)).c_str(), "")
-                                 .template typed<R(A...)>();
-      // Below autograd, like the kernel it stands in for.
-      const c10::impl::ExcludeDispatchKeyGuard below_autograd(c10::autograd_dispatch_keyset);
-      return op.call(args...);
-    }
+    if (simulate_cuda_enabled()) return Simulated<kName, R(A...)>::call(args...);
     return kCpu(args...);
   }
 };

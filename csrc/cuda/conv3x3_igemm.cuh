@@ -36,6 +36,7 @@
 
 #include <optional>
 
+#include "../conv_plan.h"
 #include "../dispatch.h"
 #include "../index_math.h"
 #include "cp_async_pipeline.cuh"
@@ -423,19 +424,14 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   }
 }
 
-// Which tile configuration a shape gets: a pure function of the GEMM's shape (pixels =
-// N·H'·W', filters = K), the element size and the SM count; tested in
-// tests/test_conv3x3_tc.py. The large tile (128 × 128, tf32 128 × 64) keeps an SM busy
-// only with two resident CTAs; when it would give fewer than 2 CTAs per SM, the 64 × 64
-// tile gives 2-4 times as many (small maps at batch 1: VGG's 14 × 14 and 28 × 28 layers).
+// The two tile configurations; which one a call gets is the plan's (conv_plan.h,
+// choose_tiles), whose tile shapes these must be.
 enum class TileChoice : int { Large = 0, Small = 1 };
-inline TileChoice choose_tiles(int64_t pixels, int64_t filters, int64_t element_bytes,
-                               int64_t sms) {
-  const int64_t bm = element_bytes == 2 ? LargeTiles<at::Half>::kBM : LargeTiles<float>::kBM;
-  const int64_t bn = element_bytes == 2 ? LargeTiles<at::Half>::kBN : LargeTiles<float>::kBN;
-  const int64_t large_ctas = ceil_div(pixels, bm) * ceil_div(filters, bn);
-  return large_ctas < 2 * sms ? TileChoice::Small : TileChoice::Large;
-}
+static_assert(LargeTiles<at::Half>::kBM == kLargeTileM && LargeTiles<at::Half>::kBN == kLargeTileN16 &&
+                  LargeTiles<float>::kBM == kLargeTileM && LargeTiles<float>::kBN == kLargeTileN32 &&
+                  SmallTiles::kBM == kSmallTileM && SmallTiles::kBN == kSmallTileN,
+              "conv_plan.h's tile shapes");
+static_assert(kVecBytes == kIgemmVecBytes && kRowBytes == kIgemmRowBytes, "conv_plan.h's granules");
 
 template <typename T, typename Cfg>
 void launch_with(const Params<T>& p, bool out_channels_last, cudaStream_t stream) {
@@ -466,13 +462,11 @@ void launch_with(const Params<T>& p, bool out_channels_last, cudaStream_t stream
   });
 }
 
-// `tiles`: the configuration to launch; by default the heuristic's (choose_tiles).
+// `tiles`: the configuration the plan picked.
 template <typename T>
-void launch(const Params<T>& p, bool out_channels_last, cudaStream_t stream,
-            std::optional<TileChoice> tiles = std::nullopt) {
+void launch(const Params<T>& p, bool out_channels_last, cudaStream_t stream, TileChoice tiles) {
   if (p.m == 0 || p.k == 0) return;
-  const TileChoice choice = tiles ? *tiles : choose_tiles(p.m, p.k, sizeof(T), multiprocessor_count());
-  if (choice == TileChoice::Large) {
+  if (tiles == TileChoice::Large) {
     launch_with<T, LargeTiles<T>>(p, out_channels_last, stream);
   } else {
     launch_with<T, SmallTiles>(p, out_channels_last, stream);

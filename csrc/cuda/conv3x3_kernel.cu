@@ -15,17 +15,19 @@
 // The tensor-core kernels (conv3x3_igemm.cuh: forward and grad-input;
 // conv3x3_wgrad_igemm.cuh: grad-weight) take over where they apply.
 //
-// bf16 / fp16, and float32 when TF32 is allowed (torch.backends.cudnn.allow_tf32, as
-// F.conv2d), take the tensor-core implicit GEMM of conv3x3_igemm.cuh instead for the
-// forward and for grad-input; float64 and exact float32 stay on the direct kernels. That is
-// the default; the ops' `algos` argument (ConvAlgo, op_schemas.h) forces one implementation
-// per direction instead, PyTorch's own convolution (cuDNN, through ATen) among them: the
-// candidates that overfeat_kernels.backend times.
+// Which of them runs is the plan's (conv_plan.h): bf16 / fp16, and float32 when TF32 is
+// allowed (torch.backends.cudnn.allow_tf32, as F.conv2d), take the tensor-core implicit
+// GEMMs; float64 and exact float32 the direct kernels. The ops' `algos` argument
+// (ConvAlgo) forces one implementation per direction, PyTorch's own convolution (cuDNN,
+// through ATen) among them; omitted, the conv backend's mode chooses (conv_choice.h). Each
+// entry point checks its arguments, resolves the algos, plans, then runs the plan.
 #include <ATen/OpMathType.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
 #include "../checks.h"
+#include "../conv_choice.h"
+#include "../conv_plan.h"
 #include "../dispatch.h"
 #include "conv3x3_igemm.cuh"
 #include "conv3x3_wgrad_igemm.cuh"
@@ -302,45 +304,53 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// ---- tensor-core path ------------------------------------------------------------------
+// ---- the plan's inputs and its operands ------------------------------------------------
 
-// Whether a dtype runs on tensor cores: bf16 / fp16 always, float32 when TF32 is allowed
-// (the same switch F.conv2d reads); float64 never.
-bool use_tensor_cores(at::ScalarType t) {
-  switch (t) {
-    case at::kHalf:
-    case at::kBFloat16: return true;
-    case at::kFloat: return at::globalContext().allowTF32CuDNN();
-    default: return false;
+// Whether `t` is already the [n][h][w][c] map the implicit GEMM streams: dense
+// channels_last with 16-byte aligned data (used in place when its channels need no
+// padding, which the plan decides).
+bool nhwc_ready(const at::Tensor& t) {
+  return t.is_contiguous(at::MemoryFormat::ChannelsLast) &&
+         reinterpret_cast<uintptr_t>(t.const_data_ptr()) % kIgemmVecBytes == 0;
+}
+
+ConvProblem conv_problem(const at::Tensor& input, const at::Tensor& weight, int64_t padding,
+                         const at::Tensor& grad_output = at::Tensor(),
+                         const at::Tensor& relu_output = at::Tensor()) {
+  ConvProblem p;
+  p.n = input.size(0);
+  p.c = input.size(1);
+  p.h = input.size(2);
+  p.w = input.size(3);
+  p.k = weight.size(0);
+  p.padding = padding;
+  p.element_size = static_cast<int>(input.element_size());
+  p.dtype = py_dtype(input.scalar_type());
+  p.tensor_core_dtype = tensor_core_dtype(p.element_size, input.scalar_type() == at::kFloat,
+                                          at::globalContext().allowTF32CuDNN());
+  p.input_nhwc = nhwc_ready(input);
+  p.weight_nhwc = nhwc_ready(weight);
+  p.grad_output_nhwc = grad_output.defined() && nhwc_ready(grad_output);
+  p.relu_output_nhwc = relu_output.defined() && nhwc_ready(relu_output);
+  p.masked = relu_output.defined();
+  return p;
+}
+
+DeviceInfo device_info() {
+  const DeviceLimits& l = device_limits();
+  return {l.capability, l.sms};
+}
+
+// x as the [n][h][w][cp] map the implicit GEMM reads: the tensor itself (a view) where the
+// plan found it ready, else a copy with zero channels up to cp, the explicit layout
+// conversion the benchmarks count (`what` names it to the simulator's counters). A
+// channels_last weight [K, C, 3, 3] is [K][3][3][C]: filters read in place.
+at::Tensor nhwc_operand(const at::Tensor& x, int64_t cp, bool copy, const char* what) {
+  if (!copy) {
+    TORCH_INTERNAL_ASSERT(x.size(1) == cp && nhwc_ready(x), "conv3x3: plan and operand disagree");
+    return x.permute({0, 2, 3, 1});
   }
-}
-
-// Elements per 16-byte vector: the implicit GEMM's channel granule.
-int64_t vector_elems(const at::Tensor& t) { return igemm::kVecBytes / t.element_size(); }
-
-// c channels rounded up to whole 16-byte vectors of t's elements: the implicit GEMM's Cp.
-int64_t vector_channels(int64_t c, const at::Tensor& t) {
-  return ceil_div(c, vector_elems(t)) * vector_elems(t);
-}
-
-// The channel stride of the implicit GEMM's filter copy: Cp rounded up to whole k-blocks
-// (64 bytes), the extra channels zero, so that the filter loads need no channel test.
-int64_t filter_channels(int64_t cp, const at::Tensor& t) {
-  const int64_t block = igemm::kRowBytes / t.element_size();
-  return ceil_div(cp, block) * block;
-}
-
-// The implicit GEMM reads [N][H][W][Cp] with Cp = C rounded up to a whole 16-byte vector
-// (extra channels zero). A dense, aligned channels_last tensor with C % vec == 0 is that
-// already and is used in place. Anything else (NCHW, views, C = 3 or 17) is copied here
-// once: the explicit layout conversion that the benchmarks count.
-at::Tensor nhwc_padded(const at::Tensor& x, int64_t cp) {
-  const bool in_place = x.size(1) == cp &&
-                        x.is_contiguous(at::MemoryFormat::ChannelsLast) &&
-                        reinterpret_cast<uintptr_t>(x.const_data_ptr()) % igemm::kVecBytes == 0;
-  // Always the [n][h][w][cp] view: callers read sizes off it (a channels_last weight
-  // [K, C, 3, 3] is [K][3][3][C] in memory).
-  if (in_place) return x.permute({0, 2, 3, 1});
+  note_host_step(what);
   const std::vector<int64_t> sizes{x.size(0), x.size(2), x.size(3), cp};
   const auto opts = x.options().memory_format(at::MemoryFormat::Contiguous);
   at::Tensor out = cp == x.size(1) ? at::empty(sizes, opts) : at::zeros(sizes, opts);
@@ -352,35 +362,6 @@ at::Tensor nhwc_padded(const at::Tensor& x, int64_t cp) {
 bool dense_channels_last(const at::Tensor& t) {
   return t.stride(1) == 1 && t.stride(3) == t.size(1) && t.stride(2) == t.size(3) * t.size(1) &&
          t.stride(0) == t.size(2) * t.size(3) * t.size(1);
-}
-
-// Sizes the implicit GEMM keeps in 32-bit registers (anything larger takes the direct
-// kernels): channels, map sides, and the byte offset of a tap within three input rows.
-bool fits_igemm(const at::Tensor& in, int64_t out_c) {
-  constexpr int64_t kLimit = INT32_MAX / 16;
-  const int64_t cp = in.size(1) + 8;
-  return in.size(1) < kLimit && in.size(2) < kLimit && in.size(3) < kLimit && out_c < kLimit &&
-         9 * cp < kLimit && 3 * (in.size(3) + 3) * cp * in.element_size() < kLimit;
-}
-
-// Whether a direction runs on the implicit GEMM: `possible` for this call (dtype, sizes),
-// decided by `algo` (ConvAlgo; forcing tensor cores where they are not possible raises).
-bool pick_tensor_cores(int64_t algo, bool possible, const char* op, const char* which,
-                       const at::Tensor& input) {
-  if (algo == kAlgoTensorCores || algo == kAlgoTensorCoresSmall) {
-    TORCH_CHECK_VALUE(possible, op, ": ", which, " = ", algo, " (", conv_algo_name(algo),
-                      ") does not apply to ", input.scalar_type(),
-                      " tensors of these sizes (tensor cores take bfloat16 and float16, and "
-                      "float32 when torch.backends.cudnn.allow_tf32 is set)");
-    return true;
-  }
-  return algo == kAlgoDefault && possible;
-}
-
-std::optional<igemm::TileChoice> forced_tiles(int64_t algo) {
-  if (algo == kAlgoTensorCores) return igemm::TileChoice::Large;
-  if (algo == kAlgoTensorCoresSmall) return igemm::TileChoice::Small;
-  return std::nullopt;
 }
 
 // The "aten" algo: PyTorch's own convolution (cuDNN), called from inside the op so that
@@ -407,30 +388,28 @@ std::tuple<at::Tensor, at::Tensor> aten_conv3x3_backward(const at::Tensor& g,
   return {std::get<0>(grads), std::get<1>(grads)};
 }
 
-// Few input channels (fewer than one 16-byte vector: VGG's first layer, C = 3). The
-// default path pads C to a vector and gives each of the 9 taps its own k-block of 32 bf16 /
-// fp16 (16 tf32) channels, nearly all zeros, and copies the input to do so anyway. Instead
-// the forward runs as a 1 × 1 implicit GEMM over the input unfolded to [n][h'][w'][Cu]
-// (Cu = 9·C rounded up to a vector, zeros past 9·C): 1-2 k-blocks per pixel instead of 9.
-// The unfolding is an explicit copy (ATen's im2col), counted in our time by the benchmarks.
-bool use_unfolded(const at::Tensor& input) { return input.size(1) < vector_elems(input); }
-
-// The unfolded input and the filters as [K][1][1][Cu]. im2col's column (c, r, s) is
-// c·9 + r·3 + s, the order of weight.reshape(K, 9·C).
+// The unfolded forward's operands (plan kernel kUnfolded): the input unfolded to
+// [n][h'][w'][Cu] (zeros past 9·C) and the filters as [K][1][1][Cuf]. im2col's column
+// (c, r, s) is c·9 + r·3 + s, the order of weight.reshape(K, 9·C).
 std::pair<at::Tensor, at::Tensor> unfolded_operands(const at::Tensor& input,
                                                     const at::Tensor& weight, int64_t pad,
-                                                    int64_t out_h, int64_t out_w) {
+                                                    const DirectionPlan& plan) {
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const int64_t n = input.size(0), k = weight.size(0), taps_c = 9 * input.size(1);
-  const int64_t cu = vector_channels(taps_c, input);
+  const int64_t out_h = input.size(2) + 2 * pad - 2, out_w = input.size(3) + 2 * pad - 2;
   const auto dense = at::MemoryFormat::Contiguous;
+  note_host_step("conv3x3 copy: unfolded input and filters");
   const at::Tensor cols = at::im2col(input, {3, 3}, {1, 1}, {pad, pad}, {1, 1});
-  at::Tensor x = at::zeros({n, out_h, out_w, cu}, input.options().memory_format(dense));
+  at::Tensor x = at::zeros({n, out_h, out_w, plan.channels}, input.options().memory_format(dense));
   x.narrow(3, 0, taps_c).copy_(cols.view({n, taps_c, out_h, out_w}).permute({0, 2, 3, 1}));
-  at::Tensor filt =
-      at::zeros({k, 1, 1, filter_channels(cu, weight)}, weight.options().memory_format(dense));
+  at::Tensor filt = at::zeros({k, 1, 1, plan.filter_channels}, weight.options().memory_format(dense));
   filt.narrow(3, 0, taps_c).copy_(weight.reshape({k, 1, 1, taps_c}));
   return {x, filt};
+}
+
+igemm::TileChoice tile_choice(Tiles t) {
+  TORCH_INTERNAL_ASSERT(t != Tiles::kNone);
+  return t == Tiles::kLarge ? igemm::TileChoice::Large : igemm::TileChoice::Small;
 }
 
 // out = conv3x3(in, filt) (+ bias, ReLU) on tensor cores, where `filt` is [K][3][3][Cpf]
@@ -440,12 +419,11 @@ std::pair<at::Tensor, at::Tensor> unfolded_operands(const at::Tensor& input,
 template <typename scalar_t>
 void igemm_conv(const at::Tensor& in_nhwc, int64_t in_h, int64_t in_w, const at::Tensor& filt,
                 const at::Tensor& bias, int64_t pad, bool relu, at::Tensor& out,
-                std::optional<igemm::TileChoice> tiles, cudaStream_t stream,
-                const at::Tensor& mask = at::Tensor()) {
+                Tiles tiles, cudaStream_t stream, const at::Tensor& mask = at::Tensor()) {
   const int64_t taps = filt.size(1) * filt.size(2);
   TORCH_INTERNAL_ASSERT(in_nhwc.is_contiguous() && filt.is_contiguous() &&
                         filt.size(1) == filt.size(2) && (taps == 9 || (taps == 1 && pad == 0)) &&
-                        filt.size(3) == filter_channels(in_nhwc.size(3), in_nhwc));
+                        filt.size(3) == filter_channels(in_nhwc.size(3), in_nhwc.element_size()));
   TORCH_INTERNAL_ASSERT(!mask.defined() || (mask.is_contiguous() && mask.sizes() == in_nhwc.sizes()));
   igemm::Params<scalar_t> p{};
   p.in = in_nhwc.const_data_ptr<scalar_t>();
@@ -466,46 +444,58 @@ void igemm_conv(const at::Tensor& in_nhwc, int64_t in_h, int64_t in_w, const at:
   p.relu = relu;
   p.taps = static_cast<int>(taps);
   p.mask = mask.defined() ? mask.const_data_ptr<scalar_t>() : nullptr;
-  igemm::launch(p, dense_channels_last(out), stream, tiles);
+  igemm::launch(p, dense_channels_last(out), stream, tile_choice(tiles));
+}
+
+// Runs f(scalar_t{}) for the tensor-core dtypes (bf16, fp16, float32); the plan never
+// sends float64 there.
+template <typename F>
+void dispatch_tensor_core(at::ScalarType t, F&& f) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t, "conv3x3_tensor_cores", [&] {
+    if constexpr (!std::is_same_v<scalar_t, double>) f(scalar_t{});
+  });
 }
 
 at::Tensor conv3x3_cuda(const at::Tensor& input, const at::Tensor& weight,
                         const std::optional<at::Tensor>& bias, int64_t padding, bool relu,
-                        at::IntArrayRef algos) {
+                        at::OptionalIntArrayRef requested) {
   check_conv3x3_args(input, weight, bias, padding);
-  check_conv_algos(algos, false);
+  const choice::Codes algos = choice::forward_algos(
+      input, weight, bias.has_value(), padding, relu,
+      choice::records_grad(input, weight, bias), requested);
   const int64_t out_h = input.size(2) + 2 * padding - 2, out_w = input.size(3) + 2 * padding - 2;
   at::Tensor out = empty_in_format_of({input.size(0), weight.size(0), out_h, out_w}, input);
   if (out.numel() == 0) return out;
   const c10::cuda::CUDAGuard guard(input.device());
-  if (algos[0] == kAlgoAten) return aten_conv3x3(input, weight, bias, padding, relu);
+  const DirectionPlan plan =
+      plan_direction(conv_problem(input, weight, padding), ConvDirection::kForward, algos[0],
+                     true, device_info(), "conv3x3", algo_argument(ConvDirection::kForward, false));
   const cudaStream_t stream = current_stream();
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
-  if (pick_tensor_cores(algos[0], use_tensor_cores(input.scalar_type()) &&
-                                      fits_igemm(input, weight.size(0)),
-                        "conv3x3", "algos[0] (forward)", input)) {
-    if (use_unfolded(input)) {
-      const auto [x, filt] = unfolded_operands(input, weight, padding, out_h, out_w);
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv3x3_igemm_unfolded", [&] {
-        if constexpr (!std::is_same_v<scalar_t, double>) {
-          igemm_conv<scalar_t>(x, out_h, out_w, filt, b, 0, relu, out, forced_tiles(algos[0]),
-                               stream);
-        }
+  switch (plan.kernel) {
+    case ConvKernel::kAten: return aten_conv3x3(input, weight, bias, padding, relu);
+    case ConvKernel::kUnfolded: {
+      const auto [x, filt] = unfolded_operands(input, weight, padding, plan);
+      dispatch_tensor_core(input.scalar_type(), [&](auto t) {
+        igemm_conv<decltype(t)>(x, out_h, out_w, filt, b, 0, relu, out, plan.tiles, stream);
       });
       return out;
     }
-    const int64_t cp = vector_channels(input.size(1), input);
-    const at::Tensor x = nhwc_padded(input, cp);
-    const at::Tensor filt = nhwc_padded(weight, filter_channels(cp, input));  // [K][3][3][Cpf]
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv3x3_igemm", [&] {
-      if constexpr (!std::is_same_v<scalar_t, double>) {
-        igemm_conv<scalar_t>(x, input.size(2), input.size(3), filt, b, padding, relu, out,
-                             forced_tiles(algos[0]), stream);
-      }
-    });
-    return out;
+    case ConvKernel::kImplicitGemm: {
+      const at::Tensor x = nhwc_operand(input, plan.channels, plan.copy_activations,
+                                        "conv3x3 copy: input");
+      const at::Tensor filt = nhwc_operand(weight, plan.filter_channels, plan.pack_filters,
+                                           "conv3x3 copy: filters");
+      dispatch_tensor_core(input.scalar_type(), [&](auto t) {
+        igemm_conv<decltype(t)>(x, input.size(2), input.size(3), filt, b, padding, relu, out,
+                                plan.tiles, stream);
+      });
+      return out;
+    }
+    case ConvKernel::kDirect: break;
+    default: TORCH_INTERNAL_ASSERT(false, "conv3x3: unexpected forward plan");
   }
-  const at::Tensor w = weight.contiguous();
+  const at::Tensor& w = weight;  // read through its strides
   OVERFEAT_DISPATCH_FLOATING(input.scalar_type(), "conv3x3_cuda", [&] {
     DirectConvParams<scalar_t> p{};
     p.in = input.const_data_ptr<scalar_t>();
@@ -676,9 +666,10 @@ void grad_bias_cuda(const at::Tensor& go, const at::Tensor& mask, at::Tensor& gr
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward_cuda(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     const std::optional<at::Tensor>& relu_output, int64_t padding,
-    std::array<bool, 3> output_mask, at::IntArrayRef algos) {
+    std::array<bool, 3> output_mask, at::OptionalIntArrayRef requested) {
   check_conv3x3_backward_args(grad_output, input, weight, relu_output, padding);
-  check_conv_algos(algos, true);
+  const auto algos = choice::backward_algos(input, weight, output_mask[2], padding,
+                                            relu_output.has_value(), requested);
   at::Tensor grad_input = input.new_empty({0});
   at::Tensor grad_weight = input.new_empty({0});
   at::Tensor grad_bias = input.new_empty({0});
@@ -692,26 +683,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward_cuda(
   }
   const c10::cuda::CUDAGuard guard(input.device());
   const cudaStream_t stream = current_stream();
-  const at::Tensor w = weight.contiguous();
   const at::Tensor mask = relu_output.has_value() ? *relu_output : at::Tensor();
-  // grad-input on tensor cores: the forward kernel applied to grad_output (laid out as NHWC,
-  // masked by the ReLU as it loads) with the filters flipped and transposed, [C][3][3][Kpf],
-  // and padding 2 - pad.
-  const bool tc_dgrad =
-      output_mask[0] &&
-      pick_tensor_cores(algos[0], use_tensor_cores(input.scalar_type()) &&
-                                      fits_igemm(grad_output, input.size(1)),
-                        "conv3x3_backward", "algos[0] (grad-input)", input);
-  // grad-weight on tensor cores: the same dtypes as the forward (float32 with TF32).
-  const bool tc_wgrad =
-      output_mask[1] &&
-      pick_tensor_cores(algos[1], use_tensor_cores(input.scalar_type()) &&
-                                      fits_igemm(input, weight.size(0)) &&
-                                      fits_igemm(grad_output, input.size(1)) &&
-                                      grad_output.size(2) * grad_output.size(3) < INT32_MAX,
-                        "conv3x3_backward", "algos[1] (grad-weight)", input);
-  const bool aten_dgrad = output_mask[0] && algos[0] == kAlgoAten;
-  const bool aten_wgrad = output_mask[1] && algos[1] == kAlgoAten;
+  const ConvProblem problem = conv_problem(input, weight, padding, grad_output, mask);
+  const DeviceInfo dev = device_info();
+  const auto plan_of = [&](bool wanted, ConvDirection d, int64_t algo) {
+    return wanted ? plan_direction(problem, d, algo, true, dev, "conv3x3_backward",
+                                   algo_argument(d, true))
+                  : DirectionPlan{};
+  };
+  const DirectionPlan dgrad = plan_of(output_mask[0], ConvDirection::kGradInput, algos[0]);
+  const DirectionPlan wgrad = plan_of(output_mask[1], ConvDirection::kGradWeight, algos[1]);
+  const bool aten_dgrad = output_mask[0] && dgrad.kernel == ConvKernel::kAten;
+  const bool aten_wgrad = output_mask[1] && wgrad.kernel == ConvKernel::kAten;
+  const bool tc_dgrad = output_mask[0] && dgrad.kernel == ConvKernel::kImplicitGemm;
+  const bool tc_wgrad = output_mask[1] && wgrad.kernel == ConvKernel::kWgradGemm;
   // Our kernels apply the ReLU mask as they load grad_output (the tensor-core ones in the
   // landed shared-memory stage, the direct ones per element); ATen's backward gets
   // grad_output masked beforehand (zero where relu_output > 0 fails).
@@ -724,37 +709,41 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward_cuda(
     if (aten_dgrad) grad_input.copy_(gi);
     if (aten_wgrad) grad_weight.copy_(gw);
   }
-  const int64_t kp = vector_channels(weight.size(0), input);
   // grad_output and the ReLU output as NHWC [n][h'][w'][kp], shared by both tensor-core
-  // kernels: in place when they are dense channels_last with whole vectors, else copied.
+  // kernels: views where the plan found them ready, else copies.
+  const DirectionPlan& tc_plan = tc_dgrad ? dgrad : wgrad;
+  const int64_t kp = vector_channels(weight.size(0), static_cast<int>(input.element_size()));
   const bool tc = tc_dgrad || tc_wgrad;
-  const at::Tensor g = tc ? nhwc_padded(grad_output, kp) : at::Tensor();
-  const at::Tensor g_mask = tc && mask.defined() ? nhwc_padded(mask, kp) : at::Tensor();
+  const at::Tensor g = tc ? nhwc_operand(grad_output, kp, tc_plan.copy_activations,
+                                         "conv3x3 copy: grad_output")
+                          : at::Tensor();
+  const at::Tensor g_mask = tc && mask.defined()
+                                ? nhwc_operand(mask, kp, tc_plan.copy_mask, "conv3x3 copy: relu_output")
+                                : at::Tensor();
   if (tc_wgrad) {
-    const at::Tensor x = nhwc_padded(input, vector_channels(input.size(1), input));
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv3x3_wgrad_igemm", [&] {
-      if constexpr (!std::is_same_v<scalar_t, double>) {
-        wgrad_igemm<scalar_t>(g, g_mask, x, grad_output.size(2), grad_output.size(3), padding,
-                              grad_weight, stream);
-      }
+    const at::Tensor x =
+        nhwc_operand(input, wgrad.channels, wgrad.copy_input, "conv3x3 copy: input");
+    dispatch_tensor_core(input.scalar_type(), [&](auto t) {
+      wgrad_igemm<decltype(t)>(g, g_mask, x, grad_output.size(2), grad_output.size(3), padding,
+                               grad_weight, stream);
     });
   }
   if (tc_dgrad) {
-    const at::Tensor filt =
-        nhwc_padded(weight.flip({2, 3}).transpose(0, 1), filter_channels(kp, input));
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv3x3_igemm_dgrad", [&] {
-      if constexpr (!std::is_same_v<scalar_t, double>) {
-        igemm_conv<scalar_t>(g, grad_output.size(2), grad_output.size(3), filt, at::Tensor(),
-                             2 - padding, false, grad_input, forced_tiles(algos[0]), stream,
-                             g_mask);
-      }
+    // The forward kernel applied to grad_output (masked by the ReLU as it loads) with the
+    // filters flipped and transposed, [C][3][3][Kpf], and padding 2 - pad.
+    const at::Tensor filt = nhwc_operand(weight.flip({2, 3}).transpose(0, 1),
+                                         dgrad.filter_channels, true, "conv3x3 copy: filters");
+    dispatch_tensor_core(input.scalar_type(), [&](auto t) {
+      igemm_conv<decltype(t)>(g, grad_output.size(2), grad_output.size(3), filt, at::Tensor(),
+                              2 - padding, false, grad_input, dgrad.tiles, stream, g_mask);
     });
   }
+  const at::Tensor& w = weight;  // read through its strides
   OVERFEAT_DISPATCH_FLOATING(input.scalar_type(), "conv3x3_backward_cuda", [&] {
-    if (output_mask[0] && !tc_dgrad && !aten_dgrad) {
+    if (output_mask[0] && dgrad.kernel == ConvKernel::kDirect) {
       grad_input_cuda<scalar_t>(grad_output, mask, w, padding, grad_input, stream);
     }
-    if (output_mask[1] && !tc_wgrad && !aten_wgrad) {
+    if (output_mask[1] && wgrad.kernel == ConvKernel::kDirect) {
       grad_weight_cuda<scalar_t>(grad_output, mask, input, padding, grad_weight, stream);
     }
     if (output_mask[2]) grad_bias_cuda<scalar_t>(grad_output, mask, grad_bias, stream);

@@ -35,6 +35,7 @@ inline int current_device() {
 // What the current device allows a launch (queried once per device).
 struct DeviceLimits {
   int sms, max_threads, max_block[3], max_grid[3], smem_per_block, smem_optin;
+  int capability;  // compute capability x 10 (90: sm_90)
 };
 inline const DeviceLimits& device_limits() {
   constexpr int kMaxDevices = 64;
@@ -60,6 +61,8 @@ inline const DeviceLimits& device_limits() {
     l.max_grid[2] = get(cudaDevAttrMaxGridDimZ);
     l.smem_per_block = get(cudaDevAttrMaxSharedMemoryPerBlock);
     l.smem_optin = get(cudaDevAttrMaxSharedMemoryPerBlockOptin);
+    l.capability = 10 * get(cudaDevAttrComputeCapabilityMajor) +
+                   get(cudaDevAttrComputeCapabilityMinor);
   });
   return cache[dev];
 }
@@ -124,9 +127,33 @@ inline void check_launch(const std::string& kernel, dim3 grid, dim3 block, size_
            std::to_string(attr.maxDynamicSharedSizeBytes) +
            " bytes allowed; above " + std::to_string(l.smem_per_block) +
            " bytes in all a kernel needs cudaFuncSetAttribute("
-           "cudaFuncAttributeMaxDynamicSharedMemorySize), up to " +
+           "cudaFuncAttributeMaxDynamicSharedMemorySize) (set_max_dynamic_smem), up to " +
            std::to_string(l.smem_optin));
   }
+}
+
+// A kernel's attributes on the current device, queried once per device (a query costs
+// microseconds, a launch of a small kernel not much more). Raise a kernel's dynamic shared
+// memory limit through set_max_dynamic_smem, which keeps this copy current.
+template <auto Kernel>
+cudaFuncAttributes& kernel_attributes() {
+  constexpr int kMaxDevices = 64;
+  static std::array<cudaFuncAttributes, kMaxDevices> cache{};
+  static std::array<std::once_flag, kMaxDevices> once;
+  const int dev = current_device();
+  TORCH_CHECK(dev >= 0 && dev < kMaxDevices, "overfeat_kernels: device index ", dev,
+              " out of range");
+  std::call_once(once[dev], [dev] { C10_CUDA_CHECK(cudaFuncGetAttributes(&cache[dev], Kernel)); });
+  return cache[dev];
+}
+
+// cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) on the
+// current device, and the cached attributes with it.
+template <auto Kernel>
+void set_max_dynamic_smem(int bytes) {
+  cudaFuncAttributes& attr = kernel_attributes<Kernel>();
+  C10_CUDA_CHECK(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  attr.maxDynamicSharedSizeBytes = bytes;
 }
 
 // Launches Kernel<<<grid, block, dynamic_smem, stream>>>(args...) after the checks above.
@@ -134,9 +161,7 @@ inline void check_launch(const std::string& kernel, dim3 grid, dim3 block, size_
 template <auto Kernel, typename... Args>
 void launch_kernel(dim3 grid, dim3 block, size_t dynamic_smem, cudaStream_t stream,
                    Args&&... args) {
-  cudaFuncAttributes attr{};
-  C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, Kernel));
-  check_launch(kernel_name<Kernel>(), grid, block, dynamic_smem, attr);
+  check_launch(kernel_name<Kernel>(), grid, block, dynamic_smem, kernel_attributes<Kernel>());
   cudaLaunchConfig_t config{};
   config.gridDim = grid;
   config.blockDim = block;
@@ -144,6 +169,15 @@ void launch_kernel(dim3 grid, dim3 block, size_t dynamic_smem, cudaStream_t stre
   config.stream = stream;
   C10_CUDA_CHECK(cudaLaunchKernelEx(&config, Kernel, std::forward<Args>(args)...));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Reports a host-side step of a launcher (an operand copied or repacked before a kernel):
+// counted by the simulator next to its launches, so that tests see which copies a call
+// made; nothing on a GPU.
+inline void note_host_step([[maybe_unused]] const char* what) {
+#ifdef OVERFEAT_SIM
+  ovk_sim::count_host_step(what);
+#endif
 }
 
 // Blocks for a grid-stride loop over `numel` elements: enough to fill the device many

@@ -46,10 +46,10 @@ PyObject* set_guarded_allocator(PyObject*, PyObject* arg) {
   Py_RETURN_NONE;
 }
 
-PyObject* launch_counts(PyObject*, PyObject*) {
+PyObject* counts_dict(const std::vector<std::pair<std::string, int64_t>>& counts) {
   PyObject* d = PyDict_New();
   if (d == nullptr) return nullptr;
-  for (const auto& [name, count] : ovk_sim::launch_counts()) {
+  for (const auto& [name, count] : counts) {
     PyObject* v = PyLong_FromLongLong(count);
     if (v == nullptr || PyDict_SetItemString(d, name.c_str(), v) != 0) {
       Py_XDECREF(v);
@@ -60,6 +60,9 @@ PyObject* launch_counts(PyObject*, PyObject*) {
   }
   return d;
 }
+
+PyObject* launch_counts(PyObject*, PyObject*) { return counts_dict(ovk_sim::launch_counts()); }
+PyObject* host_steps(PyObject*, PyObject*) { return counts_dict(ovk_sim::host_steps()); }
 
 PyObject* reset_launch_counts(PyObject*, PyObject*) {
   ovk_sim::reset_launch_counts();
@@ -77,7 +80,10 @@ PyMethodDef methods[] = {
      "Install (True) or remove (False) the CPU allocator that fills new buffers with 0xFF "
      "(NaN) and checks guard bands around them after every simulated launch."},
     {"launch_counts", launch_counts, METH_NOARGS, "{kernel name: launches} since the last reset."},
-    {"reset_launch_counts", reset_launch_counts, METH_NOARGS, "Zero the launch counters."},
+    {"host_steps", host_steps, METH_NOARGS,
+     "{host-side step of a launcher (an operand copy): count} since the last reset."},
+    {"reset_launch_counts", reset_launch_counts, METH_NOARGS,
+     "Zero the launch and host-step counters."},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace

@@ -119,6 +119,7 @@ unsigned char* tls_block_base() {
 std::mutex g_kernels_mutex;
 std::map<const void*, std::unique_ptr<KernelInfo>> g_kernels;
 std::map<std::string, int64_t> g_launch_counts;
+std::map<std::string, int64_t> g_host_steps;
 
 KernelInfo make_kernel_info(const void* kernel) {
   const ModuleSymbols& m = symbols();
@@ -587,9 +588,20 @@ std::vector<std::pair<std::string, int64_t>> launch_counts() {
   return {g_launch_counts.begin(), g_launch_counts.end()};
 }
 
+std::vector<std::pair<std::string, int64_t>> host_steps() {
+  std::lock_guard<std::mutex> lock(g_kernels_mutex);
+  return {g_host_steps.begin(), g_host_steps.end()};
+}
+
+void count_host_step(const std::string& name) {
+  std::lock_guard<std::mutex> lock(g_kernels_mutex);
+  ++g_host_steps[name];
+}
+
 void reset_launch_counts() {
   std::lock_guard<std::mutex> lock(g_kernels_mutex);
   g_launch_counts.clear();
+  g_host_steps.clear();
 }
 
 }  // namespace ovk_sim

@@ -151,8 +151,11 @@ void cp_async(Site site, void* dst, const void* src, uint32_t bytes, uint32_t sr
 void cp_async_commit();
 void cp_async_wait(Site site, int pending_groups);
 
-// Counters, for tests and `selfcheck`: launches per kernel name.
+// Counters, for tests and `selfcheck`: launches per kernel name, and the host-side steps the
+// launchers report (e.g. "conv3x3 copy: filters", an operand copied before a launch).
 std::vector<std::pair<std::string, int64_t>> launch_counts();
+std::vector<std::pair<std::string, int64_t>> host_steps();
+void count_host_step(const std::string& name);
 void reset_launch_counts();
 
 }  // namespace ovk_sim

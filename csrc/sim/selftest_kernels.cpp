@@ -184,11 +184,9 @@ at::Tensor run(const std::string& name, const at::Tensor& input, int64_t arg) {
       case 3: launch_kernel<empty_kernel>(0, 32, 0, nullptr, o); break;              // empty
       case 4: launch_kernel<empty_kernel>(1, 32, 64 * 1024, nullptr, o); break;      // smem
       case 5: {  // the same after opting in
-        C10_CUDA_CHECK(cudaFuncSetAttribute(empty_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                            64 * 1024));
+        set_max_dynamic_smem<empty_kernel>(64 * 1024);
         launch_kernel<empty_kernel>(1, 32, 64 * 1024, nullptr, o);
-        C10_CUDA_CHECK(cudaFuncSetAttribute(empty_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                            48 * 1024));
+        set_max_dynamic_smem<empty_kernel>(48 * 1024);
         break;
       }
       case 6: launch_kernel<big_shared_kernel>(1, 32, 0, nullptr, o); break;         // static smem
@@ -205,8 +203,9 @@ at::Tensor run(const std::string& name, const at::Tensor& input, int64_t arg) {
 
 // The tensor-core conv's tile heuristic (0: large tiles, 1: small), for its unit test.
 int64_t conv_tiles(int64_t pixels, int64_t filters, int64_t element_bytes, int64_t sms) {
-  return static_cast<int64_t>(
-      overfeat_kernels::igemm::choose_tiles(pixels, filters, element_bytes, sms));
+  const auto tiles = overfeat_kernels::choose_tiles(pixels, filters,
+                                                    static_cast<int>(element_bytes), sms);
+  return tiles == overfeat_kernels::Tiles::kLarge ? 0 : 1;
 }
 
 TORCH_LIBRARY(overfeat_kernels_simtest, m) {
