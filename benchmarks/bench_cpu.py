@@ -6,9 +6,11 @@ Every number is a ratio against baselines timed in the same run, never an absolu
 each op against overfeat_kernels.reference (the pure-PyTorch composition) and against
 x.clone() of its input (the copy-bandwidth limit of a memory-bound op), conv3x3 + bias +
 ReLU against F.conv2d + relu_ (and its autograd), each op's fixed cost per call (tiny
-inputs) against the PyTorch call it stands for. The candidates of a row are timed in
-turn, round after round (torch.utils.benchmark, blocked_autorange), and each keeps the
-median of its rounds, so that load from other processes hits all of them alike. The JSON
+inputs) against the PyTorch call a user would write instead, without grad mode,
+under inference_mode and with grad, plus a conv3x3 forward + backward step. The
+candidates of a row are timed in turn, round after round (torch.utils.benchmark,
+blocked_autorange), and each keeps the median of its rounds, so that load from other
+processes hits all of them alike. The JSON
 records the CPU model, thread count and load average (default:
 benchmarks/results/bench_cpu_<cpu>.json).
 """
@@ -212,11 +214,18 @@ def _conv_row(n, c, kout, h, w, layout: str, min_run_time: float, rounds: int) -
     return r
 
 
+# Targets (ours / PyTorch, at most) of the per-call cost: without grad mode and under
+# inference_mode, with grad mode (forward), and a conv3x3 forward + backward step.
+TARGET_CALL = {"no_grad": 1.2, "inference_mode": 1.2, "grad": 1.5, "step": 1.5}
+CALL_MODES = ("no_grad", "inference_mode", "grad")
+
+
 def call_rows(min_run_time: float, rounds: int) -> list[dict]:
-    """Each public op's fixed cost per call: tiny inputs, so that the time is the host's
-    work (Python, argument checks, dispatch, autograd), against the PyTorch call it stands
-    for, without grad mode and with inputs that require gradients. On one thread: a tiny
-    convolution handed to several threads times their start-up, not the call."""
+    """Each public op's and layer's fixed cost per call: tiny inputs, so that the time is
+    the host's work (Python, argument checks, dispatch, autograd, the backend's choice),
+    against the PyTorch call a user would write instead, in each grad mode, and a conv3x3
+    forward + backward step. On one thread: a tiny convolution handed to several threads
+    times their start-up, not the call."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -225,53 +234,79 @@ def call_rows(min_run_time: float, rounds: int) -> list[dict]:
         torch.set_num_threads(threads)
 
 
+def _call_cases() -> dict[str, tuple]:
+    """name -> (ours(x, w, b, p, m), PyTorch's(x, w, b, p, m), PyTorch's name): the same
+    work on the same bytes (interleave and pixel_shuffle make the same depth-to-space move)."""
+    conv = ok.nn.Conv3x3(4, 4, relu=True)
+    conv2d, relu = torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.ReLU(inplace=True)
+    pool, maxpool = ok.nn.OffsetMaxPool2d(2), torch.nn.MaxPool2d(2)
+    inter, shuffle = ok.nn.Interleave(2), torch.nn.PixelShuffle(2)
+    deinter, unshuffle = ok.nn.Deinterleave(2), torch.nn.PixelUnshuffle(2)
+    return {
+        "conv3x3": (lambda x, w, b, p, m: ok.conv3x3(x, w, b, 1, True),
+                    lambda x, w, b, p, m: F.conv2d(x, w, b, padding=1).relu_(),
+                    "F.conv2d + relu_"),
+        "offset_max_pool2d": (lambda x, w, b, p, m: ok.offset_max_pool2d(p, 2),
+                              lambda x, w, b, p, m: F.max_pool2d(p, 2), "F.max_pool2d"),
+        "interleave": (lambda x, w, b, p, m: ok.interleave(m, 2),
+                       lambda x, w, b, p, m: F.pixel_shuffle(m.view(1, 16, 4, 4), 2),
+                       "F.pixel_shuffle"),
+        "deinterleave": (lambda x, w, b, p, m: ok.deinterleave(p, 2),
+                         lambda x, w, b, p, m: F.pixel_unshuffle(p, 2), "F.pixel_unshuffle"),
+        "nn.Conv3x3": (lambda x, w, b, p, m: conv(x), lambda x, w, b, p, m: relu(conv2d(x)),
+                       "nn.Conv2d + nn.ReLU"),
+        "nn.OffsetMaxPool2d": (lambda x, w, b, p, m: pool(p), lambda x, w, b, p, m: maxpool(p),
+                               "nn.MaxPool2d"),
+        "nn.Interleave": (lambda x, w, b, p, m: inter(m),
+                          lambda x, w, b, p, m: shuffle(m.view(1, 16, 4, 4)), "nn.PixelShuffle"),
+        "nn.Deinterleave": (lambda x, w, b, p, m: deinter(p), lambda x, w, b, p, m: unshuffle(p),
+                            "nn.PixelUnshuffle"),
+    }  # fmt: skip
+
+
+def _grad_context(mode: str):
+    if mode == "no_grad":
+        return torch.no_grad()
+    if mode == "inference_mode":
+        return torch.inference_mode()
+    return torch.enable_grad()
+
+
 def _call_rows(min_run_time: float, rounds: int) -> list[dict]:
     x, w, b = torch.randn(1, 4, 4, 4), torch.randn(4, 4, 3, 3), torch.randn(4)
     p = torch.randn(1, 4, 8, 8)
     m = torch.randn(4, 4, 4, 4)
-    cases = {
-        "conv3x3": (
-            lambda x, w, b, p, m: ok.conv3x3(x, w, b, 1, True),
-            lambda x, w, b, p, m: F.conv2d(x, w, b, padding=1).relu_(),
-            "F.conv2d + relu_",
-        ),
-        "offset_max_pool2d": (
-            lambda x, w, b, p, m: ok.offset_max_pool2d(p, 2),
-            lambda x, w, b, p, m: F.max_pool2d(p, 2),
-            "F.max_pool2d",
-        ),
-        "interleave": (
-            lambda x, w, b, p, m: ok.interleave(m, 2),
-            lambda x, w, b, p, m: reference.interleave(m, 2),
-            "reference",
-        ),
-        "deinterleave": (
-            lambda x, w, b, p, m: ok.deinterleave(p, 2),
-            lambda x, w, b, p, m: reference.deinterleave(p, 2),
-            "reference",
-        ),
-    }
     rows = []
-    for grad in (False, True):
+
+    def row(op: str, mode: str, ours, base, base_name: str) -> None:
+        t = time_interleaved({"ours": ours, "baseline": base}, min_run_time, rounds)
+        r = {"op": op, "mode": mode, "baseline": base_name,
+             "us": {name: ms * 1e3 for name, ms in t.items()}}  # fmt: skip
+        r["ours_vs_baseline"] = t["ours"] / t["baseline"]
+        r["target"] = TARGET_CALL["grad" if mode == "grad" else mode]
+        rows.append(r)
+        print(f"  call {op:20} {mode:14} ours / {base_name}: {r['ours_vs_baseline']:.2f}x "
+              f"(target <= {r['target']})")  # fmt: skip
+
+    for mode in CALL_MODES:
+        grad = mode == "grad"
         args = [t.clone().requires_grad_(grad) for t in (x, w, b, p, m)]
-        for op, (ours, base, base_name) in cases.items():
-            with torch.set_grad_enabled(grad):
-                t = time_interleaved(
-                    {
-                        "ours": lambda f=ours, a=args: f(*a),
-                        "baseline": lambda f=base, a=args: f(*a),
-                    },
-                    min_run_time,
-                    rounds,
-                )
-            us = {name: ms * 1e3 for name, ms in t.items()}
-            r = {"op": op, "grad": grad, "baseline": base_name, "us": us}
-            r["ours_vs_baseline"] = t["ours"] / t["baseline"]
-            rows.append(r)
-            print(
-                f"  call {op:18} {'grad   ' if grad else 'no grad'} ours / {base_name}: "
-                f"{r['ours_vs_baseline']:.2f}x"
-            )
+        # The layers' parameters require grad as in a model; outside grad mode that
+        # records nothing.
+        for op, (ours, base, base_name) in _call_cases().items():
+            with _grad_context(mode):
+                row(op, mode, lambda f=ours, a=args: f(*a), lambda f=base, a=args: f(*a),
+                    base_name)  # fmt: skip
+    # One training step of the layer's arithmetic: forward, then the gradients of all three.
+    leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+
+    def step(forward):
+        return lambda: torch.autograd.grad(forward(*leaves).sum(), leaves)
+
+    row("conv3x3 forward + backward", "step",
+        step(lambda x, w, b: ok.conv3x3(x, w, b, 1, True)),
+        step(lambda x, w, b: F.conv2d(x, w, b, padding=1).relu_()),
+        "F.conv2d + relu_")  # fmt: skip
     sys.stdout.flush()
     return rows
 
@@ -373,7 +408,7 @@ def _conv_line(r: dict) -> str:
 
 def _call_line(r: dict) -> str:
     return (
-        f"| ok.{r['op']} | {'yes' if r['grad'] else 'no'} | {r['ours_vs_baseline']:.2f} "
+        f"| ok.{r['op']} | {r['mode']} | {r['ours_vs_baseline']:.2f} | {r['target']} "
         f"| {r['baseline']} |"
     )
 
@@ -400,7 +435,7 @@ def markdown_table(result: dict) -> str:
             result.get("conv", []),
         ),
         (
-            ["one call, tiny input", "grad", "ours / PyTorch", "PyTorch call"],
+            ["one call, tiny input", "mode", "ours / PyTorch", "target", "PyTorch call"],
             _call_line,
             result.get("calls", []),
         ),

@@ -67,13 +67,14 @@ def test_quick_run_writes_json_and_table(tmp_path, capsys):
     (conv,) = result["conv"]
     assert conv["fwd_speedup_vs_baseline"] == conv["ms"]["baseline"] / conv["ms"]["ours"]
     calls = result["calls"]
-    assert {(r["op"], r["grad"]) for r in calls} == {
-        (op, grad)
-        for op in ("conv3x3", "offset_max_pool2d", "interleave", "deinterleave")
-        for grad in (False, True)
-    }
+    ops = ("conv3x3", "offset_max_pool2d", "interleave", "deinterleave")
+    layers = ("nn.Conv3x3", "nn.OffsetMaxPool2d", "nn.Interleave", "nn.Deinterleave")
+    expected = {(op, mode) for op in ops + layers for mode in bench_cpu.CALL_MODES}
+    expected.add(("conv3x3 forward + backward", "step"))
+    assert {(r["op"], r["mode"]) for r in calls} == expected
     for r in calls:
         assert r["ours_vs_baseline"] == r["us"]["ours"] / r["us"]["baseline"]
+        assert r["target"] == bench_cpu.TARGET_CALL["grad" if r["mode"] == "grad" else r["mode"]]
     table = result["table"]
     assert table.count("| offset_max_pool2d |") == len(pool)
     assert table.count("| one call, tiny input |") == 1
