@@ -235,32 +235,36 @@ def call_rows(min_run_time: float, rounds: int) -> list[dict]:
 
 
 def _call_cases() -> dict[str, tuple]:
-    """name -> (ours(x, w, b, p, m), PyTorch's(x, w, b, p, m), PyTorch's name): the same
-    work on the same bytes (interleave and pixel_shuffle make the same depth-to-space move)."""
+    """name -> (ours(x, w, b, p, m, s), PyTorch's(...), PyTorch's name): the same work on
+    the same bytes (interleave and pixel_shuffle make the same depth-to-space move: m is
+    [4, 4, 4, 4], s the same 256 values as [1, 16, 4, 4])."""
     conv = ok.nn.Conv3x3(4, 4, relu=True)
     conv2d, relu = torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.ReLU(inplace=True)
     pool, maxpool = ok.nn.OffsetMaxPool2d(2), torch.nn.MaxPool2d(2)
     inter, shuffle = ok.nn.Interleave(2), torch.nn.PixelShuffle(2)
     deinter, unshuffle = ok.nn.Deinterleave(2), torch.nn.PixelUnshuffle(2)
+    def case(ours, base, name):
+        return ours, base, name
+
     return {
-        "conv3x3": (lambda x, w, b, p, m: ok.conv3x3(x, w, b, 1, True),
-                    lambda x, w, b, p, m: F.conv2d(x, w, b, padding=1).relu_(),
-                    "F.conv2d + relu_"),
-        "offset_max_pool2d": (lambda x, w, b, p, m: ok.offset_max_pool2d(p, 2),
-                              lambda x, w, b, p, m: F.max_pool2d(p, 2), "F.max_pool2d"),
-        "interleave": (lambda x, w, b, p, m: ok.interleave(m, 2),
-                       lambda x, w, b, p, m: F.pixel_shuffle(m.view(1, 16, 4, 4), 2),
-                       "F.pixel_shuffle"),
-        "deinterleave": (lambda x, w, b, p, m: ok.deinterleave(p, 2),
-                         lambda x, w, b, p, m: F.pixel_unshuffle(p, 2), "F.pixel_unshuffle"),
-        "nn.Conv3x3": (lambda x, w, b, p, m: conv(x), lambda x, w, b, p, m: relu(conv2d(x)),
-                       "nn.Conv2d + nn.ReLU"),
-        "nn.OffsetMaxPool2d": (lambda x, w, b, p, m: pool(p), lambda x, w, b, p, m: maxpool(p),
-                               "nn.MaxPool2d"),
-        "nn.Interleave": (lambda x, w, b, p, m: inter(m),
-                          lambda x, w, b, p, m: shuffle(m.view(1, 16, 4, 4)), "nn.PixelShuffle"),
-        "nn.Deinterleave": (lambda x, w, b, p, m: deinter(p), lambda x, w, b, p, m: unshuffle(p),
-                            "nn.PixelUnshuffle"),
+        "conv3x3": case(lambda x, w, b, p, m, s: ok.conv3x3(x, w, b, 1, True),
+                        lambda x, w, b, p, m, s: F.conv2d(x, w, b, padding=1).relu_(),
+                        "F.conv2d + relu_"),
+        "offset_max_pool2d": case(lambda x, w, b, p, m, s: ok.offset_max_pool2d(p, 2),
+                                  lambda x, w, b, p, m, s: F.max_pool2d(p, 2), "F.max_pool2d"),
+        "interleave": case(lambda x, w, b, p, m, s: ok.interleave(m, 2),
+                           lambda x, w, b, p, m, s: F.pixel_shuffle(s, 2), "F.pixel_shuffle"),
+        "deinterleave": case(lambda x, w, b, p, m, s: ok.deinterleave(p, 2),
+                             lambda x, w, b, p, m, s: F.pixel_unshuffle(p, 2),
+                             "F.pixel_unshuffle"),
+        "nn.Conv3x3": case(lambda x, w, b, p, m, s: conv(x),
+                           lambda x, w, b, p, m, s: relu(conv2d(x)), "nn.Conv2d + nn.ReLU"),
+        "nn.OffsetMaxPool2d": case(lambda x, w, b, p, m, s: pool(p),
+                                   lambda x, w, b, p, m, s: maxpool(p), "nn.MaxPool2d"),
+        "nn.Interleave": case(lambda x, w, b, p, m, s: inter(m),
+                              lambda x, w, b, p, m, s: shuffle(s), "nn.PixelShuffle"),
+        "nn.Deinterleave": case(lambda x, w, b, p, m, s: deinter(p),
+                                lambda x, w, b, p, m, s: unshuffle(p), "nn.PixelUnshuffle"),
     }  # fmt: skip
 
 
@@ -275,7 +279,7 @@ def _grad_context(mode: str):
 def _call_rows(min_run_time: float, rounds: int) -> list[dict]:
     x, w, b = torch.randn(1, 4, 4, 4), torch.randn(4, 4, 3, 3), torch.randn(4)
     p = torch.randn(1, 4, 8, 8)
-    m = torch.randn(4, 4, 4, 4)
+    m, s = torch.randn(4, 4, 4, 4), torch.randn(1, 16, 4, 4)
     rows = []
 
     def row(op: str, mode: str, ours, base, base_name: str) -> None:
@@ -290,7 +294,7 @@ def _call_rows(min_run_time: float, rounds: int) -> list[dict]:
 
     for mode in CALL_MODES:
         grad = mode == "grad"
-        args = [t.clone().requires_grad_(grad) for t in (x, w, b, p, m)]
+        args = [t.clone().requires_grad_(grad) for t in (x, w, b, p, m, s)]
         # The layers' parameters require grad as in a model; outside grad mode that
         # records nothing.
         for op, (ours, base, base_name) in _call_cases().items():
