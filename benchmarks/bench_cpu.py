@@ -286,7 +286,7 @@ def _call_rows(min_run_time: float, rounds: int) -> list[dict]:
         t = time_interleaved({"ours": ours, "baseline": base}, min_run_time, rounds)
         r = {"op": op, "mode": mode, "baseline": base_name,
              "us": {name: ms * 1e3 for name, ms in t.items()}}  # fmt: skip
-        r["ours_vs_baseline"] = t["ours"] / t["baseline"]
+        r["ours_vs_baseline"] = r["us"]["ours"] / r["us"]["baseline"]
         r["target"] = TARGET_CALL["grad" if mode == "grad" else mode]
         rows.append(r)
         print(f"  call {op:20} {mode:14} ours / {base_name}: {r['ours_vs_baseline']:.2f}x "

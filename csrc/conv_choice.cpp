@@ -97,9 +97,11 @@ struct TuningScope {
   ~TuningScope() { t_tuning = false; }
 };
 
-// The mode's codes for a call whose `algos` were omitted.
+// The mode's codes for a call whose `algos` were omitted. `bias_unknown`: a backward op,
+// which cannot tell whether its forward had a bias; a training key with either flag that
+// is already known is taken before `bias` is timed.
 Codes choose(const at::Tensor& input, const at::Tensor& weight, bool bias, int64_t padding,
-             bool relu, bool train) {
+             bool relu, bool train, bool bias_unknown = false) {
   constexpr Codes kOursCodes{kAlgoDefault, kAlgoDefault, kAlgoDefault};
   switch (current_mode()) {
     case kCudnn: return {kAlgoAten, kAlgoAten, kAlgoAten};
@@ -111,16 +113,20 @@ Codes choose(const at::Tensor& input, const at::Tensor& weight, bool bias, int64
   if (!timed_here || input.numel() == 0) return kOursCodes;
   const Key key = make_key(input, weight, bias, padding, relu, train);
   if (auto hit = lookup(key)) return *hit;
+  if (bias_unknown) {
+    if (auto hit = lookup(make_key(input, weight, !bias, padding, relu, train))) return *hit;
+  }
   const Tuner tuner = g_tuner.load();
   if (t_tuning || tuner == nullptr || capturing(input)) return kOursCodes;  // not remembered
-  Codes codes;
+  std::optional<Codes> codes;
   {
     TuningScope scope;
     g_tuner_calls.fetch_add(1, std::memory_order_relaxed);
     codes = tuner(key);
   }
-  remember(key, codes);
-  return codes;
+  if (!codes.has_value()) return kOursCodes;
+  remember(key, *codes);
+  return *codes;
 }
 
 }  // namespace
@@ -174,7 +180,8 @@ std::array<int64_t, 2> backward_algos(const at::Tensor& input, const at::Tensor&
     check_conv_algos(*requested, true);
     return {(*requested)[0], (*requested)[1]};
   }
-  const Codes codes = choose(input, weight, bias, padding, relu, /*train=*/true);
+  const Codes codes = choose(input, weight, bias, padding, relu, /*train=*/true,
+                             /*bias_unknown=*/true);
   return {codes[1], codes[2]};
 }
 

@@ -57,9 +57,10 @@ static_assert(std::has_unique_object_representations_v<Key>, "Key must have no p
 
 using Codes = std::array<int64_t, 3>;  // [forward, grad-input, grad-weight]
 
-// Times (or looks up on disk) the candidates of a key and returns the winners' codes. Set
-// by the Python module (overfeat_kernels.backend registers the Python side); may throw.
-using Tuner = Codes (*)(const Key&);
+// Times (or looks up on disk) the candidates of a key and returns the winners' codes, or
+// nothing when it cannot (then our heuristic runs and nothing is remembered). Set by the
+// Python module (overfeat_kernels.backend registers the Python side); may throw.
+using Tuner = std::optional<Codes> (*)(const Key&);
 void set_tuner(Tuner tuner);
 
 // Whether a conv3x3 call records a graph for the backward: grad mode and an input that
@@ -75,7 +76,8 @@ inline bool records_grad(const at::Tensor& input, const at::Tensor& weight,
 // mode's choice under the training key when `train` (records_grad).
 Codes forward_algos(const at::Tensor& input, const at::Tensor& weight, bool bias,
                     int64_t padding, bool relu, bool train, at::OptionalIntArrayRef requested);
-// The same for conv3x3_backward: [grad-input, grad-weight], under the training key.
+// The same for conv3x3_backward: [grad-input, grad-weight], under the training key (`bias`:
+// whether grad_bias is asked for; a key known with the other bias flag is taken first).
 std::array<int64_t, 2> backward_algos(const at::Tensor& input, const at::Tensor& weight,
                                       bool bias, int64_t padding, bool relu,
                                       at::OptionalIntArrayRef requested);

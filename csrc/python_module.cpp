@@ -43,21 +43,21 @@ namespace py = pybind11;
 
 enum class Arg { kOk, kSlowPath, kError };
 
-std::string type_name(PyObject* obj) {
-  PyObject* name = PyObject_GetAttrString(reinterpret_cast<PyObject*>(Py_TYPE(obj)), "__name__");
-  std::string out = name != nullptr && PyUnicode_Check(name) ? PyUnicode_AsUTF8(name) : "object";
-  Py_XDECREF(name);
+// str(s) for a Python str (null, or not encodable as UTF-8: `fallback`); clears errors.
+std::string utf8_or(PyObject* s, const char* fallback) {
+  const char* text = s != nullptr && PyUnicode_Check(s) ? PyUnicode_AsUTF8(s) : nullptr;
+  std::string out = text != nullptr ? text : fallback;
+  Py_XDECREF(s);
   PyErr_Clear();
   return out;
 }
 
-std::string repr(PyObject* obj) {
-  PyObject* r = PyObject_Repr(obj);
-  std::string out = r != nullptr ? PyUnicode_AsUTF8(r) : "?";
-  Py_XDECREF(r);
-  PyErr_Clear();
-  return out;
+std::string type_name(PyObject* obj) {
+  return utf8_or(PyObject_GetAttrString(reinterpret_cast<PyObject*>(Py_TYPE(obj)), "__name__"),
+                 "object");
 }
+
+std::string repr(PyObject* obj) { return utf8_or(PyObject_Repr(obj), "?"); }
 
 // A tensor argument: a plain torch.Tensor / nn.Parameter of strided layout is taken as is.
 Arg tensor_arg(PyObject* obj, const char* op, const char* name, const at::Tensor** out) {
@@ -203,20 +203,32 @@ PyObject* key_fields(const ok::choice::Key& key) {
       static_cast<int>(key.train));
 }
 
-ok::choice::Codes call_python_tuner(const ok::choice::Key& key) {
+// The Python error now set, as a C++ exception that keeps it whatever thread catches it.
+[[noreturn]] void throw_python_error() {
+  python_error e;
+  e.persist();
+  throw std::move(e);
+}
+
+std::optional<ok::choice::Codes> call_python_tuner(const ok::choice::Key& key) {
   py::gil_scoped_acquire gil;
+  // The tuner may have been replaced or removed since the op read it: take it under the GIL
+  // and hold a reference for the call.
+  PyObject* tuner = g_tuner;
+  if (tuner == nullptr) return std::nullopt;
+  Py_INCREF(tuner);
   PyObject* fields = key_fields(key);
-  if (fields == nullptr) throw python_error();
-  PyObject* result = PyObject_CallOneArg(g_tuner, fields);
-  Py_DECREF(fields);
-  if (result == nullptr) throw python_error();
+  PyObject* result = fields != nullptr ? PyObject_CallOneArg(tuner, fields) : nullptr;
+  Py_XDECREF(fields);
+  Py_DECREF(tuner);
+  if (result == nullptr) throw_python_error();
   ok::choice::Codes codes{};
   const bool ok_shape = PyTuple_Check(result) && PyTuple_GET_SIZE(result) == 3;
-  for (int i = 0; ok_shape && i < 3; ++i) {
+  for (int i = 0; ok_shape && i < 3 && !PyErr_Occurred(); ++i) {
     codes[i] = PyLong_AsLongLong(PyTuple_GET_ITEM(result, i));
   }
   Py_DECREF(result);
-  if (PyErr_Occurred()) throw python_error();
+  if (PyErr_Occurred()) throw_python_error();
   TORCH_CHECK(ok_shape, "overfeat_kernels: the conv tuner must return a tuple of 3 algos");
   ok::check_conv_algos(codes, false);
   return codes;
@@ -283,11 +295,19 @@ ok::ConvDirection direction_of(const std::string& name) {
                     name, "'");
 }
 
+int8_t checked_mode(int mode) {
+  TORCH_CHECK_VALUE(mode >= ok::choice::kUnset && mode <= ok::choice::kCudnn,
+                    "conv mode code must be -1 (unset), 0 (auto), 1 (ours) or 2 (cudnn), got ",
+                    mode);
+  return static_cast<int8_t>(mode);
+}
+
 void add_conv_functions(py::module_ m) {
-  m.def("set_conv_mode", [](int mode) { ok::choice::set_global_mode(static_cast<int8_t>(mode)); },
+  m.def("set_conv_mode",
+        [](int mode) { ok::choice::set_global_mode(checked_mode(mode)); },
         "The process-wide conv backend mode: 0 auto, 1 ours, 2 cudnn, -1 unset.");
   m.def("set_scoped_conv_mode",
-        [](int mode) { return static_cast<int>(ok::choice::set_scoped_mode(static_cast<int8_t>(mode))); },
+        [](int mode) { return static_cast<int>(ok::choice::set_scoped_mode(checked_mode(mode))); },
         "This thread's scoped mode (-1: none); returns the previous one.");
   m.def("conv_mode", [] { return std::string(ok::choice::kModeNames[ok::choice::current_mode()]); },
         "The mode in force here: scope, process, environment, 'auto'.");

@@ -5,10 +5,9 @@ Modes:
 - ``"auto"`` (the default): on a CUDA tensor, the first call with a new shape times the
   candidates on that GPU, for the forward and, when gradients are needed, for grad-input
   and grad-weight each on its own; it keeps the fastest of each and remembers them in
-  memory and on disk. Elsewhere (CPU tensors, the simulator) and wherever nothing may be
-  timed (during CUDA-graph capture; tracing never runs the kernels) it uses a remembered
-  choice if there is one, else our kernels; a key met during capture is timed at its next
-  eager call.
+  memory and on disk. During CUDA-graph capture nothing is timed: a remembered choice runs
+  if there is one, else our kernels, and the shape is timed at its next eager call (tracing
+  never runs the kernels). CPU tensors (the simulator included) run our kernels.
 - ``"ours"``: our kernels only, the configuration picked by their heuristic (what the
   benchmarks and tests of our kernels use).
 - ``"cudnn"``: PyTorch's own convolution with bias, then ReLU: cuDNN on CUDA, ATen's CPU
@@ -36,8 +35,11 @@ autograd.
     ...     ok.get_conv_backend()
     'cudnn'
 
-The scope of ``conv_backend`` is the calling thread. A backward pass runs the gradients'
-implementations fixed at the forward call, under the mode in force then.
+The scope of ``conv_backend`` is the calling thread. An eager backward pass runs the
+gradients' implementations fixed at the forward call, under the mode in force then. A
+``torch.compile`` d training graph chooses them when its backward runs, under the
+process-wide mode or the environment (the autograd engine's threads do not see a thread's
+scope), for the call's training key.
 
 The disk cache is ``conv_choices.json`` in ``$OVERFEAT_KERNELS_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/overfeat_kernels``, else ``~/.cache/overfeat_kernels``. Its keys name the
@@ -140,16 +142,22 @@ def get_conv_backend() -> str:
 
 @contextlib.contextmanager
 def conv_backend(mode: str) -> Iterator[None]:
-    """Uses `mode` for conv3x3 calls inside the ``with`` block (this thread only)."""
+    """Uses `mode` for conv3x3 calls inside the ``with`` block, on this thread.
+
+    The op reads the scope from a thread-local variable, which follows this context's scope
+    on entry and on exit: asyncio tasks (or generators) whose scopes interleave on one thread
+    see the most recently entered or left one, and none is left behind when all have ended.
+    """
     mode = _check_mode(mode, "conv_backend: mode")
     token = _py_scoped.set(mode)
-    previous = _C.set_scoped_conv_mode(_code(mode)) if _C is not None else None
+    if _C is not None:
+        _C.set_scoped_conv_mode(_code(mode))
     try:
         yield
     finally:
-        if _C is not None:
-            _C.set_scoped_conv_mode(previous)
         _py_scoped.reset(token)
+        if _C is not None:
+            _C.set_scoped_conv_mode(_code(_py_scoped.get()))
 
 
 def conv_choices() -> dict[str, dict[str, Any]]:
@@ -201,6 +209,14 @@ def _testing(time_on_cpu: bool = False, pretend_capture: bool = False) -> Iterat
 # Candidates
 
 
+def _capability(device: torch.device) -> int:
+    """Compute capability x 10 of a CUDA device (90 without one: the simulator's H100)."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return 90
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
+
+
 def _tensor_core_dtype(dtype: torch.dtype, tf32: bool) -> bool:
     return dtype in (torch.float16, torch.bfloat16) or (dtype == torch.float32 and tf32)
 
@@ -223,10 +239,7 @@ def candidates(
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     gpu = device_type == "cuda"
     if capability is None:
-        capability = 90
-        if gpu and torch.cuda.is_available():
-            major, minor = torch.cuda.get_device_capability()
-            capability = 10 * major + minor
+        capability = _capability(torch.device("cuda")) if gpu else 90
     return tuple(
         _C.conv_candidates_for(direction, gpu, _tensor_core_dtype(dtype, tf32), capability)
     )
@@ -415,7 +428,8 @@ def choose(key: str, call: Call) -> dict[str, str]:
         with torch.no_grad():
             sets = _input_sets(call)
             for direction in DIRECTIONS if call.train else DIRECTIONS[:1]:
-                names = candidates(direction, call.device.type, call.dtype, call.tf32)
+                names = candidates(direction, call.device.type, call.dtype, call.tf32,
+                                   _capability(call.device))
                 measured = timer(_direction_fns(direction, names, sets, call.padding, call.relu))
                 times[direction] = {name: float(measured[name]) for name in names}
                 choice[direction] = min(names, key=lambda name: times[direction][name])

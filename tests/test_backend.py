@@ -106,6 +106,32 @@ def test_bad_modes_name_the_argument(fresh, bad):
         pass
 
 
+def test_interleaved_task_scopes_leave_no_mode_behind(unset_mode):
+    """asyncio tasks whose scopes interleave on one thread: when all have ended, the mode is
+    the process-wide one again (the op's thread-local scope follows each task's exit)."""
+    import asyncio
+
+    async def task(mode, entered, leave):
+        with ok.conv_backend(mode):
+            entered.set()
+            await leave.wait()
+
+    async def main():
+        a_in, b_in, a_out, b_out = (asyncio.Event() for _ in range(4))
+        a = asyncio.create_task(task("cudnn", a_in, a_out))
+        await a_in.wait()
+        b = asyncio.create_task(task("ours", b_in, b_out))
+        await b_in.wait()
+        a_out.set()  # the first scope entered ends first
+        await a
+        b_out.set()
+        await b
+
+    backend.set_conv_backend("auto")
+    asyncio.run(main())
+    assert ok.get_conv_backend() == "auto"
+
+
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_cudnn_mode_computes_conv3x3(fresh, layout):
     x, w, b = _args(layout, requires_grad=True)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import overfeat_kernels as ok
+from overfeat_kernels import _validate as check
 
 OPS = torch.ops.overfeat_kernels
 
@@ -214,9 +215,11 @@ def test_large_element_counts_are_planned_not_crashing():
     assert ok.interleave(out, 2).numel() > 2**31
 
 
-# One check per call: on plain tensors the C++ checks run (csrc/checks.h); while tracing,
-# the fake kernels' Python checks (overfeat_kernels/_validate.py). The same bad input must
-# read the same in both: meta tensors take the fake kernels' path.
+# One check per call: on plain tensors the C++ checks run (csrc/checks.h and the argument
+# conversion of overfeat_kernels._C); while tracing and on the wrappers' general path, the
+# Python checks (overfeat_kernels/_validate.py). The same bad input must read the same in
+# both: each case through the C++ path, then through the Python checks directly, then (for
+# tensors) through the fake kernels, which meta tensors reach.
 def _message(fn, *args):
     try:
         fn(*args)
@@ -229,23 +232,50 @@ def _to_meta(args):
     return tuple(a.to("meta") if isinstance(a, torch.Tensor) else a for a in args)
 
 
+def _conv_args(args):
+    return (*args, *[None, 1, False][len(args) - 2 :])  # fill in bias, padding, relu
+
+
 @pytest.mark.parametrize("case", CONV_CASES, ids=[c[0] for c in CONV_CASES])
-def test_conv3x3_cpp_and_fake_checks_say_the_same(case):
-    _, args, _, _ = case
-    assert _message(ok.conv3x3, *args) == _message(ok.conv3x3, *_to_meta(args))
+def test_conv3x3_cpp_and_python_checks_say_the_same(case):
+    args = _conv_args(case[1])
+    cpp = _message(ok.conv3x3, *args)
+    assert cpp == _message(check.conv3x3, *args)
+    assert cpp == _message(ok.conv3x3, *_to_meta(args))
+
+
+CONV_FLAG_CASES = [
+    ("padding float", (x4(1, 3, 8, 8), x4(4, 3, 3, 3), None, 1.0, False)),
+    ("padding bool", (x4(1, 3, 8, 8), x4(4, 3, 3, 3), None, True, False)),
+    ("padding huge", (x4(1, 3, 8, 8), x4(4, 3, 3, 3), None, 10**30, False)),
+    ("relu str", (x4(1, 3, 8, 8), x4(4, 3, 3, 3), None, 1, "yes")),
+    ("input list", ([[1.0]], x4(4, 3, 3, 3), None, 1, False)),
+    ("bias str", (x4(1, 3, 8, 8), x4(4, 3, 3, 3), "b", 1, False)),
+]
+
+
+@pytest.mark.parametrize("case", CONV_FLAG_CASES, ids=[c[0] for c in CONV_FLAG_CASES])
+def test_conv3x3_argument_conversion_says_what_python_says(case):
+    _, args = case
+    assert _message(ok.conv3x3, *args) == _message(check.conv3x3, *args)
 
 
 KERNEL_SIZE_CASES = [
-    *[(name, ok.offset_max_pool2d, args) for name, args, _, _ in POOL_CASES],
-    *[(name, fn, args) for name, fn, args, _, _ in INTERLEAVE_CASES],
+    *[(name, "offset_max_pool2d", args) for name, args, _, _ in POOL_CASES],
+    *[(name, fn.__name__, args) for name, fn, args, _, _ in INTERLEAVE_CASES],
     *[
-        (name, getattr(ok, op), (torch.empty(n, c, min(h, 1), min(w, 1)).expand(n, c, h, w), k))
+        (name, op, (torch.empty(n, c, min(h, 1), min(w, 1)).expand(n, c, h, w), k))
         for name, op, (n, c, h, w), k in HUGE_K_CASES
     ],
+    ("kernel bool", "interleave", (x4(4, 3, 4, 4), True)),
+    ("kernel beyond int64", "interleave", (torch.empty(0, 2, 7, 7), 2**63)),
+    ("kernel below int64", "deinterleave", (x4(1, 3, 4, 4), -(2**70))),
 ]
 
 
 @pytest.mark.parametrize("case", KERNEL_SIZE_CASES, ids=[c[0] for c in KERNEL_SIZE_CASES])
-def test_kernel_size_ops_cpp_and_fake_checks_say_the_same(case):
-    _, fn, args = case
-    assert _message(fn, *args) == _message(fn, *_to_meta(args))
+def test_kernel_size_ops_cpp_and_python_checks_say_the_same(case):
+    _, name, args = case
+    cpp = _message(getattr(ok, name), *args)
+    assert cpp == _message(getattr(check, name), *args)
+    assert cpp == _message(getattr(ok, name), *_to_meta(args))

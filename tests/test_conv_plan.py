@@ -142,28 +142,40 @@ def test_unknown_problem_field():
 # ----------------------------------------------- a call runs what its plan says (simulator)
 
 
-def _problem_of(x, w, padding):
-    def ready(t):
-        return t.is_contiguous(memory_format=torch.channels_last) and t.data_ptr() % 16 == 0
+def _ready(t):
+    return t.is_contiguous(memory_format=torch.channels_last) and t.data_ptr() % 16 == 0
 
+
+def _problem_of(x, w, padding, grad_output=None, relu_output=None):
     tc = x.dtype in (torch.float16, torch.bfloat16) or (
         x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32
     )
     n, c, h, wd = x.shape
-    return {"n": n, "c": c, "h": h, "w": wd, "k": w.shape[0], "padding": padding,
-            "element_size": x.element_size(), "tensor_core_dtype": tc,
-            "input_nhwc": ready(x), "weight_nhwc": ready(w)}  # fmt: skip
+    problem = {"n": n, "c": c, "h": h, "w": wd, "k": w.shape[0], "padding": padding,
+               "element_size": x.element_size(), "tensor_core_dtype": tc,
+               "input_nhwc": _ready(x), "weight_nhwc": _ready(w)}  # fmt: skip
+    if grad_output is not None:
+        problem["grad_output_nhwc"] = _ready(grad_output)
+    if relu_output is not None:
+        problem.update(masked=True, relu_output_nhwc=_ready(relu_output))
+    return problem
+
+
+KERNELS = {"implicit_gemm": "conv3x3_igemm_kernel", "unfolded": "conv3x3_igemm_kernel",
+           "direct": "direct_conv3x3_kernel", "wgrad_gemm": "wgrad_igemm_kernel"}  # fmt: skip
+TILE_CONFIGS = {"large": "TileConfig<2,", "small": "TileConfig<1,"}
 
 
 CASES = [
-    # (name, dtype, C, input channels_last, weight channels_last, tf32)
-    ("first-layer", torch.bfloat16, 3, False, False, False),
-    ("nchw", torch.bfloat16, 16, False, False, False),
-    ("channels-last", torch.float16, 32, True, True, False),
-    ("channels-last-input", torch.bfloat16, 32, True, False, False),
-    ("odd-channels", torch.bfloat16, 17, True, True, False),
-    ("exact-fp32", torch.float32, 8, False, False, False),
-    ("tf32", torch.float32, 16, True, True, True),
+    # (name, dtype, C, input channels_last, weight channels_last, tf32, N, H, W)
+    ("first-layer", torch.bfloat16, 3, False, False, False, 2, 9, 11),
+    ("nchw", torch.bfloat16, 16, False, False, False, 2, 9, 11),
+    ("channels-last", torch.float16, 32, True, True, False, 2, 9, 11),
+    ("channels-last-input", torch.bfloat16, 32, True, False, False, 2, 9, 11),
+    ("odd-channels", torch.bfloat16, 17, True, True, False, 2, 9, 11),
+    ("exact-fp32", torch.float32, 8, False, False, False, 2, 9, 11),
+    ("tf32", torch.float32, 16, True, True, True, 2, 9, 11),
+    ("large-tiles", torch.bfloat16, 8, True, False, False, 1, 184, 184),  # 265 large CTAs
 ]
 
 
@@ -171,10 +183,11 @@ CASES = [
 @pytest.mark.skipif(not simulator.available(), reason="CUDA simulator not built")
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_a_call_runs_its_plan(case):
-    _, dtype, c, x_cl, w_cl, tf32 = case
+    _, dtype, c, x_cl, w_cl, tf32, n, h, wd = case
     fmt = torch.channels_last
-    x = torch.randn(2, c, 9, 11, dtype=dtype)
-    w = torch.randn(20, c, 3, 3, dtype=dtype)
+    k = 8 if h > 100 else 20
+    x = torch.randn(n, c, h, wd, dtype=dtype)
+    w = torch.randn(k, c, 3, 3, dtype=dtype)
     x = x.contiguous(memory_format=fmt) if x_cl else x
     w = w.contiguous(memory_format=fmt) if w_cl else w
     was = torch.backends.cudnn.allow_tf32
@@ -187,11 +200,10 @@ def test_a_call_runs_its_plan(case):
         launches, steps = simulator.launch_counts(), simulator.host_steps()
     finally:
         torch.backends.cudnn.allow_tf32 = was
-    kernel = {"implicit_gemm": "conv3x3_igemm_kernel", "unfolded": "conv3x3_igemm_kernel",
-              "direct": "direct_conv3x3_kernel"}[expected["kernel"]]  # fmt: skip
+    kernel = KERNELS[expected["kernel"]]
     assert list(launches) and all(kernel in name for name in launches), (expected, launches)
     if expected["tiles"] != "none":
-        config = "TileConfig<2," if expected["tiles"] == "large" else "TileConfig<1,"
+        config = TILE_CONFIGS[expected["tiles"]]
         assert all(config in name for name in launches), (expected, launches)
     copies = {
         "conv3x3 copy: input": expected["copy_activations"] and expected["kernel"] != "unfolded",
@@ -199,3 +211,52 @@ def test_a_call_runs_its_plan(case):
         "conv3x3 copy: unfolded input and filters": expected["kernel"] == "unfolded",
     }
     assert {k for k, made in copies.items() if made} == set(steps), (expected, steps)
+
+
+BACKWARD_CASES = [
+    # (name, dtype, K, maps channels_last, relu): grad_output / relu_output copied or not
+    ("nchw-relu", torch.bfloat16, 16, False, True),
+    ("channels-last-relu", torch.bfloat16, 16, True, True),
+    ("channels-last", torch.float16, 32, True, False),
+    ("odd-filters", torch.bfloat16, 20, True, True),  # K = 20: padded to 24, copied
+    ("exact-fp32", torch.float32, 8, False, True),
+]
+
+
+@pytest.mark.sim
+@pytest.mark.skipif(not simulator.available(), reason="CUDA simulator not built")
+@pytest.mark.parametrize("case", BACKWARD_CASES, ids=[c[0] for c in BACKWARD_CASES])
+def test_a_backward_runs_its_plan(case):
+    """grad-input and grad-weight share grad_output and the ReLU output as NHWC operands:
+    the copies made and the kernels launched are what the two plans say."""
+    _, dtype, k, cl, relu = case
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    x = torch.randn(2, 16, 9, 11, dtype=dtype).contiguous(memory_format=fmt)
+    w = torch.randn(k, 16, 3, 3, dtype=dtype)
+    out = ok.conv3x3(x, w, None, 1, relu)
+    go = torch.randn_like(out)
+    ro = out if relu else None
+    problem = _problem_of(x, w, 1, go, ro)
+    dgrad = plan("grad_input", **problem, **H100)
+    wgrad = plan("grad_weight", **problem, **H100)
+    simulator.reset_launch_counts()
+    with simulator.simulate_cuda():
+        torch.ops.overfeat_kernels.conv3x3_backward(go, x, w, ro, 1, [True, True, False], [0, 0])
+    launches, steps = simulator.launch_counts(), simulator.host_steps()
+    wgrad_kernel = {"wgrad_gemm": "wgrad_igemm_kernel", "direct": "wgrad_partial_kernel"}
+    for kernel in (KERNELS[dgrad["kernel"]], wgrad_kernel[wgrad["kernel"]]):
+        assert any(kernel in name for name in launches), (kernel, launches)
+    if dgrad["tiles"] != "none":
+        igemm = [name for name in launches if "conv3x3_igemm_kernel" in name]
+        assert igemm and all(TILE_CONFIGS[dgrad["tiles"]] in name for name in igemm)
+    tc = [p for p in (dgrad, wgrad) if p["kernel"] != "direct"]
+    expected = set()
+    if tc and tc[0]["copy_activations"]:
+        expected.add("conv3x3 copy: grad_output")
+    if tc and tc[0]["copy_mask"]:
+        expected.add("conv3x3 copy: relu_output")
+    if dgrad["kernel"] == "implicit_gemm":
+        expected.add("conv3x3 copy: filters")  # flipped and transposed
+    if wgrad["kernel"] == "wgrad_gemm" and wgrad["copy_input"]:
+        expected.add("conv3x3 copy: input")
+    assert expected == set(steps), (dgrad, wgrad, steps)

@@ -58,6 +58,7 @@ def test_vgg16_in_a_cuda_graph(mode):
     static = _images(2, 224, 224)
     model(static)  # the eager warm-up: "auto" times each layer's key here
     timed = backend._C.conv_tuner_calls()
+    assert (timed > 0) == (mode == "auto")
     graph, out = _capture(model, static)
     assert backend._C.conv_tuner_calls() == timed  # nothing timed while capturing
     fresh = _images(2, 224, 224)

@@ -20,6 +20,7 @@ using torch::autograd::variable_list;
 
 class Conv3x3Function : public torch::autograd::Function<Conv3x3Function> {
  public:
+  static constexpr bool is_traceable = true;  // its backward only calls ops
   // `algos`: the three implementations, fixed by conv3x3_autograd; None while tracing.
   static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
                                const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -31,7 +32,7 @@ class Conv3x3Function : public torch::autograd::Function<Conv3x3Function> {
     }
     ctx->save_for_backward({input, weight, relu ? out : at::Tensor()});
     ctx->saved_data["padding"] = padding;
-    ctx->saved_data["has_bias"] = bias.has_value();
+    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
     ctx->saved_data["grad_algos"] =
         algos.has_value() ? c10::IValue(std::vector<int64_t>{(*algos)[1], (*algos)[2]})
                           : c10::IValue();
@@ -59,6 +60,7 @@ class Conv3x3Function : public torch::autograd::Function<Conv3x3Function> {
 
 class Conv3x3BackwardFunction : public torch::autograd::Function<Conv3x3BackwardFunction> {
  public:
+  static constexpr bool is_traceable = true;
   static variable_list forward(AutogradContext*, const at::Tensor& grad_output,
                                const at::Tensor& input, const at::Tensor& weight,
                                const std::optional<at::Tensor>& relu_output, int64_t padding,

@@ -18,6 +18,7 @@ using torch::autograd::variable_list;
 template <bool kInterleave>
 class PermuteFunction : public torch::autograd::Function<PermuteFunction<kInterleave>> {
  public:
+  static constexpr bool is_traceable = true;  // its backward only calls ops
   static const c10::TypedOperatorHandle<op::WithKernelSize>& forward_op() {
     return kInterleave ? op::interleave() : op::deinterleave();
   }

@@ -15,6 +15,7 @@ using torch::autograd::variable_list;
 
 class OffsetMaxPool2dFunction : public torch::autograd::Function<OffsetMaxPool2dFunction> {
  public:
+  static constexpr bool is_traceable = true;  // its backward only calls ops
   static variable_list forward(AutogradContext* ctx, const at::Tensor& input, int64_t k) {
     at::AutoDispatchBelowADInplaceOrView below;
     ctx->save_for_backward({input});
@@ -34,6 +35,7 @@ class OffsetMaxPool2dFunction : public torch::autograd::Function<OffsetMaxPool2d
 class OffsetMaxPool2dBackwardFunction
     : public torch::autograd::Function<OffsetMaxPool2dBackwardFunction> {
  public:
+  static constexpr bool is_traceable = true;
   static variable_list forward(AutogradContext*, const at::Tensor& grad_output,
                                const at::Tensor& input, int64_t k) {
     at::AutoDispatchBelowADInplaceOrView below;

@@ -460,13 +460,14 @@ at::Tensor conv3x3_cuda(const at::Tensor& input, const at::Tensor& weight,
                         const std::optional<at::Tensor>& bias, int64_t padding, bool relu,
                         at::OptionalIntArrayRef requested) {
   check_conv3x3_args(input, weight, bias, padding);
+  // On the input's device: "auto" may time the candidates here, on its current stream.
+  const c10::cuda::CUDAGuard guard(input.device());
   const choice::Codes algos = choice::forward_algos(
       input, weight, bias.has_value(), padding, relu,
       choice::records_grad(input, weight, bias), requested);
   const int64_t out_h = input.size(2) + 2 * padding - 2, out_w = input.size(3) + 2 * padding - 2;
   at::Tensor out = empty_in_format_of({input.size(0), weight.size(0), out_h, out_w}, input);
   if (out.numel() == 0) return out;
-  const c10::cuda::CUDAGuard guard(input.device());
   const DirectionPlan plan =
       plan_direction(conv_problem(input, weight, padding), ConvDirection::kForward, algos[0],
                      true, device_info(), "conv3x3", algo_argument(ConvDirection::kForward, false));
@@ -668,6 +669,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward_cuda(
     const std::optional<at::Tensor>& relu_output, int64_t padding,
     std::array<bool, 3> output_mask, at::OptionalIntArrayRef requested) {
   check_conv3x3_backward_args(grad_output, input, weight, relu_output, padding);
+  const c10::cuda::CUDAGuard guard(input.device());
   const auto algos = choice::backward_algos(input, weight, output_mask[2], padding,
                                             relu_output.has_value(), requested);
   at::Tensor grad_input = input.new_empty({0});
@@ -681,7 +683,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward_cuda(
     grad_bias.zero_();
     return {grad_input, grad_weight, grad_bias};
   }
-  const c10::cuda::CUDAGuard guard(input.device());
   const cudaStream_t stream = current_stream();
   const at::Tensor mask = relu_output.has_value() ? *relu_output : at::Tensor();
   const ConvProblem problem = conv_problem(input, weight, padding, grad_output, mask);
