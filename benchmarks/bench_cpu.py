@@ -34,7 +34,7 @@ from bench_ops import OVERFEAT_SCALES, overfeat_accurate_layer5, write_results
 
 import overfeat_kernels as ok
 from overfeat_kernels import dense, models, reference
-from overfeat_kernels.timing import cpu_timer
+from overfeat_kernels.apps.timing import cpu_timer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -25,7 +25,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from overfeat_kernels import extract, layers, models
+from overfeat_kernels import models
+from overfeat_kernels.apps import extract
+from overfeat_kernels.models import taps as layers
 
 
 def decode_rate(paths: list[str], workers: int, batch: int = 64) -> float:

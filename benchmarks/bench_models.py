@@ -33,7 +33,7 @@ def crop_by_crop(model: nn.Module, images: torch.Tensor, scales, stride: int = 1
     size = model.dense_spec.input_size
     count = 0
     for scale in scales:
-        x = dense._resize(images, scale)
+        x = dense.maps._resize(images, scale)
         crops = x.unfold(2, size, stride).unfold(3, size, stride)  # N, 3, i, j, size, size
         crops = crops.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3, size, size)
         for start in range(0, crops.shape[0], batch):

@@ -3,7 +3,7 @@
 // These are the ops' argument checks: a public call reaches them in one step (the Python
 // wrappers check only what C++ cannot see, such as arrays of other libraries). Messages
 // name the op and the argument and speak Python (shapes as tuples, dtypes as torch.float32),
-// as the fake kernels' checks (overfeat_kernels/_validate.py) do when tracing; a test holds
+// X when tracing; a test holds
 // the two to the same words. TORCH_CHECK_VALUE / TORCH_CHECK_TYPE raise ValueError /
 // TypeError.
 #pragma once

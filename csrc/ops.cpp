@@ -2,7 +2,7 @@
 // written) and the switch that sends CPU calls through the CUDA simulator. The backend
 // folders only add implementations: csrc/cpu and csrc/cuda the kernels, csrc/autograd the
 // autograd (C++ torch::autograd::Functions), csrc/autocast conv3x3's autocast; the fake
-// kernels are Python (overfeat_kernels/ops.py). The Python module is python_module.cpp.
+// kernels are Python (overfeat_kernels/ops/fake.py). The Python module is python_module.cpp.
 #include <torch/library.h>
 
 #include <atomic>

@@ -153,7 +153,7 @@ def test_cpu_auto_uses_our_kernels_without_timing(monkeypatch, tmp_path, unset_m
     monkeypatch.setenv(backend.ENV_CACHE, str(tmp_path))
     backend.clear_memory()
     timer = FakeTimer({"ours": 2.0, "cudnn": 1.0})
-    monkeypatch.setattr(backend, "timer", timer)
+    monkeypatch.setattr(backend.tuner, "timer", timer)
     ok.conv3x3(*_args())
     assert timer.calls == 0 and not list(tmp_path.iterdir())
     assert backend._C.conv_choice_count() == 0
@@ -172,7 +172,7 @@ def _remembered_algos():
 def test_auto_times_once_and_keeps_the_faster(fresh, monkeypatch, winner):
     loser = "cudnn" if winner == "ours" else "ours"
     timer = FakeTimer({winner: 1.0, loser: 3.0})
-    monkeypatch.setattr(backend, "timer", timer)
+    monkeypatch.setattr(backend.tuner, "timer", timer)
     x, w, b = _args()
     first = ok.conv3x3(x, w, b, 1, True)
     second = ok.conv3x3(x, w, b, 1, True)
@@ -195,7 +195,7 @@ def test_training_chooses_each_direction_on_its_own(fresh, monkeypatch):
         "grad_weight": {"ours": 1.0, "cudnn": 2.0},
     }
     timer = FakeTimer(times)
-    monkeypatch.setattr(backend, "timer", timer)
+    monkeypatch.setattr(backend.tuner, "timer", timer)
     x, w, b = _args(requires_grad=True)
     out = ok.conv3x3(x, w, b, 1, True)
     grads = torch.autograd.grad(out.sum(), (x, w, b))
@@ -218,7 +218,7 @@ def test_the_chosen_algos_reach_the_kernels(fresh, monkeypatch):
         "grad_input": {"ours": 2.0, "cudnn": 1.0},
         "grad_weight": {"ours": 1.0, "cudnn": 2.0},
     }
-    monkeypatch.setattr(backend, "timer", FakeTimer(times))
+    monkeypatch.setattr(backend.tuner, "timer", FakeTimer(times))
     x, w, b = _args(dtype=torch.bfloat16, requires_grad=True)
     with simulator.simulate_cuda():
         ok.conv3x3(x, w, b, 1, True)  # timed here (the candidates run in the simulator)
@@ -241,7 +241,7 @@ def test_the_chosen_algos_reach_the_kernels(fresh, monkeypatch):
 
 def test_keys_separate_shapes_modes_and_training(fresh, monkeypatch):
     timer = FakeTimer({"ours": 1.0, "cudnn": 2.0})
-    monkeypatch.setattr(backend, "timer", timer)
+    monkeypatch.setattr(backend.tuner, "timer", timer)
     ok.conv3x3(*_args())
     ok.conv3x3(*_args("channels_last"))
     ok.conv3x3(*_args(requires_grad=True))  # training: forward + backward are timed
@@ -258,7 +258,7 @@ def test_failed_timing_warns_and_uses_ours(fresh, monkeypatch):
     def broken(fns):
         raise RuntimeError("no events here")
 
-    monkeypatch.setattr(backend, "timer", broken)
+    monkeypatch.setattr(backend.tuner, "timer", broken)
     with pytest.warns(RuntimeWarning, match="timing the conv3x3 candidates failed"):
         out = ok.conv3x3(*_args())
     assert out.shape == (2, 7, 9, 11)
@@ -269,7 +269,7 @@ def test_failed_timing_warns_and_uses_ours(fresh, monkeypatch):
 
 
 def test_compile_fullgraph_with_each_mode(fresh, monkeypatch):
-    monkeypatch.setattr(backend, "timer", FakeTimer({"ours": 1.0, "cudnn": 2.0}))
+    monkeypatch.setattr(backend.tuner, "timer", FakeTimer({"ours": 1.0, "cudnn": 2.0}))
     x, w, b = _args()
     for mode in backend.MODES:
         torch._dynamo.reset()
@@ -341,7 +341,7 @@ def test_the_mode_reaches_the_kernels(fresh, monkeypatch, how, caller):
             backend.clear_memory()
             (fresh / backend.CACHE_FILE).unlink(missing_ok=True)
             loser = "cudnn" if winner == "ours" else "ours"
-            monkeypatch.setattr(backend, "timer", FakeTimer({winner: 1.0, loser: 2.0}))
+            monkeypatch.setattr(backend.tuner, "timer", FakeTimer({winner: 1.0, loser: 2.0}))
         with simulator.simulate_cuda(), _setting(how, mode, monkeypatch):
             assert ok.get_conv_backend() == mode
             if winner:
@@ -381,7 +381,7 @@ def test_training_step_runs_the_mode_of_its_forward(fresh):
 
 def test_capture_never_times_and_the_next_eager_call_does(fresh, monkeypatch):
     timer = FakeTimer({"ours": 2.0, "cudnn": 1.0})
-    monkeypatch.setattr(backend, "timer", timer)
+    monkeypatch.setattr(backend.tuner, "timer", timer)
     x, w, b = _args()
     with backend._testing(time_on_cpu=True, pretend_capture=True):
         out = ok.conv3x3(x, w, b, 1, True)  # as inside torch.cuda.graph(...)
@@ -396,7 +396,7 @@ def test_tracing_never_times(fresh, monkeypatch):
     """torch.export and make_fx trace with fake tensors: the kernels (and the choice) never
     run. The exported program runs the choice when it is called."""
     timer = FakeTimer({"ours": 2.0, "cudnn": 1.0})
-    monkeypatch.setattr(backend, "timer", timer)
+    monkeypatch.setattr(backend.tuner, "timer", timer)
     x, w, b = _args()
 
     class Net(torch.nn.Module):
@@ -419,7 +419,7 @@ def test_tracing_never_times(fresh, monkeypatch):
 
 def test_choices_survive_the_process(fresh, monkeypatch):
     timer = FakeTimer({"ours": 5.0, "cudnn": 4.0})
-    monkeypatch.setattr(backend, "timer", timer)
+    monkeypatch.setattr(backend.tuner, "timer", timer)
     ok.conv3x3(*_args())
     data = json.loads((fresh / backend.CACHE_FILE).read_text())
     assert data["format"] == backend.CACHE_FORMAT and len(data["entries"]) == 1
@@ -432,11 +432,11 @@ def test_choices_survive_the_process(fresh, monkeypatch):
 
 def test_version_change_times_again(fresh, monkeypatch):
     timer = FakeTimer({"ours": 1.0, "cudnn": 2.0})
-    monkeypatch.setattr(backend, "timer", timer)
+    monkeypatch.setattr(backend.tuner, "timer", timer)
     ok.conv3x3(*_args())
     backend.clear_memory()
-    monkeypatch.setattr(backend, "_environment_keys", {})
-    monkeypatch.setattr(backend, "_build_hash", "a-rebuilt-module")
+    monkeypatch.setattr(backend.tuner, "_environment_keys", {})
+    monkeypatch.setattr(backend.tuner, "_build_hash", "a-rebuilt-module")
     ok.conv3x3(*_args())
     assert timer.calls == 2
     assert len(backend.read_disk()) == 2  # both stacks' entries are kept
@@ -456,7 +456,7 @@ def test_version_change_times_again(fresh, monkeypatch):
 def test_corrupt_or_foreign_file_is_ignored_with_a_warning(fresh, monkeypatch, content):
     (fresh / backend.CACHE_FILE).write_text(content)
     timer = FakeTimer({"ours": 1.0, "cudnn": 2.0})
-    monkeypatch.setattr(backend, "timer", timer)
+    monkeypatch.setattr(backend.tuner, "timer", timer)
     with pytest.warns(RuntimeWarning, match="ignoring"):
         ok.conv3x3(*_args())
     assert timer.calls == 1
@@ -468,7 +468,7 @@ def test_an_older_cache_format_is_replaced_quietly(fresh, monkeypatch):
     old = {"format": "overfeat_kernels.conv_choices/1", "entries": {"k": {"choice": "ours"}}}
     (fresh / backend.CACHE_FILE).write_text(json.dumps(old))
     timer = FakeTimer({"ours": 1.0, "cudnn": 2.0})
-    monkeypatch.setattr(backend, "timer", timer)
+    monkeypatch.setattr(backend.tuner, "timer", timer)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ok.conv3x3(*_args())

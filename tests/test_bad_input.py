@@ -217,7 +217,7 @@ def test_large_element_counts_are_planned_not_crashing():
 
 # One check per call: on plain tensors the C++ checks run (csrc/checks.h and the argument
 # conversion of overfeat_kernels._C); while tracing and on the wrappers' general path, the
-# Python checks (overfeat_kernels/_validate.py). The same bad input must read the same in
+# Python checks (overfeat_kernels/ops/checks.py). The same bad input must read the same in
 # both: each case through the C++ path, then through the Python checks directly, then (for
 # tensors) through the fake kernels, which meta tensors reach.
 def _message(fn, *args):

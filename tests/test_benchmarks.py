@@ -89,7 +89,7 @@ def test_crops_match_fine_map_positions():
     x = torch.empty(1, 3, 461, 569, device="meta")
     crops = bench_models.crop_by_crop(model, x, dense.OVERFEAT_SCALES)
     positions = sum(
-        dense.score_map(model, dense._resize(x, s)).shape[-2:].numel()
+        dense.score_map(model, dense.maps._resize(x, s)).shape[-2:].numel()
         for s in dense.OVERFEAT_SCALES
     )
     assert crops == positions == 1575

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from overfeat_kernels.boxes import Detection, evaluate, iou, match_score, merge_boxes
 
 

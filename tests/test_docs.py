@@ -14,7 +14,9 @@ from overfeat_kernels import backend, dense, models, nn, ops
 
 
 @pytest.mark.parametrize(
-    "module", [overfeat_kernels, ops, nn, models, dense, backend], ids=lambda m: m.__name__
+    "module",
+    [overfeat_kernels, ops.functional, nn, models, dense.maps, backend],
+    ids=lambda m: m.__name__,
 )
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)

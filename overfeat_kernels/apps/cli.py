@@ -38,7 +38,7 @@ example:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from . import build_info
+    from ..ops import build_info
 
     print(json.dumps(build_info(), indent=2))
     return 0
@@ -60,7 +60,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_selfcheck(args: argparse.Namespace) -> int:
-    from . import backend, selfcheck, simulator
+    from ..ops import backend, simulator
+    from . import selfcheck
 
     if args.device == "cuda" and not torch.cuda.is_available():
         print("overfeat-kernels selfcheck: --device cuda but no CUDA GPU is available",
@@ -108,7 +109,8 @@ def _cmd_selfcheck(args: argparse.Namespace) -> int:
 
 
 def _cmd_layers(args: argparse.Namespace) -> int:
-    from . import layers, models
+    from .. import models
+    from ..models import taps as layers
 
     with torch.device("meta"):  # shapes only: no weights in memory
         model = models.build_model(args.model)
@@ -184,7 +186,7 @@ examples:
 
 def _add_model(parser: argparse.ArgumentParser, flag: str) -> None:
     """The model argument of layers / extract / train (positional when flag has no dashes)."""
-    from .models import MODEL_NAMES
+    from ..models import MODEL_NAMES
 
     extra = {"required": True} if flag.startswith("--") else {}
     parser.add_argument(flag, choices=list(MODEL_NAMES), metavar="MODEL",

@@ -25,11 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import boxes as B
-from .dense import dense_maps
-from .localize import BoxRegressor, detections_from_maps, train_regressor
-from .models import DenseSpec
-from .nn import Conv3x3
+from ..dense import boxes as B
+from ..dense import dense_maps
+from ..dense.localize import BoxRegressor, detections_from_maps, train_regressor
+from ..models import DenseSpec
+from ..nn import Conv3x3
 
 WINDOW = 32  # the network's input size
 BACKGROUND = 10  # class index of "no digit centred here"

@@ -51,7 +51,7 @@ ENV_VAR = "OVERFEAT_KERNELS_SIMULATE_CUDA"
 SCHEDULE_ENV_VAR = "OVERFEAT_KERNELS_SIM_SCHEDULE"
 
 try:
-    from . import _sim  # registers torch.ops.overfeat_kernels_sim.*
+    from .. import _sim  # registers torch.ops.overfeat_kernels_sim.*
 
     _sim_error: BaseException | None = None
 except ImportError as err:

@@ -17,7 +17,7 @@ class ExtensionNotBuiltError(ImportError):
 
 
 try:
-    from . import _C  # registers torch.ops.overfeat_kernels.*
+    from .. import _C  # registers torch.ops.overfeat_kernels.*
 
     _load_error: BaseException | None = None
 except ImportError as err:  # not built, or built against another torch
@@ -59,7 +59,7 @@ def build_info() -> dict[str, object]:
 
 def _simulator_built() -> bool:
     try:
-        from . import _sim  # noqa: F401
+        from .. import _sim  # noqa: F401
     except ImportError:
         return False
     return True

@@ -1,4 +1,4 @@
-"""The public functional ops and their fake kernels.
+"""The public functional ops.
 
 The ops are C++ (csrc/): their schemas, argument checks, autograd (C++
 ``torch::autograd::Function`` s whose backward passes are ops of their own), conv3x3's
@@ -6,8 +6,8 @@ autocast and backend choice, and the CPU and CUDA kernels. On the common path a 
 one step into C++: the wrappers hand their arguments to ``overfeat_kernels._C``, which calls
 the op. Arguments that path cannot take as they are (arrays of other libraries that speak
 DLPack, Tensor subclasses, an active torch-function mode) and code being traced by
-``torch.compile`` take the general path: ``torch.ops.overfeat_kernels``. Here too: the fake
-kernels with which ``torch.compile`` and ``torch.library.opcheck`` trace the ops.
+``torch.compile`` take the general path: ``torch.ops.overfeat_kernels``. The fake kernels
+with which ``torch.compile`` and ``torch.library.opcheck`` trace the ops are in ``fake.py``.
 
 Every functional op also accepts arrays of other libraries that speak DLPack (CuPy on the
 GPU, NumPy on the CPU) and returns an array of the same library, without copies.
@@ -20,10 +20,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch._prims_common import suggest_memory_format
 
 from . import _ext
-from . import _validate as check
+from . import checks as check
 
 __all__ = ["conv3x3", "deinterleave", "interleave", "offset_max_pool2d"]
 
@@ -75,7 +74,7 @@ def conv3x3(
     Under ``torch.autocast`` the inputs are cast to the autocast dtype, as for F.conv2d.
     Which implementation runs (our kernels or ``F.conv2d``, timed per shape on a GPU by
     default) is set with :func:`overfeat_kernels.set_conv_backend`; see
-    :mod:`overfeat_kernels.backend`.
+    :mod:`overfeat_kernels.ops.backend`.
 
     Returns:
         ``[N, K, H + 2*padding - 2, W + 2*padding - 2]``.
@@ -158,62 +157,3 @@ def deinterleave(input: Tensor, kernel_size: int) -> Tensor:
         if out is not NotImplemented:
             return out
     return _general("deinterleave", input, kernel_size)
-
-
-# ---------------------------------------------------------------------------------------
-# Fake kernels, for tracing (torch.compile, torch.export, opcheck). Registered only when the
-# compiled ops exist. Their checks are Python (shapes may be symbolic) and say what the C++
-# checks say (tests/test_bad_input.py holds the two to the same words).
-
-
-def _empty_as(like: Tensor, shape: tuple[int, ...]) -> Tensor:
-    """What the C++ kernels allocate: a dense tensor in `like`'s memory format."""
-    return torch.empty(
-        shape, dtype=like.dtype, device=like.device, memory_format=suggest_memory_format(like)
-    )
-
-
-def _register_fakes() -> None:
-    lib = "overfeat_kernels::"
-
-    @torch.library.register_fake(lib + "conv3x3")
-    def _conv3x3_fake(input, weight, bias, padding, relu, algos=None):
-        return _empty_as(input, check.conv3x3(input, weight, bias, padding, relu))
-
-    @torch.library.register_fake(lib + "conv3x3_backward")
-    def _conv3x3_backward_fake(
-        grad_output, input, weight, relu_output, padding, output_mask, algos=None
-    ):
-        shape = check.conv3x3(input, weight, None, padding)
-        check.grad_like(grad_output, input, shape, "conv3x3_backward", "grad_output")
-        if relu_output is not None:
-            check.grad_like(relu_output, input, shape, "conv3x3_backward", "relu_output")
-        empty = input.new_empty(0)
-        return (
-            _empty_as(input, tuple(input.shape)) if output_mask[0] else empty,
-            weight.new_empty(weight.shape) if output_mask[1] else empty,
-            weight.new_empty(weight.shape[0]) if output_mask[2] else empty,
-        )
-
-    @torch.library.register_fake(lib + "offset_max_pool2d")
-    def _pool_fake(input, kernel_size):
-        return _empty_as(input, check.offset_max_pool2d(input, kernel_size))
-
-    @torch.library.register_fake(lib + "offset_max_pool2d_backward")
-    def _pool_backward_fake(grad_output, input, kernel_size):
-        op = "offset_max_pool2d_backward"
-        shape = check.offset_max_pool2d(input, kernel_size, op)
-        check.grad_like(grad_output, input, shape, op, "grad_output")
-        return _empty_as(input, tuple(input.shape))
-
-    @torch.library.register_fake(lib + "interleave")
-    def _interleave_fake(input, kernel_size):
-        return _empty_as(input, check.interleave(input, kernel_size))
-
-    @torch.library.register_fake(lib + "deinterleave")
-    def _deinterleave_fake(input, kernel_size):
-        return _empty_as(input, check.deinterleave(input, kernel_size))
-
-
-if _ext.loaded():
-    _register_fakes()

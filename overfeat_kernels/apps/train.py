@@ -29,7 +29,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from . import _distributed, imageio, layers, models, weights
+from .. import models
+from ..models import taps as layers
+from ..models import weights
+from . import distributed as _distributed
+from . import imageio
 
 __all__ = ["TrainConfig", "TrainResult", "freeze_until", "replace_head", "train"]
 

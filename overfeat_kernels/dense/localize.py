@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .boxes import Box, Detection, area, intersection
-from .dense import dense_maps
+from .maps import dense_maps
 
 __all__ = ["BoxRegressor", "detections_from_maps", "overlap_fraction", "train_regressor"]
 

@@ -9,8 +9,9 @@ import platform
 import torch
 import torch.nn.functional as F
 
-from . import _ext, ops, reference, simulator
-from .nn import Conv3x3, Interleave, OffsetMaxPool2d
+from .. import ops
+from ..nn import Conv3x3, Interleave, OffsetMaxPool2d
+from ..ops import _ext, reference, simulator
 from .timing import cpu_timer, device_description, median_ms
 
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .dense import linear_as_conv
-from .nn import Conv3x3
+from ..nn import Conv3x3
+from .heads import linear_as_conv
 
 __all__ = ["Tap", "forward_layers", "layer_shapes", "layer_taps"]
 

@@ -36,7 +36,11 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
-from . import _distributed, imageio, layers, models, weights
+from .. import models
+from ..models import taps as layers
+from ..models import weights
+from . import distributed as _distributed
+from . import imageio
 
 __all__ = ["ExtractConfig", "ExtractResult", "collect_inputs", "extract"]
 
