@@ -60,6 +60,9 @@ C10_HOST_DEVICE inline acc_t relu_keep_nan(acc_t v) {
 
 C10_HOST_DEVICE inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// a rounded up to a multiple of m.
+C10_HOST_DEVICE constexpr int64_t round_up(int64_t a, int64_t m) { return (a + m - 1) / m * m; }
+
 // Moves `r` to the next element in the same memory order as unravel (no divisions):
 // serial loops unravel once per chunk, then advance.
 C10_HOST_DEVICE inline void advance(Coord4& r, const Shape4& d, bool channels_last) {
@@ -203,29 +206,6 @@ C10_HOST_DEVICE inline scalar_t offset_pool_backward_element(const scalar_t* gra
     }
   }
   return static_cast<scalar_t>(sum);
-}
-
-// Offset-pooling output coordinates for the vectorised channels_last kernels: the linear
-// index enumerates (n, i, j, dy, dx, channel vector), channel vectors fastest, so that the
-// k*k offsets of one window position are neighbouring threads (they read the same input
-// region: it comes from DRAM about once) and each thread writes one 16-byte vector.
-struct PoolVecCoord {
-  int64_t n, i, j, dy, dx, v;
-};
-C10_HOST_DEVICE inline PoolVecCoord unravel_pool_vec(int64_t idx, const PoolGeometry& g,
-                                                     int64_t vectors) {
-  PoolVecCoord r;
-  r.v = idx % vectors;
-  idx /= vectors;
-  r.dx = idx % g.k;
-  idx /= g.k;
-  r.dy = idx % g.k;
-  idx /= g.k;
-  r.j = idx % g.out.w;
-  idx /= g.out.w;
-  r.i = idx % g.out.h;
-  r.n = idx / g.out.h;
-  return r;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -33,7 +33,8 @@ def test_overfeat_fast_fine_stride_map_through_cuda_kernels():
     with simulator.simulate_cuda():
         simulated = dense.score_map(model, x, method="offsets")
     ran = kernels_that_ran()
-    for kernel in ("direct_conv3x3_kernel", "offset_pool_forward_kernel", "permute_kernel"):
+    for kernel in ("direct_conv3x3_kernel", "offset_pool_forward_tiled_kernel",
+                   "permute_nchw_tiled_kernel"):  # fmt: skip
         assert kernel in ran, ran
     torch.testing.assert_close(simulated, on_cpu, rtol=1e-4, atol=1e-4)
     # And the offsets map is the top-left block of the dilated one (SPEC's identity).

@@ -190,10 +190,10 @@ def test_every_op_runs_its_cuda_kernels():
         "wgrad_partial_kernel<float, true>",
         "wgrad_reduce_kernel<float>",
         "bias_grad_kernel<float, true>",
-        "offset_pool_forward_nhwc_vec_kernel<float>",
-        "offset_pool_backward_kernel<float, true>",
-        "permute_kernel<uint4, true, true>",  # interleave, 16-byte vectors
-        "permute_kernel<uint4, false, true>",  # deinterleave
+        "offset_pool_forward_tiled_kernel<float, (overfeat_kernels::MapLayout)1, false, false>",
+        "offset_pool_backward_tiled_kernel<float, (overfeat_kernels::MapLayout)1, false>",
+        "permute_nhwc_rows_kernel<true>",  # interleave, 16-byte vectors
+        "permute_nhwc_rows_kernel<false>",  # deinterleave
     ]:
         assert kernel in names, (kernel, names)
 
@@ -223,4 +223,5 @@ def test_environment_variable_simulates_the_whole_process():
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
     )
-    assert "offset_pool_forward_kernel<float, false>" in out.stdout, out.stdout + out.stderr
+    expected = "offset_pool_forward_tiled_kernel<float, (overfeat_kernels::MapLayout)0"
+    assert expected in out.stdout, out.stdout + out.stderr

@@ -11,22 +11,27 @@ namespace overfeat_kernels {
 
 constexpr int kVectorBytes = 16;
 
+// kSize elements as one 16-byte word. A union, so that filling v element by element and
+// then moving u (or the reverse) is well defined in both builds: the simulator's host
+// compiler would otherwise drop element stores that are read back only as a uint4 (strict
+// aliasing).
 template <typename T>
-struct alignas(kVectorBytes) Vec16 {
+union alignas(kVectorBytes) Vec16 {
   static constexpr int kSize = kVectorBytes / sizeof(T);
   T v[kSize];
+  uint4 u;
 };
 
 template <typename T>
 __device__ __forceinline__ Vec16<T> load16(const T* p) {
   Vec16<T> r;
-  *reinterpret_cast<uint4*>(r.v) = __ldg(reinterpret_cast<const uint4*>(p));
+  r.u = __ldg(reinterpret_cast<const uint4*>(p));
   return r;
 }
 
 template <typename T>
 __device__ __forceinline__ void store16(T* p, const Vec16<T>& x) {
-  *reinterpret_cast<uint4*>(p) = *reinterpret_cast<const uint4*>(x.v);
+  *reinterpret_cast<uint4*>(p) = x.u;
 }
 
 // Dense channels_last with whole 16-byte vectors per pixel at 16-byte aligned addresses:
