@@ -314,7 +314,11 @@ def pool_ops(k: int, h: int, w: int, fmt, in_bytes: int, out_bytes: int) -> dict
 
 
 def pool_rows(copy_gbs: float, quick: bool) -> list[dict]:
-    shapes = [("overfeat.scale6", 32, 1024, 35, 44), ("vgg16.pool5", 32, 512, 14, 14)]
+    shapes = [
+        ("overfeat.scale6", 32, 1024, 35, 44),
+        ("vgg16.pool5", 32, 512, 14, 14),
+        ("vgg16.pool5.b1", 1, 512, 14, 14),  # small: does the work fill the SMs?
+    ]
     dtypes = [torch.bfloat16] if quick else [torch.bfloat16, torch.float32]
     rows = []
     for label, n, c, h, w in shapes:

@@ -3,7 +3,9 @@
 For every kernel of nvcc-built objects (sm_80 and sm_90): registers per thread, spill
 bytes, shared memory, the theoretical occupancy that follows on an H100, and the
 instruction mix of the hottest loop: the innermost loop (a backward branch) that holds
-HMMA, counted as HMMA, LDSM, LDGSTS, BAR and the rest. Evidence of design, never speed.
+HMMA, counted as HMMA, LDSM, LDGSTS, BAR and the rest; and, for the memory-bound kernels
+(offset pooling, interleave), the width of every global load and store (128-bit LDG.E.128 /
+STG.E.128 against narrower ones). Evidence of design, never speed.
 
 Usage:
     python benchmarks/sass_report.py --build               # nvcc csrc/cuda/*.cu, sm_80 + sm_90
@@ -21,6 +23,8 @@ Definitions:
 - hottest loop: among the address ranges [target, branch] of backward branches (BRA to a
   lower address) that contain an HMMA, the shortest. Its instructions are counted as
   listed, NOPs excluded.
+- global memory: the kernel's LDG and STG instructions, by width: "128" for 16-byte
+  vectors (LDG.E.128, STG.E.128), "narrow" for the rest.
 """
 
 from __future__ import annotations
@@ -76,6 +80,7 @@ class KernelReport:
     limited_by: str | None
     counts_total: dict[str, int] = field(default_factory=dict)
     hottest_loop: LoopMix | None = None
+    global_memory: dict[str, int] = field(default_factory=dict)
 
 
 _INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
@@ -198,6 +203,16 @@ def spill_bytes(instrs: list[tuple[int, str, str]]) -> int:
     return total
 
 
+def global_memory(instrs: list[tuple[int, str, str]]) -> dict[str, int]:
+    """Global loads and stores by width: {"LDG.128", "LDG.narrow", "STG.128", "STG.narrow"}."""
+    out = {"LDG.128": 0, "LDG.narrow": 0, "STG.128": 0, "STG.narrow": 0}
+    for _, op, _ in instrs:
+        parts = op.split(".")
+        if parts[0] in ("LDG", "STG"):
+            out[f"{parts[0]}.{'128' if '128' in parts[1:] else 'narrow'}"] += 1
+    return out
+
+
 def hottest_loop(instrs: list[tuple[int, str, str]]) -> LoopMix | None:
     loops = []
     for addr, op, args in instrs:
@@ -277,6 +292,7 @@ def report_object(path: str, arch: str, cuobjdump: str) -> list[KernelReport]:
                 by,
                 counts,
                 hottest_loop(instrs),
+                global_memory(instrs),
             )
         )
     return out
@@ -314,11 +330,13 @@ def build_objects(archs: list[str], out_dir: str) -> list[tuple[str, str]]:
 def table(reports: list[KernelReport]) -> str:
     head = (
         "| arch | kernel | regs | spill B | smem B | threads | blocks/SM | occupancy "
-        "| loop HMMA | LDSM | LDGSTS | BAR | other | HMMA % |"
+        "| loop HMMA | LDSM | LDGSTS | BAR | other | HMMA % | LDG 128 / narrow "
+        "| STG 128 / narrow |"
     )
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in reports:
         loop = r.hottest_loop
+        g = r.global_memory
         mix = (
             [str(loop.counts[c]) for c in (*CLASSES, "other")] + [f"{100 * loop.hmma_fraction:.0f}"]
             if loop
@@ -330,7 +348,8 @@ def table(reports: list[KernelReport]) -> str:
             f"{r.blocks_per_sm if r.blocks_per_sm is not None else '-'} | "
             f"{'-' if r.occupancy is None else f'{100 * r.occupancy:.0f} %'} | "
             + " | ".join(mix)
-            + " |"
+            + f" | {g.get('LDG.128', 0)} / {g.get('LDG.narrow', 0)}"
+            + f" | {g.get('STG.128', 0)} / {g.get('STG.narrow', 0)} |"
         )
     return "\n".join(rows)
 

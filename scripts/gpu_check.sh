@@ -2,7 +2,12 @@
 # One command for a GPU machine: build in place for the GPU found, run the GPU tests, then
 # the benchmarks. Logs and JSON go to OUTDIR.
 #
-#   scripts/gpu_check.sh OUTDIR [--quick|--full] [STEP...]
+#   scripts/gpu_check.sh OUTDIR [--quick|--full|--lease] [STEP...]
+#
+# --lease: the one command for a lent GPU (SPEC "GPU leases"), everything within 9 minutes
+# of wall time, build included: build for the GPU found, the GPU test cases, the bf16 conv
+# benchmark over VGG-16's layers at batch 1 / 8 / 32, the memory-bound ops, the models; each
+# step under its own time limit, so that a slow step cannot take the others' time.
 #
 # STEPs (default: all, in this order): build, tests, bench-conv, bench-rest, models.
 # The build is skipped when the CUDA kernels are already built in place, so that a machine
@@ -16,10 +21,15 @@
 # pytest-xdist if present).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out=${1:?usage: scripts/gpu_check.sh OUTDIR [--quick|--full] [STEP...]}
+out=${1:?usage: scripts/gpu_check.sh OUTDIR [--quick|--full|--lease] [STEP...]}
 shift
 mode=--quick
-if [ "${1:-}" = "--full" ] || [ "${1:-}" = "--quick" ]; then mode=$1; shift; fi
+case "${1:-}" in --full|--quick|--lease) mode=$1; shift ;; esac
+# Per-step time limits (seconds) in a lease: build 200, tests 80, conv 130, rest 50, models
+# 50: 510 s of the 9 minutes, the rest for start-up and the copies.
+limit() {
+  if [ "$mode" = "--lease" ]; then timeout --signal=INT "$1" "${@:2}"; else "${@:2}"; fi
+}
 steps=${*:-build tests bench-conv bench-rest models}
 mkdir -p "$out"
 PYTHON=${PYTHON:-python3}
@@ -40,7 +50,8 @@ if has build; then
   else
     echo "[gpu_check] building for sm_${arch/./} (log: $out/build.log)"
     start=$(date +%s)
-    if ! $PYTHON -m pip install --no-build-isolation --no-deps -e . > "$out/build.log" 2>&1; then
+    if ! limit 200 $PYTHON -m pip install --no-build-isolation --no-deps -e . \
+        > "$out/build.log" 2>&1; then
       tail -40 "$out/build.log"; exit 1
     fi
     echo "[gpu_check] built in $(( $(date +%s) - start )) s"
@@ -56,11 +67,14 @@ if has tests; then
     xdist=(-n 8)
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) > 8 ? $(nproc) / 8 : 1 ))}
   fi
-  for part in gpu rest; do
+  parts="gpu rest"
+  [ "$mode" = "--lease" ] && parts=gpu  # the rest is CI's
+  for part in $parts; do
     if [ $part = gpu ]; then sel="cuda or gpu"; else sel="not (cuda or gpu)"; fi
     echo "[gpu_check] tests ($part: -k '$sel'), simulator cases excluded (log: $out/pytest_$part.log)"
-    $PYTHON -m pytest tests -m "not sim" -k "$sel" -q -rfEs -p no:cacheprovider "${xdist[@]}" \
-      --durations=20 --junitxml="$out/pytest_$part.xml" > "$out/pytest_$part.log" 2>&1 || status=1
+    limit 80 $PYTHON -m pytest tests -m "not sim" -k "$sel" -q -rfEs -p no:cacheprovider \
+      "${xdist[@]}" --durations=20 --junitxml="$out/pytest_$part.xml" \
+      > "$out/pytest_$part.log" 2>&1 || status=1
     tail -15 "$out/pytest_$part.log"
   done
 fi
@@ -68,7 +82,12 @@ fi
 # --full: every dtype, batch 1 / 8 / 32, 60 ms of timed runs per measurement.
 budget=(--budget-ms 60)
 if has bench-conv; then
-  if [ "$mode" = "--full" ]; then
+  if [ "$mode" = "--lease" ]; then
+    # bf16 over VGG-16's 13 layers (and OverFeat's) at batch 1 / 8 / 32, short budgets.
+    limit 130 $PYTHON benchmarks/bench_ops.py --sections conv --dtypes bf16 --batches 1,8,32 \
+      --budget-ms 15 --out "$out/bench_conv_bf16.json" 2>&1 | tee "$out/bench_conv_bf16.log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+  elif [ "$mode" = "--full" ]; then
     # One dtype per run and file; CONV_DTYPES picks some (about 4 minutes each on an H100).
     for dtype in ${CONV_DTYPES:-bf16 fp32-tf32 fp16 fp32}; do
       $PYTHON benchmarks/bench_ops.py --sections conv --dtypes $dtype "${budget[@]}" \
@@ -82,14 +101,15 @@ if has bench-conv; then
   fi
 fi
 if has bench-rest; then
-  quick=(); [ "$mode" = "--quick" ] && quick=(--quick)
-  $PYTHON benchmarks/bench_ops.py "${quick[@]}" --sections pool,tail "${budget[@]}" \
+  quick=(); [ "$mode" != "--full" ] && quick=(--quick)
+  [ "$mode" = "--lease" ] && budget=(--budget-ms 20)
+  limit 50 $PYTHON benchmarks/bench_ops.py "${quick[@]}" --sections pool,tail "${budget[@]}" \
     --out "$out/bench_pool_tail.json" 2>&1 | tee "$out/bench_pool_tail.log"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
 if has models; then
-  quick=(); [ "$mode" = "--quick" ] && quick=(--quick)
-  $PYTHON benchmarks/bench_models.py "${quick[@]}" --out "$out/bench_models.json" 2>&1 \
+  quick=(); [ "$mode" != "--full" ] && quick=(--quick)
+  limit 50 $PYTHON benchmarks/bench_models.py "${quick[@]}" --out "$out/bench_models.json" 2>&1 \
     | tee "$out/bench_models.log"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi

@@ -150,3 +150,52 @@ def test_large_configuration_meets_the_static_targets():
         assert k["blocks_per_sm"] >= 2, where
         if k["name"].endswith(", false>"):  # kMasked = false
             assert k["hottest_loop"]["hmma_fraction"] >= 0.40, where
+
+
+def _memory_bound(name_part: str) -> list[dict]:
+    return [k for k in _report() if name_part in k["name"]]
+
+
+def _flags(name: str) -> list[bool]:
+    """The trailing bool template arguments of a kernel's name."""
+    args = [a.strip() for a in name[name.index("<") + 1 : name.rindex(">")].split(",")]
+    flags = []
+    for a in reversed(args):
+        if a not in ("true", "false"):
+            break
+        flags.insert(0, a == "true")
+    return flags
+
+
+def test_memory_bound_kernels_do_not_spill_and_move_16_byte_vectors():
+    """Offset pooling and interleave: no spills, at least 2 CTAs per SM, and where the
+    layout allows (channels_last, or NCHW rows of whole vectors: the kernels' vector flags),
+    the map's accesses are 128-bit LDG / STG (the NCHW backward reads its gradients, which
+    belong to other planes window by window, element-wise)."""
+    tiled = [
+        *_memory_bound("offset_pool_forward_tiled_kernel"),
+        *_memory_bound("offset_pool_backward_tiled_kernel"),
+        *_memory_bound("permute_nchw_tiled_kernel"),
+        *_memory_bound("permute_nhwc_rows_kernel"),
+    ]
+    assert {k["arch"] for k in tiled} == {"sm_80", "sm_90"}
+    for k in tiled:
+        where = f"{k['arch']} {k['name']}"
+        assert k["spill_bytes"] == 0 and k["stack_bytes"] == 0, where
+        assert k["blocks_per_sm"] is not None and k["blocks_per_sm"] >= 2, where
+        g, name, flags = k["global_memory"], k["name"], _flags(k["name"])
+        nhwc = "(MapLayout)1" in name or "permute_nhwc_rows" in name
+        if "forward_tiled" in name:  # <T, layout, row-vector loads, vector stores>
+            loads, stores = nhwc or flags[0], nhwc or flags[1]
+        elif "backward_tiled" in name:  # <T, layout, row vectors>
+            loads = stores = nhwc or flags[0]
+        elif "permute_nchw" in name:  # <T, interleave, vector loads, vector stores>
+            loads, stores = flags[1], flags[2]
+        else:
+            loads = stores = True
+        if loads:
+            assert g["LDG.128"] > 0, where
+        if stores:
+            assert g["STG.128"] > 0 and g["STG.narrow"] == 0, where
+        if nhwc:
+            assert g["LDG.narrow"] == 0, where

@@ -227,8 +227,10 @@ __host__ __device__ constexpr int64_t backward_smem(int ti, int tj, int cp, int 
 // `lead`: columns loaded left of the first window column (k - 1 rounded up to a vector for
 // NCHW row vectors, so that loads start on a vector boundary), and as many right of the
 // tile's last pixel.
+// (The register budget of 2 CTAs per SM: left to itself, ptxas kept 64 registers and
+// spilled a few bytes; the shared memory allows 5 CTAs per SM at most anyway.)
 template <typename T, MapLayout L, bool kRowVectors>
-__global__ void __launch_bounds__(kPoolThreads)
+__global__ void __launch_bounds__(kPoolThreads, 2)
     offset_pool_backward_tiled_kernel(const PoolTileArgs<T> a, int lead) {
   using acc_t = at::opmath_type<T>;
   constexpr int kV = Vec16<T>::kSize;
@@ -314,45 +316,52 @@ __global__ void __launch_bounds__(kPoolThreads)
   }
   __syncthreads();
   // Each pixel: the gradients of the windows whose max it holds, windows by their first
-  // pixel in row-major order (index_math.h's order).
+  // pixel in row-major order (index_math.h's order). A thread sums kPer neighbouring
+  // pixels at once (channels for NHWC, a row vector for NCHW row vectors), window by window.
   const int ny = static_cast<int>(std::min<int64_t>(ti, a.g.in.h - o.i0));
   const int nx = static_cast<int>(std::min<int64_t>(tj, a.g.in.w - o.j0));
   const int nc = static_cast<int>(std::min<int64_t>(cp, a.g.in.c - o.c0));
-  const auto pixel = [&](int c, int y, int x) {  // y, x: tile coordinates
-    acc_t sum = acc_t(0);
-    for (int a0 = 0; a0 < k; ++a0) {      // window row y + a0 - (k - 1): first pixel row
-      for (int b0 = 0; b0 < k; ++b0) {    // window col x + b0 - (k - 1)
-        const int wr = y + a0, wc = x + b0;
+  constexpr bool kVectors = L == MapLayout::kNHWC || kRowVectors;
+  constexpr int kOut = kVectors ? kV : 1;
+  const DenseMap<L> im{a.g.in};
+  const int units_c = L == MapLayout::kNHWC ? nc / kV : nc;
+  const int units_x = L == MapLayout::kNHWC ? nx : (nx + kOut - 1) / kOut;
+  for (int q = tid; q < units_c * ny * units_x; q += kPoolThreads) {
+    // (c, y, x): the first of the thread's pixels, in tile coordinates; the others follow
+    // along c (NHWC) or x (NCHW).
+    int c, y, x;
+    if constexpr (L == MapLayout::kNHWC) {  // neighbouring threads: channel vectors, pixels
+      c = q % units_c * kV;
+      x = q / units_c % nx;
+      y = q / units_c / nx;
+    } else {  // neighbouring threads: along the row
+      x = q % units_x * kOut;
+      y = q / units_x % ny;
+      c = q / units_x / ny;
+    }
+    acc_t sum[kOut];
+#pragma unroll
+    for (int e = 0; e < kOut; ++e) sum[e] = acc_t(0);
+    for (int a0 = 0; a0 < k; ++a0) {    // the window starting in row y + a0 - (k - 1)
+      for (int b0 = 0; b0 < k; ++b0) {  // and column x + b0 - (k - 1)
         const int pos = (k - 1 - a0) * k + (k - 1 - b0);  // the pixel's place in it
-        if (code.at(c, wr, wc) == pos) sum += static_cast<acc_t>(grad.at(c, wr, wc));
+#pragma unroll
+        for (int e = 0; e < kOut; ++e) {
+          const int ce = L == MapLayout::kNHWC ? c + e : c, xe = L == MapLayout::kNHWC ? x : x + e;
+          if (code.at(ce, y + a0, xe + b0) == pos) {
+            sum[e] += static_cast<acc_t>(grad.at(ce, y + a0, xe + b0));
+          }
+        }
       }
     }
-    return static_cast<T>(sum);
-  };
-  const DenseMap<L> im{a.g.in};
-  if constexpr (L == MapLayout::kNHWC) {
-    const int cv = nc / kV;
-    for (int q = tid; q < ny * nx * cv; q += kPoolThreads) {
-      const int v = q % cv, x = q / cv % nx, y = q / cv / nx;
+    T* dst = a.out + im.offset(o.n, o.c0 + c, o.i0 + y, o.j0 + x);
+    if constexpr (kVectors) {
       Vec16<T> out;
 #pragma unroll
-      for (int e = 0; e < kV; ++e) out.v[e] = pixel(v * kV + e, y, x);
-      store16(a.out + im.offset(o.n, o.c0 + v * kV, o.i0 + y, o.j0 + x), out);
-    }
-  } else {
-    constexpr int kPer = kRowVectors ? kV : 1;  // row vectors: W, j0 and tj whole vectors
-    const int xv = (nx + kPer - 1) / kPer;
-    for (int q = tid; q < nc * ny * xv; q += kPoolThreads) {
-      const int x = q % xv * kPer, y = q / xv % ny, c = q / xv / ny;
-      T* dst = a.out + im.offset(o.n, o.c0 + c, o.i0 + y, o.j0 + x);
-      if constexpr (kRowVectors) {
-        Vec16<T> out;
-#pragma unroll
-        for (int e = 0; e < kV; ++e) out.v[e] = pixel(c, y, x + e);
-        store16(dst, out);
-      } else {
-        *dst = pixel(c, y, x);
-      }
+      for (int e = 0; e < kV; ++e) out.v[e] = static_cast<T>(sum[e]);
+      store16(dst, out);
+    } else {
+      *dst = static_cast<T>(sum[0]);
     }
   }
 }
