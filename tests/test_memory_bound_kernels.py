@@ -22,7 +22,7 @@ FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 def bits(t: torch.Tensor) -> torch.Tensor:
     """The tensor's bytes, so that NaN payloads and the sign of zero count."""
-    return t.contiguous().view(torch.uint8)
+    return t.reshape(-1).clone().view(torch.uint8)  # logical order, any strides
 
 
 def values(shape, dtype, kind: str, seed: int) -> torch.Tensor:
@@ -113,6 +113,34 @@ def test_offset_pool_paths_are_the_ones_meant():
         out, ran = on_sim(ok.offset_max_pool2d, x, k)
         assert expect in ran, (shape, k, ran)
         assert torch.equal(out, ok.offset_max_pool2d(x, k))
+
+
+def test_offset_pool_backward_of_a_misaligned_channels_last_gradient():
+    """A channels_last gradient that starts off a 16-byte boundary (a view at an odd
+    offset): the kernel reads 16-byte vectors, so it is copied first (the simulator refuses
+    misaligned vector loads, as the GPU does)."""
+    x = torch.randn(1, 8, 9, 10).contiguous(memory_format=torch.channels_last)
+    n, c, ho, wo = 4, 8, 4, 4
+    g = torch.randn(n * c * ho * wo + 1)[1:].view(n, ho, wo, c).permute(0, 3, 1, 2)
+    assert g.is_contiguous(memory_format=torch.channels_last) and g.data_ptr() % 16
+    cpu = torch.ops.overfeat_kernels.offset_max_pool2d_backward(g, x, 2)
+    sim, ran = on_sim(torch.ops.overfeat_kernels.offset_max_pool2d_backward, g, x, 2)
+    assert torch.equal(sim, cpu) and "offset_pool_backward_tiled_kernel" in ran
+
+
+@pytest.mark.parametrize("k", [5, 8, 16, 17])
+def test_offset_pool_large_kernel_sizes(k):
+    """Up to k = 16 the tiled backward (argmax codes up to 255), beyond it the generic one."""
+    for layout in ("nchw", "channels_last"):
+        x = layout_of(values((1, 4, 2 * k + 3, 2 * k + 1), torch.float32, "ties", k), layout)
+        cpu = ok.offset_max_pool2d(x, k)
+        sim, _ = on_sim(ok.offset_max_pool2d, x, k)
+        assert torch.equal(bits(sim), bits(cpu)), (k, layout)
+        g = layout_of(values(cpu.shape, torch.float32, "normal", k + 1), layout)
+        cpu = torch.ops.overfeat_kernels.offset_max_pool2d_backward(g, x, k)
+        sim, ran = on_sim(torch.ops.overfeat_kernels.offset_max_pool2d_backward, g, x, k)
+        assert torch.equal(bits(sim), bits(cpu)), (k, layout)
+        assert ("offset_pool_backward_tiled_kernel" in ran) == (k <= 16), (k, ran)
 
 
 def test_offset_pool_backward_of_an_expanded_gradient():

@@ -493,15 +493,18 @@ at::Tensor offset_max_pool2d_backward_cuda(const at::Tensor& grad_output,
   if (numel == 0) return grad_input;
   const c10::cuda::CUDAGuard guard(input.device());
   const cudaStream_t stream = current_stream();
-  MapLayout layout{}, go_layout{};
+  MapLayout layout{};
   // A window's argmax is one byte: k * k positions, at most 256. grad_output is read in the
-  // input's layout: copied into it where it comes otherwise (e.g. the expanded gradient of
-  // a sum), one pass that the tiled kernel more than saves.
+  // input's layout (channels_last: 16-byte vectors at aligned addresses): copied into fresh
+  // storage of that layout where it comes otherwise (e.g. the expanded gradient of a sum, or
+  // a view off a 16-byte boundary), one pass that the tiled kernel more than saves.
   const bool dense = g.k <= 16 && tiled_layout(input, &layout) &&
                      (layout == MapLayout::kNCHW || channels_last_vectorizable(grad_input));
   at::Tensor go = grad_output;
-  if (dense && !(tiled_layout(go, &go_layout) && go_layout == layout)) {
-    go = grad_output.contiguous(input.suggest_memory_format());
+  if (dense && !(layout == MapLayout::kNHWC ? channels_last_vectorizable(go)
+                                            : go.is_contiguous())) {
+    go = grad_output.clone(layout == MapLayout::kNHWC ? at::MemoryFormat::ChannelsLast
+                                                      : at::MemoryFormat::Contiguous);
   }
   OVERFEAT_DISPATCH_FLOATING(input.scalar_type(), "offset_max_pool2d_backward_cuda", [&] {
     using T = scalar_t;
