@@ -6,10 +6,11 @@
 #
 # --lease: the one command for a lent GPU (SPEC "GPU leases"), everything within 9 minutes
 # of wall time, build included: build for the GPU found, the GPU test cases, the bf16 conv
-# benchmark over VGG-16's layers at batch 1 / 8 / 32, the memory-bound ops, the models; each
-# step under its own time limit, so that a slow step cannot take the others' time.
+# benchmark over VGG-16's layers at batch 1 / 8 / 32, the memory-bound ops, the models, the
+# extraction pipeline (CPU against GPU JPEG decoding); each step under its own time limit,
+# so that a slow step cannot take the others' time.
 #
-# STEPs (default: all, in this order): build, tests, bench-conv, bench-rest, models.
+# STEPs (default: all, in this order): build, tests, bench-conv, bench-rest, models, extract.
 # The build is skipped when the CUDA kernels are already built in place, so that a machine
 # with a per-command time limit can take the steps one call at a time, e.g.
 #   scripts/gpu_check.sh out --full build tests      (build about 2 minutes on an H100 host;
@@ -25,12 +26,12 @@ out=${1:?usage: scripts/gpu_check.sh OUTDIR [--quick|--full|--lease] [STEP...]}
 shift
 mode=--quick
 case "${1:-}" in --full|--quick|--lease) mode=$1; shift ;; esac
-# Per-step time limits (seconds) in a lease: build 200, tests 80, conv 130, rest 50, models
-# 50: 510 s of the 9 minutes, the rest for start-up and the copies.
+# Per-step time limits (seconds) in a lease: build 200, tests 70, conv 130, rest 40, models
+# 40, extract 45: 525 s of the 9 minutes, the rest for start-up and the copies.
 limit() {
   if [ "$mode" = "--lease" ]; then timeout --signal=INT "$1" "${@:2}"; else "${@:2}"; fi
 }
-steps=${*:-build tests bench-conv bench-rest models}
+steps=${*:-build tests bench-conv bench-rest models extract}
 mkdir -p "$out"
 PYTHON=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
@@ -72,7 +73,7 @@ if has tests; then
   for part in $parts; do
     if [ $part = gpu ]; then sel="cuda or gpu"; else sel="not (cuda or gpu)"; fi
     echo "[gpu_check] tests ($part: -k '$sel'), simulator cases excluded (log: $out/pytest_$part.log)"
-    limit 80 $PYTHON -m pytest tests -m "not sim" -k "$sel" -q -rfEs -p no:cacheprovider \
+    limit 70 $PYTHON -m pytest tests -m "not sim" -k "$sel" -q -rfEs -p no:cacheprovider \
       "${xdist[@]}" --durations=20 --junitxml="$out/pytest_$part.xml" \
       > "$out/pytest_$part.log" 2>&1 || status=1
     tail -15 "$out/pytest_$part.log"
@@ -103,14 +104,22 @@ fi
 if has bench-rest; then
   quick=(); [ "$mode" != "--full" ] && quick=(--quick)
   [ "$mode" = "--lease" ] && budget=(--budget-ms 20)
-  limit 50 $PYTHON benchmarks/bench_ops.py "${quick[@]}" --sections pool,tail "${budget[@]}" \
+  limit 40 $PYTHON benchmarks/bench_ops.py "${quick[@]}" --sections pool,tail "${budget[@]}" \
     --out "$out/bench_pool_tail.json" 2>&1 | tee "$out/bench_pool_tail.log"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
 if has models; then
   quick=(); [ "$mode" != "--full" ] && quick=(--quick)
-  limit 50 $PYTHON benchmarks/bench_models.py "${quick[@]}" --out "$out/bench_models.json" 2>&1 \
+  limit 40 $PYTHON benchmarks/bench_models.py "${quick[@]}" --out "$out/bench_models.json" 2>&1 \
     | tee "$out/bench_models.log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
+if has extract; then
+  # VGG-16 fc7 extraction (bf16, batch 64) of photo-like 500x375 JPEGs: the decoders alone,
+  # the model alone, end to end with each decoder, and the decoders' pixel / fc7 differences.
+  images=4096; [ "$mode" = "--full" ] && images=16384
+  limit 45 $PYTHON benchmarks/bench_extract.py --images $images --out "$out/bench_extract.json" \
+    2>&1 | tee "$out/bench_extract.log"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
 echo "[gpu_check] steps: $steps; exit $status"

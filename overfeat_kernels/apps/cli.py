@@ -29,7 +29,8 @@ run, re-run with the same arguments, resumes where it stopped; other arguments a
 refused. Several GPUs:
   torchrun --nproc_per_node 4 -m overfeat_kernels extract ...   (same files as one process)
 Exit status: 0 all images extracted, 3 finished but some inputs were skipped (see
-index.csv), 2 bad arguments, 1 failure.
+index.csv), 2 bad arguments, 1 failure. The final line names the decoder that ran and
+what bounded the rate (the workers, the GPU decoder or the model).
 
 example:
   overfeat-kernels extract --model vgg16 --random-init --layers conv5_3,fc7 --pool avg \\
@@ -135,6 +136,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, dtype=args.dtype, device=args.device, workers=args.workers,
         pool=args.pool, size=args.size, dense=args.dense, format=args.format,
         shard_size=args.shard_size, min_size=args.min_size, progress=not args.no_progress,
+        decode=args.decode,
     )  # fmt: skip
     try:
         result = extract.extract(cfg)
@@ -287,7 +289,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=min(8, os.cpu_count() or 1),
-        help="decoding processes (default: min(8, CPU count))",
+        help="DataLoader processes reading (and with --decode cpu decoding) the images "
+        "(default: min(8, CPU count))",
+    )
+    ex.add_argument(
+        "--decode",
+        choices=["auto", "gpu", "cpu"],
+        default="auto",
+        help="where JPEGs are decoded and resized: gpu (torchvision's batched nvJPEG "
+        "decoder on the model's GPU, overlapped with the model; other formats still "
+        "decoded by the workers), cpu (Pillow in the workers), auto (gpu when the model "
+        "runs on CUDA and the decoder works there; default)",
     )
     ex.add_argument(
         "--pool",

@@ -20,6 +20,7 @@ single-process run's.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -27,20 +28,21 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from .. import models
 from ..models import taps as layers
 from ..models import weights
+from . import decoding, imageio
 from . import distributed as _distributed
-from . import imageio
 
 __all__ = ["ExtractConfig", "ExtractResult", "collect_inputs", "extract"]
 
@@ -86,6 +88,8 @@ class ExtractConfig:
     shard_size: int = 1000
     min_size: int | None = None
     progress: bool = True
+    decode: str = "auto"  # auto | gpu | cpu (see decoding.resolve)
+    decode_device: str | None = None  # the batched decoder's device (default: the model's)
 
 
 @dataclass
@@ -97,6 +101,9 @@ class ExtractResult:
     computed: int = 0  # images decoded and run by this process in this run
     compute_seconds: float = 0.0  # time spent on them (decoding, model, writing shards)
     outputs: list[Path] = field(default_factory=list)
+    decoder: str = ""  # which decoder ran, in words
+    waits: dict[str, float] = field(default_factory=dict)  # _Stages.seconds
+    bound: str = ""  # the stage the main process waited on longest, in words
 
     @property
     def images_per_second(self) -> float:
@@ -137,30 +144,6 @@ def collect_inputs(items: Iterable[str]) -> list[str]:
         else:
             raise FileNotFoundError(f"input not found: {item}")
     return sorted(found)
-
-
-class _Images(Dataset):
-    """Decodes and resizes in DataLoader workers; a bad file yields its reason."""
-
-    def __init__(self, paths: Sequence[str], size: int, dense: bool, min_size: int) -> None:
-        self.paths, self.size, self.dense, self.min_size = paths, size, dense, min_size
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        try:
-            pixels = imageio.load_rgb(self.paths[i])
-            h, w = pixels.shape[:2]
-            if min(h, w) < self.min_size:
-                raise imageio.ImageError(f"too small: {w}x{h}, needs at least {self.min_size}")
-            if self.dense:
-                return i, torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1), ""
-            return i, imageio.resize_center_crop(pixels, self.size), ""
-        except imageio.ImageError as err:
-            return i, None, str(err)
-        except Exception as err:
-            return i, None, f"{type(err).__name__}: {err}"
 
 
 def _keep_list(batch):
@@ -250,37 +233,104 @@ def _feature_shapes(model: torch.nn.Module, cfg: ExtractConfig, size: int) -> di
     return {n: tuple(_pooled(t, cfg.pool).shape[1:]) for n, t in outs.items()}
 
 
-def _compute_shard(model, cfg, device, paths, indices, size, min_size, bar) -> tuple:
-    dataset = _Images([paths[i] for i in indices], size, cfg.dense, min_size)
-    loader = DataLoader(dataset, batch_size=1 if cfg.dense else cfg.batch_size,
+class _Stages:
+    """Where the main process waited: for the workers (reading, and decoding on the CPU
+    path), for the batched decoder, for the model (its results copied back and written
+    out). The largest bounded the rate."""
+
+    NAMES: ClassVar[dict[str, str]] = {
+        "loading": "the DataLoader workers",
+        "decoding": "the batched JPEG decoder",
+        "model": "the model",
+    }
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(self.NAMES, 0.0)
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - t0
+
+    def bound(self) -> str:
+        return max(self.seconds, key=self.seconds.get)
+
+
+def _shard_range(k: int, shard_size: int, n: int) -> range:
+    return range(k * shard_size, min(n, (k + 1) * shard_size))
+
+
+def _compute(model, cfg, device, paths, todo, size, min_size, bar, decoder, stages,
+             shard_done) -> None:  # fmt: skip
+    """Computes the shards `todo`, calling ``shard_done(k, feats, rows)`` as each completes.
+    One DataLoader for all of them (its workers start once); no batch crosses a shard's
+    boundary, so a shard's files do not depend on which shards are computed with it."""
+    shards = {k: _shard_range(k, cfg.shard_size, len(paths)) for k in todo}
+    batches = [list(r[j : j + cfg.batch_size]) for r in shards.values()
+               for j in range(0, len(r), cfg.batch_size)]  # fmt: skip
+    kind = decoding.BytesImages if decoder else decoding.Images
+    loader = DataLoader(kind(paths, size, cfg.dense, min_size), batch_sampler=batches,
                         num_workers=cfg.workers, collate_fn=_keep_list,
-                        pin_memory=device.type == "cuda")  # fmt: skip
+                        pin_memory=device.type == "cuda" and decoder is None)  # fmt: skip
     prep = model.preprocessing
     mean = torch.tensor(prep["mean"], device=device).view(1, 3, 1, 1)
     std = torch.tensor(prep["std"], device=device).view(1, 3, 1, 1)
     dtype = DTYPES[cfg.dtype]
     feats: dict[str, list[np.ndarray]] = {n: [] for n in cfg.layers}
     rows: list[list[str]] = []
-    for batch in loader:
-        good = [(i, t) for i, t, _ in batch if t is not None]
-        for i, t, reason in batch:
-            if t is None:
-                bar.write(f"warning: skipping {paths[indices[i]]}: {reason}", file=sys.stderr)
-        status = {i: ("ok", "") if t is not None else ("skipped", r) for i, t, r in batch}
-        if good:
-            x = torch.stack([t for _, t in good]).to(device, non_blocking=True)
+
+    def launch(batch) -> list:
+        """Runs the model on a batch's good images (asynchronously on a GPU): the outputs
+        of each model call, in the batch's order."""
+        good = [t for _, t, _ in batch if t is not None]
+        if decoder:
+            decoder.hand_over(good)
+        groups = [[t] for t in good] if cfg.dense else [good] if good else []
+        outs = []
+        for group in groups:
+            x = torch.stack(group).to(device, non_blocking=True)
             x = ((x.float() * prep["scale"] - mean) / std).to(dtype)
             if device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.no_grad():
-                outs = layers.forward_layers(model, x, cfg.layers, dense=cfg.dense)
-            for name, t in outs.items():
-                arr = _pooled(t, cfg.pool).float().cpu().numpy()
-                feats[name].extend(arr)
-        for i, _, _ in batch:
-            rows.append([paths[indices[i]], *status[i]])
+                out = layers.forward_layers(model, x, cfg.layers, dense=cfg.dense)
+            outs.append({n: _pooled(t, cfg.pool) for n, t in out.items()})
+        return outs
+
+    def finish(batch, outs) -> None:
+        nonlocal feats, rows
+        for out in outs:
+            for name, t in out.items():
+                feats[name].extend(t.float().cpu().numpy())
+        for i, t, reason in batch:
+            status = ("ok", "") if t is not None else ("skipped", reason)
+            rows.append([paths[i], *status])
         bar.update(len(batch))
-    return feats, rows
+        k = batch[0][0] // cfg.shard_size
+        if len(rows) == len(shards[k]):
+            shard_done(k, feats, rows)
+            feats, rows = {n: [] for n in cfg.layers}, []
+
+    # Batch i + 1 is read and decoded while the GPU runs the model on batch i.
+    loaded, pending = iter(loader), None
+    while True:
+        with stages("loading"):
+            batch = next(loaded, None)
+        if batch is not None and decoder:
+            with stages("decoding"):
+                batch = decoder(batch)
+        for i, t, reason in batch or []:
+            if t is None:
+                bar.write(f"warning: skipping {paths[i]}: {reason}", file=sys.stderr)
+        with stages("model"):
+            if pending is not None:
+                finish(*pending)
+            pending = (batch, launch(batch)) if batch is not None else None
+        if pending is None:
+            break
 
 
 def extract(cfg: ExtractConfig) -> ExtractResult:
@@ -309,6 +359,9 @@ def _validate(cfg: ExtractConfig) -> None:
     for name, value in (("--batch-size", cfg.batch_size), ("--shard-size", cfg.shard_size)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
+    if cfg.decode not in decoding.DECODERS:
+        raise ValueError(f"--decode: choose from {', '.join(decoding.DECODERS)}; "
+                         f"got {cfg.decode!r}")  # fmt: skip
     if cfg.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {cfg.workers}")
     if not cfg.layers:
@@ -326,6 +379,7 @@ def _run(cfg: ExtractConfig, device, rank: int, world: int, start: float) -> Ext
     paths = collect_inputs(cfg.inputs)
     if not paths:
         raise ValueError("no input images found")
+    decode_device = decoding.resolve(cfg.decode, device, cfg.decode_device)
     model = _model(cfg, device)
     spec = model.dense_spec
     size = cfg.size or spec.input_size
@@ -340,6 +394,12 @@ def _run(cfg: ExtractConfig, device, rank: int, world: int, start: float) -> Ext
     out, partial = Path(cfg.out), Path(cfg.out) / ".partial"
     settings = _settings(cfg, paths)
     _check_resume(out / "manifest.json", settings)
+    decoder = None
+    if decode_device is None:
+        settings["decode"] = "cpu"  # recorded, not checked: the decoders agree to rounding
+    else:
+        decoder = decoding.JpegBatchDecoder(decode_device, size, cfg.dense, min_size)
+        settings["decode"] = "gpu" if decode_device.type == "cuda" else f"batched-{decode_device}"
     final = out / "manifest.json"
     if final.exists():  # already complete
         return _summary(out, start, [])
@@ -353,19 +413,24 @@ def _run(cfg: ExtractConfig, device, rank: int, world: int, start: float) -> Ext
     n_shards = -(-len(paths) // cfg.shard_size)
     mine = [k for k in range(n_shards) if k % world == rank]
     todo = [k for k in mine if not (partial / f"shard_{k:06d}").is_dir()]
-    total = sum(len(range(k * cfg.shard_size, min(len(paths), (k + 1) * cfg.shard_size)))
-                for k in todo)  # fmt: skip
+    total = sum(len(_shard_range(k, cfg.shard_size, len(paths))) for k in todo)
     done_now = 0
+
+    def shard_done(k: int, feats: dict, rows: list) -> None:
+        nonlocal done_now
+        _write_shard(partial, k, feats, shapes, rows)
+        done_now += 1
+        if os.environ.get(TEST_EXIT_AFTER_SHARDS) == str(done_now):
+            os._exit(137)
+
+    stages = _Stages()
     compute_start = time.perf_counter()
     with tqdm(total=total, unit="img", disable=not cfg.progress or rank != 0,
-              desc=f"extract {cfg.model}", dynamic_ncols=True) as bar:  # fmt: skip
-        for k in todo:
-            indices = list(range(k * cfg.shard_size, min(len(paths), (k + 1) * cfg.shard_size)))
-            feats, rows = _compute_shard(model, cfg, device, paths, indices, size, min_size, bar)
-            _write_shard(partial, k, feats, shapes, rows)
-            done_now += 1
-            if os.environ.get(TEST_EXIT_AFTER_SHARDS) == str(done_now):
-                os._exit(137)
+              desc=f"extract {cfg.model} (decode: {settings['decode']})",
+              dynamic_ncols=True) as bar:  # fmt: skip
+        if todo:
+            _compute(model, cfg, device, paths, todo, size, min_size, bar, decoder, stages,
+                     shard_done)  # fmt: skip
     compute_seconds = time.perf_counter() - compute_start
     if world > 1:
         dist.barrier()
@@ -374,6 +439,10 @@ def _run(cfg: ExtractConfig, device, rank: int, world: int, start: float) -> Ext
         dist.barrier()
     result = _summary(out, start, outputs)
     result.computed, result.compute_seconds = total, compute_seconds
+    result.decoder = (decoder.describe() if decoder else
+                      f"cpu (Pillow in {cfg.workers or 'the main process'} DataLoader workers)")
+    result.waits = dict(stages.seconds)
+    result.bound = _Stages.NAMES[stages.bound()] if total else ""
     return result
 
 
@@ -436,11 +505,16 @@ def _summary(out: Path, start: float, outputs: list[Path]) -> ExtractResult:
 
 
 def main_summary(result: ExtractResult) -> str:
-    """The final line: images, skipped, seconds, images/s."""
+    """The final line: images, skipped, seconds, images/s; the decoder that ran and what
+    bounded the rate."""
     rate = (f"{result.images_per_second:.1f} images/s over the {result.computed} computed now"
             if result.computed else "nothing left to compute")  # fmt: skip
-    return (f"extracted {result.ok} images, skipped {result.skipped}, in {result.seconds:.1f} s "
+    line = (f"extracted {result.ok} images, skipped {result.skipped}, in {result.seconds:.1f} s "
             f"({rate})")  # fmt: skip
+    if result.computed and result.decoder:
+        waits = ", ".join(f"{k} {v:.1f} s" for k, v in result.waits.items())
+        line += f"; decoder: {result.decoder}; bounded by {result.bound} (waits: {waits})"
+    return line
 
 
 if __name__ == "__main__":  # pragma: no cover
