@@ -9,9 +9,10 @@ on this machine, in images/s:
 - cpu-decode: the CPU path's DataLoader alone (Pillow decode + resize + centre crop to 224
   in W worker processes; default W: all cores);
 - read: the GPU path's DataLoader alone (the workers only read the files' bytes);
-- batched-decode: the GPU path's decoding alone (read in the workers, torchvision's batched
-  JPEG decoder + resize + crop on the GPU, batch 64; on a CPU-only machine torchvision's CPU
-  decoder in the main process, which is how the pipeline is tested, not how it is used);
+- batched-decode: the GPU path's decoding alone (read in the workers, the batched JPEG
+  decoder (TorchCodec's or torchvision's) + resize + crop on the GPU, batch 64; on a
+  CPU-only machine that decoder's CPU version in the main process, which is how the
+  pipeline is tested, not how it is used);
 - model (GPU): VGG-16 up to fc7 in bfloat16, channels_last, batch 64 (--batch);
 - end-to-end (GPU): `overfeat-kernels extract` of VGG-16 fc7 (bf16, batch 64) on the files,
   with --decode cpu and with --decode gpu, each with the stage it waited on most;
@@ -136,7 +137,7 @@ def end_to_end(paths: list[str], decode: str, workers: int, batch: int, out: Pat
 
 
 def compare_decoders(paths: list[str], device: torch.device, batch: int = 16) -> dict:
-    """Pixels and fc7 features from Pillow against torchvision's batched decoder on
+    """Pixels and fc7 features from Pillow against the batched decoder on
     `device`: the decoders' rounding differences, measured."""
     decoder = decoding.JpegBatchDecoder(device, 224, dense=False, min_size=32)
     whole_diffs, crop_diffs, cpu_crops, dev_crops = [], [], [], []

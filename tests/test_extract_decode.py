@@ -1,15 +1,20 @@
 """Extraction with the batched JPEG decoder (`--decode gpu`): the whole pipeline (workers
-read bytes, the main process decodes batches and resizes) run with torchvision's CPU
-decoder, against the CPU path (Pillow in the workers); the JPEG header reader; the
-fallbacks for what the batched decoder cannot or will not decode; the decoder's choice.
-The GPU cases compare nvJPEG with Pillow and are skipped without a GPU."""
+read bytes, the main process decodes batches and resizes) run with the batched decoder's
+CPU version (TorchCodec's; torchvision's too for the fallbacks), against the CPU path
+(Pillow in the workers); the JPEG header reader; the fallbacks for what the batched decoder
+cannot or will not decode; the decoder's choice. The GPU cases compare nvJPEG with Pillow
+and the overlapped pipeline with a synchronous one, and are skipped without a GPU."""
 
 from __future__ import annotations
 
 import csv
 import importlib.util
 import io
+import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +54,43 @@ def _with_sof_size(data: bytes, h: int, w: int) -> bytes:
     return data[: sof + 5] + h.to_bytes(2, "big") + w.to_bytes(2, "big") + data[sof + 9 :]
 
 
+def _segment(marker: int, payload: bytes) -> bytes:
+    return bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, "big") + payload
+
+
+def _exif(orientation: int) -> bytes:
+    """An APP1 EXIF segment whose first IFD holds just the Orientation tag."""
+    ifd = (b"\x00\x01" + b"\x01\x12\x00\x03\x00\x00\x00\x01"
+           + orientation.to_bytes(2, "big") + b"\x00\x00" + b"\x00\x00\x00\x00")  # fmt: skip
+    return _segment(0xE1, b"Exif\x00\x00" + b"MM\x00\x2a\x00\x00\x00\x08" + ifd)
+
+
+def _xmp(orientation: int) -> bytes:
+    packet = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/'
+              b'1999/02/22-rdf-syntax-ns#"><rdf:Description xmlns:tiff="http://ns.adobe.com/'
+              b'tiff/1.0/" tiff:Orientation="%d"/></rdf:RDF></x:xmpmeta>' % orientation)
+    return _segment(0xE1, b"http://ns.adobe.com/xap/1.0/\x00" + packet)
+
+
+def _insert(data: bytes, marker: bytes, segment: bytes) -> bytes:
+    """`segment` inserted just before the first `marker` of a JPEG."""
+    at = data.index(marker)
+    return data[:at] + segment + data[at:]
+
+
+def _rgb_component_ids(data: bytes) -> bytes:
+    """The JPEG without its JFIF block and with components named R, G, B (libjpeg then
+    reads the pixels as RGB, with no colour transform)."""
+    app0 = data.index(b"\xff\xe0")
+    data = data[:app0] + data[app0 + 2 + int.from_bytes(data[app0 + 2 : app0 + 4], "big") :]
+    out = bytearray(data)
+    sof, sos = data.index(b"\xff\xc0"), data.index(b"\xff\xda")
+    for c, name in enumerate(b"RGB"):
+        out[sof + 10 + 3 * c] = name
+        out[sos + 5 + 2 * c] = name
+    return bytes(out)
+
+
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     """image_factory's set (every kind the CPU path handles) plus what matters to the
@@ -72,12 +114,18 @@ def images(tmp_path_factory):
     (extra / "zero.jpg").write_bytes(b"")
     small = _jpeg(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8))
     (extra / "huge.jpg").write_bytes(_with_sof_size(small, 40000, 40000))
+    # Orientation where a reader stopping early would miss it: Pillow rotates all of these.
+    tall = _jpeg(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8))
+    (extra / "two_exif.jpg").write_bytes(_insert(tall, b"\xff\xdb", _exif(6) + _exif(1)))
+    (extra / "xmp_rotated.jpg").write_bytes(_insert(tall, b"\xff\xdb", _xmp(6)))
+    (extra / "exif_after_frame.jpg").write_bytes(_insert(tall, b"\xff\xc4", _exif(8)))
+    (extra / "rgb_ids.jpg").write_bytes(_rgb_component_ids(tall))
     return root
 
 
 EXTRA_STATUS = {"jpegs/zero.jpg": "skipped", "jpegs/huge.jpg": "skipped"}
 OK_EXTRA = ("baseline0", "baseline1", "baseline2", "baseline3", "gray", "progressive",
-            "png_named")  # fmt: skip
+            "png_named", "two_exif", "xmp_rotated", "exif_after_frame", "rgb_ids")  # fmt: skip
 
 
 @pytest.fixture(params=["torchcodec", "torchvision"])
@@ -88,8 +136,9 @@ def only_backend(request, monkeypatch):
     return request.param
 
 
-def _run(images: Path, out: Path, **kw) -> extract.ExtractResult:
-    shutil.rmtree(out, ignore_errors=True)
+def _run(images: Path, out: Path, keep: bool = False, **kw) -> extract.ExtractResult:
+    if not keep:
+        shutil.rmtree(out, ignore_errors=True)
     cfg = dict(model="vgg11", layers=LAYERS, out=out, inputs=[str(images)], random_init=True,
                seed=3, batch_size=4, device="cpu", workers=2, size=32, shard_size=7,
                progress=False)  # fmt: skip
@@ -128,20 +177,19 @@ def test_batched_pipeline_matches_cpu_path(cpu_run, batched_run, images):
     assert "exceeds limit" in reasons["jpegs/huge.jpg"]
     assert "not an image" in reasons["jpegs/zero.jpg"]
     assert "truncated" in reasons["truncated.jpg"]
-    # torchvision's CPU decoder and Pillow are both libjpeg-turbo: the same pixels, so the
+    # TorchCodec's CPU decoder and Pillow are both libjpeg-turbo: the same pixels, so the
     # same features (the GPU decoder's difference is measured by the GPU cases below).
     for name in LAYERS:
         np.testing.assert_array_equal(feats[name], feats_cpu[name], err_msg=name)
-    assert res.ok == res_cpu.ok == 15 and res.skipped == res_cpu.skipped == 6
-    # rgb.jpg, 4 baseline and the gray JPEG through the batched decoder; CMYK, rotated,
-    # progressive and the non-JPEGs through Pillow in the workers.
+    assert res.ok == res_cpu.ok == 19 and res.skipped == res_cpu.skipped == 6
+    # rgb.jpg, 4 baseline and the gray JPEG through the batched decoder; CMYK, progressive,
+    # the rotated and RGB-coded ones and the non-JPEGs through Pillow in the workers.
     assert res.decoder == ("batched (torchcodec's JPEG decoder on cpu) for 6 images, Pillow "
-                           "for 9 in the workers and 0 after that decoder failed")
+                           "for 13 in the workers and 0 after that decoder failed")
     assert res.bound in extract._Stages.NAMES.values() and set(res.waits) == set(
         extract._Stages.NAMES
     )
-    manifest = (out / "manifest.json").read_text()
-    assert '"decode": "batched-cpu"' in manifest
+    assert json.loads((out / "manifest.json").read_text())["decode"] == ["batched-cpu"]
 
 
 @pytest.mark.parametrize("batch_size,workers", [(1, 0), (9, 1)])
@@ -175,15 +223,38 @@ def test_batched_pipeline_dense(tmp_path):
     np.testing.assert_array_equal(outs["gpu"][1], outs["cpu"][1])
 
 
-def test_resume_with_the_other_decoder_is_accepted(batched_run, images, capsys):
-    # The decoder is recorded, not checked: the same arguments with --decode cpu find the
-    # run complete.
+def test_complete_output_needs_no_decoder(batched_run, images, capsys):
+    # Complete: nothing to decode, so --decode gpu on a machine without one is no error.
     out = batched_run[1]
     args = ["extract", "--model", "vgg11", "--random-init", "--seed", "3", "--layers",
             ",".join(LAYERS), "--size", "32", "--device", "cpu", "--no-progress",
-            "--shard-size", "7", "--decode", "cpu", "--out", str(out), str(images)]  # fmt: skip
+            "--shard-size", "7", "--decode", "gpu", "--out", str(out), str(images)]  # fmt: skip
     assert cli.main(args) == 3
     assert "nothing left to compute" in capsys.readouterr().out
+
+
+def test_killed_batched_run_resumed_with_the_cpu_decoder(cpu_run, images, tmp_path):
+    """Killed after its first shard (batched decoder), resumed with --decode cpu: the same
+    files as a run with one decoder, and the manifest names both."""
+    out = tmp_path / "mixed"
+    code = ("import sys; from pathlib import Path; from overfeat_kernels.apps import extract; "
+            "extract.extract(extract.ExtractConfig(model='vgg11', layers=sys.argv[1].split(','),"
+            " out=Path(sys.argv[2]), inputs=[sys.argv[3]], random_init=True, seed=3, "
+            "batch_size=4, device='cpu', workers=0, size=32, shard_size=7, progress=False, "
+            "decode='gpu', decode_device='cpu'))")  # fmt: skip
+    env = {**os.environ, extract.TEST_EXIT_AFTER_SHARDS: "1"}
+    killed = subprocess.run([sys.executable, "-c", code, ",".join(LAYERS), str(out),
+                             str(images)], env=env, capture_output=True, text=True)  # fmt: skip
+    assert killed.returncode == 137, killed.stderr[-2000:]
+    assert (out / ".partial" / "shard_000000").is_dir() and not (out / "index.csv").exists()
+    resumed = _run(images, out, decode="cpu", keep=True)
+    assert resumed.computed == resumed.images - 7  # the first shard was kept
+    index_cpu, feats_cpu = _load(cpu_run[1])
+    index, feats = _load(out)
+    assert index == index_cpu
+    for name in LAYERS:
+        np.testing.assert_array_equal(feats[name], feats_cpu[name], err_msg=name)
+    assert json.loads((out / "manifest.json").read_text())["decode"] == ["batched-cpu", "cpu"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -209,6 +280,18 @@ def test_jpeg_header_kinds(images):
     assert not imageio.batch_decodable(truncated)
     huge = imageio.jpeg_header(_with_sof_size(_jpeg(rgb), 40000, 40000))
     assert (huge.height, huge.width) == (40000, 40000) and not imageio.batch_decodable(huge)
+    jpegs = images / "jpegs"
+    two = imageio.jpeg_header((jpegs / "two_exif.jpg").read_bytes())
+    assert two.orientation == 6 and not imageio.batch_decodable(two)  # the first block counts
+    xmp = imageio.jpeg_header((jpegs / "xmp_rotated.jpg").read_bytes())
+    assert xmp.xmp_rotated and not imageio.batch_decodable(xmp)
+    late = imageio.jpeg_header((jpegs / "exif_after_frame.jpg").read_bytes())
+    assert late.orientation == 8 and not imageio.batch_decodable(late)
+    ids = imageio.jpeg_header((jpegs / "rgb_ids.jpg").read_bytes())
+    assert ids.component_ids == (82, 71, 66) and not imageio.batch_decodable(ids)
+    assert imageio.jpeg_header(_jpeg(rgb)).component_ids == (1, 2, 3)
+    upright = imageio.jpeg_header(_insert(_jpeg(rgb), b"\xff\xdb", _xmp(1) + _exif(1)))
+    assert imageio.batch_decodable(upright)
     for not_jpeg in (b"", b"\xff\xd8", (images / "gray.png").read_bytes(), b"\xff\xd8\xff\x00"):
         assert imageio.jpeg_header(not_jpeg) is None
     # A segment length running past the end of the file: malformed, not an exception.
@@ -390,3 +473,36 @@ def test_gpu_extraction_matches_cpu_decoding(images, cpu_run, tmp_path):
     assert auto.decoder.startswith("gpu")
     index_auto, _ = _load(tmp_path / "auto")
     assert index_auto == index_cpu
+
+
+@gpu
+def test_gpu_overlapped_pipeline_equals_synchronous(only_backend, tmp_path, monkeypatch):
+    """Twenty batches of full-size JPEGs through the overlapped pipeline (side stream,
+    decoding batch i + 1 while the model runs batch i) and again with everything on one
+    stream and the device synchronised around each batch: bit-identical features."""
+    _needs_gpu_decoder()
+    (tmp_path / "j").mkdir()
+    bench_extract.make_jpegs(tmp_path / "j", 160)
+    kw = dict(layers=["pool5", "fc7"], size=64, batch_size=8, device="cuda", decode="gpu",
+              shard_size=40, workers=2)  # fmt: skip
+    overlapped = _run(tmp_path / "j", tmp_path / "a", **kw)
+    assert overlapped.decoder.startswith(f"gpu ({only_backend}'s")
+    real_init, real_call = decoding.JpegBatchDecoder.__init__, decoding.JpegBatchDecoder.__call__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        self.stream = None
+
+    def call(self, batch):
+        torch.cuda.synchronize()
+        out = real_call(self, batch)
+        torch.cuda.synchronize()
+        return out
+
+    monkeypatch.setattr(decoding.JpegBatchDecoder, "__init__", init)
+    monkeypatch.setattr(decoding.JpegBatchDecoder, "__call__", call)
+    _run(tmp_path / "j", tmp_path / "b", **kw)
+    for name in ("pool5", "fc7"):
+        a, b = (np.load(tmp_path / d / f"{name}.npy") for d in "ab")
+        assert a.shape[0] == 160
+        np.testing.assert_array_equal(a, b, err_msg=name)

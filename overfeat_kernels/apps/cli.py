@@ -296,10 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--decode",
         choices=["auto", "gpu", "cpu"],
         default="auto",
-        help="where JPEGs are decoded and resized: gpu (torchvision's batched nvJPEG "
-        "decoder on the model's GPU, overlapped with the model; other formats still "
-        "decoded by the workers), cpu (Pillow in the workers), auto (gpu when the model "
-        "runs on CUDA and the decoder works there; default)",
+        help="where JPEGs are decoded and resized: gpu (nvJPEG on the model's GPU through "
+        "TorchCodec's batched decoder, or torchvision's; overlapped with the model; other "
+        "formats and unusual JPEGs still decoded by the workers), cpu (Pillow in the "
+        "workers), auto (gpu when the model runs on CUDA and a decoder works there; default)",
     )
     ex.add_argument(
         "--pool",

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ DECODERS = ("auto", "gpu", "cpu")
 # Pixels decoded in one call of the batched decoder (its outputs live until resized): a
 # batch of huge JPEGs is decoded in several calls rather than all at once.
 DECODE_CALL_PIXELS = 64 * 2**20
+# A JPEG file larger than this is decoded by Pillow, which reads it as it goes (the bytes
+# path would hold it all in memory).
+MAX_JPEG_BYTES = 64 * 2**20
 
 
 def check_size(h: int, w: int, min_size: int) -> None:
@@ -76,13 +79,22 @@ class Images(Dataset):
 class BytesImages(Images):
     """The GPU decoder's workers: items are ``(i, ("jpeg", bytes tensor, h, w), "")`` for
     the batched decoder, ``(i, ("pixels", tensor, 0, 0), "")`` for what Pillow decoded here,
-    or ``(i, None, reason)``."""
+    or ``(i, None, reason)``. Only JPEGs are read whole; other files go to Pillow as on the
+    CPU path."""
+
+    def _as_cpu_path(self, i: int):
+        i, pixels, reason = super().__getitem__(i)
+        return i, None if pixels is None else ("pixels", pixels, 0, 0), reason
 
     def __getitem__(self, i: int):
         try:
-            data = Path(self.paths[i]).read_bytes()
-        except OSError:
-            return super().__getitem__(i)  # unreadable: the CPU path's reason
+            with open(self.paths[i], "rb") as f:
+                if f.read(3) != b"\xff\xd8\xff" or os.fstat(f.fileno()).st_size > MAX_JPEG_BYTES:
+                    return self._as_cpu_path(i)  # not a JPEG, or a huge file: as on cpu
+                f.seek(0)
+                data = f.read()
+        except Exception:
+            return self._as_cpu_path(i)  # unreadable: the CPU path's reason
         try:
             header = imageio.jpeg_header(data)
             if imageio.batch_decodable(header):
@@ -207,54 +219,76 @@ class JpegBatchDecoder:
 
     def __call__(self, batch: list) -> list:
         """``(i, tensor on device or None, reason)`` for every item, in order."""
-        jpegs = [k for k, (_, item, _) in enumerate(batch) if item and item[0] == "jpeg"]
+        out: list = [None] * len(batch)
+        jpegs = []
         ctx = torch.cuda.stream(self.stream) if self.stream else contextlib.nullcontext()
-        out = []
         with ctx:
-            decoded = self._decode_all([batch[k][1] for k in jpegs])
-            decoded = dict(zip(jpegs, decoded, strict=True))
             for k, (i, item, reason) in enumerate(batch):
                 if item is None:
-                    out.append((i, None, reason))
-                    continue
-                try:
-                    out.append((i, self._prepare(item, decoded.get(k)), ""))
-                except Exception as err:
-                    out.append((i, None, _reason(err)))
+                    out[k] = (i, None, reason)
+                elif item[0] == "jpeg":
+                    jpegs.append(k)
+                else:
+                    out[k] = self._finish(i, item, None)
+            # Each call's images are resized before the next call: only one call's full-size
+            # images are alive at a time.
+            for chunk in self._chunks([batch[k][1] for k in jpegs]):
+                decoded = self._decode_call([batch[jpegs[j]][1][1] for j in chunk])
+                for j, pixels in zip(chunk, decoded, strict=True):
+                    i, item, _ = batch[jpegs[j]]
+                    out[jpegs[j]] = self._finish(i, item, pixels)
+                del decoded
         return out
 
-    def _prepare(self, item: tuple, pixels: torch.Tensor | None) -> torch.Tensor:
+    def _finish(self, i: int, item: tuple, pixels: torch.Tensor | None) -> tuple:
+        """The item's model input on the device, or why there is none."""
         kind, data, h, w = item
-        if kind == "pixels":
-            self.counts["workers"] += 1
-            return data.to(self.device, non_blocking=True)
-        if pixels is None or tuple(pixels.shape) != (3, h, w):
-            self.counts["fallback"] += 1  # rejected or misread: Pillow decides, as on the CPU path
-            pixels = imageio.decode_rgb(data.numpy().tobytes())
-            return prepare(pixels, self.size, self.dense, self.min_size).to(self.device)
-        self.counts["batched"] += 1
-        return prepare(pixels, self.size, self.dense, self.min_size)
+        try:
+            if kind == "pixels":
+                self.counts["workers"] += 1
+                return i, data.to(self.device, non_blocking=True), ""
+            if pixels is None or tuple(pixels.shape) != (3, h, w):
+                self.counts["fallback"] += 1  # rejected or misread: Pillow decides, as on cpu
+                pixels = imageio.decode_rgb(data.numpy().tobytes())
+                return i, prepare(pixels, self.size, self.dense, self.min_size).to(self.device), ""
+            self.counts["batched"] += 1
+            return i, prepare(pixels, self.size, self.dense, self.min_size), ""
+        except Exception as err:
+            return i, None, _reason(err)
+
+    @staticmethod
+    def _chunks(items: list[tuple]) -> list[list[int]]:
+        """Positions of `items` in calls of at most DECODE_CALL_PIXELS (one image at least)."""
+        chunks: list[list[int]] = []
+        pixels = 0
+        for j, item in enumerate(items):
+            if not chunks or pixels + _pixels(item) > DECODE_CALL_PIXELS:
+                chunks.append([])
+                pixels = 0
+            chunks[-1].append(j)
+            pixels += _pixels(item)
+        return chunks
 
     def _decode_all(self, items: list[tuple]) -> list[torch.Tensor | None]:
-        """Decoded ``[3, H, W]`` tensors, None where the decoder failed: batched calls of
-        at most DECODE_CALL_PIXELS (one image at least); a failing call is retried image by
-        image."""
+        """Decoded ``[3, H, W]`` tensors of ``("jpeg", data, h, w)`` items, None where the
+        decoder failed (for measuring the decoder against Pillow)."""
         out: list[torch.Tensor | None] = []
-        start = 0
-        while start < len(items):
-            stop, pixels = start, 0
-            while stop < len(items) and (stop == start or pixels + _pixels(items[stop])
-                                         <= DECODE_CALL_PIXELS):  # fmt: skip
-                pixels += _pixels(items[stop])
-                stop += 1
-            out.extend(self._decode_call([data for _, data, _, _ in items[start:stop]]))
-            start = stop
+        for chunk in self._chunks(items):
+            out.extend(self._decode_call([items[j][1] for j in chunk]))
         return out
 
     def _decode_call(self, datas: list[torch.Tensor]) -> list[torch.Tensor | None]:
+        """One batched call; a failing call is retried image by image (None: rejected)."""
+        if self.stream is not None:
+            # torchvision's decoder writes on a stream of its own, into memory allocated on
+            # this one, without waiting for it: this stream's earlier kernels (the previous
+            # call's resizes, reading blocks the allocator may hand out again) finish first.
+            self.stream.synchronize()
         try:
             return list(self._decode(datas, self.device))
-        except Exception:
+        except Exception as err:
+            if isinstance(err, torch.cuda.OutOfMemoryError):
+                torch.cuda.empty_cache()  # then one by one; Pillow for what still fails
             if len(datas) == 1:
                 return [None]
             return [self._decode_call([d])[0] for d in datas]

@@ -273,8 +273,7 @@ def _compute(model, cfg, device, paths, todo, size, min_size, bar, decoder, stag
                for j in range(0, len(r), cfg.batch_size)]  # fmt: skip
     kind = decoding.BytesImages if decoder else decoding.Images
     loader = DataLoader(kind(paths, size, cfg.dense, min_size), batch_sampler=batches,
-                        num_workers=cfg.workers, collate_fn=_keep_list,
-                        pin_memory=device.type == "cuda" and decoder is None)  # fmt: skip
+                        num_workers=cfg.workers, collate_fn=_keep_list)  # fmt: skip
     prep = model.preprocessing
     mean = torch.tensor(prep["mean"], device=device).view(1, 3, 1, 1)
     std = torch.tensor(prep["std"], device=device).view(1, 3, 1, 1)
@@ -282,29 +281,45 @@ def _compute(model, cfg, device, paths, todo, size, min_size, bar, decoder, stag
     feats: dict[str, list[np.ndarray]] = {n: [] for n in cfg.layers}
     rows: list[list[str]] = []
 
-    def launch(batch) -> list:
-        """Runs the model on a batch's good images (asynchronously on a GPU): the outputs
-        of each model call, in the batch's order."""
+    cuda = device.type == "cuda"
+
+    def launch(batch) -> tuple:
+        """Queues the model on a batch's good images and the copies of its outputs to the
+        host (asynchronous on a GPU): the outputs of each model call, in the batch's order,
+        and an event marking them ready."""
         good = [t for _, t, _ in batch if t is not None]
         if decoder:
             decoder.hand_over(good)
         groups = [[t] for t in good] if cfg.dense else [good] if good else []
         outs = []
         for group in groups:
-            x = torch.stack(group).to(device, non_blocking=True)
+            if cuda and group[0].device.type == "cpu":  # staged in pinned memory: async copy
+                x = torch.empty((len(group), *group[0].shape), dtype=group[0].dtype,
+                                pin_memory=True)  # fmt: skip
+                x = torch.stack(group, out=x).to(device, non_blocking=True)
+            else:
+                x = torch.stack(group).to(device)
             x = ((x.float() * prep["scale"] - mean) / std).to(dtype)
-            if device.type == "cuda":
+            if cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.no_grad():
                 out = layers.forward_layers(model, x, cfg.layers, dense=cfg.dense)
-            outs.append({n: _pooled(t, cfg.pool) for n, t in out.items()})
-        return outs
+            outs.append({n: _pooled(t, cfg.pool).float().to("cpu", non_blocking=cuda)
+                         for n, t in out.items()})  # fmt: skip
+        ready = None
+        if cuda:
+            ready = torch.cuda.Event()
+            ready.record()
+        return outs, ready
 
-    def finish(batch, outs) -> None:
+    def finish(batch, launched) -> None:
         nonlocal feats, rows
+        outs, ready = launched
+        if ready is not None:
+            ready.synchronize()
         for out in outs:
-            for name, t in out.items():
-                feats[name].extend(t.float().cpu().numpy())
+            for name, t in out.items():  # out of pinned memory: shards may be large
+                feats[name].extend(t.numpy().copy() if cuda else t.numpy())
         for i, t, reason in batch:
             status = ("ok", "") if t is not None else ("skipped", reason)
             rows.append([paths[i], *status])
@@ -314,7 +329,8 @@ def _compute(model, cfg, device, paths, todo, size, min_size, bar, decoder, stag
             shard_done(k, feats, rows)
             feats, rows = {n: [] for n in cfg.layers}, []
 
-    # Batch i + 1 is read and decoded while the GPU runs the model on batch i.
+    # Batch i + 1 is read, decoded and queued while the GPU runs the model on batch i; then
+    # batch i's results are collected.
     loaded, pending = iter(loader), None
     while True:
         with stages("loading"):
@@ -326,9 +342,10 @@ def _compute(model, cfg, device, paths, todo, size, min_size, bar, decoder, stag
             if t is None:
                 bar.write(f"warning: skipping {paths[i]}: {reason}", file=sys.stderr)
         with stages("model"):
+            queued = (batch, launch(batch)) if batch is not None else None
             if pending is not None:
                 finish(*pending)
-            pending = (batch, launch(batch)) if batch is not None else None
+        pending = queued
         if pending is None:
             break
 
@@ -379,7 +396,6 @@ def _run(cfg: ExtractConfig, device, rank: int, world: int, start: float) -> Ext
     paths = collect_inputs(cfg.inputs)
     if not paths:
         raise ValueError("no input images found")
-    decode_device = decoding.resolve(cfg.decode, device, cfg.decode_device)
     model = _model(cfg, device)
     spec = model.dense_spec
     size = cfg.size or spec.input_size
@@ -394,15 +410,24 @@ def _run(cfg: ExtractConfig, device, rank: int, world: int, start: float) -> Ext
     out, partial = Path(cfg.out), Path(cfg.out) / ".partial"
     settings = _settings(cfg, paths)
     _check_resume(out / "manifest.json", settings)
-    decoder = None
-    if decode_device is None:
-        settings["decode"] = "cpu"  # recorded, not checked: the decoders agree to rounding
-    else:
-        decoder = decoding.JpegBatchDecoder(decode_device, size, cfg.dense, min_size)
-        settings["decode"] = "gpu" if decode_device.type == "cuda" else f"batched-{decode_device}"
     final = out / "manifest.json"
     if final.exists():  # already complete
         return _summary(out, start, [])
+    decode_device = decoding.resolve(cfg.decode, device, cfg.decode_device)
+    decoder = None
+    if decode_device is None:
+        decoded_by = "cpu"
+    else:
+        decoder = decoding.JpegBatchDecoder(decode_device, size, cfg.dense, min_size)
+        decoded_by = "gpu" if decode_device.type == "cuda" else f"batched-{decode_device}"
+    # Recorded, not checked (the decoders agree up to rounding): every decoder that wrote
+    # shards of this output, this run's last.
+    if (partial / "manifest.json").exists():
+        earlier = json.loads((partial / "manifest.json").read_text()).get("decode", [])
+        earlier = [earlier] if isinstance(earlier, str) else list(earlier)
+        settings["decode"] = [d for d in earlier if d != decoded_by] + [decoded_by]
+    else:
+        settings["decode"] = [decoded_by]
     if rank == 0:
         partial.mkdir(parents=True, exist_ok=True)
         _check_resume(partial / "manifest.json", settings)
@@ -426,7 +451,7 @@ def _run(cfg: ExtractConfig, device, rank: int, world: int, start: float) -> Ext
     stages = _Stages()
     compute_start = time.perf_counter()
     with tqdm(total=total, unit="img", disable=not cfg.progress or rank != 0,
-              desc=f"extract {cfg.model} (decode: {settings['decode']})",
+              desc=f"extract {cfg.model} (decode: {decoded_by})",
               dynamic_ncols=True) as bar:  # fmt: skip
         if todo:
             _compute(model, cfg, device, paths, todo, size, min_size, bar, decoder, stages,

@@ -4,8 +4,8 @@ becomes a reason string, never an exception that stops a run.
 Handled: EXIF orientation; grayscale, palette, CMYK, YCbCr; transparency (composited on
 white); 16- and 32-bit integer and float images (scaled to 0-255).
 
-For decoding on the GPU (torchvision's nvJPEG decoder): ``jpeg_header`` reads what a JPEG's
-markers say (size, components, coding, EXIF orientation, whether it ends), and
+For decoding on the GPU (nvJPEG through a batched decoder): ``jpeg_header`` reads what a
+JPEG's markers say (size, components, coding, orientation, whether it ends), and
 ``batch_decodable`` says whether the batched decoder can take it as it is; everything else
 goes through ``load_rgb`` / ``decode_rgb``. ``resize_center_crop`` is the same arithmetic on
 any device.
@@ -14,6 +14,7 @@ any device.
 from __future__ import annotations
 
 import io
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,28 +57,33 @@ def _decode(source) -> np.ndarray:
 
 @dataclass(frozen=True)
 class JpegHeader:
-    """What a JPEG's markers say, read without decoding it."""
+    """What a JPEG's markers say (everything before the first scan), read without decoding."""
 
     height: int
     width: int
     components: int
     precision: int
     baseline: bool  # SOF0 / SOF1: sequential Huffman (not progressive, arithmetic, lossless)
-    orientation: int  # EXIF orientation, 1 (upright) when absent
+    orientation: int  # the first EXIF block's orientation, 1 (upright) when absent
     adobe_transform: int | None  # APP14: 0 CMYK / RGB, 1 YCbCr, 2 YCCK
     complete: bool  # the end-of-image marker closes the file
+    component_ids: tuple[int, ...] = ()  # (82, 71, 66) = "RGB": no colour transform
+    xmp_rotated: bool = False  # an XMP block gives an orientation other than 1
 
 
 # Start-of-frame markers: 0xC0-0xCF but DHT (C4), JPG (C8) and DAC (CC).
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_XMP = b"http://ns.adobe.com/xap/1.0/\x00"
+_XMP_ORIENTATION = re.compile(rb"tiff:Orientation(?:=[\"']|>)\s*([0-9]+)")
 
 
 def jpeg_header(data: bytes) -> JpegHeader | None:
     """The header of a JPEG file's bytes, or None if they are not one (or its markers up to
-    the frame header are malformed)."""
+    the first scan are malformed). Reads every marker before the scan, as libjpeg and
+    Pillow do: metadata may follow the frame header."""
     if len(data) < 4 or data[:3] != b"\xff\xd8\xff":
         return None
-    pos, orientation, adobe = 2, 1, None
+    pos, orientation, adobe, xmp_rotated, frame = 2, None, None, False, None
     while pos + 4 <= len(data):
         if data[pos] != 0xFF:
             return None
@@ -89,19 +95,26 @@ def jpeg_header(data: bytes) -> JpegHeader | None:
         segment = data[pos + 4 : pos + 2 + length]
         if length < 2 or len(segment) != length - 2:
             return None
-        if marker == 0xE1 and segment[:6] == b"Exif\x00\x00":
-            orientation = _exif_orientation(segment[6:])
+        if marker == 0xE1 and segment[:6] == b"Exif\x00\x00" and orientation is None:
+            orientation = _exif_orientation(segment[6:])  # the first EXIF block counts
+        elif marker == 0xE1 and segment.startswith(_XMP):
+            found = _XMP_ORIENTATION.search(segment)
+            xmp_rotated = xmp_rotated or (found is not None and found.group(1) != b"1")
         elif marker == 0xEE and segment[:5] == b"Adobe" and len(segment) >= 12:
             adobe = segment[11]
-        elif marker in _SOF:
+        elif marker in _SOF and frame is None:
             if len(segment) < 6:
                 return None
             precision, height, width, components = struct.unpack(">BHHB", segment[:6])
-            tail = data.rstrip(b"\x00")
-            return JpegHeader(height, width, components, precision, marker in (0xC0, 0xC1),
-                              orientation, adobe, tail.endswith(b"\xff\xd9"))  # fmt: skip
-        elif marker == 0xDA:  # scan before any frame header
-            return None
+            ids = tuple(segment[6 + 3 * c] for c in range(components) if 6 + 3 * c < len(segment))
+            frame = (height, width, components, precision, marker in (0xC0, 0xC1), ids)
+        elif marker == 0xDA:  # the first scan: the header ends here
+            if frame is None:
+                return None
+            height, width, components, precision, baseline, ids = frame
+            return JpegHeader(height, width, components, precision, baseline, orientation or 1,
+                              adobe, data.rstrip(b"\x00").endswith(b"\xff\xd9"), ids,
+                              xmp_rotated)  # fmt: skip
         pos += 2 + length
     return None
 
@@ -129,16 +142,18 @@ MAX_BATCH_DECODE_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 
 
 def batch_decodable(h: JpegHeader | None) -> bool:
-    """Whether torchvision's batched decoder takes this JPEG as it is: everything else
-    (PNG, CMYK / YCCK, progressive or 12-bit JPEG, EXIF-rotated, truncated, huge) is decoded
-    by Pillow, which knows all of those."""
+    """Whether the batched decoder (nvJPEG) is given this JPEG: everything else (PNG, CMYK /
+    YCCK / RGB-coded, progressive or 12-bit JPEG, rotated by EXIF or XMP, truncated, huge)
+    is decoded by Pillow, which knows all of those."""
     return (
         h is not None
         and h.baseline
         and h.precision == 8
         and h.components in (1, 3)
         and h.adobe_transform in (None, 1)
+        and h.component_ids != (82, 71, 66)
         and h.orientation == 1
+        and not h.xmp_rotated
         and h.complete
         and 0 < h.height * h.width <= MAX_BATCH_DECODE_PIXELS
     )
