@@ -214,6 +214,32 @@ def _conv_row(n, c, kout, h, w, layout: str, min_run_time: float, rounds: int) -
     return r
 
 
+def fused_rows(cases, min_run_time: float, rounds: int) -> list[dict]:
+    """conv3x3 + bias + ReLU + 2x2 max-pool in one call (on the CPU the op composes: the
+    oneDNN convolution, then ATen's pooling) against F.conv2d + relu_ + F.max_pool2d."""
+    rows = []
+    for (n, c, kout, h, w), layout in cases:
+        x = _map((n, c, h, w), torch.float32, layout)
+        wt = torch.randn(kout, c, 3, 3) / (9 * c) ** 0.5
+        b = torch.randn(kout)
+        t = time_interleaved(
+            {
+                "ours": lambda x=x, wt=wt, b=b: ok.conv3x3(x, wt, b, 1, True, pool=2),
+                "baseline": lambda x=x, wt=wt, b=b: F.max_pool2d(
+                    F.conv2d(x, wt, b, padding=1).relu_(), 2
+                ),
+            },
+            min_run_time,
+            rounds,
+        )
+        r = _row("conv3x3+relu+pool2", (n, c, h, w), 2, layout, "float32", t)
+        r["filters"] = kout
+        r["fwd_speedup_vs_baseline"] = t["baseline"] / t["ours"]
+        rows.append(r)
+        print_row(r)
+    return rows
+
+
 # Targets (ours / PyTorch, at most) of the per-call cost: without grad mode and under
 # inference_mode, with grad mode (forward), and a conv3x3 forward + backward step.
 TARGET_CALL = {"no_grad": 1.2, "inference_mode": 1.2, "grad": 1.5, "step": 1.5}
@@ -364,7 +390,12 @@ def print_row(r: dict) -> None:
     shape = "x".join(map(str, r["shape"]))
     k = f"k={r['k']}" if r["k"] else ""
     head = f"{r['op']:20} {shape:18} {k:4} {r['layout']:13} {r['dtype']:8}"
-    if r["op"].startswith("conv3x3"):
+    if r["op"].startswith("conv3x3+relu+pool"):
+        print(
+            f"{head} fwd {t['ours']:8.2f} ms vs {t['baseline']:8.2f} ms: "
+            f"x{r['fwd_speedup_vs_baseline']:.2f}"
+        )
+    elif r["op"].startswith("conv3x3"):
         fwd, bwd = r["fwd_speedup_vs_baseline"], r["bwd_speedup_vs_baseline"]
         print(
             f"{head} fwd {t['ours']:8.2f} ms vs {t['baseline']:8.2f} ms: x{fwd:.2f}"
@@ -469,6 +500,7 @@ def cases(quick: bool) -> dict[str, list]:
                 ((9, 16, 5, 6), 3, "channels_last", "bfloat16"),
             ],
             "conv": [((1, 16, 16, 14, 14), "nchw")],
+            "fused": [((1, 16, 16, 14, 14), "channels_last")],
             "dense": [263],
         }
     pool = []
@@ -490,7 +522,7 @@ def cases(quick: bool) -> dict[str, list]:
     ]
     permute.append(((9, 1024, 11, 14), 3, "nchw", "float32"))  # OverFeat accurate layer 5
     conv = [((8, 128, 128, 56, 56), layout) for layout in ("nchw", "channels_last")]
-    return {"pool": pool, "permute": permute, "conv": conv, "dense": [263, 327]}
+    return {"pool": pool, "permute": permute, "conv": conv, "fused": conv, "dense": [263, 327]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -509,8 +541,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--sections",
-        default="pool,permute,conv,calls,dense",
-        help="comma-separated: pool, permute, conv, calls, dense (default: all)",
+        default="pool,permute,conv,fused,calls,dense",
+        help="comma-separated: pool, permute, conv, fused, calls, dense (default: all)",
     )
     parser.add_argument("--out", type=Path, default=None, help="JSON file to write")
     args = parser.parse_args(argv)
@@ -532,6 +564,8 @@ def main(argv: list[str] | None = None) -> int:
         result["permute"] = permute_rows(c["permute"], mrt, rounds)
     if "conv" in sections:
         result["conv"] = conv_rows(c["conv"], mrt, rounds)
+    if "fused" in sections:
+        result["fused"] = fused_rows(c["fused"], mrt, rounds)
     if "calls" in sections:
         result["calls"] = call_rows(mrt, rounds)
     if "dense" in sections:

@@ -1,6 +1,6 @@
 """Op benchmarks against cuDNN and the pure-PyTorch composition (SPEC "Measuring speed").
 
-    python benchmarks/bench_ops.py [--quick] [--out FILE.json] [--sections conv,pool,tail]
+    python benchmarks/bench_ops.py [--quick] [--out FILE.json] [--sections conv,pool,tail,fused]
 
 GPU only. CUDA events, warm-up first, median of many repetitions, inputs rotated so that
 L2 does not hold them. The device's ceilings (copy bandwidth, bf16 / tf32 matrix product)
@@ -19,6 +19,12 @@ host time the GPU waits for) and queued (bursts of back-to-back calls, where tha
 overlaps the GPU's work, as in a model).
 Pool / interleave rows: achieved GB/s (input read once + output written once) against the
 measured copy bandwidth, and the ratio against overfeat_kernels.reference.
+Fused rows: conv + bias + ReLU + max-pool, VGG-16's five layers that a pool follows and
+OverFeat accurate's last conv with its offset pooling: ours with the pool in the conv's
+call (``conv3x3(..., pool=k)``), ours unfused (conv3x3, then the pooling op), eager cuDNN
+conv + bias + ReLU + F.max_pool2d (offset_max_pool2d for OverFeat) and torch.compile of
+that (not with --quick); channels_last, the bytes each moves at the least (``fused_bytes``)
+and the achieved TB/s.
 """
 
 from __future__ import annotations
@@ -353,6 +359,76 @@ def pool_rows(copy_gbs: float, quick: bool) -> list[dict]:
     return rows
 
 
+# (name, C_in, C_out, H, W, pool, offsets): the conv layers that a max-pool follows.
+FUSED_LAYERS = [
+    ("vgg16.conv1_2+pool1", 64, 64, 224, 224, 2, False),
+    ("vgg16.conv2_2+pool2", 128, 128, 112, 112, 2, False),
+    ("vgg16.conv3_3+pool3", 256, 256, 56, 56, 2, False),
+    ("vgg16.conv4_3+pool4", 512, 512, 28, 28, 2, False),
+    ("vgg16.conv5_3+pool5", 512, 512, 14, 14, 2, False),
+    ("overfeat_acc.layer6+offsets", 1024, 1024, *_L5, 3, True),
+]
+
+
+def fused_bytes(n, c, k, h, w, pool, offsets, elem) -> dict[str, int]:
+    """Bytes moved at the least (input and filters read once, outputs written once):
+    "fused" writes only the pooled map; "unfused" writes the conv's map, reads it back and
+    writes the pooled one."""
+    if offsets:
+        pooled = n * pool * pool * k * ((h - pool + 1) // pool) * ((w - pool + 1) // pool)
+    else:
+        pooled = n * k * (h // pool) * (w // pool)
+    common = elem * (n * c * h * w + k * c * 9 + pooled)
+    return {"fused": common, "unfused": common + 2 * elem * n * k * h * w}
+
+
+def fused_rows(batches: list[int], quick: bool) -> list[dict]:
+    torch.backends.cudnn.benchmark = True
+    dtype, elem = torch.bfloat16, 2
+    rows = []
+    for name, c, k, h, w, pool, offsets in FUSED_LAYERS:
+        pooling = (
+            (lambda y, pool=pool: ok.offset_max_pool2d(y, pool))
+            if offsets
+            else (lambda y, pool=pool: F.max_pool2d(y, pool))
+        )
+
+        def eager(x, wt, b, g, pooling=pooling):
+            return pooling(F.relu(F.conv2d(x, wt, b, padding=1)))
+
+        fns = {
+            "fused": lambda x, wt, b, g, pool=pool, offsets=offsets: ok.conv3x3(
+                x, wt, b, 1, True, pool=pool, pool_offsets=offsets
+            ),
+            "unfused": lambda x, wt, b, g, pooling=pooling: pooling(ok.conv3x3(x, wt, b, 1, True)),
+            "eager": eager,
+        }
+        if not quick:
+            fns["compiled"] = torch.compile(eager)
+        for n in batches:
+            nbytes = fused_bytes(n, c, k, h, w, pool, offsets, elem)
+            make = functools.partial(conv_inputs, n, c, k, h, w, dtype, torch.channels_last)
+            sets = rotation(make, nbytes["unfused"])
+            with torch.no_grad():
+                t = {key: bench(fn, sets) for key, fn in fns.items()}
+            del sets
+            flops = 2 * n * k * c * 9 * h * w
+            vs = {f"ratio_vs_{key}": t[key] / t["fused"] for key in t if key != "fused"}
+            row = {"layer": name, "N": n, "C": c, "K": k, "H": h, "W": w, "pool": pool,
+                   "offsets": offsets, "dtype": "bf16", "format": "nhwc",
+                   "times_ms": t, "bytes": nbytes,
+                   "fused_TBps": nbytes["fused"] / t["fused"] / 1e9,
+                   "fused_TFLOPs": flops / t["fused"] / 1e9,
+                   **vs}  # fmt: skip
+            rows.append(row)
+            others = "  ".join(f"{key[9:]} x{v:.2f}" for key, v in vs.items())
+            print(
+                f"  {name:28} N={n:<3} fused {t['fused']:8.3f} ms ({row['fused_TFLOPs']:6.1f} "
+                f"TF/s, {row['fused_TBps']:.2f} TB/s)  {others}"
+            )
+    return rows
+
+
 def tail_rows(quick: bool) -> list[dict]:
     """OverFeat accurate's fine-stride tail at the six scales (batch 1, bf16)."""
     dtype = torch.bfloat16
@@ -462,8 +538,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a subset, under a minute")
     parser.add_argument(
         "--sections",
-        default="conv,pool,tail",
-        help="comma-separated: conv, pool, tail (default: all)",
+        default="conv,pool,tail,fused",
+        help="comma-separated: conv, pool, tail, fused (default: all)",
     )
     parser.add_argument("--dtypes", default=None, help="conv dtypes, e.g. bf16,fp32-tf32")
     parser.add_argument("--batches", default=None, help="conv batch sizes, e.g. 1,8,32")
@@ -534,6 +610,9 @@ def main(argv: list[str] | None = None) -> int:
         result["pool"] = pool_rows(ceil["copy_GBps"], args.quick)
     if "tail" in sections:
         result["tail"] = tail_rows(args.quick)
+    if "fused" in sections:
+        batches = [int(b) for b in args.batches.split(",")] if args.batches else [8, 32]
+        result["fused"] = fused_rows(batches, args.quick)
     write_results(result, "bench_ops", args.out)
     return 0
 

@@ -141,6 +141,36 @@ inline void check_conv3x3_args(const at::Tensor& input, const at::Tensor& weight
   }
 }
 
+// conv3x3's output shape after its pooling: pool = 0 (none) or k >= 2, max-pooled k x k
+// with stride k (floor), or with pool_offsets at every pixel offset (offset_max_pool2d's
+// shape). Call after check_conv3x3_args.
+inline std::vector<int64_t> check_conv3x3_pool_args(const at::Tensor& input,
+                                                    const at::Tensor& weight, int64_t padding,
+                                                    int64_t pool, bool offsets) {
+  constexpr const char* op = "conv3x3";
+  const int64_t n = input.size(0), k = weight.size(0);
+  const int64_t h = input.size(2) + 2 * padding - 2, w = input.size(3) + 2 * padding - 2;
+  TORCH_CHECK_VALUE(pool == 0 || pool >= 2, op,
+                    ": pool must be 0 (no pooling) or a window size >= 2, got ", pool);
+  TORCH_CHECK_VALUE(!offsets || pool >= 2, op,
+                    ": pool_offsets=True needs a pool window size >= 2, got pool=", pool);
+  if (pool == 0) return {n, k, h, w};
+  if (!offsets) {
+    TORCH_CHECK_VALUE(h >= pool && w >= pool, op, ": output of spatial size ", h, "x", w,
+                      " is too small for max pooling with pool=", pool);
+    return {n, k, h / pool, w / pool};
+  }
+  const int64_t ho = pooled_extent(h, pool), wo = pooled_extent(w, pool);
+  TORCH_CHECK_VALUE(ho >= 1 && wo >= 1, op, ": output of spatial size ", h, "x", w,
+                    " is too small for offset pooling with pool=", pool,
+                    " (needs 2*pool - 1 = ", 2 * pool - 1, ")");
+  int64_t kk = 0, batch = 0;
+  TORCH_CHECK_VALUE(!c10::mul_overflows(pool, pool, &kk) && !c10::mul_overflows(n, kk, &batch),
+                    op, ": pool=", pool, " is too large: the pooled batch (", n, " * ", pool,
+                    "**2) does not fit in 64 bits");
+  return {batch, k, ho, wo};
+}
+
 inline void check_conv_algos(at::IntArrayRef algos, bool backward) {
   const char* op = backward ? "conv3x3_backward" : "conv3x3";
   TORCH_CHECK_VALUE(algos.size() == (backward ? 2u : 3u), op, ": algos must have ",

@@ -11,7 +11,7 @@
 namespace overfeat_kernels::op {
 
 using Conv3x3 = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                           int64_t, bool, at::OptionalIntArrayRef);
+                           int64_t, bool, at::OptionalIntArrayRef, int64_t, bool);
 using Conv3x3Backward = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
     int64_t, std::array<bool, 3>, at::OptionalIntArrayRef);

@@ -23,9 +23,11 @@ inline void define_ops(torch::Library& m) {
   // algos: the implementation of [forward, grad-input, grad-weight] (ConvAlgo, conv_plan.h);
   // None lets the conv backend's mode choose (conv_choice.h). The forward uses algos[0],
   // the autograd formula passes the other two to conv3x3_backward.
+  // pool = k >= 2: the result max-pooled k x k with stride k (pool_offsets: at every pixel
+  // offset, as offset_max_pool2d), in the tensor-core kernels' epilogue (conv_pool.h).
   m.def(
       "conv3x3(Tensor input, Tensor weight, Tensor? bias, int padding, bool relu, "
-      "int[3]? algos=None) -> Tensor",
+      "int[3]? algos=None, int pool=0, bool pool_offsets=False) -> Tensor",
       tags);
   // Gradients of conv3x3. relu_output is the forward's output when it applied ReLU (the
   // gradient is then masked by relu_output > 0), else None. Outputs not asked for in

@@ -1,7 +1,8 @@
 // overfeat_kernels._C, the Python module. Importing it registers the ops (ops.cpp and the
 // backend folders). It holds:
 //
-// - the public ops' one step into C++: conv3x3(input, weight, bias, padding, relu),
+// - the public ops' one step into C++: conv3x3(input, weight, bias, padding, relu, pool,
+//   pool_offsets),
 //   offset_max_pool2d / interleave / deinterleave(input, kernel_size). Each converts its
 //   arguments (a TypeError naming a wrong one), releases the GIL and calls the op through
 //   the dispatcher: checks, autograd, the backend's choice and the kernel all happen in
@@ -107,12 +108,13 @@ bool slow_path_needed() { return at::impl::torch_function_mode_enabled(); }
 
 PyObject* not_implemented() { Py_RETURN_NOTIMPLEMENTED; }
 
-// conv3x3(input, weight, bias, padding, relu)
+// conv3x3(input, weight, bias, padding, relu, pool, pool_offsets)
 PyObject* conv3x3_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
   constexpr const char* op = "conv3x3";
-  if (nargs != 5) {
-    PyErr_SetString(PyExc_TypeError, "_C.conv3x3 takes (input, weight, bias, padding, relu)");
+  if (nargs != 7) {
+    PyErr_SetString(PyExc_TypeError,
+                    "_C.conv3x3 takes (input, weight, bias, padding, relu, pool, pool_offsets)");
     return nullptr;
   }
   if (slow_path_needed()) return not_implemented();
@@ -146,12 +148,25 @@ PyObject* conv3x3_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     return nullptr;
   }
   const bool relu = args[4] == Py_True;
+  int64_t pool = 0;
+  if (!int_arg(args[5], op, "pool", &pool, &overflow)) return nullptr;
+  if (overflow != 0) {
+    PyErr_Format(PyExc_ValueError, "%s: pool must be 0 (no pooling) or a window size >= 2, got %s",
+                 op, repr(args[5]).c_str());
+    return nullptr;
+  }
+  if (!PyBool_Check(args[6])) {
+    PyErr_Format(PyExc_TypeError, "%s: pool_offsets must be a bool, got %s", op,
+                 type_name(args[6]).c_str());
+    return nullptr;
+  }
+  const bool pool_offsets = args[6] == Py_True;
   at::Tensor out;
   {
     py::gil_scoped_release no_gil;
     out = ok::op::conv3x3().call(*input, *weight,
                                  bias ? std::optional<at::Tensor>(*bias) : std::nullopt, padding,
-                                 relu, std::nullopt);
+                                 relu, std::nullopt, pool, pool_offsets);
   }
   return THPVariable_Wrap(std::move(out));
   END_HANDLE_TH_ERRORS
@@ -264,7 +279,8 @@ constexpr char kDeinterleave[] = "deinterleave";
 
 PyMethodDef methods[] = {
     {"conv3x3", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(conv3x3_entry)),
-     METH_FASTCALL, "conv3x3(input, weight, bias, padding, relu): the op, or NotImplemented."},
+     METH_FASTCALL, "conv3x3(input, weight, bias, padding, relu, pool, pool_offsets): the op, or "
+     "NotImplemented."},
     {"offset_max_pool2d",
      reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(
          kernel_size_entry<&ok::op::offset_max_pool2d, kOffsetPool>)),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections import OrderedDict
 
 import torch
 from torch import Tensor, nn
@@ -13,6 +14,7 @@ from . import ops
 __all__ = [
     "Conv3x3",
     "Deinterleave",
+    "FusedSequential",
     "Interleave",
     "OffsetMaxPool2d",
     "convert",
@@ -22,16 +24,21 @@ __all__ = [
 
 
 class Conv3x3(nn.Module):
-    """3x3 convolution (stride 1, padding 0 or 1) with an optional fused ReLU.
+    """3x3 convolution (stride 1, padding 0 or 1) with an optional fused ReLU and max-pool.
 
     State-dict compatible with ``nn.Conv2d(in_channels, out_channels, 3, padding=padding)``:
     the parameters are ``weight`` ``[out_channels, in_channels, 3, 3]`` and ``bias``
     ``[out_channels]`` (absent with ``bias=False``), initialised as nn.Conv2d does.
+    ``pool=k`` (k >= 2) max-pools the result k x k with stride k in the same call
+    (``pool_offsets=True``: at every pixel offset, as :class:`OffsetMaxPool2d`); see
+    :func:`overfeat_kernels.conv3x3` for where that happens in the kernel.
 
     Example:
         >>> layer = Conv3x3(3, 64, relu=True)
         >>> layer(torch.randn(1, 3, 224, 224)).shape
         torch.Size([1, 64, 224, 224])
+        >>> Conv3x3(3, 64, relu=True, pool=2)(torch.randn(1, 3, 224, 224)).shape
+        torch.Size([1, 64, 112, 112])
     """
 
     def __init__(
@@ -43,6 +50,8 @@ class Conv3x3(nn.Module):
         relu: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        pool: int = 0,
+        pool_offsets: bool = False,
     ) -> None:
         super().__init__()
         if in_channels < 1 or out_channels < 1:
@@ -52,10 +61,13 @@ class Conv3x3(nn.Module):
             )
         if padding not in (0, 1):
             raise ValueError(f"Conv3x3: padding must be 0 or 1, got {padding}")
+        _check_pool(pool, pool_offsets)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.padding = padding
         self.relu = relu
+        self.pool = pool
+        self.pool_offsets = pool_offsets
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, 3, 3, **factory))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
@@ -80,12 +92,14 @@ class Conv3x3(nn.Module):
         nn.Module.__init__(layer)
         layer.in_channels, layer.out_channels = conv.in_channels, conv.out_channels
         layer.padding, layer.relu = conv.padding[0], relu
+        layer.pool, layer.pool_offsets = 0, False
         layer.weight = conv.weight
         layer.bias = conv.bias
         return layer
 
     def forward(self, input: Tensor) -> Tensor:
-        return ops.conv3x3(input, self.weight, self.bias, self.padding, self.relu)
+        return ops.conv3x3(input, self.weight, self.bias, self.padding, self.relu,
+                           self.pool, self.pool_offsets)  # fmt: skip
 
     def prepack(self) -> Conv3x3:
         """Keeps the weight in the layout the tensor-core kernels read in place, so that a
@@ -105,10 +119,113 @@ class Conv3x3(nn.Module):
         return self
 
     def extra_repr(self) -> str:
+        pool = f", pool={self.pool}" if self.pool else ""
+        pool += ", pool_offsets=True" if self.pool_offsets else ""
         return (
             f"{self.in_channels}, {self.out_channels}, padding={self.padding}, "
-            f"bias={self.bias is not None}, relu={self.relu}"
+            f"bias={self.bias is not None}, relu={self.relu}{pool}"
         )
+
+    def __setstate__(self, state: dict) -> None:  # layers pickled before pooling existed
+        super().__setstate__(state)
+        self.__dict__.setdefault("pool", 0)
+        self.__dict__.setdefault("pool_offsets", False)
+
+
+def _check_pool(pool: object, pool_offsets: object) -> None:
+    if isinstance(pool, bool) or not isinstance(pool, int) or (pool != 0 and pool < 2):
+        raise ValueError(f"Conv3x3: pool must be 0 (no pooling) or an int >= 2, got {pool!r}")
+    if not isinstance(pool_offsets, bool):
+        raise TypeError(f"Conv3x3: pool_offsets must be a bool, got {pool_offsets!r}")
+    if pool_offsets and not pool:
+        raise ValueError("Conv3x3: pool_offsets=True needs pool >= 2")
+
+
+def _pool_size(module: nn.Module) -> int:
+    """k for an nn.MaxPool2d that F.max_pool2d(x, k) computes (window k x k, stride k, no
+    padding, dilation 1, floor mode, values only); else 0."""
+    if type(module) is not nn.MaxPool2d or module.ceil_mode or module.return_indices:
+        return 0
+    pair = nn.modules.utils._pair
+    k, stride = pair(module.kernel_size), pair(module.stride)
+    if k[0] != k[1] or stride != k or pair(module.padding) != (0, 0):
+        return 0
+    if pair(module.dilation) != (1, 1) or k[0] < 2:
+        return 0
+    return k[0]
+
+
+def _hooked(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
+def fusable_pool(modules: list[nn.Module], i: int) -> tuple[int, int, bool] | None:
+    """Whether ``modules[i]`` and a max-pool after it can run as one conv3x3 call:
+    ``(k, j, relu)`` when modules[i] is a Conv3x3 without pooling, modules[j] an
+    ``nn.MaxPool2d(k, k)`` and everything between them nn.Identity or nn.ReLU (relu: whether
+    the call applies ReLU); None otherwise, or when any of them has forward hooks."""
+    conv = modules[i]
+    if not isinstance(conv, Conv3x3) or conv.pool or _hooked(conv):
+        return None
+    relu = conv.relu
+    for j in range(i + 1, len(modules)):
+        m = modules[j]
+        if _hooked(m):
+            return None
+        if type(m) is nn.Identity:
+            continue
+        if type(m) is nn.ReLU:
+            relu = True
+            continue
+        k = _pool_size(m)
+        return (k, j, relu) if k else None
+    return None
+
+
+def fusable_tail(modules: list[nn.Module]) -> int | None:
+    """The index of a Conv3x3 without pooling after which `modules` holds only nn.Identity
+    and nn.ReLU modules (no hooks on any of them): where a pool that follows could run
+    inside the conv's call; else None."""
+    for i in range(len(modules) - 1, -1, -1):
+        m = modules[i]
+        if _hooked(m):
+            return None
+        if isinstance(m, Conv3x3):
+            return None if m.pool else i
+        if type(m) not in (nn.Identity, nn.ReLU):
+            return None
+    return None
+
+
+class FusedSequential(nn.Sequential):
+    """An nn.Sequential that runs each Conv3x3 and the max-pool that follows it (through
+    nn.Identity / nn.ReLU modules) as one conv3x3 call with ``pool=k``: the pooled map
+    comes out of the convolution's epilogue and the unpooled one is never written.
+
+    The modules stay as they are, so state-dict keys, indices and the layers' own
+    ``forward`` are unchanged; a module with forward hooks is run on its own. The models'
+    ``features`` are FusedSequentials.
+
+    Example:
+        >>> seq = FusedSequential(Conv3x3(3, 8, relu=True), nn.Identity(), nn.MaxPool2d(2, 2))
+        >>> seq(torch.randn(1, 3, 32, 32)).shape
+        torch.Size([1, 8, 16, 16])
+    """
+
+    def forward(self, input: Tensor) -> Tensor:
+        modules = list(self._modules.values())
+        x, i = input, 0
+        while i < len(modules):
+            fused = fusable_pool(modules, i)
+            if fused is None:
+                x = modules[i](x)
+                i += 1
+                continue
+            k, j, relu = fused
+            conv = modules[i]
+            x = ops.conv3x3(x, conv.weight, conv.bias, conv.padding, relu, k)
+            i = j + 1
+        return x
 
 
 class _WithKernelSize(nn.Module):
@@ -164,13 +281,23 @@ def convert(module: nn.Module, verbose: bool = True) -> nn.Module:
 
     Eligible: kernel 3x3, stride 1, padding 0 or 1, dilation 1, groups 1. The weights are
     shared, not copied. An nn.ReLU that directly follows the convolution in an nn.Sequential
-    is fused into it (and replaced by nn.Identity). Returns `module` (or its replacement if
-    `module` itself is eligible); with verbose, prints what was replaced.
+    is fused into it (and replaced by nn.Identity), and so is an ``nn.MaxPool2d(k, k)``
+    (window k, stride k, no padding, floor mode) that directly follows the convolution or
+    that ReLU (``pool=k``; replaced by nn.Identity). Modules with forward hooks are not
+    fused. Returns `module` (or its replacement if `module` itself is eligible); with
+    verbose, prints what was replaced.
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 5))
         >>> convert(net, verbose=False)[0]
         Conv3x3(3, 8, padding=1, bias=True, relu=True)
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        >>> convert(net, verbose=False)
+        Sequential(
+          (0): Conv3x3(3, 8, padding=1, bias=True, relu=True, pool=2)
+          (1): Identity()
+          (2): Identity()
+        )
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"convert: module must be a torch.nn.Module, got {type(module).__name__}")
@@ -182,12 +309,21 @@ def convert(module: nn.Module, verbose: bool = True) -> nn.Module:
             if not eligible(child):
                 visit(child, f"{prefix}{name}.")
                 continue
-            fuse = (isinstance(parent, nn.Sequential) and i + 1 < len(children)
-                    and type(children[i + 1][1]) is nn.ReLU)  # fmt: skip
-            setattr(parent, name, Conv3x3.from_conv2d(child, relu=fuse))
+            seq = isinstance(parent, nn.Sequential) and not _hooked(child)
+            nxt = i + 1
+            fuse = (seq and nxt < len(children) and type(children[nxt][1]) is nn.ReLU
+                    and not _hooked(children[nxt][1]))  # fmt: skip
+            layer = Conv3x3.from_conv2d(child, relu=fuse)
+            setattr(parent, name, layer)
             if fuse:
-                setattr(parent, children[i + 1][0], nn.Identity())
-            replaced.append(f"{prefix}{name}" + (" (+ ReLU)" if fuse else ""))
+                setattr(parent, children[nxt][0], nn.Identity())
+                nxt += 1
+            k = _pool_size(children[nxt][1]) if seq and nxt < len(children) else 0
+            if k and not _hooked(children[nxt][1]):
+                layer.pool = k
+                setattr(parent, children[nxt][0], nn.Identity())
+            fused = ["ReLU"] * fuse + [f"max-pool {k}"] * bool(layer.pool)
+            replaced.append(f"{prefix}{name}" + (f" (+ {', '.join(fused)})" if fused else ""))
 
     if eligible(module):
         module, replaced = Conv3x3.from_conv2d(module), ["<root>"]
@@ -213,22 +349,30 @@ def prepack(module: nn.Module) -> nn.Module:
 
 
 def to_stock(module: nn.Module) -> nn.Module:
-    """A copy of `module` with every Conv3x3 replaced by nn.Conv2d (followed by nn.ReLU when
-    fused): the same network on stock PyTorch layers (the inverse of `convert`), for
-    comparisons. Parameters are copied, not shared."""
+    """A copy of `module` with every Conv3x3 replaced by nn.Conv2d (followed by nn.ReLU and
+    nn.MaxPool2d when fused; offset pooling stays our OffsetMaxPool2d, which has no stock
+    counterpart) and every FusedSequential by nn.Sequential: the same network on stock
+    PyTorch layers (the inverse of `convert`), for comparisons. Parameters are copied, not
+    shared."""
     module = copy.deepcopy(module)
     if isinstance(module, Conv3x3):
         return _stock_layer(module)
 
+    def stock(child: nn.Module) -> nn.Module:
+        if isinstance(child, Conv3x3):
+            return _stock_layer(child)
+        visit(child)
+        if type(child) is FusedSequential:
+            plain = nn.Sequential(OrderedDict(child._modules))
+            plain.train(child.training)
+            return plain
+        return child
+
     def visit(parent: nn.Module) -> None:
         for name, child in parent.named_children():
-            if isinstance(child, Conv3x3):
-                setattr(parent, name, _stock_layer(child))
-            else:
-                visit(child)
+            setattr(parent, name, stock(child))
 
-    visit(module)
-    return module
+    return stock(module)
 
 
 def _stock_layer(layer: Conv3x3) -> nn.Module:
@@ -236,4 +380,8 @@ def _stock_layer(layer: Conv3x3) -> nn.Module:
                      bias=layer.bias is not None, device=layer.weight.device,
                      dtype=layer.weight.dtype)  # fmt: skip
     conv.weight, conv.bias = layer.weight, layer.bias
-    return nn.Sequential(conv, nn.ReLU()) if layer.relu else conv
+    after: list[nn.Module] = [nn.ReLU()] if layer.relu else []
+    if layer.pool:
+        pool = OffsetMaxPool2d if layer.pool_offsets else nn.MaxPool2d
+        after.append(pool(layer.pool))
+    return nn.Sequential(conv, *after) if after else conv

@@ -6,11 +6,13 @@
 #
 # --lease: the one command for a lent GPU (SPEC "GPU leases"), everything within 9 minutes
 # of wall time, build included: build for the GPU found, the GPU test cases, the bf16 conv
-# benchmark over VGG-16's layers at batch 1 / 8 / 32, the memory-bound ops, the models, the
+# benchmark over VGG-16's layers at batch 1 / 8 / 32, the memory-bound ops, the conv + pool
+# fusion (VGG-16's conv + pool layers, OverFeat's last conv + offset pooling), the models, the
 # extraction pipeline (CPU against GPU JPEG decoding); each step under its own time limit,
 # so that a slow step cannot take the others' time.
 #
-# STEPs (default: all, in this order): build, tests, bench-conv, bench-rest, models, extract.
+# STEPs (default: all, in this order): build, tests, bench-conv, bench-rest, bench-fused,
+# models, extract.
 # The build is skipped when the CUDA kernels are already built in place, so that a machine
 # with a per-command time limit can take the steps one call at a time, e.g.
 #   scripts/gpu_check.sh out --full build tests      (build about 2 minutes on an H100 host;
@@ -26,12 +28,12 @@ out=${1:?usage: scripts/gpu_check.sh OUTDIR [--quick|--full|--lease] [STEP...]}
 shift
 mode=--quick
 case "${1:-}" in --full|--quick|--lease) mode=$1; shift ;; esac
-# Per-step time limits (seconds) in a lease: build 200, tests 70, conv 130, rest 40, models
-# 40, extract 45: 525 s of the 9 minutes, the rest for start-up and the copies.
+# Per-step time limits (seconds) in a lease: build 200, tests 70, conv 110, rest 40, fused
+# 25, models 40, extract 45: 530 s of the 9 minutes, the rest for start-up and the copies.
 limit() {
   if [ "$mode" = "--lease" ]; then timeout --signal=INT "$1" "${@:2}"; else "${@:2}"; fi
 }
-steps=${*:-build tests bench-conv bench-rest models extract}
+steps=${*:-build tests bench-conv bench-rest bench-fused models extract}
 mkdir -p "$out"
 PYTHON=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
@@ -85,7 +87,7 @@ budget=(--budget-ms 60)
 if has bench-conv; then
   if [ "$mode" = "--lease" ]; then
     # bf16 over VGG-16's 13 layers (and OverFeat's) at batch 1 / 8 / 32, short budgets.
-    limit 130 $PYTHON benchmarks/bench_ops.py --sections conv --dtypes bf16 --batches 1,8,32 \
+    limit 110 $PYTHON benchmarks/bench_ops.py --sections conv --dtypes bf16 --batches 1,8,32 \
       --budget-ms 15 --out "$out/bench_conv_bf16.json" 2>&1 | tee "$out/bench_conv_bf16.log"
     [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
   elif [ "$mode" = "--full" ]; then
@@ -106,6 +108,15 @@ if has bench-rest; then
   [ "$mode" = "--lease" ] && budget=(--budget-ms 20)
   limit 40 $PYTHON benchmarks/bench_ops.py "${quick[@]}" --sections pool,tail "${budget[@]}" \
     --out "$out/bench_pool_tail.json" 2>&1 | tee "$out/bench_pool_tail.log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
+if has bench-fused; then
+  # bf16, channels_last, batch 8 and 32: fused, ours unfused, eager cuDNN (+ torch.compile
+  # of that outside a lease, where its compile time fits).
+  quick=(); [ "$mode" != "--full" ] && quick=(--quick)
+  [ "$mode" = "--lease" ] && budget=(--budget-ms 15)
+  limit 25 $PYTHON benchmarks/bench_ops.py "${quick[@]}" --sections fused "${budget[@]}" \
+    --out "$out/bench_fused.json" 2>&1 | tee "$out/bench_fused.log"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
 if has models; then

@@ -51,7 +51,7 @@ def test_time_interleaved_returns_a_median_per_candidate():
 
 def test_quick_run_writes_json_and_table(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    args = ["--quick", "--sections", "pool,permute,conv,calls", "--min-run-time", "0.001"]
+    args = ["--quick", "--sections", "pool,permute,conv,fused,calls", "--min-run-time", "0.001"]
     assert bench_cpu.main([*args, "--rounds", "1", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     env = result["environment"]
@@ -66,6 +66,9 @@ def test_quick_run_writes_json_and_table(tmp_path, capsys):
     assert {r["op"] for r in result["permute"]} == {"interleave", "deinterleave"}
     (conv,) = result["conv"]
     assert conv["fwd_speedup_vs_baseline"] == conv["ms"]["baseline"] / conv["ms"]["ours"]
+    (fused,) = result["fused"]
+    assert fused["op"] == "conv3x3+relu+pool2" and fused["layout"] == "channels_last"
+    assert fused["fwd_speedup_vs_baseline"] == fused["ms"]["baseline"] / fused["ms"]["ours"]
     calls = result["calls"]
     ops = ("conv3x3", "offset_max_pool2d", "interleave", "deinterleave")
     layers = ("nn.Conv3x3", "nn.OffsetMaxPool2d", "nn.Interleave", "nn.Deinterleave")

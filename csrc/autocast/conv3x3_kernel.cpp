@@ -14,13 +14,13 @@ namespace {
 template <c10::DeviceType kDevice>
 at::Tensor conv3x3_autocast(const at::Tensor& input, const at::Tensor& weight,
                             const std::optional<at::Tensor>& bias, int64_t padding, bool relu,
-                            at::OptionalIntArrayRef algos) {
+                            at::OptionalIntArrayRef algos, int64_t pool, bool pool_offsets) {
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const at::ScalarType dtype = at::autocast::get_lower_precision_fp_from_device_type(kDevice);
   return op::conv3x3().call(at::autocast::cached_cast(dtype, input, kDevice),
                             at::autocast::cached_cast(dtype, weight, kDevice),
                             at::autocast::cached_cast(dtype, bias, kDevice), padding, relu,
-                            algos);
+                            algos, pool, pool_offsets);
 }
 
 }  // namespace

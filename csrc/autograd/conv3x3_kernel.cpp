@@ -10,6 +10,7 @@
 
 #include "../checks.h"
 #include "../conv_choice.h"
+#include "../conv_pool.h"
 #include "../op_handles.h"
 
 namespace overfeat_kernels {
@@ -28,7 +29,7 @@ class Conv3x3Function : public torch::autograd::Function<Conv3x3Function> {
     at::Tensor out;
     {
       at::AutoDispatchBelowADInplaceOrView below;
-      out = op::conv3x3().call(input, weight, bias, padding, relu, algos);
+      out = op::conv3x3().call(input, weight, bias, padding, relu, algos, 0, false);
     }
     ctx->save_for_backward({input, weight, relu ? out : at::Tensor()});
     ctx->saved_data["padding"] = padding;
@@ -89,10 +90,23 @@ bool needs_grad(std::initializer_list<const at::Tensor*> ts) {
 
 at::Tensor conv3x3_autograd(const at::Tensor& input, const at::Tensor& weight,
                             const std::optional<at::Tensor>& bias, int64_t padding, bool relu,
-                            at::OptionalIntArrayRef algos) {
+                            at::OptionalIntArrayRef algos, int64_t pool, bool pool_offsets) {
   if (!needs_grad({&input, &weight, bias.has_value() ? &*bias : nullptr})) {
     at::AutoDispatchBelowADInplaceOrView below;
-    return op::conv3x3().call(input, weight, bias, padding, relu, algos);
+    return op::conv3x3().call(input, weight, bias, padding, relu, algos, pool, pool_offsets);
+  }
+  if (pool != 0 || pool_offsets) {
+    // Training pools after the conv, through the pooling ops' own autograd: the backward
+    // needs the unpooled output (the ReLU mask and the windows' maxima), and keeping it
+    // costs the write the fused kernel saves, where recomputing it would cost a whole
+    // conv. Gradients are the composition's by construction.
+    if (choice::is_plain(input) && choice::is_plain(weight)) {
+      check_conv3x3_args(input, weight, bias, padding);
+      check_conv3x3_pool_args(input, weight, padding, pool, pool_offsets);
+    }
+    return pool_conv_output(
+        conv3x3_autograd(input, weight, bias, padding, relu, algos, 0, false), pool,
+        pool_offsets);
   }
   // The three implementations are fixed here, under the mode of this call and for the
   // training key (the forward below runs without grad mode): a later backward runs them

@@ -10,6 +10,7 @@
 
 #include "../checks.h"
 #include "../conv_choice.h"
+#include "../conv_pool.h"
 #include "../dispatch.h"
 #include "../op_handles.h"
 #include "cpu_simd.h"
@@ -19,12 +20,6 @@ namespace overfeat_kernels {
 namespace {
 
 constexpr int64_t kGrain = 4096;
-
-std::vector<int64_t> conv3x3_output_size(const at::Tensor& input, const at::Tensor& weight,
-                                         int64_t padding) {
-  return {input.size(0), weight.size(0), input.size(2) + 2 * padding - 2,
-          input.size(3) + 2 * padding - 2};
-}
 
 // On the CPU our implementation is ATen's convolution: the default and "aten" algos are the
 // same computation, the CUDA kernels' algos need a CUDA tensor (or the simulator).
@@ -40,18 +35,18 @@ void check_cpu_algos(const std::array<int64_t, N>& algos, bool backward) {
 
 at::Tensor conv3x3_cpu(const at::Tensor& input, const at::Tensor& weight,
                        const std::optional<at::Tensor>& bias, int64_t padding, bool relu,
-                       at::OptionalIntArrayRef requested) {
+                       at::OptionalIntArrayRef requested, int64_t pool, bool pool_offsets) {
   check_conv3x3_args(input, weight, bias, padding);
+  const auto pooled_size = check_conv3x3_pool_args(input, weight, padding, pool, pool_offsets);
   const choice::Codes algos =
       choice::forward_algos(input, weight, bias.has_value(), padding, relu,
                             choice::records_grad(input, weight, bias), requested);
   if (simulate_cuda_enabled()) {
     return Simulated<kConv3x3, op::Conv3x3>::call(input, weight, bias, padding, relu,
-                                                   at::IntArrayRef(algos));
+                                                   at::IntArrayRef(algos), pool, pool_offsets);
   }
   check_cpu_algos(algos, false);
-  const auto size = conv3x3_output_size(input, weight, padding);
-  if (input.size(0) == 0) return empty_in_format_of(size, input);
+  if (input.size(0) == 0) return empty_in_format_of(pooled_size, input);
   // The ATen calls below are our implementation, not the user's: autocast (handled by the
   // op's own autocast kernel) must not recast them.
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
@@ -67,7 +62,7 @@ at::Tensor conv3x3_cpu(const at::Tensor& input, const at::Tensor& weight,
                               cast ? weight.to(compute) : weight, b, 1, padding);
   if (relu) out.relu_();
   if (cast) out = out.to(dtype);
-  return out.contiguous(input.suggest_memory_format());
+  return pool_conv_output(out.contiguous(input.suggest_memory_format()), pool, pool_offsets);
 }
 
 // out[i] = relu_output[i] > 0 ? grad_output[i] : 0 in the compute dtype, one vector pass

@@ -20,6 +20,15 @@
 // applies ReLU (NaN kept), converts, stages the tile in the drained ring and writes rows
 // of 16-byte vectors (channels_last) or pixel-contiguous runs (NCHW).
 //
+// Pooling (Params::pool = k, 2 or 3; the op's pool, conv_pool.h): the GEMM rows are
+// ordered window by window instead: row j·k² + a·k + b of a tile is pixel (a, b) of the
+// tile's window j (kBM / k² whole windows per tile; the rows past them load nothing and
+// are dropped), windows in (image, row, column) order of the pooled map. The epilogue then
+// finds each window's k² pixels in consecutive rows of its staged tile, takes their max as
+// F.max_pool2d does (after bias, ReLU and the rounding, with which max commutes) and
+// stores only the pooled map. Conv pixels that no window covers (trailing rows and
+// columns) are never computed.
+//
 // Shared-memory rows are 64 bytes; ldmatrix reads one 16-byte vector from each of 8
 // consecutive rows. Unswizzled, rows r and r + 2 would fall on the same banks; storing
 // vector v of row r at slot v ^ ((r >> 1) & 3) spreads any 8 consecutive rows over all 32
@@ -143,7 +152,68 @@ struct Params {
   // Grad-input through a ReLU: the forward's output in `in`'s layout ([n][h][w][cp]); an
   // element of `in` counts only where this one is > 0. Null: no mask.
   const T* mask;
+  // Pooling in the epilogue: k = 2 or 3 (0: none). `out` is then the pooled map
+  // [n][k][pool_h][pool_w] (strides out_s) of pool_m = n · pool_h · pool_w windows.
+  int pool, pool_h, pool_w;
+  int64_t pool_m;
 };
+
+// The output pixel a row of the GEMM computes; `valid` false for rows past the end (and,
+// pooling, past a tile's last whole window), which load nothing and store nothing.
+struct RowPixel {
+  bool valid;
+  int64_t img;
+  int y, x;
+};
+
+// Row `row` of the tile `tile` (kBM rows each): without pooling, pixel tile·kBM + row of
+// the map in (image, y, x) order; pooling, see "Pooling" above.
+template <int kBM, bool kPool, typename T>
+__host__ __device__ __forceinline__ RowPixel tile_row_pixel(const Params<T>& p, int64_t tile,
+                                                             int row) {
+  if constexpr (kPool) {
+    const int kk = p.pool * p.pool, per_tile = kBM / kk;
+    const int win = row / kk, pos = row - win * kk;
+    const int64_t q = tile * per_tile + win;
+    if (win >= per_tile || q >= p.pool_m) return {false, 0, 0, 0};
+    const int64_t per_img = int64_t(p.pool_h) * p.pool_w;
+    const int64_t img = q / per_img;
+    const int rem = static_cast<int>(q - img * per_img);
+    return {true, img, (rem / p.pool_w) * p.pool + pos / p.pool,
+            (rem % p.pool_w) * p.pool + pos % p.pool};
+  } else {
+    const int64_t m = tile * kBM + row;
+    if (m >= p.m) return {false, 0, 0, 0};
+    const int64_t per_img = int64_t(p.out_h) * p.out_w;
+    const int64_t img = m / per_img;
+    const int rem = static_cast<int>(m - img * per_img);
+    return {true, img, rem / p.out_w, rem % p.out_w};
+  }
+}
+
+// The pooled value of kN neighbouring columns of a window whose kk pixels are rows
+// `stride` elements apart in the staged tile: F.max_pool2d's max (replaces_max: the first
+// maximum in row-major window order, a NaN taking over). Compared as floats, exact for T.
+template <typename T, int kN>
+__device__ __forceinline__ void window_max(T* best, const T* first, int stride, int kk) {
+  float key[kN];
+#pragma unroll
+  for (int e = 0; e < kN; ++e) {
+    best[e] = first[e];
+    key[e] = static_cast<float>(best[e]);
+  }
+  for (int r = 1; r < kk; ++r) {
+#pragma unroll
+    for (int e = 0; e < kN; ++e) {
+      const T v = first[r * stride + e];
+      const float f = static_cast<float>(v);
+      if (replaces_max(f, key[e])) {
+        best[e] = v;
+        key[e] = f;
+      }
+    }
+  }
+}
 
 // Byte offset of 16-byte vector `v` of row `row` in a tile (the XOR swizzle above).
 __host__ __device__ constexpr int swizzled(int row, int v) {
@@ -174,15 +244,13 @@ struct KBlockCursor {
   }
 };
 
-// Bit (tap + 9·i) of the result: whether tap (r, s) of pixel m reads inside the map (for
-// kTaps = 1: whether pixel m exists).
+// Bit t of the result: whether tap t = (r, s) of output pixel `px` reads inside the map
+// (for kTaps = 1: whether the pixel exists).
 template <int kTaps>
-__device__ __forceinline__ uint32_t tap_mask(int64_t m, int64_t pixels, int64_t hw_out,
-                                             int out_w, int h, int w, int pad) {
-  if (m >= pixels) return 0;
+__device__ __forceinline__ uint32_t tap_mask(const RowPixel& px, int h, int w, int pad) {
+  if (!px.valid) return 0;
   if constexpr (kTaps == 1) return 1;
-  const int64_t rem = m % hw_out;
-  const int y = static_cast<int>(rem / out_w) - pad, x = static_cast<int>(rem % out_w) - pad;
+  const int y = px.y - pad, x = px.x - pad;
   uint32_t bits = 0;
 #pragma unroll
   for (int t = 0; t < 9; ++t) {
@@ -196,9 +264,9 @@ __device__ __forceinline__ uint32_t tap_mask(int64_t m, int64_t pixels, int64_t 
 // of the k-block, so the last k-block of a tap has input vectors past Cp (zero-filled; the
 // filters are zero there already). Without it (C % 32 == 0 for bf16 / fp16, the usual
 // case), the loader skips that test. kMasked: Params::mask is set (grad-input through a
-// ReLU).
+// ReLU). kPool: Params::pool is set (the rows are windows' pixels; see "Pooling" above).
 template <typename T, typename Cfg, int kTaps, bool kOutChannelsLast, bool kChannelTail,
-          bool kMasked>
+          bool kMasked, bool kPool>
 __global__ void __launch_bounds__(Cfg::kThreads)
     conv3x3_igemm_kernel(const Params<T> p) {
   constexpr int kVec = kVecBytes / static_cast<int>(sizeof(T));  // elements per vector
@@ -212,7 +280,6 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   const int warp_m = warp % Cfg::kWarpsM, warp_n = warp / Cfg::kWarpsM;
   const int64_t m0 = int64_t(blockIdx.x) * Cfg::kBM;
   const int k0 = blockIdx.y * Cfg::kBN;
-  const int64_t hw_out = int64_t(p.out_h) * p.out_w;
 
   // ---- loader state: this thread copies vector `lv` of rows lrow + j·kRowsPerPass ----
   const int lv = tid % kVecsPerRow, lrow = tid / kVecsPerRow;
@@ -225,12 +292,12 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   uint64_t a_taps = 0;  // bit 9·j + tap: tap (r, s) of row j lies inside the map
 #pragma unroll
   for (int j = 0; j < Cfg::kARows; ++j) {
-    const int64_t m = m0 + lrow + j * Cfg::kRowsPerPass;
-    const int64_t img = m / hw_out, rem = m % hw_out;
-    const int64_t y = rem / p.out_w - p.pad, x = rem % p.out_w - p.pad;
-    const int64_t off = ((img * p.h + y) * p.w + x) * p.cp + lv * kVec;
+    const RowPixel px =
+        tile_row_pixel<Cfg::kBM, kPool>(p, blockIdx.x, lrow + j * Cfg::kRowsPerPass);
+    const int64_t y = px.y - p.pad, x = px.x - p.pad;
+    const int64_t off = ((px.img * p.h + y) * p.w + x) * p.cp + lv * kVec;
     a_addr[j] = reinterpret_cast<uint64_t>(p.in) + static_cast<uint64_t>(off * int64_t(sizeof(T)));
-    a_taps |= uint64_t(tap_mask<kTaps>(m, p.m, hw_out, p.out_w, p.h, p.w, p.pad)) << (9 * j);
+    a_taps |= uint64_t(tap_mask<kTaps>(px, p.h, p.w, p.pad)) << (9 * j);
   }
   const int64_t filter_bytes = kTaps * int64_t(p.cpf) * int64_t(sizeof(T));
   uint32_t b_valid = 0;  // filter rows beyond K read nothing
@@ -391,7 +458,45 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   }
   __syncthreads();
 
-  if constexpr (kOutChannelsLast) {
+  if constexpr (kPool) {
+    // Window j's pixels are staged rows j·k² .. j·k² + k² - 1; only the pooled map is stored.
+    const int kk = p.pool * p.pool, per_tile = Cfg::kBM / kk;
+    const int64_t q0 = int64_t(blockIdx.x) * per_tile;
+    if constexpr (kOutChannelsLast) {
+      constexpr int kVecsOut = Cfg::kBN / kVec;
+      const bool vec_ok = p.k % kVec == 0;
+      for (int e = tid; e < per_tile * kVecsOut; e += Cfg::kThreads) {
+        const int win = e / kVecsOut, cv = e % kVecsOut;
+        const int64_t q = q0 + win;
+        const int k = k0 + cv * kVec;
+        if (q >= p.pool_m || k >= p.k) continue;
+        union {
+          uint4 v;
+          T e[kVec];
+        } best;
+        window_max<T, kVec>(best.e, stage + win * kk * kOutStride + cv * kVec, kOutStride, kk);
+        T* dst = p.out + q * p.out_s.w + k;
+        if (vec_ok) {
+          *reinterpret_cast<uint4*>(dst) = best.v;
+        } else {
+          for (int i = 0; i < kVec && k + i < p.k; ++i) dst[i] = best.e[i];
+        }
+      }
+    } else {
+      // Windows fastest across threads: a warp writes neighbouring pooled pixels.
+      const int64_t per_img = int64_t(p.pool_h) * p.pool_w;
+      for (int e = tid; e < per_tile * Cfg::kBN; e += Cfg::kThreads) {
+        const int win = e % per_tile, col = e / per_tile;
+        const int64_t q = q0 + win;
+        const int k = k0 + col;
+        if (q >= p.pool_m || k >= p.k) continue;
+        T best;
+        window_max<T, 1>(&best, stage + win * kk * kOutStride + col, kOutStride, kk);
+        const int64_t img = q / per_img, rem = q % per_img;
+        p.out[offset_of(p.out_s, img, k, rem / p.pool_w, rem % p.pool_w)] = best;
+      }
+    }
+  } else if constexpr (kOutChannelsLast) {
     // out[m][k] is out_s.c == 1 and one pixel every out_s.w: a row of the tile is
     // contiguous; 16-byte stores where a whole aligned vector is inside K.
     constexpr int kVecsOut = Cfg::kBN / kVec;
@@ -412,6 +517,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   } else {
     // Any other layout (NCHW): element by element, pixels fastest across threads, so a
     // warp writes 32 neighbouring pixels of one channel plane.
+    const int64_t hw_out = int64_t(p.out_h) * p.out_w;
     for (int q = tid; q < Cfg::kBM * Cfg::kBN; q += Cfg::kThreads) {
       const int row = q % Cfg::kBM, col = q / Cfg::kBM;
       const int64_t m = m0 + row;
@@ -435,7 +541,9 @@ static_assert(kVecBytes == kIgemmVecBytes && kRowBytes == kIgemmRowBytes, "conv_
 
 template <typename T, typename Cfg>
 void launch_with(const Params<T>& p, bool out_channels_last, cudaStream_t stream) {
-  const int64_t m_tiles = ceil_div(p.m, Cfg::kBM);
+  TORCH_INTERNAL_ASSERT(p.pool == 0 || ((p.pool == 2 || p.pool == 3) && p.mask == nullptr));
+  const int64_t m_tiles = p.pool == 0 ? ceil_div(p.m, Cfg::kBM)
+                                      : ceil_div(p.pool_m, Cfg::kBM / (p.pool * p.pool));
   const int64_t n_tiles = ceil_div(p.k, Cfg::kBN);
   TORCH_CHECK_VALUE(m_tiles <= INT32_MAX && n_tiles <= 65535, "conv3x3 (CUDA): ", p.m,
                     " pixels with ", p.k, " filters exceed the launch grid of this kernel");
@@ -448,14 +556,17 @@ void launch_with(const Params<T>& p, bool out_channels_last, cudaStream_t stream
     bool_switch(out_channels_last, [&](auto cl) {
       bool_switch(p.cp % kBK != 0, [&](auto tail) {
         bool_switch(p.mask != nullptr, [&](auto masked) {
-          constexpr bool kMasked = decltype(masked)::value;
-          constexpr bool kOutCl = std::remove_reference_t<decltype(cl)>::value;
-          constexpr bool kTail = std::remove_reference_t<decltype(tail)>::value;
-          // The mask is grad-input's, which always has 9 taps.
-          if constexpr (kTaps == 9 || !kMasked) {
-            launch_kernel<conv3x3_igemm_kernel<T, Cfg, kTaps, kOutCl, kTail, kMasked>>(
-                grid, Cfg::kThreads, 0, stream, p);
-          }
+          bool_switch(p.pool != 0, [&](auto pooled) {
+            constexpr bool kMasked = std::remove_reference_t<decltype(masked)>::value;
+            constexpr bool kPool = decltype(pooled)::value;
+            constexpr bool kOutCl = std::remove_reference_t<decltype(cl)>::value;
+            constexpr bool kTail = std::remove_reference_t<decltype(tail)>::value;
+            // The mask is grad-input's, which always has 9 taps and never pools.
+            if constexpr ((kTaps == 9 || !kMasked) && !(kMasked && kPool)) {
+              launch_kernel<conv3x3_igemm_kernel<T, Cfg, kTaps, kOutCl, kTail, kMasked, kPool>>(
+                  grid, Cfg::kThreads, 0, stream, p);
+            }
+          });
         });
       });
     });

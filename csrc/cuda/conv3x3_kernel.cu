@@ -28,6 +28,7 @@
 #include "../checks.h"
 #include "../conv_choice.h"
 #include "../conv_plan.h"
+#include "../conv_pool.h"
 #include "../dispatch.h"
 #include "conv3x3_igemm.cuh"
 #include "conv3x3_wgrad_igemm.cuh"
@@ -416,10 +417,13 @@ igemm::TileChoice tile_choice(Tiles t) {
 // prepared by the caller and `in` is given as [n][h][w][cp]; or, with `filt` [K][1][1][Cuf],
 // the 1 × 1 convolution of an unfolded input (pad 0). `mask` (grad-input through a ReLU:
 // the forward's output, laid out as `in`), when defined: `in` counts only where it is > 0.
+// `pool` (2 or 3; 0: none): `out` is the conv's output max-pooled pool x pool with stride
+// pool, pooled in the epilogue.
 template <typename scalar_t>
 void igemm_conv(const at::Tensor& in_nhwc, int64_t in_h, int64_t in_w, const at::Tensor& filt,
                 const at::Tensor& bias, int64_t pad, bool relu, at::Tensor& out,
-                Tiles tiles, cudaStream_t stream, const at::Tensor& mask = at::Tensor()) {
+                Tiles tiles, cudaStream_t stream, const at::Tensor& mask = at::Tensor(),
+                int64_t pool = 0) {
   const int64_t taps = filt.size(1) * filt.size(2);
   TORCH_INTERNAL_ASSERT(in_nhwc.is_contiguous() && filt.is_contiguous() &&
                         filt.size(1) == filt.size(2) && (taps == 9 || (taps == 1 && pad == 0)) &&
@@ -431,19 +435,28 @@ void igemm_conv(const at::Tensor& in_nhwc, int64_t in_h, int64_t in_w, const at:
   p.bias = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
   p.out = out.mutable_data_ptr<scalar_t>();
   p.out_s = strides4(out);
+  // The conv's output size: the 1 × 1 convolution of an unfolded input keeps its size.
+  const int64_t out_h = taps == 9 ? in_h + 2 * pad - 2 : in_h;
+  const int64_t out_w = taps == 9 ? in_w + 2 * pad - 2 : in_w;
+  TORCH_INTERNAL_ASSERT(pool == 0 ? out.size(2) == out_h && out.size(3) == out_w
+                                  : out.size(2) == out_h / pool && out.size(3) == out_w / pool);
   p.n = out.size(0);
-  p.m = out.size(0) * out.size(2) * out.size(3);
+  p.m = out.size(0) * out_h * out_w;
   p.h = static_cast<int>(in_h);
   p.w = static_cast<int>(in_w);
   p.cp = static_cast<int>(in_nhwc.size(3));
   p.cpf = static_cast<int>(filt.size(3));
   p.k = static_cast<int>(out.size(1));
-  p.out_h = static_cast<int>(out.size(2));
-  p.out_w = static_cast<int>(out.size(3));
+  p.out_h = static_cast<int>(out_h);
+  p.out_w = static_cast<int>(out_w);
   p.pad = static_cast<int>(pad);
   p.relu = relu;
   p.taps = static_cast<int>(taps);
   p.mask = mask.defined() ? mask.const_data_ptr<scalar_t>() : nullptr;
+  p.pool = static_cast<int>(pool);
+  p.pool_h = pool == 0 ? 0 : static_cast<int>(out.size(2));
+  p.pool_w = pool == 0 ? 0 : static_cast<int>(out.size(3));
+  p.pool_m = pool == 0 ? 0 : out.size(0) * out.size(2) * out.size(3);
   igemm::launch(p, dense_channels_last(out), stream, tile_choice(tiles));
 }
 
@@ -458,29 +471,40 @@ void dispatch_tensor_core(at::ScalarType t, F&& f) {
 
 at::Tensor conv3x3_cuda(const at::Tensor& input, const at::Tensor& weight,
                         const std::optional<at::Tensor>& bias, int64_t padding, bool relu,
-                        at::OptionalIntArrayRef requested) {
+                        at::OptionalIntArrayRef requested, int64_t pool, bool pool_offsets) {
   check_conv3x3_args(input, weight, bias, padding);
+  const auto pooled_size = check_conv3x3_pool_args(input, weight, padding, pool, pool_offsets);
   // On the input's device: "auto" may time the candidates here, on its current stream.
   const c10::cuda::CUDAGuard guard(input.device());
   const choice::Codes algos = choice::forward_algos(
       input, weight, bias.has_value(), padding, relu,
       choice::records_grad(input, weight, bias), requested);
   const int64_t out_h = input.size(2) + 2 * padding - 2, out_w = input.size(3) + 2 * padding - 2;
-  at::Tensor out = empty_in_format_of({input.size(0), weight.size(0), out_h, out_w}, input);
-  if (out.numel() == 0) return out;
+  if (input.size(0) == 0) return empty_in_format_of(pooled_size, input);
   const DirectionPlan plan =
       plan_direction(conv_problem(input, weight, padding), ConvDirection::kForward, algos[0],
                      true, device_info(), "conv3x3", algo_argument(ConvDirection::kForward, false));
+  // The tensor-core kernels pool in their epilogue where they can; the rest composes.
+  const bool tensor_cores =
+      plan.kernel == ConvKernel::kImplicitGemm || plan.kernel == ConvKernel::kUnfolded;
+  const int64_t fused_pool = tensor_cores && pool_in_epilogue(pool, pool_offsets) ? pool : 0;
+  at::Tensor out = empty_in_format_of(
+      fused_pool != 0 ? pooled_size : std::vector<int64_t>{input.size(0), weight.size(0), out_h, out_w},
+      input);
+  const auto finish = [&](const at::Tensor& conv_out) {
+    return fused_pool != 0 ? conv_out : pool_conv_output(conv_out, pool, pool_offsets);
+  };
   const cudaStream_t stream = current_stream();
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
   switch (plan.kernel) {
-    case ConvKernel::kAten: return aten_conv3x3(input, weight, bias, padding, relu);
+    case ConvKernel::kAten: return finish(aten_conv3x3(input, weight, bias, padding, relu));
     case ConvKernel::kUnfolded: {
       const auto [x, filt] = unfolded_operands(input, weight, padding, plan);
       dispatch_tensor_core(input.scalar_type(), [&](auto t) {
-        igemm_conv<decltype(t)>(x, out_h, out_w, filt, b, 0, relu, out, plan.tiles, stream);
+        igemm_conv<decltype(t)>(x, out_h, out_w, filt, b, 0, relu, out, plan.tiles, stream,
+                                at::Tensor(), fused_pool);
       });
-      return out;
+      return finish(out);
     }
     case ConvKernel::kImplicitGemm: {
       const at::Tensor x = nhwc_operand(input, plan.channels, plan.copy_activations,
@@ -489,9 +513,9 @@ at::Tensor conv3x3_cuda(const at::Tensor& input, const at::Tensor& weight,
                                            "conv3x3 copy: filters");
       dispatch_tensor_core(input.scalar_type(), [&](auto t) {
         igemm_conv<decltype(t)>(x, input.size(2), input.size(3), filt, b, padding, relu, out,
-                                plan.tiles, stream);
+                                plan.tiles, stream, at::Tensor(), fused_pool);
       });
-      return out;
+      return finish(out);
     }
     case ConvKernel::kDirect: break;
     default: TORCH_INTERNAL_ASSERT(false, "conv3x3: unexpected forward plan");
@@ -521,7 +545,7 @@ at::Tensor conv3x3_cuda(const at::Tensor& input, const at::Tensor& weight,
     p.relu = relu;
     launch_direct_conv(p, stream);
   });
-  return out;
+  return finish(out);
 }
 
 template <typename scalar_t>

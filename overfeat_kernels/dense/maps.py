@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..models.heads import head_as_convs, linear_as_conv
+from ..nn import fusable_tail
 
 __all__ = [
     "OVERFEAT_SCALES",
@@ -99,26 +100,39 @@ def dense_maps(
     if method not in ("offsets", "dilated"):
         raise ValueError(f"score_map: method must be 'offsets' or 'dilated', got {method!r}")
     heads = [model.classifier] if heads is None else heads
-    trunk, last_pool = model.features[:-1], model.features[-1]
-    pre = trunk(images)  # the last feature map before the last max-pool
+    trunk = model.features[:-1]  # all but the last max-pool
     s = spec.fc_kernel
     if not fine_stride:
-        pooled = last_pool(pre)
+        pooled = model.features(images)  # the last pool fused into the last conv where it can
         return [head_as_convs(h, pooled, s) for h in heads]
     k = spec.pool_kernel
     if method == "dilated":
-        pooled = F.max_pool2d(pre, k, stride=1)
+        pooled = F.max_pool2d(trunk(images), k, stride=1)
         return [head_as_convs(h, pooled, s, first_dilation=k) for h in heads]
-    side = min(pre.shape[-2:])
+    # The offset pooling fused into the last conv (conv3x3's pool_offsets) where the trunk
+    # ends with a Conv3x3 (and nothing but nn.Identity / nn.ReLU after it).
+    modules = list(trunk)
+    last = fusable_tail(modules)
+    if last is None:
+        pre, conv = trunk(images), None  # the last feature map before the last max-pool
+    else:
+        pre, conv = trunk[:last](images), modules[last]
+    grow = 2 * conv.padding - 2 if conv is not None else 0  # the last conv's, when fused
+    shape = tuple(d + grow for d in pre.shape[-2:])
+    side = min(shape)
     if (side - k + 1) // k < s:
         need = k * s + k - 1
         more = (need - side) * spec.stride // k
         raise ValueError(
             f"score_map: fine stride with method='offsets' needs a last feature map of at "
-            f"least {need}x{need} before the last pool, got {tuple(pre.shape[-2:])}: use images "
+            f"least {need}x{need} before the last pool, got {shape}: use images "
             f"about {more} pixels larger, or method='dilated'"
         )
-    pooled = ops.offset_max_pool2d(pre, k)
+    if conv is None:
+        pooled = ops.offset_max_pool2d(pre, k)
+    else:
+        relu = conv.relu or any(type(m) is nn.ReLU for m in modules[last + 1 :])
+        pooled = ops.conv3x3(pre, conv.weight, conv.bias, conv.padding, relu, k, True)
     return [ops.interleave(head_as_convs(h, pooled, s), k) for h in heads]
 
 

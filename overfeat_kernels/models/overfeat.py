@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..nn import Conv3x3
+from ..nn import Conv3x3, FusedSequential
 from .spec import DenseSpec
 
 
@@ -56,7 +56,7 @@ class OverFeat(nn.Module):
                 stride *= pool
                 last_pool = pool
             channels = out
-        self.features = nn.Sequential(*layers)
+        self.features = FusedSequential(*layers)
         hidden = arch.fc
         fc_in = channels * arch.fc_kernel**2
         self.classifier = nn.Sequential(

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..nn import Conv3x3
+from .. import ops
+from ..nn import Conv3x3, FusedSequential, fusable_pool
 from .heads import linear_as_conv
 
 __all__ = ["Tap", "forward_layers", "layer_shapes", "layer_taps"]
@@ -84,12 +85,24 @@ def forward_layers(model: nn.Module, images: Tensor, names: list[str],
     last = max((0 if p == "features" else 1, i) for p, i in wanted)
     out: dict[str, Tensor] = {}
     x = images
-    for i, m in enumerate(model.features):
-        x = m(x)
+    modules = list(model.features)
+    i = 0
+    while i < len(modules):
+        # A conv and the max-pool after it run as one call (FusedSequential's fusion)
+        # unless a layer between them is wanted.
+        fused = fusable_pool(modules, i) if isinstance(model.features, FusedSequential) else None
+        if fused is not None and not any(("features", j) in wanted for j in range(i, fused[1])):
+            k, j, relu = fused
+            conv = modules[i]
+            x = ops.conv3x3(x, conv.weight, conv.bias, conv.padding, relu, k)
+            i = j
+        else:
+            x = modules[i](x)
         if ("features", i) in wanted:
             out[wanted["features", i]] = x
         if last == (0, i):
             return out
+        i += 1
     spec = model.dense_spec
     if not dense:
         if hasattr(model, "avgpool"):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..nn import Conv3x3
+from ..nn import Conv3x3, FusedSequential
 from .spec import DenseSpec
 
 # Numbers are output channels of a 3x3 conv, "1:n" a 1x1 conv, "M" a 2x2 max-pool, "LRN"
@@ -79,7 +79,7 @@ def _vgg_features(config: list[int | str], batch_norm: bool) -> nn.Sequential:
             else:  # ReLU fused; Identity keeps torchvision's module indices
                 layers += [Conv3x3(channels, v, relu=True), nn.Identity()]
             channels = v
-    return nn.Sequential(*layers)
+    return FusedSequential(*layers)
 
 
 def vgg(config: str, batch_norm: bool = False, num_classes: int = 1000) -> VGG:

@@ -83,7 +83,14 @@ def sizes_fit(op: str, k: int, *products: tuple[int, int]) -> None:
 
 
 def conv3x3(
-    input: object, weight: object, bias: object, padding: object, relu: object = False
+    input: object,
+    weight: object,
+    bias: object,
+    padding: object,
+    relu: object = False,
+    algos: object = None,
+    pool: object = 0,
+    pool_offsets: object = False,
 ) -> tuple[int, int, int, int]:
     op = "conv3x3"
     input = map4d(input, op, "input")
@@ -119,7 +126,34 @@ def conv3x3(
             raise ValueError(
                 f"{op}: bias must be [{weight.shape[0]}], got shape {tuple(bias.shape)}"
             )
-    return (n, weight.shape[0], h + 2 * padding - 2, w + 2 * padding - 2)
+    k, ho, wo = weight.shape[0], h + 2 * padding - 2, w + 2 * padding - 2
+    pool = integer(pool, op, "pool")
+    if pool != 0 and pool < 2:
+        raise ValueError(f"{op}: pool must be 0 (no pooling) or a window size >= 2, got {pool}")
+    if not isinstance(pool_offsets, bool):
+        raise TypeError(f"{op}: pool_offsets must be a bool, got {type(pool_offsets).__name__}")
+    if pool_offsets and pool < 2:
+        raise ValueError(f"{op}: pool_offsets=True needs a pool window size >= 2, got pool={pool}")
+    if pool == 0:
+        return (n, k, ho, wo)
+    if not pool_offsets:
+        if ho < pool or wo < pool:
+            raise ValueError(
+                f"{op}: output of spatial size {ho}x{wo} is too small for max pooling with "
+                f"pool={pool}"
+            )
+        return (n, k, ho // pool, wo // pool)
+    if (ho - pool + 1) // pool < 1 or (wo - pool + 1) // pool < 1:
+        raise ValueError(
+            f"{op}: output of spatial size {ho}x{wo} is too small for offset pooling with "
+            f"pool={pool} (needs 2*pool - 1 = {2 * pool - 1})"
+        )
+    if isinstance(n, int) and n * pool * pool > _INT64_MAX:
+        raise ValueError(
+            f"{op}: pool={pool} is too large: the pooled batch ({n} * {pool}**2) does not fit "
+            "in 64 bits"
+        )
+    return (n * pool * pool, k, (ho - pool + 1) // pool, (wo - pool + 1) // pool)
 
 
 def offset_max_pool2d(

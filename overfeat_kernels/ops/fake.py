@@ -23,8 +23,9 @@ def _register_fakes() -> None:
     lib = "overfeat_kernels::"
 
     @torch.library.register_fake(lib + "conv3x3")
-    def _conv3x3_fake(input, weight, bias, padding, relu, algos=None):
-        return _empty_as(input, check.conv3x3(input, weight, bias, padding, relu))
+    def _conv3x3_fake(input, weight, bias, padding, relu, algos=None, pool=0, pool_offsets=False):
+        shape = check.conv3x3(input, weight, bias, padding, relu, algos, pool, pool_offsets)
+        return _empty_as(input, shape)
 
     @torch.library.register_fake(lib + "conv3x3_backward")
     def _conv3x3_backward_fake(

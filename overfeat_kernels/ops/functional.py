@@ -57,11 +57,23 @@ def conv3x3(
     bias: Tensor | None = None,
     padding: int = 1,
     relu: bool = False,
+    pool: int = 0,
+    pool_offsets: bool = False,
 ) -> Tensor:
-    """3x3 convolution, stride 1, with an optional fused bias and ReLU.
+    """3x3 convolution, stride 1, with an optional fused bias, ReLU and max-pooling.
 
     Equal to ``F.conv2d(input, weight, bias, padding=padding)`` followed by ``F.relu`` when
-    ``relu=True``; float32 accumulation for float16 / bfloat16.
+    ``relu=True``, then by ``F.max_pool2d(·, pool)`` when ``pool = k >= 2`` (or by
+    ``offset_max_pool2d(·, pool)`` with ``pool_offsets=True``); float32 accumulation for
+    float16 / bfloat16.
+
+    On a GPU, where our tensor-core kernels run (bfloat16, float16, TF32), 2x2 and 3x3
+    max-pooling happens in the convolution's epilogue: the unpooled map is never written.
+    Elsewhere (the CPU, float64, exact float32, PyTorch's convolution chosen by the conv
+    backend, offset pooling, windows of 4 and more) the pooling runs after the convolution.
+    Either way the result is bit for bit the composition's, NaN and ties included. With
+    gradients required the unpooled map is kept for the backward (as the composition keeps
+    it), so the fusion pays off in inference.
 
     Args:
         input: ``[N, C, H, W]``, float32 / float16 / bfloat16 / float64, NCHW or
@@ -70,6 +82,10 @@ def conv3x3(
         bias: ``[K]`` or None.
         padding: 0 or 1.
         relu: apply ReLU to the result (its gradient is masked by ``output > 0``).
+        pool: 0 (no pooling) or a window size k >= 2: k x k max-pooling with stride k, no
+            padding, trailing rows and columns dropped.
+        pool_offsets: pool at every one of the k*k pixel offsets, as
+            :func:`offset_max_pool2d` (needs ``pool >= 2``).
 
     Under ``torch.autocast`` the inputs are cast to the autocast dtype, as for F.conv2d.
     Which implementation runs (our kernels or ``F.conv2d``, timed per shape on a GPU by
@@ -77,19 +93,23 @@ def conv3x3(
     :mod:`overfeat_kernels.ops.backend`.
 
     Returns:
-        ``[N, K, H + 2*padding - 2, W + 2*padding - 2]``.
+        ``[N, K, H', W']`` with ``H' = H + 2*padding - 2`` (likewise W'); pooled,
+        ``[N, K, H' // k, W' // k]``, or ``[N*k*k, K, (H' - k + 1) // k, (W' - k + 1) // k]``
+        with offsets.
 
     Example:
         >>> x = torch.randn(2, 3, 32, 32)
         >>> w = torch.randn(64, 3, 3, 3)
         >>> conv3x3(x, w, torch.zeros(64), padding=1, relu=True).shape
         torch.Size([2, 64, 32, 32])
+        >>> conv3x3(x, w, torch.zeros(64), padding=1, relu=True, pool=2).shape
+        torch.Size([2, 64, 16, 16])
     """
     if _C is not None and not _compiling():
-        out = _C.conv3x3(input, weight, bias, padding, relu)
+        out = _C.conv3x3(input, weight, bias, padding, relu, pool, pool_offsets)
         if out is not NotImplemented:
             return out
-    return _general("conv3x3", input, weight, bias, padding, relu)
+    return _general("conv3x3", input, weight, bias, padding, relu, None, pool, pool_offsets)
 
 
 def offset_max_pool2d(input: Tensor, kernel_size: int) -> Tensor:

@@ -1,0 +1,31 @@
+// conv3x3's pooling (pool = k >= 2), shared by the CPU, CUDA and simulated kernels.
+//
+// The op is defined as the composition: the conv (+ bias, ReLU), then F.max_pool2d(out, k)
+// (stride k, no padding, floor), or offset_max_pool2d(out, k) with pool_offsets. The
+// tensor-core forward kernels pool 2 x 2 and 3 x 3 windows in their epilogue and never
+// write the unpooled map (conv3x3_igemm.cuh, "pooling"); every other path (CPU, float64,
+// exact float32, the direct kernel, PyTorch's convolution, offsets, larger windows) runs
+// the composition below. Max commutes with the rounding to the output dtype, so both give
+// the same bits.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "op_handles.h"
+
+namespace overfeat_kernels {
+
+// Whether the tensor-core forward pools in its epilogue: non-overlapping windows whose k^2
+// pixels fit a tile's rows several times over.
+inline bool pool_in_epilogue(int64_t pool, bool offsets) {
+  return !offsets && (pool == 2 || pool == 3);
+}
+
+// `out` (the conv's output) pooled as the op's definition says, in its memory format.
+inline at::Tensor pool_conv_output(const at::Tensor& out, int64_t pool, bool offsets) {
+  if (pool == 0) return out;
+  if (offsets) return op::offset_max_pool2d().call(out, pool);
+  return at::max_pool2d(out, {pool, pool}, {pool, pool}).contiguous(out.suggest_memory_format());
+}
+
+}  // namespace overfeat_kernels

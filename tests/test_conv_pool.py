@@ -1,0 +1,392 @@
+"""conv3x3's pooling (``pool=k``, ``pool_offsets``): against F.conv2d + F.relu +
+F.max_pool2d / the reference offset pooling in float64 on the CPU; in the CUDA simulator,
+the tensor-core kernels' pooling epilogue bit for bit against the same kernel unfused
+followed by the pooling (max commutes with the rounding), NaN and ties included; gradients
+against the composition; bad arguments; the layers and the models that fuse."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from samples import make_map
+from torch import nn
+
+import overfeat_kernels as ok
+from overfeat_kernels import nn as onn
+from overfeat_kernels import reference, simulator
+from overfeat_kernels.models.heads import head_as_convs
+from overfeat_kernels.models.taps import forward_layers
+
+OP = torch.ops.overfeat_kernels.conv3x3.default
+
+
+def _composition(x, w, b, pad, relu, pool, offsets):
+    y = F.conv2d(x, w, b, padding=pad)
+    if relu:
+        y = F.relu(y)
+    if pool == 0:
+        return y
+    return reference.offset_max_pool2d(y, pool) if offsets else F.max_pool2d(y, pool)
+
+
+def _inputs(n, c, k, h, w, dtype=torch.float64, layout="nchw", bias=True, values="normal"):
+    x = make_map((n, c, h, w), dtype, "cpu", layout, values=values)
+    wt = (torch.randn(k, c, 3, 3, dtype=torch.float64) / (3 * c) ** 0.5).to(dtype)
+    if values == "ties":  # few distinct outputs: equal maxima inside windows
+        wt = torch.randint(-1, 2, (k, c, 3, 3)).to(dtype)
+    b = torch.randn(k, dtype=torch.float64).to(dtype) if bias else None
+    return x, wt, b
+
+
+# (N, C, K, H, W, padding, layout, pool, offsets): odd sizes whose trailing rows and
+# columns no window uses, NCHW / channels_last / a strided view, windows 2, 3 and 4.
+CPU_CASES = [
+    (2, 3, 5, 9, 12, 1, "nchw", 2, False),
+    (1, 4, 6, 11, 10, 0, "channels_last", 3, False),
+    (2, 5, 3, 13, 9, 1, "strided", 4, False),
+    (1, 3, 4, 12, 13, 1, "nchw", 2, True),
+    (2, 2, 3, 11, 14, 0, "channels_last", 3, True),
+]
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("case", CPU_CASES, ids=str)
+def test_cpu_float64_equals_composition(case, relu):
+    n, c, k, h, w, pad, layout, pool, offsets = case
+    x, wt, b = _inputs(n, c, k, h, w, layout=layout)
+    out = ok.conv3x3(x, wt, b, pad, relu, pool=pool, pool_offsets=offsets)
+    ref = _composition(x, wt, b, pad, relu, pool, offsets)
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    if layout == "channels_last":
+        assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_low_precision_equals_unfused_then_pooled(dtype):
+    x, wt, b = _inputs(2, 6, 7, 13, 11, dtype)
+    x[0, 1, 4, 4] = float("nan")
+    for pool, offsets in [(2, False), (3, False), (2, True)]:
+        out = ok.conv3x3(x, wt, b, 1, True, pool=pool, pool_offsets=offsets)
+        y = ok.conv3x3(x, wt, b, 1, True)
+        ref = ok.offset_max_pool2d(y, pool) if offsets else F.max_pool2d(y, pool)
+        assert torch.equal(out.isnan(), ref.isnan()) and out.isnan().any()
+        torch.testing.assert_close(out, ref, rtol=0, atol=0, equal_nan=True)
+
+
+def test_empty_batch_and_shapes():
+    x, wt, b = _inputs(0, 3, 4, 9, 8)
+    assert ok.conv3x3(x, wt, b, pool=2).shape == (0, 4, 4, 4)
+    assert ok.conv3x3(x, wt, b, pool=2, pool_offsets=True).shape == (0, 4, 4, 3)
+    assert ok.conv3x3(x, wt, b, pool=3, pool_offsets=True).shape == (0, 4, 2, 2)
+
+
+BAD = [
+    (dict(pool=1), ValueError, "pool must be 0"),
+    (dict(pool=-2), ValueError, "pool must be 0"),
+    (dict(pool_offsets=True), ValueError, "pool_offsets=True needs"),
+    (dict(pool=8), ValueError, "too small for max pooling with pool=8"),
+    (dict(pool=5, pool_offsets=True), ValueError, "too small for offset pooling with pool=5"),
+    (dict(pool=2.0), TypeError, "pool must be an int"),
+    (dict(pool=True), TypeError, "pool must be an int"),
+    (dict(pool=2, pool_offsets=1), TypeError, "pool_offsets must be a bool"),
+    (dict(pool=2**70), ValueError, "pool must be 0"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), BAD, ids=str)
+def test_bad_pool_arguments(kwargs, error, message):
+    x, wt, b = _inputs(1, 3, 4, 7, 7)
+    with pytest.raises(error, match=message):
+        ok.conv3x3(x, wt, b, 1, True, **kwargs)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    (dict(pool=1), "pool must be 0"),
+    (dict(pool_offsets=True), "pool_offsets=True needs"),
+    (dict(pool=8), "too small for max pooling"),
+    (dict(pool=5, pool_offsets=True), "too small for offset pooling"),
+])  # fmt: skip
+def test_bad_pool_arguments_of_the_raw_op(kwargs, message):
+    x, wt, b = _inputs(1, 3, 4, 7, 7)
+    with pytest.raises(ValueError, match=message):
+        OP(x, wt, b, 1, True, None, kwargs.get("pool", 0), kwargs.get("pool_offsets", False))
+    if simulator.available():
+        with simulator.simulate_cuda(), pytest.raises(ValueError, match=message):
+            OP(x, wt, b, 1, True, None, kwargs.get("pool", 0), kwargs.get("pool_offsets", False))
+
+
+@pytest.mark.parametrize(("pool", "offsets"), [(2, False), (3, False), (2, True)])
+def test_gradcheck_float64(pool, offsets):
+    # Distinct values everywhere (no ties at a window's max), so the max is differentiable.
+    x, wt, b = _inputs(1, 2, 3, 8, 7)
+    x.requires_grad_()
+    wt.requires_grad_()
+    b.requires_grad_()
+    torch.autograd.gradcheck(
+        lambda *a: ok.conv3x3(*a, padding=1, relu=True, pool=pool, pool_offsets=offsets),
+        (x, wt, b),
+    )
+
+
+@pytest.mark.parametrize(("pool", "offsets"), [(2, False), (3, True)])
+def test_gradients_equal_the_composition(pool, offsets):
+    x, wt, b = _inputs(2, 3, 4, 10, 9, values="ties")  # tied maxima: the first one wins
+    leaves = [t.clone().requires_grad_() for t in (x, wt, b)]
+    ours = ok.conv3x3(*leaves, 1, True, pool=pool, pool_offsets=offsets)
+    ref_leaves = [t.clone().requires_grad_() for t in (x, wt, b)]
+    ref = _composition(*ref_leaves, 1, True, pool, offsets)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=0)
+    for a, r in zip(torch.autograd.grad(ours, leaves, g), torch.autograd.grad(ref, ref_leaves, g),
+                    strict=True):  # fmt: skip
+        torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
+
+
+def test_opcheck_and_compile():
+    x, wt, b = _inputs(1, 3, 4, 9, 8, torch.float32)
+    for pool, offsets in [(2, False), (3, True)]:
+        torch.library.opcheck(OP, (x, wt, b, 1, True, None, pool, offsets))
+        leaves = [t.clone().requires_grad_() for t in (x, wt, b)]
+        torch.library.opcheck(OP, (*leaves, 1, True, None, pool, offsets))
+
+    def f(x, w, b):
+        return ok.conv3x3(x, w, b, 1, True, pool=2) * 2
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x, wt, b), f(x, wt, b), rtol=0, atol=0)
+
+
+# ---- the tensor-core kernels' pooling epilogue, in the simulator ---------------------------
+
+sim = [
+    pytest.mark.sim,
+    pytest.mark.skipif(not simulator.available(), reason="CUDA simulator not built"),
+]
+TF32 = "tf32"
+IGEMM = "conv3x3_igemm_kernel"
+# (N, C, K, H, W, padding, layout, pool, tiles): several windows' tiles per image and
+# images per tile, windows cut by the map's end, K not a multiple of the vector (scalar
+# stores), few input channels (the unfolded 1 x 1 path), large and small tiles.
+SIM_CASES = [
+    (2, 8, 17, 13, 11, 1, "channels_last", 2, "small"),
+    (1, 17, 16, 12, 15, 0, "nchw", 2, "large"),
+    (2, 16, 8, 11, 13, 1, "strided", 3, "small"),
+    (1, 3, 16, 17, 10, 1, "channels_last", 3, "large"),
+    (1, 3, 24, 9, 14, 0, "nchw", 2, "small"),
+]
+TILES = {"large": [2, 2, 0], "small": [3, 3, 0]}
+
+
+def _sim_dtype(d):
+    return torch.float32 if d == TF32 else d
+
+
+def _bits(t):
+    t = t.contiguous()
+    return t.view(torch.int32 if t.element_size() == 4 else torch.int16)
+
+
+def _same_bits(a, b):
+    """Bit for bit, except NaN payloads (ATen's CPU max_pool2d rewrites bfloat16 NaNs in
+    channels_last maps; the kernels keep the conv's)."""
+    nan = a.isnan()
+    return torch.equal(nan, b.isnan()) and torch.equal(_bits(a)[~nan], _bits(b)[~nan])
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, TF32], ids=str)
+@pytest.mark.parametrize("case", SIM_CASES, ids=str)
+@pytest.mark.usefixtures("_tf32_on")
+@pytest.mark.sim
+@pytest.mark.skipif(not simulator.available(), reason="CUDA simulator not built")
+def test_sim_epilogue_pool_bit_equal_to_unfused(case, dtype, relu):
+    n, c, k, h, w, pad, layout, pool, tiles = case
+    x, wt, b = _inputs(n, c, k, h, w, _sim_dtype(dtype), layout)
+    # NaN inside windows and in the trailing rows no window uses (3 x 3 neighbourhoods).
+    x[0, 0, 2, 3] = float("nan")
+    x[n - 1, c - 1, h - 1, w - 1] = float("nan")
+    algos = TILES[tiles]
+    simulator.reset_launch_counts()
+    with simulator.simulate_cuda():
+        fused = OP(x, wt, b, pad, relu, algos, pool, False)
+        fused_launches = simulator.launch_counts()
+        unfused = OP(x, wt, b, pad, relu, algos)
+    ref = F.max_pool2d(unfused, pool)
+    # The igemm kernel's last two switches: kMasked, kPool.
+    names = [name.replace(" ", "") for name in fused_launches]
+    pooled_kernels = [name for name in names if IGEMM in name and name.endswith(",false,true>")]
+    assert pooled_kernels, fused_launches
+    assert fused.shape == ref.shape
+    if layout == "channels_last":
+        assert fused.is_contiguous(memory_format=torch.channels_last)
+    elif layout == "nchw":
+        assert fused.is_contiguous()
+    assert _same_bits(fused, ref)
+    assert fused.isnan().any()
+
+
+@pytest.mark.usefixtures("_tf32_on")
+@pytest.mark.sim
+@pytest.mark.skipif(not simulator.available(), reason="CUDA simulator not built")
+def test_sim_ties_and_signed_zeros_pick_the_first_maximum():
+    # Integer weights and inputs: many equal maxima, and ReLU's zeros in every window.
+    x, wt, _ = _inputs(1, 8, 16, 10, 10, torch.bfloat16, "channels_last", values="ties")
+    with simulator.simulate_cuda():
+        fused = OP(x, wt, None, 1, True, [3, 3, 0], 2, False)
+        unfused = OP(x, wt, None, 1, True, [3, 3, 0])
+    assert _same_bits(fused, F.max_pool2d(unfused, 2))
+
+
+@pytest.mark.usefixtures("_tf32_on")
+@pytest.mark.sim
+@pytest.mark.skipif(not simulator.available(), reason="CUDA simulator not built")
+@pytest.mark.parametrize(("pool", "offsets", "algos"), [
+    (2, True, [2, 2, 0]),  # offsets: composed after the tensor-core conv
+    (4, False, [3, 3, 0]),  # windows of 16 pixels: composed
+    (2, False, [1, 1, 1]),  # the direct kernel: composed
+])  # fmt: skip
+def test_sim_composed_paths(pool, offsets, algos):
+    x, wt, b = _inputs(1, 8, 8, 12, 11, torch.float16, "nchw")
+    with simulator.simulate_cuda():
+        out = OP(x, wt, b, 1, True, algos, pool, offsets)
+        y = OP(x, wt, b, 1, True, algos)
+        ref = ok.offset_max_pool2d(y, pool) if offsets else F.max_pool2d(y, pool)
+    assert _same_bits(out, ref)
+
+
+@pytest.mark.sim
+@pytest.mark.skipif(not simulator.available(), reason="CUDA simulator not built")
+def test_sim_gradients_equal_the_composition():
+    x, wt, b = _inputs(1, 8, 8, 9, 10, torch.float16, "channels_last")
+    leaves = [t.clone().requires_grad_() for t in (x, wt, b)]
+    ref_leaves = [t.clone().requires_grad_() for t in (x, wt, b)]
+    with simulator.simulate_cuda():
+        ours = ok.conv3x3(*leaves, 1, True, pool=2)
+        ref = F.max_pool2d(ok.conv3x3(*ref_leaves, 1, True), 2)
+        g = torch.randn_like(ref)
+        grads = torch.autograd.grad(ours, leaves, g)
+        ref_grads = torch.autograd.grad(ref, ref_leaves, g)
+    assert torch.equal(ours, ref)
+    for a, r in zip(grads, ref_grads, strict=True):
+        assert torch.equal(a, r)
+
+
+@pytest.fixture
+def _tf32_on():
+    old = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = True
+    yield
+    torch.backends.cudnn.allow_tf32 = old
+
+
+# ---- layers and models -------------------------------------------------------------------
+
+
+def test_layer_pool_and_repr():
+    layer = onn.Conv3x3(3, 8, relu=True, pool=2).double()
+    x = torch.randn(2, 3, 11, 9, dtype=torch.float64)
+    ref = F.max_pool2d(F.relu(F.conv2d(x, layer.weight, layer.bias, padding=1)), 2)
+    torch.testing.assert_close(layer(x), ref, rtol=1e-12, atol=1e-12)
+    assert "pool=2" in repr(layer)
+    stock = onn.to_stock(layer)
+    assert [type(m) for m in stock] == [nn.Conv2d, nn.ReLU, nn.MaxPool2d]
+    torch.testing.assert_close(stock(x), ref, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="pool must be 0"):
+        onn.Conv3x3(3, 8, pool=1)
+    with pytest.raises(ValueError, match="pool_offsets=True needs"):
+        onn.Conv3x3(3, 8, pool_offsets=True)
+
+
+def test_convert_fuses_a_following_max_pool():
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2),
+        nn.Conv2d(8, 8, 3, padding=1), nn.MaxPool2d(3),
+        nn.Conv2d(8, 8, 3, padding=1), nn.MaxPool2d(2, stride=1),  # overlapping: not fused
+    ).double()  # fmt: skip
+    x = torch.randn(1, 3, 26, 25, dtype=torch.float64)
+    ref = net(x)
+    keys = list(net.state_dict())
+    onn.convert(net, verbose=False)
+    assert net[0].pool == 2 and net[0].relu and type(net[2]) is nn.Identity
+    assert net[3].pool == 3 and not net[3].relu and type(net[4]) is nn.Identity
+    assert net[5].pool == 0 and type(net[6]) is nn.MaxPool2d
+    assert list(net.state_dict()) == keys
+    torch.testing.assert_close(net(x), ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(onn.to_stock(net)(x), ref, rtol=1e-12, atol=1e-12)
+
+
+def _count_pooled_calls(model, x):
+    """How many conv3x3 calls with pool > 0 a forward pass makes."""
+    calls = []
+    original = onn.ops.conv3x3
+
+    def spy(*args, **kwargs):
+        calls.append(args[5] if len(args) > 5 else kwargs.get("pool", 0))
+        return original(*args, **kwargs)
+
+    onn.ops.conv3x3 = spy
+    try:
+        out = model(x)
+    finally:
+        onn.ops.conv3x3 = original
+    return out, sum(1 for p in calls if p)
+
+
+def test_fused_sequential_equals_the_plain_one_and_respects_hooks():
+    seq = onn.FusedSequential(
+        onn.Conv3x3(3, 8, relu=True), nn.Identity(), nn.MaxPool2d(2, 2),
+        onn.Conv3x3(8, 8), nn.ReLU(), nn.MaxPool2d(2),
+        onn.Conv3x3(8, 8, relu=True), nn.BatchNorm2d(8), nn.MaxPool2d(2),  # BN between: unfused
+    ).double().eval()  # fmt: skip
+    x = torch.randn(2, 3, 37, 35, dtype=torch.float64)
+    plain = nn.Sequential(*seq)
+    out, pooled = _count_pooled_calls(seq, x)
+    assert pooled == 2
+    torch.testing.assert_close(out, plain(x), rtol=1e-12, atol=1e-12)
+    seen = []
+    seq[1].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    out, pooled = _count_pooled_calls(seq, x)
+    assert pooled == 1 and seen == [(2, 8, 37, 35)]
+    torch.testing.assert_close(out, plain(x), rtol=1e-12, atol=1e-12)
+    assert type(onn.to_stock(seq)) is nn.Sequential
+
+
+def test_vgg_fuses_every_pool_and_keeps_torchvision_keys():
+    torchvision = pytest.importorskip("torchvision")
+    model = ok.models.vgg11().double().eval()
+    keys = set(torchvision.models.vgg11().state_dict())
+    assert set(model.state_dict()) == keys
+    x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
+    feats, pooled = _count_pooled_calls(model.features, x)
+    assert pooled == 5
+    stock = onn.to_stock(model).features
+    torch.testing.assert_close(feats, stock(x), rtol=1e-10, atol=1e-10)
+    # A tap inside a fused pair still sees the unpooled map.
+    outs = forward_layers(model, x, ["conv1_1", "pool1"])
+    assert outs["conv1_1"].shape == (1, 64, 64, 64) and outs["pool1"].shape == (1, 64, 32, 32)
+
+
+def test_dense_offsets_fuse_the_last_conv_with_the_offset_pooling():
+    model = ok.models.overfeat("fast").double().eval()
+    x = torch.randn(1, 3, 231 + 36, 231 + 36, dtype=torch.float64)
+    fused = ok.dense.score_map(model, x)
+    trunk = nn.Sequential(*model.features[:-1])
+    k = model.dense_spec.pool_kernel
+    pooled = ok.offset_max_pool2d(trunk(x), k)
+    ref = ok.interleave(head_as_convs(model.classifier, pooled, model.dense_spec.fc_kernel), k)
+    torch.testing.assert_close(fused, ref, rtol=1e-10, atol=1e-10)
+
+
+def test_convert_fuses_torchvision_vgg():
+    torchvision = pytest.importorskip("torchvision")
+    net = torchvision.models.vgg11().double().eval()
+    x = torch.randn(1, 3, 48, 40, dtype=torch.float64)
+    ref = net(x)
+    keys = list(net.state_dict())
+    onn.convert(net, verbose=False)
+    assert [m.pool for m in net.features if isinstance(m, onn.Conv3x3)] == [2, 2, 0, 2, 0, 2, 0, 2]
+    assert not any(isinstance(m, nn.MaxPool2d) for m in net.features)
+    assert list(net.state_dict()) == keys
+    torch.testing.assert_close(net(x), ref, rtol=1e-10, atol=1e-10)
