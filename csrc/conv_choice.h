@@ -50,7 +50,11 @@ int8_t parse_mode(const char* name);
 struct Key {
   int8_t device_type = 0, device_index = 0, dtype = 0, padding = 0;
   uint8_t channels_last = 0, bias = 0, relu = 0, tf32 = 0, deterministic = 0, train = 0;
-  uint8_t reserved[6] = {};
+  // The pool window that our tensor-core forward would take into its epilogue (2 or 3; 0
+  // for none, and for training keys): then "auto" times the pooled call against cuDNN's
+  // conv + pool (conv_pool.h, pool_of_key).
+  uint8_t pool = 0;
+  uint8_t reserved[5] = {};
   int64_t n = 0, c = 0, h = 0, w = 0, k = 0;
 };
 static_assert(std::has_unique_object_representations_v<Key>, "Key must have no padding bytes");
@@ -73,9 +77,12 @@ inline bool records_grad(const at::Tensor& input, const at::Tensor& weight,
 }
 
 // The algos a conv3x3 call runs: `requested` checked and returned when given, else the
-// mode's choice under the training key when `train` (records_grad).
+// mode's choice under the training key when `train` (records_grad). `pool`: the call's
+// pool window where pool_in_epilogue (conv_pool.h) holds, else 0; part of inference keys
+// only (training pools after the conv).
 Codes forward_algos(const at::Tensor& input, const at::Tensor& weight, bool bias,
-                    int64_t padding, bool relu, bool train, at::OptionalIntArrayRef requested);
+                    int64_t padding, bool relu, bool train, at::OptionalIntArrayRef requested,
+                    int64_t pool = 0);
 // The same for conv3x3_backward: [grad-input, grad-weight], under the training key (`bias`:
 // whether grad_bias is asked for; a key known with the other bias flag is taken first).
 std::array<int64_t, 2> backward_algos(const at::Tensor& input, const at::Tensor& weight,

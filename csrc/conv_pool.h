@@ -21,6 +21,16 @@ inline bool pool_in_epilogue(int64_t pool, bool offsets) {
   return !offsets && (pool == 2 || pool == 3);
 }
 
+// The pool that a call's "auto" key carries (conv_choice.h): the window where our
+// tensor-core kernels would pool in their epilogue (bfloat16, float16, float32 with TF32
+// allowed), so that the timing compares the pooled calls; else 0 (the conv alone is timed).
+inline int64_t pool_of_key(const at::Tensor& input, int64_t pool, bool offsets) {
+  const auto t = input.scalar_type();
+  const bool tensor_cores = t == at::kBFloat16 || t == at::kHalf ||
+                            (t == at::kFloat && at::globalContext().allowTF32CuDNN());
+  return tensor_cores && pool_in_epilogue(pool, offsets) ? pool : 0;
+}
+
 // `out` (the conv's output) pooled as the op's definition says, in its memory format.
 inline at::Tensor pool_conv_output(const at::Tensor& out, int64_t pool, bool offsets) {
   if (pool == 0) return out;

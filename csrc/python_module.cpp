@@ -151,7 +151,9 @@ PyObject* conv3x3_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   int64_t pool = 0;
   if (!int_arg(args[5], op, "pool", &pool, &overflow)) return nullptr;
   if (overflow != 0) {
-    PyErr_Format(PyExc_ValueError, "%s: pool must be 0 (no pooling) or a window size >= 2, got %s",
+    PyErr_Format(PyExc_ValueError,
+                 overflow > 0 ? "%s: pool must be < 2**63, got %s"
+                              : "%s: pool must be 0 (no pooling) or a window size >= 2, got %s",
                  op, repr(args[5]).c_str());
     return nullptr;
   }
@@ -207,7 +209,7 @@ PyObject* g_tuner = nullptr;  // a callable; owned (never released: it lives as 
 PyObject* key_fields(const ok::choice::Key& key) {
   const auto device = static_cast<c10::DeviceType>(key.device_type);
   return Py_BuildValue(
-      "(sisLLLLLiiiiiii)", c10::DeviceTypeName(device, /*lower_case=*/true).c_str(),
+      "(sisLLLLLiiiiiiii)", c10::DeviceTypeName(device, /*lower_case=*/true).c_str(),
       static_cast<int>(key.device_index),
       std::string(c10::getDtypeNames(static_cast<at::ScalarType>(key.dtype)).first).c_str(),
       static_cast<long long>(key.n), static_cast<long long>(key.c),
@@ -215,7 +217,7 @@ PyObject* key_fields(const ok::choice::Key& key) {
       static_cast<long long>(key.k), static_cast<int>(key.channels_last),
       static_cast<int>(key.padding), static_cast<int>(key.relu), static_cast<int>(key.bias),
       static_cast<int>(key.tf32), static_cast<int>(key.deterministic),
-      static_cast<int>(key.train));
+      static_cast<int>(key.train), static_cast<int>(key.pool));
 }
 
 // The Python error now set, as a C++ exception that keeps it whatever thread catches it.

@@ -133,8 +133,12 @@ class Conv3x3(nn.Module):
 
 
 def _check_pool(pool: object, pool_offsets: object) -> None:
-    if isinstance(pool, bool) or not isinstance(pool, int) or (pool != 0 and pool < 2):
+    if isinstance(pool, bool) or not isinstance(pool, int):
+        raise TypeError(f"Conv3x3: pool must be an int, got {type(pool).__name__} {pool!r}")
+    if pool != 0 and pool < 2:
         raise ValueError(f"Conv3x3: pool must be 0 (no pooling) or an int >= 2, got {pool!r}")
+    if pool >= 2**63:
+        raise ValueError(f"Conv3x3: pool must be < 2**63, got {pool}")
     if not isinstance(pool_offsets, bool):
         raise TypeError(f"Conv3x3: pool_offsets must be a bool, got {pool_offsets!r}")
     if pool_offsets and not pool:
@@ -155,17 +159,26 @@ def _pool_size(module: nn.Module) -> int:
     return k[0]
 
 
-def _hooked(module: nn.Module) -> bool:
-    return bool(module._forward_hooks or module._forward_pre_hooks)
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+def _hooked(module: nn.Module, global_hooks: bool = True) -> bool:
+    """Whether hooks would see `module` run: its own (forward or backward) or, with
+    `global_hooks`, those registered for every module."""
+    if any(getattr(module, name, None) for name in _HOOKS):
+        return True
+    registry = nn.modules.module
+    return global_hooks and any(getattr(registry, f"_global{name}", None) for name in _HOOKS)
 
 
 def fusable_pool(modules: list[nn.Module], i: int) -> tuple[int, int, bool] | None:
     """Whether ``modules[i]`` and a max-pool after it can run as one conv3x3 call:
-    ``(k, j, relu)`` when modules[i] is a Conv3x3 without pooling, modules[j] an
-    ``nn.MaxPool2d(k, k)`` and everything between them nn.Identity or nn.ReLU (relu: whether
-    the call applies ReLU); None otherwise, or when any of them has forward hooks."""
+    ``(k, j, relu)`` when modules[i] is a Conv3x3 (not a subclass) without pooling,
+    modules[j] an ``nn.MaxPool2d(k, k)`` and everything between them nn.Identity or nn.ReLU
+    (relu: whether the call applies ReLU); None otherwise, or when hooks would see any of
+    them run."""
     conv = modules[i]
-    if not isinstance(conv, Conv3x3) or conv.pool or _hooked(conv):
+    if type(conv) is not Conv3x3 or conv.pool or _hooked(conv):
         return None
     relu = conv.relu
     for j in range(i + 1, len(modules)):
@@ -175,6 +188,10 @@ def fusable_pool(modules: list[nn.Module], i: int) -> tuple[int, int, bool] | No
         if type(m) is nn.Identity:
             continue
         if type(m) is nn.ReLU:
+            if not relu and torch.is_grad_enabled():
+                # nn.ReLU passes the gradient of a NaN activation, the conv's fused ReLU
+                # does not: recording a graph, the two stay apart.
+                return None
             relu = True
             continue
         k = _pool_size(m)
@@ -186,13 +203,20 @@ def fusable_tail(modules: list[nn.Module]) -> int | None:
     """The index of a Conv3x3 without pooling after which `modules` holds only nn.Identity
     and nn.ReLU modules (no hooks on any of them): where a pool that follows could run
     inside the conv's call; else None."""
+    relu_module = False
     for i in range(len(modules) - 1, -1, -1):
         m = modules[i]
         if _hooked(m):
             return None
-        if isinstance(m, Conv3x3):
-            return None if m.pool else i
-        if type(m) not in (nn.Identity, nn.ReLU):
+        if type(m) is Conv3x3:
+            # A ReLU module after a conv without one stays apart while recording a graph
+            # (fusable_pool says why).
+            if m.pool or (relu_module and not m.relu and torch.is_grad_enabled()):
+                return None
+            return i
+        if type(m) is nn.ReLU:
+            relu_module = True
+        elif type(m) is not nn.Identity:
             return None
     return None
 
@@ -202,9 +226,12 @@ class FusedSequential(nn.Sequential):
     nn.Identity / nn.ReLU modules) as one conv3x3 call with ``pool=k``: the pooled map
     comes out of the convolution's epilogue and the unpooled one is never written.
 
-    The modules stay as they are, so state-dict keys, indices and the layers' own
-    ``forward`` are unchanged; a module with forward hooks is run on its own. The models'
-    ``features`` are FusedSequentials.
+    The modules stay as they are, so state-dict keys and indices are unchanged. Not fused:
+    modules that hooks would see run (their own forward or backward hooks, or global module
+    hooks), subclasses of Conv3x3 (their ``forward`` is theirs), and, while a graph is
+    recorded, a separate nn.ReLU after a conv without ``relu`` (nn.ReLU passes a NaN
+    activation's gradient, the fused ReLU does not). The models' ``features`` are
+    FusedSequentials.
 
     Example:
         >>> seq = FusedSequential(Conv3x3(3, 8, relu=True), nn.Identity(), nn.MaxPool2d(2, 2))
@@ -283,7 +310,7 @@ def convert(module: nn.Module, verbose: bool = True) -> nn.Module:
     shared, not copied. An nn.ReLU that directly follows the convolution in an nn.Sequential
     is fused into it (and replaced by nn.Identity), and so is an ``nn.MaxPool2d(k, k)``
     (window k, stride k, no padding, floor mode) that directly follows the convolution or
-    that ReLU (``pool=k``; replaced by nn.Identity). Modules with forward hooks are not
+    that ReLU (``pool=k``; replaced by nn.Identity). Modules with hooks of their own are not
     fused. Returns `module` (or its replacement if `module` itself is eligible); with
     verbose, prints what was replaced.
 
@@ -304,22 +331,24 @@ def convert(module: nn.Module, verbose: bool = True) -> nn.Module:
     replaced: list[str] = []
 
     def visit(parent: nn.Module, prefix: str) -> None:
-        children = list(parent.named_children())
+        # Every slot in order (named_children skips a module met twice, which would make
+        # a later module look adjacent to a conv).
+        children = [(name, m) for name, m in parent._modules.items() if m is not None]
         for i, (name, child) in enumerate(children):
             if not eligible(child):
                 visit(child, f"{prefix}{name}.")
                 continue
-            seq = isinstance(parent, nn.Sequential) and not _hooked(child)
+            seq = isinstance(parent, nn.Sequential) and not _hooked(child, global_hooks=False)
             nxt = i + 1
             fuse = (seq and nxt < len(children) and type(children[nxt][1]) is nn.ReLU
-                    and not _hooked(children[nxt][1]))  # fmt: skip
+                    and not _hooked(children[nxt][1], global_hooks=False))  # fmt: skip
             layer = Conv3x3.from_conv2d(child, relu=fuse)
             setattr(parent, name, layer)
             if fuse:
                 setattr(parent, children[nxt][0], nn.Identity())
                 nxt += 1
             k = _pool_size(children[nxt][1]) if seq and nxt < len(children) else 0
-            if k and not _hooked(children[nxt][1]):
+            if k and not _hooked(children[nxt][1], global_hooks=False):
                 layer.pool = k
                 setattr(parent, children[nxt][0], nn.Identity())
             fused = ["ReLU"] * fuse + [f"max-pool {k}"] * bool(layer.pool)

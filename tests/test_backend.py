@@ -188,6 +188,56 @@ def test_auto_times_once_and_keeps_the_faster(fresh, monkeypatch, winner):
     }
 
 
+def test_auto_times_the_pooled_call_under_a_key_of_its_own(fresh, monkeypatch):
+    class PoolingTimer(FakeTimer):
+        """Also records the output shape of each candidate's call."""
+
+        shapes: list
+
+        def __call__(self, fns):
+            self.shapes = [tuple(fn().shape) for fn in fns.values()]
+            return super().__call__(fns)
+
+    timer = PoolingTimer({"ours": 1.0, "cudnn": 2.0})
+    monkeypatch.setattr(backend.tuner, "timer", timer)
+    x, w, b = _args(dtype=torch.bfloat16)  # a dtype our tensor-core kernels take
+    pooled = ok.conv3x3(x, w, b, 1, True, pool=2)
+    assert timer.calls == 1 and timer.shapes == [(2, 7, 4, 5)] * 2  # both timed pooled
+    torch.testing.assert_close(pooled, F.max_pool2d(ok.conv3x3(x, w, b, 1, True), 2))
+    ok.conv3x3(x, w, b, 1, True)  # unpooled: a key of its own
+    ok.conv3x3(x, w, b, 1, True, pool=4)  # composed after the conv: the unpooled key
+    ok.conv3x3(x, w, b, 1, True, pool=2, pool_offsets=True)  # likewise
+    assert timer.calls == 2
+    keys = sorted(ok.conv_choices())
+    assert len(keys) == 2 and keys[1] == keys[0] + "|pool2"
+    fields = [f for f, _ in backend._C.conv_choice_table()]
+    assert sorted(f[-1] for f in fields) == [0, 2]
+
+
+def test_a_pooled_training_call_uses_the_training_key_without_the_pool(fresh, monkeypatch):
+    times = {
+        "forward": {"ours": 1.0, "cudnn": 2.0},
+        "grad_input": {"ours": 2.0, "cudnn": 1.0},
+        "grad_weight": {"ours": 1.0, "cudnn": 2.0},
+    }
+    timer = FakeTimer(times)
+    monkeypatch.setattr(backend.tuner, "timer", timer)
+    x, w, b = _args(dtype=torch.bfloat16, requires_grad=True)
+    out = ok.conv3x3(x, w, b, 1, True, pool=2)
+    out.float().sum().backward()  # the backward finds the training key: nothing more is timed
+    assert timer.calls == 3
+    (key,) = ok.conv_choices()
+    assert key.endswith("|train")
+    ok.conv3x3(x.detach(), w.detach(), b.detach(), 1, True, pool=2)  # inference: its own key
+    assert timer.calls == 4 and sorted(ok.conv_choices())[0].endswith("|infer|pool2")
+    # float32: the key carries the pool only where TF32 lets our tensor-core kernels run.
+    x32, w32, b32 = _args()
+    for tf32, suffix in ((False, "|tf320|det0|infer"), (True, "|tf321|det0|infer|pool2")):
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
+        ok.conv3x3(x32, w32, b32, 1, True, pool=2)
+        assert sum(k.endswith(suffix) for k in ok.conv_choices()) == 1, suffix
+
+
 def test_training_chooses_each_direction_on_its_own(fresh, monkeypatch):
     times = {
         "forward": {"ours": 1.0, "cudnn": 2.0},

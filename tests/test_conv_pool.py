@@ -64,15 +64,16 @@ def test_cpu_float64_equals_composition(case, relu):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cpu_low_precision_equals_unfused_then_pooled(dtype):
+def test_cpu_low_precision_against_float64(dtype):
     x, wt, b = _inputs(2, 6, 7, 13, 11, dtype)
     x[0, 1, 4, 4] = float("nan")
+    tol = {torch.float32: 1e-5, torch.bfloat16: 3e-2}[dtype]
     for pool, offsets in [(2, False), (3, False), (2, True)]:
         out = ok.conv3x3(x, wt, b, 1, True, pool=pool, pool_offsets=offsets)
-        y = ok.conv3x3(x, wt, b, 1, True)
-        ref = ok.offset_max_pool2d(y, pool) if offsets else F.max_pool2d(y, pool)
-        assert torch.equal(out.isnan(), ref.isnan()) and out.isnan().any()
-        torch.testing.assert_close(out, ref, rtol=0, atol=0, equal_nan=True)
+        ref = _composition(x.double(), wt.double(), b.double(), 1, True, pool, offsets)
+        assert out.dtype == dtype and torch.equal(out.isnan(), ref.isnan())
+        assert out.isnan().any()
+        torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol, equal_nan=True)
 
 
 def test_empty_batch_and_shapes():
@@ -91,13 +92,21 @@ BAD = [
     (dict(pool=2.0), TypeError, "pool must be an int"),
     (dict(pool=True), TypeError, "pool must be an int"),
     (dict(pool=2, pool_offsets=1), TypeError, "pool_offsets must be a bool"),
-    (dict(pool=2**70), ValueError, "pool must be 0"),
+    (dict(pool=2**70), ValueError, r"pool must be < 2\*\*63"),
+    (dict(pool=-(2**70)), ValueError, "pool must be 0"),
 ]
 
 
+class _Wrapped(torch.Tensor):
+    """A Tensor subclass: its calls take the general path (torch.ops, the Python checks)."""
+
+
+@pytest.mark.parametrize("path", ["fast", "general"])
 @pytest.mark.parametrize(("kwargs", "error", "message"), BAD, ids=str)
-def test_bad_pool_arguments(kwargs, error, message):
+def test_bad_pool_arguments(kwargs, error, message, path):
     x, wt, b = _inputs(1, 3, 4, 7, 7)
+    if path == "general":
+        x = x.as_subclass(_Wrapped)
     with pytest.raises(error, match=message):
         ok.conv3x3(x, wt, b, 1, True, **kwargs)
 
@@ -230,7 +239,7 @@ def test_sim_epilogue_pool_bit_equal_to_unfused(case, dtype, relu):
 @pytest.mark.usefixtures("_tf32_on")
 @pytest.mark.sim
 @pytest.mark.skipif(not simulator.available(), reason="CUDA simulator not built")
-def test_sim_ties_and_signed_zeros_pick_the_first_maximum():
+def test_sim_tied_maxima():
     # Integer weights and inputs: many equal maxima, and ReLU's zeros in every window.
     x, wt, _ = _inputs(1, 8, 16, 10, 10, torch.bfloat16, "channels_last", values="ties")
     with simulator.simulate_cuda():
@@ -297,6 +306,18 @@ def test_layer_pool_and_repr():
         onn.Conv3x3(3, 8, pool=1)
     with pytest.raises(ValueError, match="pool_offsets=True needs"):
         onn.Conv3x3(3, 8, pool_offsets=True)
+    with pytest.raises(TypeError, match="pool must be an int"):
+        onn.Conv3x3(3, 8, pool=2.0)
+    with pytest.raises(ValueError, match=r"pool must be < 2\*\*63"):
+        onn.Conv3x3(3, 8, pool=2**70)
+
+
+def test_convert_sees_every_slot_of_a_shared_module():
+    drop = nn.Dropout(0.5)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), drop, nn.Conv2d(4, 4, 3, padding=1), drop,
+                        nn.MaxPool2d(2))  # fmt: skip
+    onn.convert(net, verbose=False)
+    assert net[2].pool == 0 and type(net[4]) is nn.MaxPool2d
 
 
 def test_convert_fuses_a_following_max_pool():
@@ -342,14 +363,35 @@ def test_fused_sequential_equals_the_plain_one_and_respects_hooks():
     ).double().eval()  # fmt: skip
     x = torch.randn(2, 3, 37, 35, dtype=torch.float64)
     plain = nn.Sequential(*seq)
-    out, pooled = _count_pooled_calls(seq, x)
+    with torch.no_grad():
+        out, pooled = _count_pooled_calls(seq, x)
     assert pooled == 2
     torch.testing.assert_close(out, plain(x), rtol=1e-12, atol=1e-12)
-    seen = []
-    seq[1].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    # Recording a graph, a ReLU module stays apart from a conv without ReLU (NaN gradients).
     out, pooled = _count_pooled_calls(seq, x)
+    assert pooled == 1
+    seen = []
+    handle = seq[1].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    with torch.no_grad():
+        out, pooled = _count_pooled_calls(seq, x)
     assert pooled == 1 and seen == [(2, 8, 37, 35)]
     torch.testing.assert_close(out, plain(x), rtol=1e-12, atol=1e-12)
+    handle.remove()
+    handle = nn.modules.module.register_module_forward_hook(lambda m, i, o: None)
+    try:
+        with torch.no_grad():
+            _, pooled = _count_pooled_calls(seq, x)
+        assert pooled == 0  # a global hook sees every module run
+    finally:
+        handle.remove()
+
+    class Logged(onn.Conv3x3):  # a subclass's own forward is never bypassed
+        def forward(self, input):
+            return super().forward(input) + 0
+
+    sub = onn.FusedSequential(Logged(3, 8, relu=True), nn.MaxPool2d(2)).double()
+    with torch.no_grad():
+        assert _count_pooled_calls(sub, x)[1] == 0
     assert type(onn.to_stock(seq)) is nn.Sequential
 
 
@@ -368,10 +410,21 @@ def test_vgg_fuses_every_pool_and_keeps_torchvision_keys():
     assert outs["conv1_1"].shape == (1, 64, 64, 64) and outs["pool1"].shape == (1, 64, 32, 32)
 
 
-def test_dense_offsets_fuse_the_last_conv_with_the_offset_pooling():
+def test_dense_offsets_fuse_the_last_conv_with_the_offset_pooling(monkeypatch):
     model = ok.models.overfeat("fast").double().eval()
     x = torch.randn(1, 3, 231 + 36, 231 + 36, dtype=torch.float64)
+    calls = []
+    original = ok.dense.maps.ops.conv3x3
+
+    def spy(*args):
+        calls.append(args[5:])
+        return original(*args)
+
+    monkeypatch.setattr(ok.dense.maps.ops, "conv3x3", spy)
     fused = ok.dense.score_map(model, x)
+    monkeypatch.undo()
+    pooled = [c for c in calls if c[0]]
+    assert pooled == [(model.dense_spec.pool_kernel, True)]
     trunk = nn.Sequential(*model.features[:-1])
     k = model.dense_spec.pool_kernel
     pooled = ok.offset_max_pool2d(trunk(x), k)
@@ -390,3 +443,35 @@ def test_convert_fuses_torchvision_vgg():
     assert not any(isinstance(m, nn.MaxPool2d) for m in net.features)
     assert list(net.state_dict()) == keys
     torch.testing.assert_close(net(x), ref, rtol=1e-10, atol=1e-10)
+
+
+# ---- on a GPU (skipped without one) ------------------------------------------------------
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+
+
+@gpu
+@pytest.mark.usefixtures("_tf32_on")
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, TF32], ids=str)
+@pytest.mark.parametrize(("pool", "algos"), [(2, [2, 2, 0]), (3, [3, 3, 0]), (2, None)])
+def test_gpu_epilogue_pool_bit_equal_to_unfused(pool, algos, dtype, layout):
+    x, wt, b = _inputs(2, 64, 72, 57, 43, _sim_dtype(dtype), layout)
+    x[0, 3, 10, 11] = float("nan")
+    x, wt, b = x.cuda(), wt.cuda(), b.cuda()
+    fused = OP(x, wt, b, 1, True, algos, pool, False)
+    ref = F.max_pool2d(OP(x, wt, b, 1, True, algos), pool)
+    assert fused.shape == ref.shape and fused.isnan().any()
+    assert _same_bits(fused.cpu(), ref.cpu())
+
+
+@gpu
+def test_gpu_vgg_features_fused_equal_unfused():
+    model = ok.models.vgg11().cuda().to(torch.bfloat16).eval()
+    model = model.to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 96, 80, device="cuda", dtype=torch.bfloat16)
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        fused = model.features(x)
+        unfused = nn.Sequential(*model.features)(x)
+    assert torch.equal(fused, unfused)

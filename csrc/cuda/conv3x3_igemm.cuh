@@ -479,7 +479,10 @@ __global__ void __launch_bounds__(Cfg::kThreads)
         if (vec_ok) {
           *reinterpret_cast<uint4*>(dst) = best.v;
         } else {
-          for (int i = 0; i < kVec && k + i < p.k; ++i) dst[i] = best.e[i];
+#pragma unroll
+          for (int i = 0; i < kVec; ++i) {  // constant indices: `best` stays in registers
+            if (k + i < p.k) dst[i] = best.e[i];
+          }
         }
       }
     } else {

@@ -478,7 +478,8 @@ at::Tensor conv3x3_cuda(const at::Tensor& input, const at::Tensor& weight,
   const c10::cuda::CUDAGuard guard(input.device());
   const choice::Codes algos = choice::forward_algos(
       input, weight, bias.has_value(), padding, relu,
-      choice::records_grad(input, weight, bias), requested);
+      choice::records_grad(input, weight, bias), requested,
+      pool_of_key(input, pool, pool_offsets));
   const int64_t out_h = input.size(2) + 2 * padding - 2, out_w = input.size(3) + 2 * padding - 2;
   if (input.size(0) == 0) return empty_in_format_of(pooled_size, input);
   const DirectionPlan plan =

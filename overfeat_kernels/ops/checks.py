@@ -128,6 +128,8 @@ def conv3x3(
             )
     k, ho, wo = weight.shape[0], h + 2 * padding - 2, w + 2 * padding - 2
     pool = integer(pool, op, "pool")
+    if isinstance(pool, int) and pool > _INT64_MAX:
+        raise ValueError(f"{op}: pool must be < 2**63, got {pool}")
     if pool != 0 and pool < 2:
         raise ValueError(f"{op}: pool must be 0 (no pooling) or a window size >= 2, got {pool}")
     if not isinstance(pool_offsets, bool):

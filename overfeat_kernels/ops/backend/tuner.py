@@ -65,12 +65,12 @@ class Call:
 
     __slots__ = (
         "bias", "c", "channels_last", "deterministic", "device", "dtype", "h", "k", "n",
-        "padding", "relu", "tf32", "train", "w",
+        "padding", "pool", "relu", "tf32", "train", "w",
     )  # fmt: skip
 
     def __init__(self, fields: tuple) -> None:
         (dev_type, dev_index, dtype, self.n, self.c, self.h, self.w, self.k, cl, self.padding,
-         relu, bias, tf32, det, train) = fields  # fmt: skip
+         relu, bias, tf32, det, train, self.pool) = fields  # fmt: skip
         self.device = torch.device(dev_type, dev_index if dev_index >= 0 else None)
         self.dtype = getattr(torch, dtype)
         self.channels_last, self.relu, self.bias = bool(cl), bool(relu), bool(bias)
@@ -84,6 +84,7 @@ class Call:
             f"|{str(self.dtype).removeprefix('torch.')}|{'nhwc' if self.channels_last else 'nchw'}"
             f"|pad{self.padding}|relu{int(self.relu)}|bias{int(self.bias)}|tf32{int(self.tf32)}"
             f"|det{int(self.deterministic)}|{'train' if self.train else 'infer'}"
+            + (f"|pool{self.pool}" if self.pool else "")
         )
 
 
@@ -155,10 +156,17 @@ def _input_sets(call: Call) -> list[tuple]:
 
 
 def _direction_fns(
-    direction: str, names: tuple[str, ...], sets: list[tuple], padding: int, relu: bool
+    direction: str,
+    names: tuple[str, ...],
+    sets: list[tuple],
+    padding: int,
+    relu: bool,
+    pool: int = 0,
 ) -> dict[str, Callable[[], object]]:
     """One callable per candidate: that direction alone, by that implementation, each call
-    on the next input set. Every call names its algos: nothing here asks the tuner again."""
+    on the next input set. Every call names its algos: nothing here asks the tuner again.
+    With `pool` the forward is the pooled call (our kernels pool in their epilogue, the
+    others pool after the conv)."""
     ops = torch.ops.overfeat_kernels
     counter = itertools.count()
     ours = [ALGOS["ours"]] * 3
@@ -174,7 +182,8 @@ def _direction_fns(
         def call() -> object:
             s = sets[next(counter) % len(sets)]
             if direction == "forward":
-                return ops.conv3x3.default(*s[:3], padding, relu, [algo, ours[1], ours[2]])
+                algos = [algo, ours[1], ours[2]]
+                return ops.conv3x3.default(*s[:3], padding, relu, algos, pool, False)
             x, w, _, go, ro = s
             mask = [direction == "grad_input", direction == "grad_weight", False]
             algos = [algo, ours[2]] if direction == "grad_input" else [ours[1], algo]
@@ -196,7 +205,8 @@ def choose(key: str, call: Call) -> dict[str, str]:
             for direction in DIRECTIONS if call.train else DIRECTIONS[:1]:
                 names = candidates(direction, call.device.type, call.dtype, call.tf32,
                                    _capability(call.device))
-                measured = timer(_direction_fns(direction, names, sets, call.padding, call.relu))
+                fns = _direction_fns(direction, names, sets, call.padding, call.relu, call.pool)
+                measured = timer(fns)
                 times[direction] = {name: float(measured[name]) for name in names}
                 choice[direction] = min(names, key=lambda name: times[direction][name])
     except Exception as err:  # never let tuning break a convolution
