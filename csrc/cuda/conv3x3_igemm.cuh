@@ -176,18 +176,17 @@ __host__ __device__ __forceinline__ RowPixel tile_row_pixel(const Params<T>& p, 
     const int win = row / kk, pos = row - win * kk;
     const int64_t q = tile * per_tile + win;
     if (win >= per_tile || q >= p.pool_m) return {false, 0, 0, 0};
+    // 64-bit: an image may hold more than 2^31 pixels (its rows and columns fit 32 bits).
     const int64_t per_img = int64_t(p.pool_h) * p.pool_w;
-    const int64_t img = q / per_img;
-    const int rem = static_cast<int>(q - img * per_img);
-    return {true, img, (rem / p.pool_w) * p.pool + pos / p.pool,
-            (rem % p.pool_w) * p.pool + pos % p.pool};
+    const int64_t img = q / per_img, rem = q - img * per_img;
+    return {true, img, static_cast<int>(rem / p.pool_w) * p.pool + pos / p.pool,
+            static_cast<int>(rem % p.pool_w) * p.pool + pos % p.pool};
   } else {
     const int64_t m = tile * kBM + row;
     if (m >= p.m) return {false, 0, 0, 0};
     const int64_t per_img = int64_t(p.out_h) * p.out_w;
-    const int64_t img = m / per_img;
-    const int rem = static_cast<int>(m - img * per_img);
-    return {true, img, rem / p.out_w, rem % p.out_w};
+    const int64_t img = m / per_img, rem = m - img * per_img;
+    return {true, img, static_cast<int>(rem / p.out_w), static_cast<int>(rem % p.out_w)};
   }
 }
 
