@@ -156,6 +156,15 @@ struct Worker {
   std::vector<unsigned> order;
   SimBlock block;
   const std::function<void()>* body = nullptr;
+  // The block's mbarrier objects by address (runtime.h, "mbarrier objects").
+  struct MBarrier {
+    uint32_t expected = 0;
+    int64_t pending = 0, tx = 0;
+    uint64_t phase = 0;
+    Site init{nullptr, 0, 0};
+    uint64_t image = 0;  // what its 8 bytes of shared memory hold
+  };
+  std::unordered_map<const void*, MBarrier> mbarriers;
 };
 
 thread_local std::unique_ptr<Worker> tl_worker_owner;  // freed when the OS thread ends
@@ -280,6 +289,27 @@ void resolve_blocked(Worker& w) {
     return;
   }
   std::ostringstream os;
+  // Threads waiting on mbarrier phases that nothing left running can complete.
+  for (const SimThread& t : ts) {
+    if (t.state == ThreadState::Exited || t.waiting != WaitKind::MBarrier) continue;
+    std::vector<unsigned> same;
+    for (const SimThread& o : ts) {
+      if (o.state != ThreadState::Exited && o.waiting == WaitKind::MBarrier &&
+          o.mbarrier == t.mbarrier && o.mbarrier_parity == t.mbarrier_parity) {
+        same.push_back(o.linear);
+      }
+    }
+    const auto& bar = w.mbarriers.at(t.mbarrier);
+    os << "deadlock: threads " << ranges(same) << " wait at " << where(t.site)
+       << " for the phase of parity " << t.mbarrier_parity << " of the mbarrier initialised at "
+       << where(bar.init) << ", which cannot complete: " << bar.pending << " of "
+       << bar.expected << " arrivals pending, tx-count " << bar.tx << " bytes";
+    if (!barrier_sites.empty()) {
+      os << "; meanwhile threads";
+      for (const auto& [site, ids] : barrier_sites) os << " " << ranges(ids) << " wait at __syncthreads " << where(site) << ";";
+    }
+    block_error(b, os.str());
+  }
   if (all_at_barrier) {
     os << "__syncthreads reached at different call sites (a divergent barrier):";
     for (const auto& [site, ids] : barrier_sites) os << " threads " << ranges(ids) << " at " << where(site) << ";";
@@ -333,6 +363,7 @@ void run_block(Worker& w, const KernelInfo& info, Dim3 grid, Dim3 dim, Dim3 bidx
   b.threads = &w.threads;
   b.warps = &w.warps;
   b.error.clear();
+  w.mbarriers.clear();
   // Poisoned shared memory: a read of an element this block has not written is NaN.
   w.dynamic_smem.assign(dynamic_smem + 16, kPoisonByte);
   b.dynamic_smem = reinterpret_cast<unsigned char*>(
@@ -581,6 +612,143 @@ void cp_async_wait(Site site, int pending_groups) {
   t.async_copies.erase(t.async_copies.begin(), t.async_copies.begin() + static_cast<long>(land));
   t.group_ends.erase(t.group_ends.begin(), t.group_ends.begin() + static_cast<long>(land_groups));
   for (size_t& e : t.group_ends) e -= land;
+}
+
+// ---- mbarrier objects ---------------------------------------------------------------------
+
+namespace {
+
+constexpr uint32_t kMaxArrivals = (1u << 20) - 1;  // the ISA's expected-count range
+constexpr int64_t kMaxTx = (1 << 20) - 1;           // and tx-count range
+
+uint64_t barrier_image(const Worker::MBarrier& m) {
+  // A recognisable 8-byte pattern that changes with every update, so that a generic store
+  // over a live barrier is noticed at its next use.
+  return 0x6d62617200000000ull ^ (m.phase << 40) ^ (uint64_t(m.pending & 0xfffff) << 20) ^
+         uint64_t(m.tx & 0xfffff);
+}
+
+void store_image(void* bar, Worker::MBarrier& m) {
+  m.image = barrier_image(m);
+  std::memcpy(bar, &m.image, sizeof m.image);
+}
+
+void check_operand(Site site, const void* bar, const char* what) {
+  if (reinterpret_cast<uintptr_t>(bar) % 8 != 0) {
+    fail(site, std::string(what) + ": an mbarrier object must be 8-byte aligned");
+  }
+  if (!in_shared_memory(this_thread(), bar, 8)) {
+    fail(site, std::string(what) + ": the mbarrier object is not in this kernel's shared memory");
+  }
+}
+
+Worker::MBarrier& live_barrier(Site site, void* bar, const char* what) {
+  check_operand(site, bar, what);
+  auto it = tl_worker->mbarriers.find(bar);
+  if (it == tl_worker->mbarriers.end()) {
+    fail(site, std::string(what) + " on an mbarrier that mbarrier.init has not initialised");
+  }
+  uint64_t bytes = 0;
+  std::memcpy(&bytes, bar, sizeof bytes);
+  if (bytes != it->second.image) {
+    fail(site, std::string(what) + ": the mbarrier initialised at " + where(it->second.init) +
+                   " was overwritten by an ordinary store to its shared memory");
+  }
+  return it->second;
+}
+
+// Completes the phase if its arrivals and bytes are all in, waking its waiters.
+void maybe_complete(Site site, void* bar, Worker::MBarrier& m) {
+  if (m.pending == 0 && m.tx < 0) {
+    fail(site, "mbarrier phase " + std::to_string(m.phase) + " (initialised at " +
+                   where(m.init) + ") has all its arrivals but tx-count " + std::to_string(m.tx) +
+                   ": more bytes completed than expect_tx announced");
+  }
+  if (m.pending != 0 || m.tx != 0) return;
+  const uint32_t done = static_cast<uint32_t>(m.phase & 1);
+  ++m.phase;
+  m.pending = m.expected;
+  for (SimThread& o : tl_worker->threads) {
+    if (o.state == ThreadState::Blocked && o.waiting == WaitKind::MBarrier && o.mbarrier == bar &&
+        o.mbarrier_parity == done) {
+      o.state = ThreadState::Runnable;
+      o.waiting = WaitKind::None;
+    }
+  }
+}
+
+}  // namespace
+
+void mbarrier_init(Site site, void* bar, uint32_t count) {
+  check_operand(site, bar, "mbarrier.init");
+  if (count < 1 || count > kMaxArrivals) {
+    fail(site, "mbarrier.init: the expected arrival count must be in [1, 2^20 - 1], got " +
+                   std::to_string(count));
+  }
+  for (const SimThread& o : tl_worker->threads) {
+    if (o.state == ThreadState::Blocked && o.waiting == WaitKind::MBarrier && o.mbarrier == bar) {
+      fail(site, "mbarrier.init on a barrier that thread " + std::to_string(o.linear) +
+                     " is waiting on (at " + where(o.site) + ")");
+    }
+  }
+  Worker::MBarrier& m = tl_worker->mbarriers[bar];
+  m = Worker::MBarrier{};
+  m.expected = count;
+  m.pending = count;
+  m.init = site;
+  store_image(bar, m);
+}
+
+uint64_t mbarrier_arrive(Site site, void* bar, uint32_t count) {
+  Worker::MBarrier& m = live_barrier(site, bar, "mbarrier.arrive");
+  if (count < 1 || count > kMaxArrivals) {
+    fail(site, "mbarrier.arrive: the count must be in [1, 2^20 - 1], got " + std::to_string(count));
+  }
+  if (count > m.pending) {
+    fail(site, "over-arrival on the mbarrier initialised at " + where(m.init) + ": " +
+                   std::to_string(count) + " arrival(s) in phase " + std::to_string(m.phase) +
+                   ", which has " + std::to_string(m.pending) + " of " +
+                   std::to_string(m.expected) + " pending");
+  }
+  const uint64_t token = m.phase;
+  m.pending -= count;
+  maybe_complete(site, bar, m);
+  store_image(bar, m);
+  return token;
+}
+
+void mbarrier_expect_tx(Site site, void* bar, uint32_t bytes) {
+  Worker::MBarrier& m = live_barrier(site, bar, "mbarrier.expect_tx");
+  if (m.tx + int64_t(bytes) > kMaxTx) {
+    fail(site, "mbarrier.expect_tx: the tx-count would exceed 2^20 - 1 bytes");
+  }
+  m.tx += bytes;
+  store_image(bar, m);
+}
+
+void mbarrier_complete_tx(Site site, void* bar, uint32_t bytes) {
+  Worker::MBarrier& m = live_barrier(site, bar, "complete-tx");
+  m.tx -= bytes;
+  if (m.tx < -kMaxTx) fail(site, "complete-tx: the tx-count would fall below -(2^20 - 1)");
+  maybe_complete(site, bar, m);
+  store_image(bar, m);
+}
+
+bool mbarrier_test_wait_parity(Site site, void* bar, uint32_t parity) {
+  const Worker::MBarrier& m = live_barrier(site, bar, "mbarrier.test_wait");
+  return (m.phase & 1) != (parity & 1);
+}
+
+void mbarrier_wait_parity(Site site, void* bar, uint32_t parity) {
+  while (!mbarrier_test_wait_parity(site, bar, parity)) {
+    SimThread& t = this_thread();
+    t.state = ThreadState::Blocked;
+    t.waiting = WaitKind::MBarrier;
+    t.mbarrier = bar;
+    t.mbarrier_parity = parity & 1;
+    t.site = site;
+    switch_fiber(t.fiber, t.block->scheduler);
+  }
 }
 
 std::vector<std::pair<std::string, int64_t>> launch_counts() {

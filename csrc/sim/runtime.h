@@ -77,7 +77,7 @@ void run_grid(const void* kernel, Dim3 grid, Dim3 block, size_t dynamic_smem,
 
 // ---- what the CUDA surface (cuda_sim.h) calls from inside a kernel ----------------------
 
-enum class WaitKind : uint8_t { None, Barrier, Warp };
+enum class WaitKind : uint8_t { None, Barrier, Warp, MBarrier };
 enum class ThreadState : uint8_t { Runnable, Blocked, Exited };
 
 struct CpAsyncCopy {
@@ -96,6 +96,8 @@ struct SimThread {
   struct SimBlock* block = nullptr;
   std::vector<CpAsyncCopy> async_copies;  // issued, not landed, in issue order
   std::vector<size_t> group_ends;         // committed groups: end index in async_copies
+  const void* mbarrier = nullptr;         // WaitKind::MBarrier: the barrier and the parity
+  uint32_t mbarrier_parity = 0;           // of the phase awaited
 };
 
 constexpr int kLaneBytes = 64;  // operand bytes a lane may pass to a warp collective
@@ -150,6 +152,28 @@ bool in_shared_memory(const void* p, size_t bytes);
 void cp_async(Site site, void* dst, const void* src, uint32_t bytes, uint32_t src_bytes);
 void cp_async_commit();
 void cp_async_wait(Site site, int pending_groups);
+
+// mbarrier objects (PTX ISA, "Parallel synchronization and communication instructions:
+// mbarrier"): 8 bytes of shared memory, 8-byte aligned, holding a phase, the arrivals
+// pending in it (of an expected count set at init) and a transaction count in bytes. A
+// phase completes when its pending arrivals and its tx-count are both zero; the next one
+// then expects the same arrivals. The simulator keeps each barrier's state beside the
+// block and an image of it in its 8 bytes, so that a generic store over a live barrier,
+// an over-arrival, a tx-count that would end a phase below zero, and a barrier used before
+// its init raise naming the kernel, block, thread and call site; a wait that cannot be
+// satisfied because every live thread is waiting is reported as a deadlock naming the
+// barrier, instead of hanging.
+void mbarrier_init(Site site, void* bar, uint32_t count);
+// Arrives `count` times; returns the state token (the phase the arrivals belong to).
+uint64_t mbarrier_arrive(Site site, void* bar, uint32_t count);
+void mbarrier_expect_tx(Site site, void* bar, uint32_t bytes);
+// What a TMA transfer's complete-tx does when its bytes have landed.
+void mbarrier_complete_tx(Site site, void* bar, uint32_t bytes);
+// Whether the phase of parity `parity` has completed (it is not the current one).
+bool mbarrier_test_wait_parity(Site site, void* bar, uint32_t parity);
+// Suspends the calling thread until the phase of parity `parity` has completed: the
+// other threads run meanwhile (a GPU's try_wait loop, without the spinning).
+void mbarrier_wait_parity(Site site, void* bar, uint32_t parity);
 
 // Counters, for tests and `selfcheck`: launches per kernel name, and the host-side steps the
 // launchers report (e.g. "conv3x3 copy: filters", an operand copied before a launch).

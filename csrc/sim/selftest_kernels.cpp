@@ -9,6 +9,7 @@
 
 #include "../cuda/conv3x3_igemm.cuh"
 #include "../cuda/launch.cuh"
+#include "../cuda/mbarrier.cuh"
 
 namespace overfeat_kernels {
 namespace {
@@ -124,6 +125,119 @@ __global__ void big_shared_kernel(float* out) {
   out[threadIdx.x] = s[threadIdx.x];
 }
 
+// ---- mbarrier ------------------------------------------------------------------------------
+
+constexpr int kRingSlots = 2, kRingItems = 32;
+
+// A producer warp and a consumer warp passing `rounds` batches of 32 values through a
+// 2-slot ring in shared memory, each slot guarded by a "full" and an "empty" mbarrier
+// (32 arrivals each). out[lane] = sum over rounds r of slot value (lane + r) % 32 times
+// (r + 1), where round r's slot holds in[(32 r + i) % 256] + r. kWaitFull = false is the
+// bug of a consumer that does not wait for its slot to be filled.
+template <bool kWaitFull>
+__global__ void mbarrier_ring_kernel(const float* in, float* out, int rounds) {
+  __shared__ __align__(8) uint64_t full[kRingSlots], empty[kRingSlots];
+  __shared__ float slots[kRingSlots][kRingItems];
+  const int t = threadIdx.x, lane = t % 32;
+  if (t == 0) {
+    for (int s = 0; s < kRingSlots; ++s) {
+      mbarrier_init(&full[s], 32);
+      mbarrier_init(&empty[s], 32);
+    }
+    mbarrier_fence_init();
+  }
+  __syncthreads();
+  if (t < 32) {  // producer
+    for (int r = 0; r < rounds; ++r) {
+      const int s = r % kRingSlots;
+      const uint32_t use = static_cast<uint32_t>(r / kRingSlots);
+      if (use > 0) mbarrier_wait_parity(&empty[s], (use - 1) & 1);
+      slots[s][lane] = in[(r * kRingItems + lane) % 256] + static_cast<float>(r);
+      mbarrier_arrive(&full[s]);
+    }
+  } else {  // consumer
+    float acc = 0.f;
+    for (int r = 0; r < rounds; ++r) {
+      const int s = r % kRingSlots;
+      const uint32_t use = static_cast<uint32_t>(r / kRingSlots);
+      if (kWaitFull) mbarrier_wait_parity(&full[s], use & 1);
+      acc += slots[s][(lane + r) % kRingItems] * static_cast<float>(r + 1);
+      mbarrier_arrive(&empty[s]);
+    }
+    out[lane] = acc;
+  }
+}
+
+// One thread walks a barrier through its phases and records, after each step, whether
+// the phases of parity 0 and 1 count as completed (test_wait) and the arrive's state
+// token (-1 where the step has none): on a barrier of 1 arrival, init, arrive,
+// expect_tx 16 + arrive, complete-tx 8, complete-tx 8; on one of 2, arrive, arrive,
+// arrive with count 2.
+__global__ void mbarrier_phases_kernel(float* out) {
+  __shared__ __align__(8) uint64_t one, two;
+  if (threadIdx.x != 0) return;
+  int k = 0;
+  const auto record = [&](uint64_t* bar, float token) {
+    out[k++] = mbarrier_test_wait_parity(bar, 0) ? 1.f : 0.f;
+    out[k++] = mbarrier_test_wait_parity(bar, 1) ? 1.f : 0.f;
+    out[k++] = token;
+  };
+  mbarrier_init(&one, 1);
+  record(&one, -1.f);
+  record(&one, static_cast<float>(mbarrier_arrive(&one)));                  // phase 0 done
+  record(&one, static_cast<float>(mbarrier_arrive_expect_tx(&one, 16)));    // waits for bytes
+  ovk_sim::mbarrier_complete_tx(OVK_SITE, &one, 8);
+  record(&one, -1.f);
+  ovk_sim::mbarrier_complete_tx(OVK_SITE, &one, 8);                         // phase 1 done
+  record(&one, -1.f);
+  mbarrier_init(&two, 2);
+  record(&two, static_cast<float>(mbarrier_arrive(&two)));                  // 1 of 2
+  record(&two, static_cast<float>(mbarrier_arrive(&two)));                  // phase 0 done
+  record(&two, static_cast<float>(mbarrier_arrive_count(&two, 2)));         // phase 1 done
+}
+
+enum class MBarrierBug : int {
+  MissingArrival = 0,  // 2 expected, 1 arrives: the waiters deadlock
+  OverArrival,         // 2 arrivals on a phase that expects 1
+  TxNeverLands,        // expect_tx 64, 32 bytes complete: deadlock with tx-count 32
+  TxTooMuch,           // expect_tx 16, 32 bytes complete: the phase would end below zero
+  Uninitialised,       // a wait on a barrier nobody initialised
+  Overwritten,         // an ordinary store over a live barrier
+  NotShared,           // a barrier in global memory
+};
+
+template <MBarrierBug kBug>
+__global__ void mbarrier_bug_kernel(float* out) {
+  __shared__ __align__(8) uint64_t bar;
+  const int t = threadIdx.x;
+  if constexpr (kBug == MBarrierBug::NotShared) {
+    if (t == 0) mbarrier_init(reinterpret_cast<uint64_t*>(out), 1);
+    return;
+  }
+  if (t == 0 && kBug != MBarrierBug::Uninitialised) {
+    mbarrier_init(&bar, kBug == MBarrierBug::MissingArrival ? 2 : 1);
+  }
+  __syncthreads();
+  if (t == 0) {
+    if constexpr (kBug == MBarrierBug::MissingArrival) mbarrier_arrive(&bar);
+    if constexpr (kBug == MBarrierBug::OverArrival) mbarrier_arrive_count(&bar, 2);
+    if constexpr (kBug == MBarrierBug::TxNeverLands) {
+      mbarrier_arrive_expect_tx(&bar, 64);
+      ovk_sim::mbarrier_complete_tx(OVK_SITE, &bar, 32);
+    }
+    if constexpr (kBug == MBarrierBug::TxTooMuch) {
+      mbarrier_arrive_expect_tx(&bar, 16);
+      ovk_sim::mbarrier_complete_tx(OVK_SITE, &bar, 32);
+    }
+    if constexpr (kBug == MBarrierBug::Overwritten) {
+      bar = 0;
+      mbarrier_arrive(&bar);
+    }
+  }
+  mbarrier_wait_parity(&bar, 0);
+  out[t] = 1.f;
+}
+
 at::Tensor run(const std::string& name, const at::Tensor& input, int64_t arg) {
   TORCH_CHECK(input.is_cpu() && input.scalar_type() == at::kFloat && input.is_contiguous(),
               "simtest: input must be a contiguous float32 CPU tensor");
@@ -174,6 +288,34 @@ at::Tensor run(const std::string& name, const at::Tensor& input, int64_t arg) {
     *sum = 0.f;
     launch_kernel<atomics_kernel>(static_cast<unsigned>(arg), kBlock, 0, nullptr, s, sum, s + 2);
     return state;
+  }
+  if (name == "mbarrier_ring" || name == "mbarrier_ring_no_wait") {
+    TORCH_CHECK(input.numel() >= 256, "simtest: needs 256 inputs");
+    const int rounds = static_cast<int>(arg);
+    if (name == "mbarrier_ring") {
+      launch_kernel<mbarrier_ring_kernel<true>>(1, 64, 0, nullptr, in, o, rounds);
+    } else {
+      launch_kernel<mbarrier_ring_kernel<false>>(1, 64, 0, nullptr, in, o, rounds);
+    }
+    return out.narrow(0, 0, 32);
+  }
+  if (name == "mbarrier_phases") {
+    launch_kernel<mbarrier_phases_kernel>(1, 32, 0, nullptr, o);
+    return out.narrow(0, 0, 8 * 3).view({8, 3});
+  }
+  if (name == "mbarrier_bug") {
+    using B = MBarrierBug;
+    switch (static_cast<B>(arg)) {
+      case B::MissingArrival: launch_kernel<mbarrier_bug_kernel<B::MissingArrival>>(1, 64, 0, nullptr, o); break;
+      case B::OverArrival: launch_kernel<mbarrier_bug_kernel<B::OverArrival>>(1, 64, 0, nullptr, o); break;
+      case B::TxNeverLands: launch_kernel<mbarrier_bug_kernel<B::TxNeverLands>>(1, 64, 0, nullptr, o); break;
+      case B::TxTooMuch: launch_kernel<mbarrier_bug_kernel<B::TxTooMuch>>(1, 64, 0, nullptr, o); break;
+      case B::Uninitialised: launch_kernel<mbarrier_bug_kernel<B::Uninitialised>>(1, 64, 0, nullptr, o); break;
+      case B::Overwritten: launch_kernel<mbarrier_bug_kernel<B::Overwritten>>(1, 64, 0, nullptr, o); break;
+      case B::NotShared: launch_kernel<mbarrier_bug_kernel<B::NotShared>>(1, 64, 0, nullptr, o); break;
+      default: TORCH_CHECK(false, "simtest: unknown mbarrier bug ", arg);
+    }
+    return out.narrow(0, 0, 64);
   }
   // Launch configurations: arg selects what the GPU would refuse.
   if (name == "launch") {

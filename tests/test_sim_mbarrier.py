@@ -1,0 +1,164 @@
+"""The simulator's mbarrier model (csrc/sim/runtime.cpp, "mbarrier objects"; the PTX
+wrappers in csrc/cuda/mbarrier.cuh) against the PTX ISA's rules ("Parallel synchronization
+and communication instructions: mbarrier"): phase and parity arithmetic, transaction
+counts, a producer / consumer ring under every thread schedule, and the errors a wrong
+pipeline must raise (deadlock naming the barrier, over-arrival, tx-count below zero at the
+end of a phase, use before init, a barrier overwritten by an ordinary store, a barrier
+outside shared memory). Kernels in csrc/sim/selftest_kernels.cpp."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sysconfig
+
+import numpy as np
+import pytest
+import torch
+
+from overfeat_kernels import simulator
+
+pytestmark = [
+    pytest.mark.sim,
+    pytest.mark.skipif(not simulator.available(), reason="CUDA simulator not built"),
+]
+SCHEDULES = [("in_order", 0), ("reversed", 0), ("shuffle", 1), ("shuffle", 7)]
+
+
+def run(name, x=None, arg=0, **sim_options):
+    x = torch.randn(256) if x is None else x
+    with simulator.simulate_cuda(**sim_options):
+        return torch.ops.overfeat_kernels_simtest.run(name, x, arg)
+
+
+def _ring_reference(x: np.ndarray, rounds: int) -> np.ndarray:
+    out = np.zeros(32, dtype=np.float32)
+    for lane in range(32):
+        acc = np.float32(0)
+        for r in range(rounds):
+            slot = x[(32 * r + np.arange(32)) % 256].astype(np.float32) + np.float32(r)
+            acc = np.float32(acc + slot[(lane + r) % 32] * np.float32(r + 1))
+        out[lane] = acc
+    return out
+
+
+def test_phases_parities_and_tokens_follow_the_isa():
+    # test_wait.parity(p) is true when the phase of parity p has completed, i.e. the
+    # current phase's parity is not p; a phase completes when its pending arrivals and
+    # its tx-count are both zero; arrive returns the phase it arrived in.
+    got = run("mbarrier_phases").numpy()
+    expected = [
+        [0, 1, -1],  # init(1): phase 0 current
+        [1, 0, 0],  # arrive in phase 0: it completes
+        [1, 0, 1],  # expect_tx 16 + arrive in phase 1: 16 bytes outstanding
+        [1, 0, -1],  # complete-tx 8: 8 outstanding
+        [0, 1, -1],  # complete-tx 8: phase 1 completes
+        [0, 1, 0],  # init(2), arrive: 1 of 2
+        [1, 0, 0],  # arrive: phase 0 completes
+        [0, 1, 1],  # arrive with count 2: phase 1 completes at once
+    ]
+    assert got.tolist() == expected
+
+
+@pytest.mark.parametrize("rounds", [1, 2, 7])
+def test_producer_consumer_ring_is_schedule_independent(rounds):
+    x = torch.randn(256)
+    results = [run("mbarrier_ring", x, rounds, schedule=s, seed=seed) for s, seed in SCHEDULES]
+    for got in results[1:]:
+        assert torch.equal(got, results[0])
+    np.testing.assert_allclose(results[0].numpy(), _ring_reference(x.numpy(), rounds), rtol=1e-6)
+
+
+def test_a_consumer_that_does_not_wait_is_caught():
+    # Without waiting on its slot's "full" barrier, a consumer reads slots not yet (re)filled
+    # (poison or a stale round: wrong values), or runs ahead and completes "empty" phases the
+    # producer then waits for in vain (a deadlock, which a GPU would hang on).
+    x = torch.randn(256)
+    reference = _ring_reference(x.numpy(), 7)
+    caught = []
+    for schedule, seed in SCHEDULES:
+        try:
+            got = run("mbarrier_ring_no_wait", x, 7, schedule=schedule, seed=seed).numpy()
+        except RuntimeError as err:
+            assert "deadlock: threads" in str(err) and "32 of 32 arrivals pending" in str(err)
+            caught.append("deadlock")
+        else:
+            caught.append("" if np.allclose(got, reference, rtol=1e-6) else "values")
+    assert all(caught), caught  # every schedule catches it (today: all as deadlocks)
+
+
+# arg of the "mbarrier_bug" kernel (MBarrierBug in selftest_kernels.cpp) and the error.
+BUGS = [
+    (0, r"deadlock: threads 0-63 wait at .*selftest_kernels.cpp:\d+ for the phase of parity 0 "
+        r"of the mbarrier initialised at .*: 1 of 2 arrivals pending, tx-count 0 bytes"),
+    (1, r"over-arrival on the mbarrier initialised at .*: 2 arrival\(s\) in phase 0, which has "
+        r"1 of 1 pending"),
+    (2, r"deadlock: .* 0 of 1 arrivals pending, tx-count 32 bytes"),
+    (3, r"has all its arrivals but tx-count -16: more bytes completed than expect_tx announced"),
+    (4, r"mbarrier.test_wait on an mbarrier that mbarrier.init has not initialised"),
+    (5, r"mbarrier.arrive: the mbarrier initialised at .* was overwritten by an ordinary store"),
+    (6, r"mbarrier.init: the mbarrier object is not in this kernel's shared memory"),
+]
+
+
+@pytest.mark.parametrize(("bug", "message"), BUGS)
+@pytest.mark.parametrize(("schedule", "seed"), [("in_order", 0), ("reversed", 0)])
+def test_broken_pipelines_raise_naming_the_barrier(bug, message, schedule, seed):
+    with pytest.raises(RuntimeError, match=r"kernel .*mbarrier_bug_kernel.*block \(0, 0, 0\)") as e:
+        run("mbarrier_bug", arg=bug, schedule=schedule, seed=seed)
+    assert e.match(message)
+
+
+def _nvcc() -> str | None:
+    """The CUDA compiler: CUDA_HOME's, /usr/local/cuda's, or the one on PATH."""
+    for root in filter(None, [os.environ.get("CUDA_HOME"), "/usr/local/cuda"]):
+        path = os.path.join(root, "bin", "nvcc")
+        if os.path.exists(path):
+            return path
+    return shutil.which("nvcc")
+
+
+KERNEL = r"""
+#include "mbarrier.cuh"
+using namespace overfeat_kernels;
+__global__ void ring(const float* in, float* out) {
+  __shared__ __align__(8) uint64_t full, empty;
+  __shared__ float slot[32];
+  if (threadIdx.x == 0) {
+    mbarrier_init(&full, 32);
+    mbarrier_init(&empty, 32);
+    mbarrier_fence_init();
+  }
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    slot[threadIdx.x] = in[threadIdx.x];
+    mbarrier_arrive_expect_tx(&full, 0);
+    mbarrier_wait_parity(&empty, 0);
+  } else {
+    mbarrier_wait_parity(&full, 0);
+    out[threadIdx.x - 32] = slot[threadIdx.x - 32];
+    mbarrier_arrive(&empty);
+    mbarrier_arrive_count(&empty, 1);
+    (void)mbarrier_test_wait_parity(&empty, 1);
+    mbarrier_expect_tx(&full, 16);
+  }
+}
+"""
+
+
+@pytest.mark.skipif(_nvcc() is None, reason="nvcc not available")
+def test_the_ptx_wrappers_assemble_for_sm_90a(tmp_path):
+    # ptxas checks every instruction's spelling, state space and operand types.
+    src = tmp_path / "ring.cu"
+    src.write_text(KERNEL)
+    from torch.utils.cpp_extension import include_paths
+
+    cuda_dir = os.path.join(os.path.dirname(os.path.dirname(__file__)), "csrc", "cuda")
+    proc = subprocess.run(
+        [_nvcc(), "-std=c++20", "-arch=sm_90a", "-cubin", "--expt-relaxed-constexpr",
+         "-DOVERFEAT_WITH_CUDA=1", f"-I{cuda_dir}", *[f"-I{p}" for p in include_paths()],
+         f"-I{sysconfig.get_paths()['include']}", str(src), "-o", str(tmp_path / "ring.cubin")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
