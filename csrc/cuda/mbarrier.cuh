@@ -32,7 +32,7 @@ __device__ __forceinline__ void mbarrier_init(uint64_t* bar, uint32_t count) {
 __device__ __forceinline__ void mbarrier_fence_init() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-#endif
+#endif  // before sm_90: no async proxy, no cluster; the __syncthreads after the inits suffice
 }
 
 __device__ __forceinline__ uint64_t mbarrier_arrive(uint64_t* bar) {
@@ -44,46 +44,55 @@ __device__ __forceinline__ uint64_t mbarrier_arrive(uint64_t* bar) {
   return state;
 }
 
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+// The sm_90 instructions below are declared for every architecture (host and sm_80 passes
+// included) and trap where the GPU lacks them, so a kernel that calls one compiles
+// everywhere and fails loudly, not silently, on an older GPU.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+#define OVERFEAT_SM90_ONLY(body) __trap()
+#else
+#define OVERFEAT_SM90_ONLY(body) body
+#endif
+
 // `count` arrivals at once (sm_90).
 __device__ __forceinline__ uint64_t mbarrier_arrive_count(uint64_t* bar, uint32_t count) {
-  uint64_t state;
-  asm volatile("mbarrier.arrive.shared::cta.b64 %0, [%1], %2;"
-               : "=l"(state)
-               : "r"(mbarrier_smem(bar)), "r"(count)
-               : "memory");
+  uint64_t state = 0;
+  OVERFEAT_SM90_ONLY(asm volatile("mbarrier.arrive.shared::cta.b64 %0, [%1], %2;"
+                                  : "=l"(state)
+                                  : "r"(mbarrier_smem(bar)), "r"(count)
+                                  : "memory"));
   return state;
 }
 
 // expect-tx of `bytes`, then one arrival (sm_90).
 __device__ __forceinline__ uint64_t mbarrier_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
-  uint64_t state;
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 %0, [%1], %2;"
-               : "=l"(state)
-               : "r"(mbarrier_smem(bar)), "r"(bytes)
-               : "memory");
+  uint64_t state = 0;
+  OVERFEAT_SM90_ONLY(asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 %0, [%1], %2;"
+                                  : "=l"(state)
+                                  : "r"(mbarrier_smem(bar)), "r"(bytes)
+                                  : "memory"));
   return state;
 }
 
+// Raises the current phase's tx-count by `bytes` (sm_90).
 __device__ __forceinline__ void mbarrier_expect_tx(uint64_t* bar, uint32_t bytes) {
-  asm volatile("mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;" ::"r"(
-                   mbarrier_smem(bar)),
-               "r"(bytes)
-               : "memory");
+  OVERFEAT_SM90_ONLY(asm volatile("mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;" ::"r"(
+                                      mbarrier_smem(bar)),
+                                  "r"(bytes)
+                                  : "memory"));
 }
 
-// Waits a while (a hardware time limit) for the phase of parity `parity` to complete.
+// Waits a while (a hardware time limit) for the phase of parity `parity` to complete (sm_90).
 __device__ __forceinline__ bool mbarrier_try_wait_parity(uint64_t* bar, uint32_t parity) {
-  uint32_t done;
-  asm volatile(
+  uint32_t done = 0;
+  OVERFEAT_SM90_ONLY(asm volatile(
       "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
       " selp.u32 %0, 1, 0, p;\n}"
       : "=r"(done)
       : "r"(mbarrier_smem(bar)), "r"(parity)
-      : "memory");
+      : "memory"));
   return done != 0;
 }
-#endif
+#undef OVERFEAT_SM90_ONLY
 
 // Whether the phase of parity `parity` has completed, without waiting.
 __device__ __forceinline__ bool mbarrier_test_wait_parity(uint64_t* bar, uint32_t parity) {

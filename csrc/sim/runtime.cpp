@@ -381,6 +381,8 @@ void run_block(Worker& w, const KernelInfo& info, Dim3 grid, Dim3 dim, Dim3 bidx
     t.block = &b;
     t.async_copies.clear();
     t.group_ends.clear();
+    t.mbarrier = nullptr;
+    t.failed_test_waits = 0;
     t.fiber.prepare(w.stacks[i], &thread_main, &t);
   }
 
@@ -710,7 +712,9 @@ uint64_t mbarrier_arrive(Site site, void* bar, uint32_t count) {
                    ", which has " + std::to_string(m.pending) + " of " +
                    std::to_string(m.expected) + " pending");
   }
-  const uint64_t token = m.phase;
+  // Opaque, as the GPU's: the same for every arrival in this phase of this barrier, with no
+  // bit that is the phase's parity (code testing token & 1 would be wrong on a GPU).
+  const uint64_t token = splitmix64(reinterpret_cast<uintptr_t>(bar) ^ splitmix64(m.phase + 1));
   m.pending -= count;
   maybe_complete(site, bar, m);
   store_image(bar, m);
@@ -734,13 +738,38 @@ void mbarrier_complete_tx(Site site, void* bar, uint32_t bytes) {
   store_image(bar, m);
 }
 
-bool mbarrier_test_wait_parity(Site site, void* bar, uint32_t parity) {
+namespace {
+bool phase_done(Site site, void* bar, uint32_t parity) {
   const Worker::MBarrier& m = live_barrier(site, bar, "mbarrier.test_wait");
   return (m.phase & 1) != (parity & 1);
 }
+}  // namespace
+
+// Failed test_waits in a row after which a spinning thread counts as stuck: every one lets
+// all other threads run first, so a pipeline makes progress long before this.
+constexpr uint64_t kMaxFailedTestWaits = 1u << 16;
+
+bool mbarrier_test_wait_parity(Site site, void* bar, uint32_t parity) {
+  SimThread& t = this_thread();
+  if (phase_done(site, bar, parity)) {
+    t.failed_test_waits = 0;
+    return true;
+  }
+  if (++t.failed_test_waits > kMaxFailedTestWaits) {
+    const auto& m = tl_worker->mbarriers.at(bar);
+    fail(site, "thread spins on mbarrier.test_wait for the phase of parity " +
+                   std::to_string(parity & 1) + " of the mbarrier initialised at " +
+                   where(m.init) + ", which has not completed in " +
+                   std::to_string(kMaxFailedTestWaits) + " tries: " +
+                   std::to_string(m.pending) + " of " + std::to_string(m.expected) +
+                   " arrivals pending, tx-count " + std::to_string(m.tx) + " bytes");
+  }
+  switch_fiber(t.fiber, t.block->scheduler);  // still runnable: the others run first
+  return phase_done(site, bar, parity);
+}
 
 void mbarrier_wait_parity(Site site, void* bar, uint32_t parity) {
-  while (!mbarrier_test_wait_parity(site, bar, parity)) {
+  while (!phase_done(site, bar, parity)) {
     SimThread& t = this_thread();
     t.state = ThreadState::Blocked;
     t.waiting = WaitKind::MBarrier;

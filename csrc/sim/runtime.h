@@ -98,6 +98,7 @@ struct SimThread {
   std::vector<size_t> group_ends;         // committed groups: end index in async_copies
   const void* mbarrier = nullptr;         // WaitKind::MBarrier: the barrier and the parity
   uint32_t mbarrier_parity = 0;           // of the phase awaited
+  uint64_t failed_test_waits = 0;         // in a row: a thread spinning on test_wait
 };
 
 constexpr int kLaneBytes = 64;  // operand bytes a lane may pass to a warp collective
@@ -164,12 +165,16 @@ void cp_async_wait(Site site, int pending_groups);
 // satisfied because every live thread is waiting is reported as a deadlock naming the
 // barrier, instead of hanging.
 void mbarrier_init(Site site, void* bar, uint32_t count);
-// Arrives `count` times; returns the state token (the phase the arrivals belong to).
+// Arrives `count` times; returns a state token, opaque as the GPU's (equal for arrivals in
+// one phase of one barrier; its bits are not the phase).
 uint64_t mbarrier_arrive(Site site, void* bar, uint32_t count);
 void mbarrier_expect_tx(Site site, void* bar, uint32_t bytes);
-// What a TMA transfer's complete-tx does when its bytes have landed.
+// What a TMA transfer's complete-tx will do when its bytes have landed (a simulator hook:
+// the TMA model that calls it is still to come; tests call it directly).
 void mbarrier_complete_tx(Site site, void* bar, uint32_t bytes);
-// Whether the phase of parity `parity` has completed (it is not the current one).
+// Whether the phase of parity `parity` has completed (it is not the current one). A false
+// answer lets the other threads run before it returns, so a loop spinning on it makes
+// progress; a thread that keeps getting false with nothing else left to run raises.
 bool mbarrier_test_wait_parity(Site site, void* bar, uint32_t parity);
 // Suspends the calling thread until the phase of parity `parity` has completed: the
 // other threads run meanwhile (a GPU's try_wait loop, without the spinning).

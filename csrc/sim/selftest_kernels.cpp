@@ -169,31 +169,34 @@ __global__ void mbarrier_ring_kernel(const float* in, float* out, int rounds) {
 }
 
 // One thread walks a barrier through its phases and records, after each step, whether
-// the phases of parity 0 and 1 count as completed (test_wait) and the arrive's state
-// token (-1 where the step has none): on a barrier of 1 arrival, init, arrive,
-// expect_tx 16 + arrive, complete-tx 8, complete-tx 8; on one of 2, arrive, arrive,
-// arrive with count 2.
+// the phases of parity 0 and 1 count as completed (test_wait), and for arrivals whether
+// the state token equals the previous arrival's on that barrier (-1: no arrival): on a
+// barrier of 1 arrival, init, arrive, expect_tx 16 + arrive, complete-tx 8, complete-tx 8;
+// on one of 2, arrive, arrive, arrive with count 2.
 __global__ void mbarrier_phases_kernel(float* out) {
   __shared__ __align__(8) uint64_t one, two;
   if (threadIdx.x != 0) return;
   int k = 0;
-  const auto record = [&](uint64_t* bar, float token) {
+  uint64_t last = 0;
+  const auto record = [&](uint64_t* bar, bool arrived, uint64_t token) {
     out[k++] = mbarrier_test_wait_parity(bar, 0) ? 1.f : 0.f;
     out[k++] = mbarrier_test_wait_parity(bar, 1) ? 1.f : 0.f;
-    out[k++] = token;
+    out[k++] = arrived ? (token == last ? 1.f : 0.f) : -1.f;
+    if (arrived) last = token;
   };
   mbarrier_init(&one, 1);
-  record(&one, -1.f);
-  record(&one, static_cast<float>(mbarrier_arrive(&one)));                  // phase 0 done
-  record(&one, static_cast<float>(mbarrier_arrive_expect_tx(&one, 16)));    // waits for bytes
+  record(&one, false, 0);
+  record(&one, true, mbarrier_arrive(&one));                  // phase 0 done
+  record(&one, true, mbarrier_arrive_expect_tx(&one, 16));    // phase 1 waits for bytes
   ovk_sim::mbarrier_complete_tx(OVK_SITE, &one, 8);
-  record(&one, -1.f);
-  ovk_sim::mbarrier_complete_tx(OVK_SITE, &one, 8);                         // phase 1 done
-  record(&one, -1.f);
+  record(&one, false, 0);
+  ovk_sim::mbarrier_complete_tx(OVK_SITE, &one, 8);           // phase 1 done
+  record(&one, false, 0);
   mbarrier_init(&two, 2);
-  record(&two, static_cast<float>(mbarrier_arrive(&two)));                  // 1 of 2
-  record(&two, static_cast<float>(mbarrier_arrive(&two)));                  // phase 0 done
-  record(&two, static_cast<float>(mbarrier_arrive_count(&two, 2)));         // phase 1 done
+  last = 0;
+  record(&two, true, mbarrier_arrive(&two));                  // 1 of 2
+  record(&two, true, mbarrier_arrive(&two));                  // phase 0 done: same token
+  record(&two, true, mbarrier_arrive_count(&two, 2));         // phase 1 done
 }
 
 enum class MBarrierBug : int {
@@ -204,6 +207,11 @@ enum class MBarrierBug : int {
   Uninitialised,       // a wait on a barrier nobody initialised
   Overwritten,         // an ordinary store over a live barrier
   NotShared,           // a barrier in global memory
+  Misaligned,          // a barrier 4 bytes off its 8-byte alignment
+  InitWhileWaited,     // the last thread re-initialises the barrier the others wait on
+  HalfAtSyncthreads,   // warp 0 waits on a phase, warp 1 at __syncthreads: a deadlock
+  SpinOnTestWait,      // a loop on test_wait for a phase nothing completes
+  ArriveCount,         // an arrival count of 0
 };
 
 template <MBarrierBug kBug>
@@ -212,6 +220,44 @@ __global__ void mbarrier_bug_kernel(float* out) {
   const int t = threadIdx.x;
   if constexpr (kBug == MBarrierBug::NotShared) {
     if (t == 0) mbarrier_init(reinterpret_cast<uint64_t*>(out), 1);
+    return;
+  }
+  if constexpr (kBug == MBarrierBug::Misaligned) {
+    __shared__ __align__(8) uint64_t pair[2];
+    if (t == 0) mbarrier_init(reinterpret_cast<uint64_t*>(reinterpret_cast<char*>(pair) + 4), 1);
+    return;
+  }
+  if constexpr (kBug == MBarrierBug::InitWhileWaited) {
+    if (t == 0) mbarrier_init(&bar, 1);
+    __syncthreads();
+    if (t == static_cast<int>(blockDim.x) - 1) {
+      mbarrier_init(&bar, 1);
+    } else {
+      mbarrier_wait_parity(&bar, 0);
+    }
+    return;
+  }
+  if constexpr (kBug == MBarrierBug::HalfAtSyncthreads) {
+    if (t == 0) mbarrier_init(&bar, 1);
+    __syncthreads();
+    if (t < 32) mbarrier_wait_parity(&bar, 0);
+    __syncthreads();
+    return;
+  }
+  if constexpr (kBug == MBarrierBug::SpinOnTestWait) {
+    if (t == 0) mbarrier_init(&bar, 1);
+    __syncthreads();
+    if (t == 0) {
+      while (!mbarrier_test_wait_parity(&bar, 0)) {
+      }
+    }
+    return;
+  }
+  if constexpr (kBug == MBarrierBug::ArriveCount) {
+    if (t == 0) {
+      mbarrier_init(&bar, 1);
+      mbarrier_arrive_count(&bar, 0);
+    }
     return;
   }
   if (t == 0 && kBug != MBarrierBug::Uninitialised) {
@@ -313,6 +359,11 @@ at::Tensor run(const std::string& name, const at::Tensor& input, int64_t arg) {
       case B::Uninitialised: launch_kernel<mbarrier_bug_kernel<B::Uninitialised>>(1, 64, 0, nullptr, o); break;
       case B::Overwritten: launch_kernel<mbarrier_bug_kernel<B::Overwritten>>(1, 64, 0, nullptr, o); break;
       case B::NotShared: launch_kernel<mbarrier_bug_kernel<B::NotShared>>(1, 64, 0, nullptr, o); break;
+      case B::Misaligned: launch_kernel<mbarrier_bug_kernel<B::Misaligned>>(1, 64, 0, nullptr, o); break;
+      case B::InitWhileWaited: launch_kernel<mbarrier_bug_kernel<B::InitWhileWaited>>(1, 64, 0, nullptr, o); break;
+      case B::HalfAtSyncthreads: launch_kernel<mbarrier_bug_kernel<B::HalfAtSyncthreads>>(1, 64, 0, nullptr, o); break;
+      case B::SpinOnTestWait: launch_kernel<mbarrier_bug_kernel<B::SpinOnTestWait>>(1, 64, 0, nullptr, o); break;
+      case B::ArriveCount: launch_kernel<mbarrier_bug_kernel<B::ArriveCount>>(1, 64, 0, nullptr, o); break;
       default: TORCH_CHECK(false, "simtest: unknown mbarrier bug ", arg);
     }
     return out.narrow(0, 0, 64);
