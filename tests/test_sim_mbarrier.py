@@ -117,6 +117,21 @@ def test_broken_pipelines_raise_naming_the_barrier(bug, message, schedule, seed)
     assert e.match(message)
 
 
+@pytest.mark.parametrize(("schedule", "seed"), SCHEDULES)
+def test_dynamic_shared_memory_holds_data_and_an_mbarrier(schedule, seed):
+    # 100 KB: above the 48 KB default, after set_max_dynamic_smem (as on an H100).
+    n = 25_600
+    x = torch.randn(n)
+    got = run("dynamic_smem", x, n, schedule=schedule, seed=seed)
+    assert torch.equal(got, x.flip(0))
+
+
+def test_dynamic_shared_memory_above_48_kb_needs_the_opt_in():
+    with pytest.raises(RuntimeError, match=r"would refuse to launch .*dynamic shared memory"):
+        run("dynamic_smem", torch.randn(25_600), -25_600)
+    assert torch.equal(run("dynamic_smem", torch.ones(100), -100), torch.ones(100))
+
+
 def test_init_while_threads_wait_raises():
     with pytest.raises(RuntimeError, match=r"mbarrier.init on a barrier that thread 0 is waiting"):
         run("mbarrier_bug", arg=8)  # in order: 63 threads wait, then the last re-inits
@@ -132,8 +147,15 @@ def _nvcc() -> str | None:
 
 
 KERNEL = r"""
+#include "dynamic_smem.cuh"
 #include "mbarrier.cuh"
 using namespace overfeat_kernels;
+__global__ void reverse(const float* in, float* out, int n) {
+  float* data = dynamic_shared_memory<float>();
+  for (int i = threadIdx.x; i < n; i += blockDim.x) data[i] = in[i];
+  __syncthreads();
+  for (int i = threadIdx.x; i < n; i += blockDim.x) out[i] = data[n - 1 - i];
+}
 __global__ void ring(const float* in, float* out) {
   __shared__ __align__(8) uint64_t full, empty;
   __shared__ float slot[32];

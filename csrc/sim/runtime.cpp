@@ -574,6 +574,8 @@ bool in_shared_memory(const SimThread& t, const void* p, size_t bytes) {
 
 bool in_shared_memory(const void* p, size_t bytes) { return in_shared_memory(this_thread(), p, bytes); }
 
+unsigned char* dynamic_shared_memory() { return this_block().dynamic_smem; }
+
 void cp_async(Site site, void* dst, const void* src, uint32_t bytes, uint32_t src_bytes) {
   SimThread& t = this_thread();
   if (bytes != 4 && bytes != 8 && bytes != 16) {

@@ -145,6 +145,10 @@ void warp_collective(const char* what, Site site, uint32_t mask, bool full_warp,
 // Raises, naming the kernel, block and thread: for rule violations found in primitives.
 [[noreturn]] void fail(Site site, const std::string& what);
 
+// The calling thread's block's dynamic shared memory (16-byte aligned; the launch's
+// dynamic_smem bytes, poisoned at block start): what `extern __shared__` names on a GPU.
+unsigned char* dynamic_shared_memory();
+
 // Whether [p, p + bytes) lies in the calling thread's block's shared memory (static
 // __shared__ variables or dynamic shared memory): for primitives that need shared memory.
 bool in_shared_memory(const void* p, size_t bytes);

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "../cuda/conv3x3_igemm.cuh"
+#include "../cuda/dynamic_smem.cuh"
 #include "../cuda/launch.cuh"
 #include "../cuda/mbarrier.cuh"
 
@@ -284,6 +285,24 @@ __global__ void mbarrier_bug_kernel(float* out) {
   out[t] = 1.f;
 }
 
+// Reverses n floats through dynamic shared memory, where they sit 16 bytes after an
+// mbarrier (also in dynamic shared memory) that every thread arrives on once its values are
+// written and waits on before reading.
+__global__ void dynamic_smem_kernel(const float* in, float* out, int n) {
+  uint64_t* bar = dynamic_shared_memory<uint64_t>();
+  float* data = reinterpret_cast<float*>(bar + 2);
+  const int t = threadIdx.x, threads = static_cast<int>(blockDim.x);
+  if (t == 0) {
+    mbarrier_init(bar, static_cast<uint32_t>(threads));
+    mbarrier_fence_init();
+  }
+  __syncthreads();
+  for (int i = t; i < n; i += threads) data[i] = in[i];
+  mbarrier_arrive(bar);
+  mbarrier_wait_parity(bar, 0);
+  for (int i = t; i < n; i += threads) out[i] = data[n - 1 - i];
+}
+
 at::Tensor run(const std::string& name, const at::Tensor& input, int64_t arg) {
   TORCH_CHECK(input.is_cpu() && input.scalar_type() == at::kFloat && input.is_contiguous(),
               "simtest: input must be a contiguous float32 CPU tensor");
@@ -367,6 +386,18 @@ at::Tensor run(const std::string& name, const at::Tensor& input, int64_t arg) {
       default: TORCH_CHECK(false, "simtest: unknown mbarrier bug ", arg);
     }
     return out.narrow(0, 0, 64);
+  }
+  if (name == "dynamic_smem") {
+    // arg = n floats; negative: the same without raising the kernel's dynamic-memory limit.
+    const int n = static_cast<int>(arg < 0 ? -arg : arg);
+    TORCH_CHECK(input.numel() >= n, "simtest: needs ", n, " inputs");
+    at::Tensor result = at::empty({n}, input.options());
+    const size_t bytes = 16 + size_t(n) * sizeof(float);
+    const bool opt_in = arg > 0 && bytes > 48 * 1024;
+    if (opt_in) set_max_dynamic_smem<dynamic_smem_kernel>(static_cast<int>(bytes));
+    launch_kernel<dynamic_smem_kernel>(1, kBlock, bytes, nullptr, in, result.mutable_data_ptr<float>(), n);
+    if (opt_in) set_max_dynamic_smem<dynamic_smem_kernel>(48 * 1024);
+    return result;
   }
   // Launch configurations: arg selects what the GPU would refuse.
   if (name == "launch") {
