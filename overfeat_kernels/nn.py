@@ -101,6 +101,13 @@ class Conv3x3(nn.Module):
         return ops.conv3x3(input, self.weight, self.bias, self.padding, self.relu,
                            self.pool, self.pool_offsets)  # fmt: skip
 
+    def forward_pooled(self, input: Tensor, pool: int, relu: bool, offsets: bool = False) -> Tensor:
+        """This layer's convolution with ReLU as `relu` says and k x k max-pooling (``pool``,
+        at every pixel offset with ``offsets``) in the same call, whatever the layer's own
+        ``relu`` / ``pool``: how FusedSequential and the models run a conv and the pool
+        after it."""
+        return ops.conv3x3(input, self.weight, self.bias, self.padding, relu, pool, offsets)
+
     def prepack(self) -> Conv3x3:
         """Keeps the weight in the layout the tensor-core kernels read in place, so that a
         forward pass on a GPU copies no filters.
@@ -249,8 +256,7 @@ class FusedSequential(nn.Sequential):
                 i += 1
                 continue
             k, j, relu = fused
-            conv = modules[i]
-            x = ops.conv3x3(x, conv.weight, conv.bias, conv.padding, relu, k)
+            x = modules[i].forward_pooled(x, k, relu)
             i = j + 1
         return x
 

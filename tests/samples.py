@@ -21,6 +21,19 @@ class Sample:
         return self.name
 
 
+# Thread schedules of the simulator's adversarial runs: (schedule, seed).
+SCHEDULES = [("in_order", 0), ("reversed", 0), ("shuffle", 1), ("shuffle", 7)]
+
+
+def run_simtest(name, x=None, arg=0, **sim_options):
+    """A self-test kernel of csrc/sim/selftest_kernels.cpp, in the simulator."""
+    from overfeat_kernels import simulator
+
+    x = torch.randn(256) if x is None else x
+    with simulator.simulate_cuda(**sim_options):
+        return torch.ops.overfeat_kernels_simtest.run(name, x, arg)
+
+
 def make_map(shape, dtype, device, layout="nchw", requires_grad=False, values="normal"):
     """A random [N, C, H, W] tensor in the given layout.
 

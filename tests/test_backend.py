@@ -214,13 +214,16 @@ def test_auto_times_the_pooled_call_under_a_key_of_its_own(fresh, monkeypatch):
     assert sorted(f[-1] for f in fields) == [0, 2]
 
 
+# A training key's times: ours wins the forward and grad-weight, cuDNN grad-input.
+TRAINING_TIMES = {
+    "forward": {"ours": 1.0, "cudnn": 2.0},
+    "grad_input": {"ours": 2.0, "cudnn": 1.0},
+    "grad_weight": {"ours": 1.0, "cudnn": 2.0},
+}
+
+
 def test_a_pooled_training_call_uses_the_training_key_without_the_pool(fresh, monkeypatch):
-    times = {
-        "forward": {"ours": 1.0, "cudnn": 2.0},
-        "grad_input": {"ours": 2.0, "cudnn": 1.0},
-        "grad_weight": {"ours": 1.0, "cudnn": 2.0},
-    }
-    timer = FakeTimer(times)
+    timer = FakeTimer(TRAINING_TIMES)
     monkeypatch.setattr(backend.tuner, "timer", timer)
     x, w, b = _args(dtype=torch.bfloat16, requires_grad=True)
     out = ok.conv3x3(x, w, b, 1, True, pool=2)
@@ -239,11 +242,7 @@ def test_a_pooled_training_call_uses_the_training_key_without_the_pool(fresh, mo
 
 
 def test_training_chooses_each_direction_on_its_own(fresh, monkeypatch):
-    times = {
-        "forward": {"ours": 1.0, "cudnn": 2.0},
-        "grad_input": {"ours": 2.0, "cudnn": 1.0},
-        "grad_weight": {"ours": 1.0, "cudnn": 2.0},
-    }
+    times = TRAINING_TIMES
     timer = FakeTimer(times)
     monkeypatch.setattr(backend.tuner, "timer", timer)
     x, w, b = _args(requires_grad=True)

@@ -12,7 +12,8 @@ import time
 import numpy as np
 import pytest
 import torch
-from samples import make_map
+from samples import SCHEDULES, make_map
+from samples import run_simtest as run
 
 import overfeat_kernels as ok
 from overfeat_kernels import simulator
@@ -21,13 +22,6 @@ pytestmark = [
     pytest.mark.sim,
     pytest.mark.skipif(not simulator.available(), reason="CUDA simulator not built"),
 ]
-SCHEDULES = [("in_order", 0), ("reversed", 0), ("shuffle", 1), ("shuffle", 7)]
-
-
-def run(name, x=None, arg=0, **sim_options):
-    x = torch.randn(256) if x is None else x
-    with simulator.simulate_cuda(**sim_options):
-        return torch.ops.overfeat_kernels_simtest.run(name, x, arg)
 
 
 @pytest.mark.parametrize("schedule,seed", SCHEDULES)

@@ -132,7 +132,7 @@ def dense_maps(
         pooled = ops.offset_max_pool2d(pre, k)
     else:
         relu = conv.relu or any(type(m) is nn.ReLU for m in modules[last + 1 :])
-        pooled = ops.conv3x3(pre, conv.weight, conv.bias, conv.padding, relu, k, True)
+        pooled = conv.forward_pooled(pre, k, relu, offsets=True)
     return [ops.interleave(head_as_convs(h, pooled, s), k) for h in heads]
 
 

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .. import ops
 from ..nn import Conv3x3, FusedSequential, fusable_pool
 from .heads import linear_as_conv
 
@@ -93,8 +92,7 @@ def forward_layers(model: nn.Module, images: Tensor, names: list[str],
         fused = fusable_pool(modules, i) if isinstance(model.features, FusedSequential) else None
         if fused is not None and not any(("features", j) in wanted for j in range(i, fused[1])):
             k, j, relu = fused
-            conv = modules[i]
-            x = ops.conv3x3(x, conv.weight, conv.bias, conv.padding, relu, k)
+            x = modules[i].forward_pooled(x, k, relu)
             i = j
         else:
             x = modules[i](x)
