@@ -74,6 +74,65 @@ def find_cuda_home() -> str | None:
     return None
 
 
+# The simulator's translation units that hold kernels (the twins of csrc/cuda/*.cu and the
+# self-test kernels) are compiled with the compiler's thread-sanitizer instrumentation: it
+# calls __tsan_read4(addr)-style hooks before every load and store, which the simulator's
+# race detector (csrc/sim/race_detector.cpp, compiled without it) defines; libtsan is never
+# linked. Function entry/exit hooks are not needed; tail calls would hide the caller's line.
+SIM_INSTRUMENT = [
+    "-fsanitize=thread",
+    "--param=tsan-instrument-func-entry-exit=0",
+    "-fno-optimize-sibling-calls",
+    "-g",
+]
+SIM_RUNTIME = {"fiber", "guarded_allocator", "module", "race_detector", "runtime", "tma_model",
+               "wgmma_model", "conv_choice"}  # fmt: skip
+
+
+def _is_instrumented(source: str) -> bool:
+    path = Path(source)
+    return path.parent.name == "sim" and path.stem not in SIM_RUNTIME
+
+
+def _build_ext_class(base):
+    """BuildExtension that compiles the simulator's kernel sources with SIM_INSTRUMENT.
+
+    One extension gets one set of flags from setuptools, so the compile step is split in
+    two (both through torch's ninja path); the instrumented objects come first on the link
+    line, so that inline functions shared with the runtime keep their instrumented copy.
+    """
+
+    class BuildExt(base):
+        def build_extension(self, ext):
+            if not getattr(ext, "instrument_kernels", False):
+                return super().build_extension(ext)
+            compile_all = self.compiler.compile
+
+            def compile_split(sources, *args, extra_postargs=None, **kwargs):
+                kernels = [s for s in sources if _is_instrumented(s)]
+                rest = [s for s in sources if not _is_instrumented(s)]
+                post = (
+                    dict(extra_postargs)
+                    if isinstance(extra_postargs, dict)
+                    else {"cxx": list(extra_postargs or [])}
+                )
+                objects = []
+                if kernels:
+                    flags = {**post, "cxx": [*post["cxx"], *SIM_INSTRUMENT]}
+                    objects += compile_all(kernels, *args, extra_postargs=flags, **kwargs)
+                if rest:
+                    objects += compile_all(rest, *args, extra_postargs=post, **kwargs)
+                return objects
+
+            self.compiler.compile = compile_split
+            try:
+                return super().build_extension(ext)
+            finally:
+                self.compiler.compile = compile_all
+
+    return BuildExt
+
+
 def _extensions():
     cpu_only = os.environ.get("OVERFEAT_KERNELS_CPU_ONLY", "") not in ("", "0")
     cuda_home = None if cpu_only else find_cuda_home()
@@ -153,7 +212,7 @@ def _extensions():
     if missing:
         raise SystemExit(
             f"overfeat_kernels: {', '.join(missing)} has no simulator twin: add "
-            f"csrc/sim/<stem>.cpp containing `#include \"../cuda/<stem>.cu\"`"
+            f'csrc/sim/<stem>.cpp containing `#include "../cuda/<stem>.cu"`'
         )
     sim = CppExtension(
         "overfeat_kernels._sim",
@@ -167,9 +226,12 @@ def _extensions():
         },
         extra_link_args=["-ldl", *openmp],
     )
+    sim.instrument_kernels = True
+    instrumented = ", ".join(s for s in sim_sources if _is_instrumented(s))
+    _say(f"instrumented for the race detector: {instrumented}")
     _say(f"simulator sources: {', '.join(sim_sources)}")
     _say(f"parallel jobs (MAX_JOBS): {os.environ.get('MAX_JOBS', 'ninja default')}")
-    return [ext, sim], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+    return [ext, sim], {"build_ext": _build_ext_class(BuildExtension).with_options(use_ninja=True)}
 
 
 ext_modules, cmdclass = _extensions()

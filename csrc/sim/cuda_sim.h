@@ -32,6 +32,7 @@
 #define __noinline__ __attribute__((noinline))
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
+#define __grid_constant__
 // A function-local static in thread-local storage: one copy per OS thread, and one OS
 // thread runs one block at a time, so every fiber of the block sees the same array. The
 // runtime finds these variables in the module's symbol table, poisons them when a block

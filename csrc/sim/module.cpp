@@ -39,6 +39,15 @@ PyObject* set_poison_shared(PyObject*, PyObject* arg) {
   Py_RETURN_NONE;
 }
 
+PyObject* set_race_check(PyObject*, PyObject* arg) {
+  const int flag = PyObject_IsTrue(arg);
+  if (flag < 0) return nullptr;
+  ovk_sim::options().race_check = flag != 0;
+  Py_RETURN_NONE;
+}
+
+PyObject* get_race_check(PyObject*, PyObject*) { return PyBool_FromLong(ovk_sim::options().race_check); }
+
 PyObject* set_guarded_allocator(PyObject*, PyObject* arg) {
   const int flag = PyObject_IsTrue(arg);
   if (flag < 0) return nullptr;
@@ -74,6 +83,9 @@ PyMethodDef methods[] = {
      "set_schedule(kind, seed): order of a block's threads between barriers "
      "(0 in order, 1 reversed, 2 seeded shuffle)."},
     {"get_schedule", get_schedule, METH_NOARGS, "(kind, seed) of the current schedule."},
+    {"set_race_check", set_race_check, METH_O,
+     "set_race_check(on): the shared-memory race detector and async-proxy checks."},
+    {"get_race_check", get_race_check, METH_NOARGS, "Whether the race detector is on."},
     {"set_poison_shared", set_poison_shared, METH_O,
      "Fill shared memory with 0xFF bytes (NaN) when each block starts (default True)."},
     {"set_guarded_allocator", set_guarded_allocator, METH_O,

@@ -1,6 +1,7 @@
 // The simulator's scheduler, shared memory and warp exchange (see runtime.h).
 #include "runtime.h"
 
+#include "block_state.h"
 #include "guarded_allocator.h"
 
 #include <ATen/Parallel.h>
@@ -30,6 +31,16 @@ __attribute__((visibility("default"))) thread_local char ovk_sim_tls_anchor = 0;
 thread_local uint3 threadIdx{0, 0, 0}, blockIdx{0, 0, 0}, blockDim{1, 1, 1}, gridDim{1, 1, 1};
 
 namespace ovk_sim {
+
+using detail::Worker;
+using detail::tl_worker;
+using detail::tl_thread;
+using detail::where;
+using detail::same_site;
+using detail::ranges;
+using detail::dim_str;
+using detail::splitmix64;
+
 namespace {
 
 constexpr size_t kFiberStackBytes = 64 * 1024;
@@ -147,37 +158,22 @@ KernelInfo make_kernel_info(const void* kernel) {
 
 // ---- per OS thread state ------------------------------------------------------------------
 
-struct Worker {
-  std::vector<FiberStack> stacks;
-  std::vector<SimThread> threads;
-  std::vector<WarpExchange> warps;
-  std::vector<std::array<unsigned char, kLaneBytes>> results;
-  std::vector<unsigned char> dynamic_smem;
-  std::vector<unsigned> order;
-  SimBlock block;
-  const std::function<void()>* body = nullptr;
-  // The block's mbarrier objects by address (runtime.h, "mbarrier objects").
-  struct MBarrier {
-    uint32_t expected = 0;
-    int64_t pending = 0, tx = 0;
-    uint64_t phase = 0;
-    Site init{nullptr, 0, 0};
-    uint64_t image = 0;  // what its 8 bytes of shared memory hold
-  };
-  std::unordered_map<const void*, MBarrier> mbarriers;
-};
+thread_local std::unique_ptr<detail::Worker> tl_worker_owner;  // freed when the OS thread ends
 
-thread_local std::unique_ptr<Worker> tl_worker_owner;  // freed when the OS thread ends
-thread_local Worker* tl_worker = nullptr;
-thread_local SimThread* tl_thread = nullptr;
-
-Worker& worker() {
+detail::Worker& worker() {
   if (tl_worker == nullptr) {
-    tl_worker_owner = std::make_unique<Worker>();
+    tl_worker_owner = std::make_unique<detail::Worker>();
     tl_worker = tl_worker_owner.get();
   }
   return *tl_worker;
 }
+
+}  // namespace
+
+namespace detail {
+
+thread_local Worker* tl_worker = nullptr;
+thread_local SimThread* tl_thread = nullptr;
 
 uint64_t splitmix64(uint64_t x) {
   x += 0x9E3779B97F4A7C15ull;
@@ -216,6 +212,10 @@ std::string ranges(const std::vector<unsigned>& ids) {
   return os.str();
 }
 
+}  // namespace detail
+
+namespace {
+
 [[noreturn]] void block_error(const SimBlock& b, const std::string& what) {
   TORCH_CHECK(false, "CUDA simulator: kernel ", b.kernel->name, ", block ", dim_str(b.idx), ": ",
               what);
@@ -226,6 +226,7 @@ void thread_main(void* arg) {
   SimBlock& b = *t->block;
   try {
     (*tl_worker->body)();
+    detail::check_thread_exit(*tl_worker, *t);
   } catch (const c10::Error& e) {
     if (b.error.empty()) b.error = e.what_without_backtrace();
   } catch (const std::exception& e) {
@@ -255,6 +256,7 @@ void resolve_blocked(Worker& w) {
     if (first == nullptr) first = &t;
   }
   if (one_barrier) {
+    detail::race_barrier(w);
     for (SimThread& t : ts) {
       if (t.state == ThreadState::Blocked) {
         t.state = ThreadState::Runnable;
@@ -280,6 +282,7 @@ void resolve_blocked(Worker& w) {
     it->second.push_back(t.linear);
   }
   if (all_at_barrier && barrier_sites.size() == 1) {
+    detail::race_barrier(w);
     for (SimThread& t : ts) {
       if (t.state == ThreadState::Blocked) {
         t.state = ThreadState::Runnable;
@@ -304,6 +307,15 @@ void resolve_blocked(Worker& w) {
        << " for the phase of parity " << t.mbarrier_parity << " of the mbarrier initialised at "
        << where(bar.init) << ", which cannot complete: " << bar.pending << " of "
        << bar.expected << " arrivals pending, tx-count " << bar.tx << " bytes";
+    if (!barrier_sites.empty()) {
+      os << "; meanwhile threads";
+      for (const auto& [site, ids] : barrier_sites) os << " " << ranges(ids) << " wait at __syncthreads " << where(site) << ";";
+    }
+    block_error(b, os.str());
+  }
+  const std::string warpgroup = detail::describe_warpgroup_wait(w);
+  if (!warpgroup.empty()) {
+    os << warpgroup;
     if (!barrier_sites.empty()) {
       os << "; meanwhile threads";
       for (const auto& [site, ids] : barrier_sites) os << " " << ranges(ids) << " wait at __syncthreads " << where(site) << ";";
@@ -364,10 +376,20 @@ void run_block(Worker& w, const KernelInfo& info, Dim3 grid, Dim3 dim, Dim3 bidx
   b.warps = &w.warps;
   b.error.clear();
   w.mbarriers.clear();
+  detail::reset_async_state(w);
   // Poisoned shared memory: a read of an element this block has not written is NaN.
-  w.dynamic_smem.assign(dynamic_smem + 16, kPoisonByte);
-  b.dynamic_smem = reinterpret_cast<unsigned char*>(
-      (reinterpret_cast<uintptr_t>(w.dynamic_smem.data()) + 15) & ~uintptr_t(15));
+  // Dynamic shared memory sits in the shared window after 1 KB the system reserves and the
+  // static variables, 16-byte aligned, as on a GPU: only 16. Its host buffer is placed so
+  // that host and shared addresses agree modulo 1024, the period of every swizzle pattern,
+  // so kernels that need 128- or 1024-byte aligned tiles must align them themselves.
+  w.dynamic_smem_address = static_cast<uint32_t>((1024 + info.static_smem + 15) & ~size_t(15));
+  w.dynamic_smem_bytes = dynamic_smem;
+  w.dynamic_smem.assign(dynamic_smem + 1024, kPoisonByte);
+  {
+    const uintptr_t host = reinterpret_cast<uintptr_t>(w.dynamic_smem.data());
+    const uintptr_t want = w.dynamic_smem_address % 1024;
+    b.dynamic_smem = reinterpret_cast<unsigned char*>(host + ((want - host % 1024 + 1024) % 1024));
+  }
   if (options().poison_shared) {
     unsigned char* base = tls_block_base();
     for (const auto& v : info.shared) std::memset(base + v.offset, kPoisonByte, v.size);
@@ -389,6 +411,10 @@ void run_block(Worker& w, const KernelInfo& info, Dim3 grid, Dim3 dim, Dim3 bidx
   blockIdx = bidx;
   blockDim = dim;
   gridDim = grid;
+  detail::race_begin_block(w, info, tls_block_base());
+  struct RaceScope {
+    ~RaceScope() { detail::race_end_block(); }
+  } race_scope;
   const Options opt = options();
   uint64_t round = 0;
   for (;;) {
@@ -538,6 +564,13 @@ void warp_collective(const char* what, Site site, uint32_t mask, bool full_warp,
   std::memcpy(x.in[lane], in, in_bytes);
   x.arrived |= 1u << lane;
   if (x.arrived == x.mask) {
+    if (options().race_check) {
+      std::vector<unsigned> tids;
+      for (unsigned l = 0; l < 32; ++l) {
+        if ((x.mask >> l) & 1u) tids.push_back(warp * 32 + l);
+      }
+      detail::race_collective(w, tids);
+    }
     x.combine(x.in, x.out, x.mask);
     x.open = false;
     for (unsigned l = 0; l < 32; ++l) {
@@ -567,14 +600,39 @@ bool in_shared_memory(const SimThread& t, const void* p, size_t bytes) {
     if (q >= base + v.offset && q + bytes <= base + v.offset + v.size) return true;
   }
   const Worker& w = *tl_worker;
-  const unsigned char* dyn_end = w.dynamic_smem.data() + w.dynamic_smem.size();
-  return q >= b.dynamic_smem && q + bytes <= dyn_end;
+  return q >= b.dynamic_smem && q + bytes <= b.dynamic_smem + w.dynamic_smem_bytes;
 }
 }  // namespace
 
 bool in_shared_memory(const void* p, size_t bytes) { return in_shared_memory(this_thread(), p, bytes); }
 
 unsigned char* dynamic_shared_memory() { return this_block().dynamic_smem; }
+
+uint32_t shared_address(Site site, const void* p) {
+  const Worker& w = *tl_worker;
+  const auto* q = static_cast<const unsigned char*>(p);
+  const unsigned char* base = this_block().dynamic_smem;
+  if (q < base || q > base + w.dynamic_smem_bytes) {
+    fail(site, "the simulator gives shared-window addresses (wgmma descriptors, TMA "
+               "destinations) to dynamic shared memory only; this pointer is not in it");
+  }
+  return w.dynamic_smem_address + static_cast<uint32_t>(q - base);
+}
+
+unsigned char* shared_pointer(Site site, uint32_t address, size_t bytes) {
+  const Worker& w = *tl_worker;
+  if (address < w.dynamic_smem_address ||
+      size_t(address - w.dynamic_smem_address) + bytes > w.dynamic_smem_bytes) {
+    char buf[160];
+    std::snprintf(buf, sizeof buf,
+                  "shared address 0x%x (+%zu bytes) lies outside the block's dynamic shared "
+                  "memory [0x%x, 0x%zx)",
+                  address, bytes, w.dynamic_smem_address,
+                  size_t(w.dynamic_smem_address) + w.dynamic_smem_bytes);
+    fail(site, buf);
+  }
+  return this_block().dynamic_smem + (address - w.dynamic_smem_address);
+}
 
 void cp_async(Site site, void* dst, const void* src, uint32_t bytes, uint32_t src_bytes) {
   SimThread& t = this_thread();
@@ -610,6 +668,8 @@ void cp_async_wait(Site site, int pending_groups) {
   const size_t land = t.group_ends[land_groups - 1];
   for (size_t i = 0; i < land; ++i) {
     const CpAsyncCopy& c = t.async_copies[i];
+    // The copy's writes count as the waiting thread's, now (the race detector).
+    detail::race_record(*tl_worker, c.dst, c.bytes, true, __builtin_return_address(0));
     std::memcpy(c.dst, c.src, c.src_bytes);
     std::memset(static_cast<unsigned char*>(c.dst) + c.src_bytes, 0, c.bytes - c.src_bytes);
   }
@@ -625,14 +685,14 @@ namespace {
 constexpr uint32_t kMaxArrivals = (1u << 20) - 1;  // the ISA's expected-count range
 constexpr int64_t kMaxTx = (1 << 20) - 1;           // and tx-count range
 
-uint64_t barrier_image(const Worker::MBarrier& m) {
+uint64_t barrier_image(const detail::MBarrierState& m) {
   // A recognisable 8-byte pattern that changes with every update, so that a generic store
   // over a live barrier is noticed at its next use.
   return 0x6d62617200000000ull ^ (m.phase << 40) ^ (uint64_t(m.pending & 0xfffff) << 20) ^
          uint64_t(m.tx & 0xfffff);
 }
 
-void store_image(void* bar, Worker::MBarrier& m) {
+void store_image(void* bar, detail::MBarrierState& m) {
   m.image = barrier_image(m);
   std::memcpy(bar, &m.image, sizeof m.image);
 }
@@ -646,7 +706,7 @@ void check_operand(Site site, const void* bar, const char* what) {
   }
 }
 
-Worker::MBarrier& live_barrier(Site site, void* bar, const char* what) {
+detail::MBarrierState& live_barrier(Site site, void* bar, const char* what) {
   check_operand(site, bar, what);
   auto it = tl_worker->mbarriers.find(bar);
   if (it == tl_worker->mbarriers.end()) {
@@ -662,7 +722,7 @@ Worker::MBarrier& live_barrier(Site site, void* bar, const char* what) {
 }
 
 // Completes the phase if its arrivals and bytes are all in, waking its waiters.
-void maybe_complete(Site site, void* bar, Worker::MBarrier& m) {
+void maybe_complete(Site site, void* bar, detail::MBarrierState& m) {
   if (m.pending == 0 && m.tx < 0) {
     fail(site, "mbarrier phase " + std::to_string(m.phase) + " (initialised at " +
                    where(m.init) + ") has all its arrivals but tx-count " + std::to_string(m.tx) +
@@ -670,6 +730,8 @@ void maybe_complete(Site site, void* bar, Worker::MBarrier& m) {
   }
   if (m.pending != 0 || m.tx != 0) return;
   const uint32_t done = static_cast<uint32_t>(m.phase & 1);
+  detail::complete_tma(*tl_worker, bar, m.phase);
+  detail::race_phase_complete(*tl_worker, bar, done);
   ++m.phase;
   m.pending = m.expected;
   for (SimThread& o : tl_worker->threads) {
@@ -695,8 +757,8 @@ void mbarrier_init(Site site, void* bar, uint32_t count) {
                      " is waiting on (at " + where(o.site) + ")");
     }
   }
-  Worker::MBarrier& m = tl_worker->mbarriers[bar];
-  m = Worker::MBarrier{};
+  detail::MBarrierState& m = tl_worker->mbarriers[bar];
+  m = detail::MBarrierState{};
   m.expected = count;
   m.pending = count;
   m.init = site;
@@ -704,7 +766,7 @@ void mbarrier_init(Site site, void* bar, uint32_t count) {
 }
 
 uint64_t mbarrier_arrive(Site site, void* bar, uint32_t count) {
-  Worker::MBarrier& m = live_barrier(site, bar, "mbarrier.arrive");
+  detail::MBarrierState& m = live_barrier(site, bar, "mbarrier.arrive");
   if (count < 1 || count > kMaxArrivals) {
     fail(site, "mbarrier.arrive: the count must be in [1, 2^20 - 1], got " + std::to_string(count));
   }
@@ -717,6 +779,7 @@ uint64_t mbarrier_arrive(Site site, void* bar, uint32_t count) {
   // Opaque, as the GPU's: the same for every arrival in this phase of this barrier, with no
   // bit that is the phase's parity (code testing token & 1 would be wrong on a GPU).
   const uint64_t token = splitmix64(reinterpret_cast<uintptr_t>(bar) ^ splitmix64(m.phase + 1));
+  detail::race_arrive(*tl_worker, bar, this_thread().linear);
   m.pending -= count;
   maybe_complete(site, bar, m);
   store_image(bar, m);
@@ -724,7 +787,7 @@ uint64_t mbarrier_arrive(Site site, void* bar, uint32_t count) {
 }
 
 void mbarrier_expect_tx(Site site, void* bar, uint32_t bytes) {
-  Worker::MBarrier& m = live_barrier(site, bar, "mbarrier.expect_tx");
+  detail::MBarrierState& m = live_barrier(site, bar, "mbarrier.expect_tx");
   if (m.tx + int64_t(bytes) > kMaxTx) {
     fail(site, "mbarrier.expect_tx: the tx-count would exceed 2^20 - 1 bytes");
   }
@@ -733,7 +796,7 @@ void mbarrier_expect_tx(Site site, void* bar, uint32_t bytes) {
 }
 
 void mbarrier_complete_tx(Site site, void* bar, uint32_t bytes) {
-  Worker::MBarrier& m = live_barrier(site, bar, "complete-tx");
+  detail::MBarrierState& m = live_barrier(site, bar, "complete-tx");
   m.tx -= bytes;
   if (m.tx < -kMaxTx) fail(site, "complete-tx: the tx-count would fall below -(2^20 - 1)");
   maybe_complete(site, bar, m);
@@ -742,7 +805,7 @@ void mbarrier_complete_tx(Site site, void* bar, uint32_t bytes) {
 
 namespace {
 bool phase_done(Site site, void* bar, uint32_t parity) {
-  const Worker::MBarrier& m = live_barrier(site, bar, "mbarrier.test_wait");
+  const detail::MBarrierState& m = live_barrier(site, bar, "mbarrier.test_wait");
   return (m.phase & 1) != (parity & 1);
 }
 }  // namespace
@@ -755,6 +818,8 @@ bool mbarrier_test_wait_parity(Site site, void* bar, uint32_t parity) {
   SimThread& t = this_thread();
   if (phase_done(site, bar, parity)) {
     t.failed_test_waits = 0;
+    detail::land_tma(*tl_worker, bar);
+    detail::race_wait_done(*tl_worker, bar, parity, t.linear);
     return true;
   }
   if (++t.failed_test_waits > kMaxFailedTestWaits) {
@@ -767,7 +832,11 @@ bool mbarrier_test_wait_parity(Site site, void* bar, uint32_t parity) {
                    " arrivals pending, tx-count " + std::to_string(m.tx) + " bytes");
   }
   switch_fiber(t.fiber, t.block->scheduler);  // still runnable: the others run first
-  return phase_done(site, bar, parity);
+  if (!phase_done(site, bar, parity)) return false;
+  t.failed_test_waits = 0;
+  detail::land_tma(*tl_worker, bar);
+  detail::race_wait_done(*tl_worker, bar, parity, t.linear);
+  return true;
 }
 
 void mbarrier_wait_parity(Site site, void* bar, uint32_t parity) {
@@ -780,6 +849,8 @@ void mbarrier_wait_parity(Site site, void* bar, uint32_t parity) {
     t.site = site;
     switch_fiber(t.fiber, t.block->scheduler);
   }
+  detail::land_tma(*tl_worker, bar);
+  detail::race_wait_done(*tl_worker, bar, parity, this_thread().linear);
 }
 
 std::vector<std::pair<std::string, int64_t>> launch_counts() {

@@ -26,6 +26,10 @@ struct uint3 {
 };
 extern thread_local uint3 threadIdx, blockIdx, blockDim, gridDim;
 
+namespace overfeat_kernels::tma {
+struct TensorMapSpec;  // csrc/cuda/tensor_map.cuh
+}
+
 namespace ovk_sim {
 
 using Dim3 = ::uint3;
@@ -54,6 +58,9 @@ struct Options {
   Schedule schedule = Schedule::InOrder;
   uint64_t seed = 0;
   bool poison_shared = true;
+  // The shared-memory race detector (race_detector.cpp), and the async-proxy checks that
+  // share its records: on by default.
+  bool race_check = true;
 };
 Options& options();
 
@@ -77,7 +84,7 @@ void run_grid(const void* kernel, Dim3 grid, Dim3 block, size_t dynamic_smem,
 
 // ---- what the CUDA surface (cuda_sim.h) calls from inside a kernel ----------------------
 
-enum class WaitKind : uint8_t { None, Barrier, Warp, MBarrier };
+enum class WaitKind : uint8_t { None, Barrier, Warp, MBarrier, WarpGroup };
 enum class ThreadState : uint8_t { Runnable, Blocked, Exited };
 
 struct CpAsyncCopy {
@@ -149,6 +156,12 @@ void warp_collective(const char* what, Site site, uint32_t mask, bool full_warp,
 // dynamic_smem bytes, poisoned at block start): what `extern __shared__` names on a GPU.
 unsigned char* dynamic_shared_memory();
 
+// Shared-window addresses (what __cvta_generic_to_shared gives on a GPU), for the operands
+// Hopper's units take by address (wgmma descriptors, TMA destinations): dynamic shared
+// memory only. shared_pointer checks that [address, address + bytes) lies inside it.
+uint32_t shared_address(Site site, const void* p);
+unsigned char* shared_pointer(Site site, uint32_t address, size_t bytes);
+
 // Whether [p, p + bytes) lies in the calling thread's block's shared memory (static
 // __shared__ variables or dynamic shared memory): for primitives that need shared memory.
 bool in_shared_memory(const void* p, size_t bytes);
@@ -183,6 +196,64 @@ bool mbarrier_test_wait_parity(Site site, void* bar, uint32_t parity);
 // Suspends the calling thread until the phase of parity `parity` has completed: the
 // other threads run meanwhile (a GPU's try_wait loop, without the spinning).
 void mbarrier_wait_parity(Site site, void* bar, uint32_t parity);
+
+// ---- warpgroups and wgmma (PTX ISA 9.7.15, wgmma_model.cpp) ----------------------------
+// A collective of the 128 threads of a warpgroup (4 consecutive warps, the first a multiple
+// of 4): each passes `uniform` (which all must pass the same, bytewise) and its own `mine`;
+// the last to arrive runs `combine` over the 128 `mine` pointers (in thread order), then all
+// go on. A thread that arrives elsewhere, with other uniform bytes, or a warpgroup whose
+// threads do not all exist raises naming the kernel, block, thread and call site.
+void warpgroup_collective(const char* what, Site site, const void* uniform, size_t uniform_bytes,
+                          void* mine, const std::function<void(void* const* mine)>& combine);
+
+enum class WgmmaType : uint8_t { BF16, F16, TF32 };
+
+// The operands of one wgmma.mma_async that every thread of the warpgroup passes the same.
+struct WgmmaCall {
+  WgmmaType type;
+  int n;                 // 8 .. 256, a multiple of 8 (K is 16, or 8 for tf32)
+  bool a_in_registers;   // A from registers (then desc_a is unused)
+  bool scale_d;          // false: D = A * B, the accumulators' old values ignored
+  int scale_a, scale_b;  // +1 or -1
+  bool trans_a, trans_b; // MN-major (16-bit types only)
+  uint64_t desc_a, desc_b;
+};
+
+// wgmma.mma_async: `d` holds the thread's n / 2 accumulators, `a_regs` its A fragment (4
+// registers) when A comes from registers. Asynchronous as on a GPU: the accumulators hold
+// poison (NaN) from here until a wgmma.wait_group retires the operation; reading them
+// earlier gives NaN, writing them (or the A registers) earlier, a shared-memory operand
+// changed before then, or an operation issued on accumulators handed back by a wait_group
+// without a wgmma.fence since, raise.
+void wgmma(Site site, const WgmmaCall& call, float* d, const uint32_t* a_regs);
+void wgmma_fence(Site site);
+// setmaxnreg: a warpgroup collective (every thread the same count and direction); the
+// simulator has no registers to move, so it checks and returns.
+void setmaxnreg(Site site, int regs, bool increase);
+void wgmma_commit(Site site);
+void wgmma_wait(Site site, int pending_groups);
+
+// ---- TMA (PTX ISA 9.7.9.25 "Data movement: bulk tensor copies", tma_model.cpp) ----------
+// cp.async.bulk.tensor, global -> shared, completing on an mbarrier: the box (tiled or
+// im2col, out-of-bound elements filled) is read from global memory when the load is
+// issued; its destination holds poison from then until a thread's wait sees the barrier
+// phase it completes end, when the bytes land (swizzled as the map says): a thread that
+// reads without waiting sees poison. Its byte count is subtracted from the barrier's
+// tx-count at once. `offsets` (im2col only) are the per-spatial-dimension
+// offsets of the instruction.
+void tma_load(Site site, const overfeat_kernels::tma::TensorMapSpec& map, void* dst, void* bar,
+              const int32_t* coords, const uint16_t* offsets);
+// cp.async.bulk.tensor, shared -> global (tiled), in the calling thread's bulk async-group:
+// the shared memory is read, and global memory written, only at the wait_group that
+// covers it (or when the thread exits); elements outside the tensor are not written.
+void tma_store(Site site, const overfeat_kernels::tma::TensorMapSpec& map, const void* src,
+               const int32_t* coords);
+void bulk_commit(Site site);
+// cp.async.bulk.wait_group[.read] N.
+void bulk_wait(Site site, int pending_groups, bool read_only);
+// fence.proxy.async.shared::cta: the calling thread's earlier generic writes to shared
+// memory become visible to the async proxy (wgmma operands, TMA stores).
+void fence_proxy_async(Site site);
 
 // Counters, for tests and `selfcheck`: launches per kernel name, and the host-side steps the
 // launchers report (e.g. "conv3x3 copy: filters", an operand copied before a launch).

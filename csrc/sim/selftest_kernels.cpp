@@ -35,6 +35,50 @@ __global__ void race_kernel(const float* in, float* out) {
   out[t] = t > 0 ? s[t - 1] : in[kBlock - 1];
 }
 
+// Shared-memory accesses the race detector must judge (tests/test_sim_races.py), by case:
+// 0 write after read (read the right neighbour's slot, then overwrite one's own), 1 write
+// after write (two threads per slot), 2 lanes exchanging through shared memory after a
+// __syncwarp (ordered: no race), 3 the same exchange between warps (a race), 4 a
+// warp-ordered chain: lane 0 writes, __syncwarp, lane 1 copies it after another warp
+// reads lane 1's copy only after __syncthreads (no race), 5 an atomic counter (no race).
+template <int kCase>
+__global__ void race_cases_kernel(const float* in, float* out) {
+  __shared__ float s[kBlock];
+  __shared__ int counter;
+  const int t = threadIdx.x;
+  if constexpr (kCase == 0) {
+    s[t] = in[t];
+    __syncthreads();
+    const float right = s[(t + 1) % kBlock];
+    s[t] = 2.f * right;
+    out[t] = right;
+  } else if constexpr (kCase == 1) {
+    s[t / 2] = in[t];
+    __syncthreads();
+    out[t] = s[t / 2];
+  } else if constexpr (kCase == 2) {
+    s[t] = in[t];
+    __syncwarp();
+    out[t] = s[(t & ~31) | ((t + 1) & 31)];
+  } else if constexpr (kCase == 3) {
+    s[t] = in[t];
+    __syncwarp();
+    out[t] = s[(t + 32) % kBlock];
+  } else if constexpr (kCase == 4) {
+    if (t % 32 == 0) s[t] = in[t];
+    __syncwarp();
+    if (t % 32 == 1) s[t] = s[t - 1] + 1.f;
+    __syncthreads();
+    out[t] = s[(((t + 32) % kBlock) & ~31) | 1];
+  } else {
+    if (t == 0) counter = 0;
+    __syncthreads();
+    atomicAdd(&counter, 1);
+    __syncthreads();
+    out[t] = static_cast<float>(counter);
+  }
+}
+
 // A barrier inside a branch that splits the block: two call sites.
 __global__ void divergent_barrier_kernel(float* out) {
   if (threadIdx.x < 100) {
@@ -327,6 +371,18 @@ at::Tensor run(const std::string& name, const at::Tensor& input, int64_t arg) {
     if (name == "out_of_bounds") launch_kernel<out_of_bounds_kernel>(1, n + 1, 0, nullptr, p, n);
     if (name == "unwritten") launch_kernel<unwritten_kernel>(1, n, 0, nullptr, p, n);
     return small;
+  }
+  if (name == "race_cases") {
+    switch (arg) {
+      case 0: launch_kernel<race_cases_kernel<0>>(1, kBlock, 0, nullptr, in, o); break;
+      case 1: launch_kernel<race_cases_kernel<1>>(1, kBlock, 0, nullptr, in, o); break;
+      case 2: launch_kernel<race_cases_kernel<2>>(1, kBlock, 0, nullptr, in, o); break;
+      case 3: launch_kernel<race_cases_kernel<3>>(1, kBlock, 0, nullptr, in, o); break;
+      case 4: launch_kernel<race_cases_kernel<4>>(1, kBlock, 0, nullptr, in, o); break;
+      case 5: launch_kernel<race_cases_kernel<5>>(1, kBlock, 0, nullptr, in, o); break;
+      default: TORCH_CHECK(false, "simtest: unknown race case ", arg);
+    }
+    return out.narrow(0, 0, kBlock);
   }
   if (name == "divergent_barrier") {
     launch_kernel<divergent_barrier_kernel>(1, kBlock, 0, nullptr, o);

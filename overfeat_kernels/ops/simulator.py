@@ -86,6 +86,7 @@ def simulate_cuda(
     schedule: str | None = None,
     seed: int | None = None,
     poison: bool = True,
+    race_check: bool | None = None,
 ) -> Iterator[None]:
     """Runs the ops' CUDA kernels in the simulator for CPU tensors, within the block.
 
@@ -99,6 +100,11 @@ def simulate_cuda(
         seed: the shuffle's seed (default 0, or the one in the environment variable).
         poison: fill shared memory and every new CPU buffer with NaN bytes, with guard
             bands checked after each launch (slower; on by default).
+        race_check: report unsynchronised shared-memory accesses between a block's
+            threads (and Hopper's asynchronous units) as errors naming both source lines,
+            and shared memory read by wgmma or a TMA store without the async-proxy fence
+            (slower). None keeps the current setting (on, unless an enclosing block
+            turned it off).
 
     Raises:
         ValueError: an unknown schedule.
@@ -114,7 +120,10 @@ def simulate_cuda(
     was_enabled = bool(_ext._C.simulate_cuda_enabled())
     was_schedule = sim.get_schedule()
     was_poisoned = _state["poison"]
+    was_race_check = bool(sim.get_race_check())
     sim.set_schedule(SCHEDULES.index(schedule), int(seed) & (2**64 - 1))
+    if race_check is not None:
+        sim.set_race_check(bool(race_check))
     _set_poison(sim, poison and enabled)
     _ext._C.set_simulate_cuda(bool(enabled))
     try:
@@ -122,6 +131,7 @@ def simulate_cuda(
     finally:
         _ext._C.set_simulate_cuda(was_enabled)
         sim.set_schedule(*was_schedule)
+        sim.set_race_check(was_race_check)
         _set_poison(sim, was_poisoned)
 
 
