@@ -1,7 +1,8 @@
 // Tensor-core and async-copy primitives: one tiny wrapper per PTX instruction, with the
-// inline PTX for nvcc (sm_80+) and, under OVERFEAT_SIM, a simulator body that follows
-// the PTX ISA's definition (fragment layouts, cp.async groups) on the CPU. Kernels call
-// only these wrappers, so the GPU build and the simulator run the same kernel code.
+// inline PTX for nvcc (sm_80+) here and, under OVERFEAT_SIM, a simulator body of the same
+// name in csrc/sim/ptx_primitives_sim.h that follows the PTX ISA's definition (fragment
+// layouts, cp.async groups) on the CPU. Kernels call only these wrappers, so the GPU build
+// and the simulator run the same kernel code.
 //
 // Section names below are those of the PTX ISA ("Parallel Thread Execution ISA").
 //
@@ -17,12 +18,6 @@
 #include <cstdint>
 
 #include "cuda_headers.cuh"
-
-#ifdef OVERFEAT_SIM
-#include <cmath>
-#include <cstring>
-#include <string>
-#endif
 
 namespace overfeat_kernels {
 
@@ -68,131 +63,14 @@ __host__ __device__ constexpr RowCol mma_m16n8_c(int lane, int i) {
   return {(lane >> 2) + 8 * (i >> 1), 2 * (lane & 3) + (i & 1)};
 }
 
+}  // namespace overfeat_kernels
+
+// The wrappers: their PTX here, their simulator bodies (same names and signatures) in
+// csrc/sim/ptx_primitives_sim.h.
 #ifdef OVERFEAT_SIM
-namespace sim {
-
-enum class MmaType { BF16, F16, TF32 };
-
-struct MmaIn {
-  uint32_t a[4], b[2];
-  float c[4];
-};
-struct MmaOut {
-  float d[4];
-};
-
-// Element i of a lane's A or B fragment, as a number (exact in double).
-template <MmaType kType>
-double mma_operand(const uint32_t* regs, int i) {
-  if constexpr (kType == MmaType::TF32) {
-    return __uint_as_float(regs[i] & 0xFFFFE000u);  // the tensor core reads only the top 19 bits
-  } else {
-    const auto half = static_cast<uint16_t>(regs[i / 2] >> (16 * (i % 2)));
-    if constexpr (kType == MmaType::BF16) {
-      return static_cast<float>(c10::BFloat16(half, c10::BFloat16::from_bits()));
-    } else {
-      return static_cast<float>(c10::Half(half, c10::Half::from_bits()));
-    }
-  }
-}
-
-// D = A * B + C for the whole warp, from the 32 lanes' fragments. Products of
-// bf16/f16/tf32 numbers are exact; the sum is taken in double and rounded to float once.
-// The tensor core's own accumulation order and rounding are not IEEE (and differ between
-// GPU generations), so results agree with a GPU to a tolerance, not bitwise.
-template <MmaType kType>
-struct MmaCombine {
-  static constexpr int K = kType == MmaType::TF32 ? 8 : 16;
-  static void apply(const MmaIn* in, MmaOut* out, uint32_t /*mask*/) {
-    double a[16][K], b[K][8], c[16][8];
-    for (int lane = 0; lane < 32; ++lane) {
-      for (int i = 0; i < (K == 16 ? 8 : 4); ++i) {
-        const RowCol p = K == 16 ? mma_m16n8k16_a(lane, i) : mma_m16n8k8_tf32_a(lane, i);
-        a[p.row][p.col] = mma_operand<kType>(in[lane].a, i);
-      }
-      for (int i = 0; i < (K == 16 ? 4 : 2); ++i) {
-        const RowCol p = K == 16 ? mma_m16n8k16_b(lane, i) : mma_m16n8k8_tf32_b(lane, i);
-        b[p.row][p.col] = mma_operand<kType>(in[lane].b, i);
-      }
-      for (int i = 0; i < 4; ++i) {
-        const RowCol p = mma_m16n8_c(lane, i);
-        c[p.row][p.col] = in[lane].c[i];
-      }
-    }
-    for (int lane = 0; lane < 32; ++lane) {
-      for (int i = 0; i < 4; ++i) {
-        const RowCol p = mma_m16n8_c(lane, i);
-        double s = c[p.row][p.col];
-        for (int k = 0; k < K; ++k) s += a[p.row][k] * b[k][p.col];
-        out[lane].d[i] = static_cast<float>(s);
-      }
-    }
-  }
-};
-
-template <MmaType kType>
-void mma(const char* what, ::ovk_sim::Site site, float* d, const uint32_t* a, const uint32_t* b,
-         const float* c) {
-  MmaIn in;
-  std::memcpy(in.a, a, sizeof in.a);
-  std::memcpy(in.b, b, sizeof in.b);
-  std::memcpy(in.c, c, sizeof in.c);
-  const MmaOut o = ::ovk_sim::collective<MmaIn, MmaOut, MmaCombine<kType>>(
-      what, site, 0xFFFFFFFFu, /*full_warp=*/true, in);
-  std::memcpy(d, o.d, sizeof o.d);
-}
-
-struct LdmatrixIn {
-  const unsigned char* row;
-};
-template <int kNum>
-struct LdmatrixOut {
-  uint32_t r[kNum];
-};
-
-// "Warp-level matrix load instruction: ldmatrix": lanes 8j..8j+7 give the row addresses
-// of matrix j; register j of lane l holds row l >> 2 of matrix j (of its transpose with
-// .trans), columns 2 (l % 4) and 2 (l % 4) + 1, the lower column in the low half.
-template <int kNum, bool kTrans>
-struct LdmatrixCombine {
-  static void apply(const LdmatrixIn* in, LdmatrixOut<kNum>* out, uint32_t /*mask*/) {
-    uint16_t m[kNum][8][8];
-    for (int j = 0; j < kNum; ++j) {
-      for (int r = 0; r < 8; ++r) std::memcpy(m[j][r], in[8 * j + r].row, 16);
-    }
-    for (int lane = 0; lane < 32; ++lane) {
-      const int r = lane >> 2, c = 2 * (lane & 3);
-      for (int j = 0; j < kNum; ++j) {
-        const uint32_t lo = kTrans ? m[j][c][r] : m[j][r][c];
-        const uint32_t hi = kTrans ? m[j][c + 1][r] : m[j][r][c + 1];
-        out[lane].r[j] = lo | (hi << 16);
-      }
-    }
-  }
-};
-
-template <int kNum, bool kTrans>
-void ldmatrix(const char* what, ::ovk_sim::Site site, uint32_t* r, const void* row) {
-  // Only lanes 0 .. 8 kNum - 1 give addresses (sm_80+ ignores the others').
-  if (::ovk_sim::lane_id() < 8u * kNum) {
-    if (reinterpret_cast<uintptr_t>(row) % 16 != 0) {
-      ::ovk_sim::fail(site, std::string(what) + ": lane " + std::to_string(::ovk_sim::lane_id()) +
-                                " gives a row address that is not 16-byte aligned");
-    }
-    if (!::ovk_sim::in_shared_memory(row, 16)) {
-      ::ovk_sim::fail(site, std::string(what) + ": lane " + std::to_string(::ovk_sim::lane_id()) +
-                                " gives a row address outside this kernel's shared memory");
-    }
-  }
-  using Combine = LdmatrixCombine<kNum, kTrans>;
-  const auto o = ::ovk_sim::collective<LdmatrixIn, LdmatrixOut<kNum>, Combine>(
-      what, site, 0xFFFFFFFFu, /*full_warp=*/true,
-      LdmatrixIn{static_cast<const unsigned char*>(row)});
-  std::memcpy(r, o.r, sizeof o.r);
-}
-
-}  // namespace sim
-#endif  // OVERFEAT_SIM
+#include "../sim/ptx_primitives_sim.h"
+#else
+namespace overfeat_kernels {
 
 // ---- mma: "Multiply-and-Accumulate Instruction: mma" -------------------------------------
 // D = A * B + C for the warp; a, b, c, d are this lane's fragments (layouts above). All 32
@@ -202,34 +80,24 @@ void ldmatrix(const char* what, ::ovk_sim::Site site, uint32_t* r, const void* r
 __device__ __forceinline__ void mma_m16n8k16_bf16(float d[4], const uint32_t a[4],
                                                   const uint32_t b[2], const float c[4],
                                                   CallerSite site = {}) {
-#ifdef OVERFEAT_SIM
-  sim::mma<sim::MmaType::BF16>("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32", site, d,
-                               a, b, c);
-#else
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
       "{%8,%9}, {%10,%11,%12,%13};\n"
       : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]),
         "f"(c[1]), "f"(c[2]), "f"(c[3]));
-#endif
 }
 
 // mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 (a: 4 x f16x2, b: 2 x f16x2)
 __device__ __forceinline__ void mma_m16n8k16_f16(float d[4], const uint32_t a[4],
                                                  const uint32_t b[2], const float c[4],
                                                  CallerSite site = {}) {
-#ifdef OVERFEAT_SIM
-  sim::mma<sim::MmaType::F16>("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32", site, d, a,
-                              b, c);
-#else
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
       "{%8,%9}, {%10,%11,%12,%13};\n"
       : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]),
         "f"(c[1]), "f"(c[2]), "f"(c[3]));
-#endif
 }
 
 // mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 (a: 4 x tf32, b: 2 x tf32; the low 13
@@ -237,17 +105,12 @@ __device__ __forceinline__ void mma_m16n8k16_f16(float d[4], const uint32_t a[4]
 __device__ __forceinline__ void mma_m16n8k8_tf32(float d[4], const uint32_t a[4],
                                                  const uint32_t b[2], const float c[4],
                                                  CallerSite site = {}) {
-#ifdef OVERFEAT_SIM
-  sim::mma<sim::MmaType::TF32>("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32", site, d, a,
-                               b, c);
-#else
   asm volatile(
       "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
       "{%8,%9}, {%10,%11,%12,%13};\n"
       : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]),
         "f"(c[1]), "f"(c[2]), "f"(c[3]));
-#endif
 }
 
 // ---- ldmatrix: "Warp-level matrix load instruction: ldmatrix" ----------------------------
@@ -256,90 +119,57 @@ __device__ __forceinline__ void mma_m16n8k8_tf32(float d[4], const uint32_t a[4]
 // 0-7 and for x2 only lanes 0-15 matter). All 32 lanes must execute it together. The
 // ordering with the shared-memory writes it reads comes from the barrier before it.
 
-#ifdef OVERFEAT_SIM
-#define OVK_LDMATRIX(NUM, TRANS, TEXT) \
-  sim::ldmatrix<NUM, TRANS>("ldmatrix.sync.aligned.m8n8." TEXT ".shared.b16", site, r, row)
-#endif
-
 // ldmatrix.sync.aligned.m8n8.x1.shared.b16
 __device__ __forceinline__ void ldmatrix_x1(uint32_t r[1], const void* row,
                                             CallerSite site = {}) {
-#ifdef OVERFEAT_SIM
-  OVK_LDMATRIX(1, false, "x1");
-#else
   const auto p = static_cast<uint32_t>(__cvta_generic_to_shared(row));
   asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];\n" : "=r"(r[0]) : "r"(p));
-#endif
 }
 
 // ldmatrix.sync.aligned.m8n8.x2.shared.b16
 __device__ __forceinline__ void ldmatrix_x2(uint32_t r[2], const void* row,
                                             CallerSite site = {}) {
-#ifdef OVERFEAT_SIM
-  OVK_LDMATRIX(2, false, "x2");
-#else
   const auto p = static_cast<uint32_t>(__cvta_generic_to_shared(row));
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
                : "=r"(r[0]), "=r"(r[1])
                : "r"(p));
-#endif
 }
 
 // ldmatrix.sync.aligned.m8n8.x4.shared.b16
 __device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void* row,
                                             CallerSite site = {}) {
-#ifdef OVERFEAT_SIM
-  OVK_LDMATRIX(4, false, "x4");
-#else
   const auto p = static_cast<uint32_t>(__cvta_generic_to_shared(row));
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(p));
-#endif
 }
 
 // ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16 (each 8x8 matrix transposed)
 __device__ __forceinline__ void ldmatrix_x1_trans(uint32_t r[1], const void* row,
                                                   CallerSite site = {}) {
-#ifdef OVERFEAT_SIM
-  OVK_LDMATRIX(1, true, "x1.trans");
-#else
   const auto p = static_cast<uint32_t>(__cvta_generic_to_shared(row));
   asm volatile("ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16 {%0}, [%1];\n"
                : "=r"(r[0])
                : "r"(p));
-#endif
 }
 
 // ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16
 __device__ __forceinline__ void ldmatrix_x2_trans(uint32_t r[2], const void* row,
                                                   CallerSite site = {}) {
-#ifdef OVERFEAT_SIM
-  OVK_LDMATRIX(2, true, "x2.trans");
-#else
   const auto p = static_cast<uint32_t>(__cvta_generic_to_shared(row));
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
                : "=r"(r[0]), "=r"(r[1])
                : "r"(p));
-#endif
 }
 
 // ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void* row,
                                                   CallerSite site = {}) {
-#ifdef OVERFEAT_SIM
-  OVK_LDMATRIX(4, true, "x4.trans");
-#else
   const auto p = static_cast<uint32_t>(__cvta_generic_to_shared(row));
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(p));
-#endif
 }
-
-#ifdef OVERFEAT_SIM
-#undef OVK_LDMATRIX
-#endif
 
 // ---- cp.async: "Data Movement and Conversion Instructions: cp.async" ---------------------
 // Starts a copy of 4, 8 or 16 bytes from global to shared memory (both aligned to the
@@ -351,73 +181,49 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void* row
 // cp.async.ca.shared.global [dst], [src], 4
 __device__ __forceinline__ void cp_async_4(void* dst, const void* src,
                                            CallerSite site = {}) {
-#ifdef OVERFEAT_SIM
-  ::ovk_sim::cp_async(site, dst, src, 4, 4);
-#else
   const auto d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(d), "l"(src) : "memory");
-#endif
 }
 
 // cp.async.ca.shared.global [dst], [src], 8
 __device__ __forceinline__ void cp_async_8(void* dst, const void* src,
                                            CallerSite site = {}) {
-#ifdef OVERFEAT_SIM
-  ::ovk_sim::cp_async(site, dst, src, 8, 8);
-#else
   const auto d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(d), "l"(src) : "memory");
-#endif
 }
 
 // cp.async.cg.shared.global [dst], [src], 16
 __device__ __forceinline__ void cp_async_16(void* dst, const void* src,
                                             CallerSite site = {}) {
-#ifdef OVERFEAT_SIM
-  ::ovk_sim::cp_async(site, dst, src, 16, 16);
-#else
   const auto d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
-#endif
 }
 
 // cp.async.ca.shared.global [dst], [src], 4, src_bytes
 __device__ __forceinline__ void cp_async_4_zfill(void* dst, const void* src, int src_bytes,
                                                  CallerSite site = {}) {
-#ifdef OVERFEAT_SIM
-  ::ovk_sim::cp_async(site, dst, src, 4, static_cast<uint32_t>(src_bytes));
-#else
   const auto d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src),
                "r"(src_bytes)
                : "memory");
-#endif
 }
 
 // cp.async.ca.shared.global [dst], [src], 8, src_bytes
 __device__ __forceinline__ void cp_async_8_zfill(void* dst, const void* src, int src_bytes,
                                                  CallerSite site = {}) {
-#ifdef OVERFEAT_SIM
-  ::ovk_sim::cp_async(site, dst, src, 8, static_cast<uint32_t>(src_bytes));
-#else
   const auto d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(d), "l"(src),
                "r"(src_bytes)
                : "memory");
-#endif
 }
 
 // cp.async.cg.shared.global [dst], [src], 16, src_bytes
 __device__ __forceinline__ void cp_async_16_zfill(void* dst, const void* src, int src_bytes,
                                                   CallerSite site = {}) {
-#ifdef OVERFEAT_SIM
-  ::ovk_sim::cp_async(site, dst, src, 16, static_cast<uint32_t>(src_bytes));
-#else
   const auto d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src),
                "r"(src_bytes)
                : "memory");
-#endif
 }
 
 // cp.async.cg.shared.global [dst], [src], 16, ignore-src: with `ignore_src` true nothing is
@@ -426,26 +232,18 @@ __device__ __forceinline__ void cp_async_16_zfill(void* dst, const void* src, in
 // src-size operand: the implicit GEMM's loader issues one of these per row per k-block.
 __device__ __forceinline__ void cp_async_16_ignore_src(void* dst, const void* src, bool ignore_src,
                                                        CallerSite site = {}) {
-#ifdef OVERFEAT_SIM
-  ::ovk_sim::cp_async(site, dst, src, 16, ignore_src ? 0u : 16u);
-#else
   const auto d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
   asm volatile(
       "{\n .reg .pred p;\n setp.ne.b32 p, %2, 0;\n"
       " cp.async.cg.shared.global [%0], [%1], 16, p;\n}\n" ::"r"(d),
       "l"(src), "r"(static_cast<int>(ignore_src))
       : "memory");
-#endif
 }
 
 // cp.async.commit_group: the copies issued since the last commit form a new group
 // ("Data Movement and Conversion Instructions: cp.async.commit_group").
 __device__ __forceinline__ void cp_async_commit_group() {
-#ifdef OVERFEAT_SIM
-  ::ovk_sim::cp_async_commit();
-#else
   asm volatile("cp.async.commit_group;\n" ::: "memory");
-#endif
 }
 
 // cp.async.wait_group N: waits until at most the N most recent groups are pending
@@ -455,22 +253,13 @@ __device__ __forceinline__ void cp_async_commit_group() {
 template <int N>
 __device__ __forceinline__ void cp_async_wait_group(CallerSite site = {}) {
   static_assert(N >= 0, "cp.async.wait_group needs N >= 0");
-#ifdef OVERFEAT_SIM
-  ::ovk_sim::cp_async_wait(site, N);
-#else
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-#endif
 }
 
 // cp.async.wait_all: commit_group then wait_group 0 (same ISA section), so it also waits
 // for copies not yet committed.
 __device__ __forceinline__ void cp_async_wait_all(CallerSite site = {}) {
-#ifdef OVERFEAT_SIM
-  ::ovk_sim::cp_async_commit();
-  ::ovk_sim::cp_async_wait(site, 0);
-#else
   asm volatile("cp.async.wait_all;\n" ::: "memory");
-#endif
 }
 
 // ---- conversions for the tensor-core operands ("Data Movement and Conversion
@@ -482,42 +271,30 @@ __device__ __forceinline__ void cp_async_wait_all(CallerSite site = {}) {
 // stays; NaN gives a NaN (the ISA does not specify its payload: the simulator keeps the
 // sign and top payload bits and sets the quiet bit, so a NaN cannot turn into infinity).
 __device__ __forceinline__ uint32_t float_to_tf32(float x) {
-#ifdef OVERFEAT_SIM
-  const uint32_t u = __float_as_uint(x);
-  if (std::isnan(x)) return (u & 0xFFFFE000u) | 0x00400000u;
-  if (std::isinf(x)) return u;
-  // Adding half a tf32 ulp to the magnitude bits rounds ties away from zero; a carry out
-  // of the mantissa moves to the next binade (or to infinity), as it should.
-  return (u + 0x1000u) & 0xFFFFE000u;
-#else
   uint32_t r;
   asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
   return r;
-#endif
 }
 
 // cvt.rn.bf16x2.f32: two floats to bf16 (round to nearest even) packed in one register,
 // `lo` in the low half: the element order of mma's .bf16x2 fragments.
 __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
-#ifdef OVERFEAT_SIM
-  return uint32_t(c10::BFloat16(lo).x) | (uint32_t(c10::BFloat16(hi).x) << 16);
-#else
   uint32_t r;
   asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));  // a -> upper half
   return r;
-#endif
 }
 
 // cvt.rn.f16x2.f32: the same for f16.
 __device__ __forceinline__ uint32_t pack_f16x2(float lo, float hi) {
-#ifdef OVERFEAT_SIM
-  return uint32_t(c10::Half(lo).x) | (uint32_t(c10::Half(hi).x) << 16);
-#else
   uint32_t r;
   asm("cvt.rn.f16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));  // a -> upper half
   return r;
-#endif
 }
+
+}  // namespace overfeat_kernels
+#endif  // OVERFEAT_SIM
+
+namespace overfeat_kernels {
 
 // ---- the ReLU mask of a gradient ("Comparison and Selection Instructions: set") ----------
 // g's elements where the matching element of m (the ReLU's output) is > 0, zero where it

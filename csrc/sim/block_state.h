@@ -121,6 +121,8 @@ void race_async_landing(Worker& w, const void* bar, uint32_t parity, const std::
 void race_record(Worker& w, const void* p, size_t n, bool write, const void* pc, bool record = true,
                  const Site* site = nullptr);
 void race_proxy_fence(Worker& w, unsigned tid);
+// While a collective's combine runs (in its last lane), its accesses are named by its site.
+void race_collective_site(const Site* site);
 // Bytes the async proxy reads (wgmma, TMA store): written by ordinary stores, they need
 // their writer's fence.proxy.async in between.
 void race_check_async_read(Worker& w, const unsigned char* p, size_t n, const char* reader, Site site);

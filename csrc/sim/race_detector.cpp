@@ -44,16 +44,21 @@ struct Rec {
   uint16_t tid = 0;
   uint16_t fences = 0;  // the writer's fence.proxy.async count at the write
   const void* pc = nullptr;
+  Site site{nullptr, 0, 0};  // a model's or a collective's call site, when known (else pc)
 };
 struct Cell {
   Rec write, read1, read2;
 };
 
+using Clocks = std::vector<uint32_t>;  // one per thread, then the async unit
+
 struct ThreadClock {
   uint32_t clock = 1;
   uint32_t vc_epoch = 0;
   uint16_t fences = 0;
-  std::vector<uint32_t> vc;  // threads + 1 (the async unit last)
+  // Shared between the lanes a collective joined (copied before a private change): a
+  // warp's run of collectives then costs one copy each, not one per lane.
+  std::shared_ptr<Clocks> vc;
 };
 
 // A barrier phase's release: the join of its arrivers' clocks.
@@ -109,9 +114,23 @@ std::string symbolize(const void* pc) {
     while (std::fgets(buf, sizeof buf, f)) out += buf;
     pclose(f);
   }
-  // The innermost frame: "function at /path/file.cpp:123"; keep "file.cpp:123 (function)".
-  const size_t nl = out.find('\n');
-  std::string first = out.substr(0, nl);
+  // The inline chain, innermost first: "function at /path/file.cpp:123", then lines
+  // " (inlined by) caller at ...". Keep the first frame outside the system headers (a
+  // memcpy's) as "file.cpp:123 (function)".
+  std::string first;
+  for (size_t begin = 0; begin < out.size();) {
+    size_t end = out.find('\n', begin);
+    if (end == std::string::npos) end = out.size();
+    std::string line = out.substr(begin, end - begin);
+    begin = end + 1;
+    const size_t inl = line.find("(inlined by) ");
+    if (inl != std::string::npos) line = line.substr(inl + 13);
+    if (first.empty()) first = line;
+    if (line.find(" at /usr/") == std::string::npos) {
+      first = line;
+      break;
+    }
+  }
   const size_t at = first.rfind(" at ");
   if (at == std::string::npos) return info.dli_sname ? info.dli_sname : "?";
   std::string loc = first.substr(at + 4);
@@ -140,13 +159,22 @@ bool ordered(const RaceState& s, const Rec& r, unsigned tid, const std::vector<u
   return vc_valid && vc[slot] >= r.clock;
 }
 
-bool vc_valid(const RaceState& s, const ThreadClock& c) { return c.vc_epoch == s.epoch; }
+bool vc_valid(const RaceState& s, const ThreadClock& c) { return c.vc_epoch == s.epoch && c.vc; }
 
-void make_valid(RaceState& s, ThreadClock& c) {
-  if (c.vc_epoch != s.epoch) {
-    c.vc.assign(s.threads + 1, 0);
+const Clocks& clocks_of(const ThreadClock& c) {
+  static const Clocks kNone;
+  return c.vc ? *c.vc : kNone;
+}
+
+// The thread's clocks, valid for this epoch and its own to change.
+Clocks& own_clocks(RaceState& s, ThreadClock& c) {
+  if (!vc_valid(s, c)) {
+    c.vc = std::make_shared<Clocks>(s.threads + 1, 0);
     c.vc_epoch = s.epoch;
+  } else if (c.vc.use_count() > 1) {
+    c.vc = std::make_shared<Clocks>(*c.vc);
   }
+  return *c.vc;
 }
 
 void join_into(std::vector<uint32_t>& into, const std::vector<uint32_t>& from) {
@@ -172,7 +200,12 @@ std::string where_shared(const RaceState& s, uintptr_t a) {
   return buf;
 }
 
-thread_local const Site* tl_site = nullptr;  // where a model's own access comes from
+thread_local const Site* tl_site = nullptr;  // where a model's or a collective's access comes from
+
+std::string location(const Rec& r) {
+  if (r.tid == kAsyncUnit) return "its completion";
+  return r.site.file ? where(r.site) : symbolize(r.pc);
+}
 
 [[noreturn]] void report(const RaceState& s, const char* kind, uintptr_t a, size_t n, unsigned tid,
                          const void* pc, const char* verb, const Rec& other, const char* other_verb) {
@@ -180,19 +213,33 @@ thread_local const Site* tl_site = nullptr;  // where a model's own access comes
   std::string msg = std::string("data race on shared memory (") + kind + "): " + who(uint16_t(tid)) + " " +
                     verb + " " + std::to_string(n) + " byte(s) at " + where_shared(s, a) + " at " +
                     here + "; " + who(other.tid) + " " + other_verb + " them at " +
-                    (other.tid == kAsyncUnit ? std::string("its completion") : symbolize(other.pc)) +
+                    location(other) +
                     ", and no __syncthreads, warp collective or mbarrier phase orders the two";
   TORCH_CHECK(false, msg);
 }
 
-size_t shadow_index(const RaceState& s, uintptr_t a, bool& found) {
+// The shadow cell of shared byte `a`, and where its array ends (cells are consecutive
+// up to there); found is false outside shared memory.
+size_t shadow_index(const RaceState& s, uintptr_t a, bool& found, uintptr_t& end) {
   found = true;
-  if (a - s.dyn_lo < s.dyn_bytes) return a - s.dyn_lo;
+  if (a - s.dyn_lo < s.dyn_bytes) {
+    end = s.dyn_lo + s.dyn_bytes;
+    return a - s.dyn_lo;
+  }
   for (const auto& v : s.statics) {
-    if (a >= v[0] && a < v[1]) return s.dyn_bytes + v[2] + (a - v[0]);
+    if (a >= v[0] && a < v[1]) {
+      end = v[1];
+      return s.dyn_bytes + v[2] + (a - v[0]);
+    }
   }
   found = false;
+  end = a + 1;
   return 0;
+}
+
+size_t shadow_index(const RaceState& s, uintptr_t a, bool& found) {
+  uintptr_t end;
+  return shadow_index(s, a, found, end);
 }
 
 void access(RaceState& s, uintptr_t a, size_t n, bool write, const void* pc, bool record = true) {
@@ -201,20 +248,23 @@ void access(RaceState& s, uintptr_t a, size_t n, bool write, const void* pc, boo
   const unsigned tid = t->linear;
   ThreadClock& c = clock_of(s, tid);
   const bool valid = vc_valid(s, c);
-  for (size_t i = 0; i < n; ++i) {
-    bool found = false;
-    const size_t k = shadow_index(s, a + i, found);
+  const Clocks& vc = clocks_of(c);
+  const Rec now{s.epoch, c.clock, uint16_t(tid), c.fences, pc, tl_site ? *tl_site : Site{nullptr, 0, 0}};
+  bool found = false;
+  uintptr_t end = 0;
+  size_t k = 0;
+  for (size_t i = 0; i < n; ++i, ++k) {
+    if (i == 0 || a + i >= end) k = shadow_index(s, a + i, found, end);  // once per array
     if (!found) continue;
     Cell& cell = s.shadow[k];
-    if (!ordered(s, cell.write, tid, c.vc, valid)) {
+    if (!ordered(s, cell.write, tid, vc, valid)) {
       report(s, write ? "write after write" : "read after write", a + i, n - i, tid, pc,
              write ? "writes" : "reads", cell.write, "wrote");
     }
-    const Rec now{s.epoch, c.clock, uint16_t(tid), c.fences, pc};
     if (!record) continue;
     if (write) {
       for (const Rec* r : {&cell.read1, &cell.read2}) {
-        if (!ordered(s, *r, tid, c.vc, valid)) {
+        if (!ordered(s, *r, tid, vc, valid)) {
           report(s, "write after read", a + i, n - i, tid, pc, "writes", *r, "read");
         }
       }
@@ -282,11 +332,15 @@ void race_barrier(Worker& w) {
 void race_collective(Worker& w, const std::vector<unsigned>& tids) {
   if (!tl_hook.state) return;
   RaceState& s = *w.race;
-  std::vector<uint32_t> join(s.threads + 1, 0);
+  // Usually every participant still holds the clocks the previous collective gave them.
+  const ThreadClock& first = s.clocks[tids.front()];
+  bool shared = vc_valid(s, first);
+  for (unsigned u : tids) shared = shared && s.clocks[u].vc == first.vc && vc_valid(s, s.clocks[u]);
+  auto join = shared ? std::make_shared<Clocks>(*first.vc) : std::make_shared<Clocks>(s.threads + 1, 0);
   for (unsigned u : tids) {
     ThreadClock& c = s.clocks[u];
-    if (vc_valid(s, c)) join_into(join, c.vc);
-    join[u] = std::max(join[u], c.clock);
+    if (!shared && vc_valid(s, c)) join_into(*join, *c.vc);
+    (*join)[u] = std::max((*join)[u], c.clock);
   }
   for (unsigned u : tids) {
     ThreadClock& c = s.clocks[u];
@@ -305,7 +359,7 @@ void race_arrive(Worker& w, const void* bar, unsigned tid) {
     p.vc.assign(s.threads + 1, 0);
     p.epoch = s.epoch;
   }
-  if (vc_valid(s, c)) join_into(p.vc, c.vc);
+  if (vc_valid(s, c)) join_into(p.vc, *c.vc);
   p.vc[tid] = std::max(p.vc[tid], c.clock);
   ++c.clock;
 }
@@ -326,9 +380,7 @@ void race_wait_done(Worker& w, const void* bar, uint32_t parity, unsigned tid) {
   if (it == s.barriers.end()) return;
   const PhaseClock& p = it->second.completed[parity & 1];
   if (p.epoch != s.epoch) return;
-  ThreadClock& c = s.clocks[tid];
-  make_valid(s, c);
-  join_into(c.vc, p.vc);
+  join_into(own_clocks(s, s.clocks[tid]), p.vc);
 }
 
 void race_async_landing(Worker& w, const void* bar, uint32_t parity, const std::vector<unsigned char*>& chunks,
@@ -352,7 +404,7 @@ void race_async_landing(Worker& w, const void* bar, uint32_t parity, const std::
                             std::string(r == &cell.write ? "write" : "read") + "): a TMA load issued by " +
                             who(uint16_t(issuer)) + " overwrites " + where_shared(s, reinterpret_cast<uintptr_t>(p) + i) +
                             ", which " + who(r->tid) + (r == &cell.write ? " wrote" : " read") + " at " +
-                            symbolize(r->pc) + " with nothing ordering that access before the load's issue";
+                            location(*r) + " with nothing ordering that access before the load's issue";
           TORCH_CHECK(false, msg);
         }
       }
@@ -374,19 +426,23 @@ std::vector<uint32_t> race_snapshot(Worker& w, unsigned tid, uint32_t& epoch) {
   RaceState& s = *w.race;
   ThreadClock& c = s.clocks[tid];
   epoch = s.epoch;
-  if (!vc_valid(s, c)) return std::vector<uint32_t>(s.threads + 1, 0);
-  return c.vc;
+  if (!vc_valid(s, c)) return Clocks(s.threads + 1, 0);
+  return *c.vc;
 }
 
 void race_record(Worker& w, const void* p, size_t n, bool write, const void* pc, bool record,
                  const Site* site) {
   if (!tl_hook.state) return;
-  tl_site = site;
+  const Site* saved = tl_site;
+  tl_site = site ? site : saved;
   struct Reset {
-    ~Reset() { tl_site = nullptr; }
-  } reset;
+    const Site* saved;
+    ~Reset() { tl_site = saved; }
+  } reset{saved};
   access(*w.race, reinterpret_cast<uintptr_t>(p), n, write, pc, record);
 }
+
+void race_collective_site(const Site* site) { tl_site = site; }
 
 void race_proxy_fence(Worker& w, unsigned tid) {
   if (!tl_hook.state) return;
@@ -404,7 +460,7 @@ void race_check_async_read(Worker& w, const unsigned char* p, size_t n, const ch
     if (wr.epoch < s.first_epoch || wr.tid == kAsyncUnit) continue;  // not this block's, or TMA's
     if (s.clocks[wr.tid].fences == wr.fences) {
       fail(site, std::string(reader) + " reads " + where_shared(s, reinterpret_cast<uintptr_t>(p) + i) +
-                     ", which " + who(wr.tid) + " wrote with an ordinary store at " + symbolize(wr.pc) +
+                     ", which " + who(wr.tid) + " wrote with an ordinary store at " + location(wr) +
                      " and has not made visible to the async proxy: a fence.proxy.async is missing "
                      "between the write and this read (PTX ISA 9.7.9.25.2 / 9.7.15.7.1)");
     }

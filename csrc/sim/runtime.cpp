@@ -571,6 +571,10 @@ void warp_collective(const char* what, Site site, uint32_t mask, bool full_warp,
       }
       detail::race_collective(w, tids);
     }
+    struct SiteScope {
+      explicit SiteScope(const Site* s) { detail::race_collective_site(s); }
+      ~SiteScope() { detail::race_collective_site(nullptr); }
+    } site_scope(&site);
     x.combine(x.in, x.out, x.mask);
     x.open = false;
     for (unsigned l = 0; l < 32; ++l) {

@@ -49,11 +49,14 @@ __all__ = [
 SCHEDULES = ("in_order", "reversed", "shuffle")
 ENV_VAR = "OVERFEAT_KERNELS_SIMULATE_CUDA"
 SCHEDULE_ENV_VAR = "OVERFEAT_KERNELS_SIM_SCHEDULE"
+RACE_CHECK_ENV_VAR = "OVERFEAT_KERNELS_SIM_RACE_CHECK"  # "0": the race detector starts off
 
 try:
     from .. import _sim  # registers torch.ops.overfeat_kernels_sim.*
 
     _sim_error: BaseException | None = None
+    if os.environ.get(RACE_CHECK_ENV_VAR, "1").strip() == "0":
+        _sim.set_race_check(False)
 except ImportError as err:
     _sim = None
     _sim_error = err
@@ -103,8 +106,8 @@ def simulate_cuda(
         race_check: report unsynchronised shared-memory accesses between a block's
             threads (and Hopper's asynchronous units) as errors naming both source lines,
             and shared memory read by wgmma or a TMA store without the async-proxy fence
-            (slower). None keeps the current setting (on, unless an enclosing block
-            turned it off).
+            (slower). None keeps the current setting: on, unless an enclosing block
+            turned it off or ``$OVERFEAT_KERNELS_SIM_RACE_CHECK=0``.
 
     Raises:
         ValueError: an unknown schedule.
