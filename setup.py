@@ -118,8 +118,13 @@ def _build_ext_class(base):
                 )
                 objects = []
                 if kernels:
+                    # A folder of its own: torch writes one build.ninja (and ninja one deps
+                    # log) per output folder, so each half keeps its own.
                     flags = {**post, "cxx": [*post["cxx"], *SIM_INSTRUMENT]}
-                    objects += compile_all(kernels, *args, extra_postargs=flags, **kwargs)
+                    own = dict(kwargs)
+                    if own.get("output_dir"):
+                        own["output_dir"] = os.path.join(own["output_dir"], "instrumented")
+                    objects += compile_all(kernels, *args, extra_postargs=flags, **own)
                 if rest:
                     objects += compile_all(rest, *args, extra_postargs=post, **kwargs)
                 return objects

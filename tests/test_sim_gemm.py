@@ -90,7 +90,7 @@ def test_planted_pipeline_bugs_are_caught(bug):
                 assert re.search(message, str(err)), str(err)
             caught.append("error")
         else:
-            caught.append("" if _close(d, want, 200) else "wrong")
+            caught.append("" if _close(d, want, 520) else "wrong")
     assert all(caught), caught
     if message is not None:
         assert "error" in caught
@@ -139,11 +139,13 @@ def test_the_gemm_compiles_for_sm_90a_to_hgmma_and_tma(tmp_path):
     assert "serialized" not in proc.stderr and "spill" not in proc.stderr.replace(
         "0 bytes spill stores, 0 bytes spill loads", ""
     ), proc.stderr
+    # C7508: without launch bounds ptxas cannot honour setmaxnreg (it is then ignored).
+    assert "C7508" not in proc.stderr and "'setmaxnreg' ignored" not in proc.stderr, proc.stderr
     tool = _cuobjdump()
     if tool is None:
         pytest.skip("cuobjdump not available")
     sass = subprocess.run(
         [tool, "-sass", str(obj)], capture_output=True, text=True, timeout=120
     ).stdout
-    for opcode in ("HGMMA.64x128x16.F32.BF16", "UTMALDG.2D", "UTMASTG.2D", "SYNCS"):
+    for opcode in ("HGMMA.64x128x16.F32.BF16", "UTMALDG.2D", "UTMASTG.2D", "SYNCS", "USETMAXREG"):
         assert opcode in sass, opcode

@@ -48,6 +48,13 @@ def test_write_after_read_and_write_after_write(schedule, seed):
         run("race_cases", arg=1, schedule=schedule, seed=seed)
 
 
+def test_a_race_in_a_frame_with_cleanups_is_reported_not_fatal():
+    # The hooks are non-throwing calls to the compiler: the detector ends the thread
+    # instead of unwinding through them (which would terminate the process).
+    with pytest.raises(RuntimeError, match=r"data race on shared memory \(write after read"):
+        run("race_cases", arg=6)
+
+
 @pytest.mark.parametrize("schedule,seed", SCHEDULES)
 def test_syncwarp_orders_its_lanes_only(schedule, seed):
     x = torch.randn(256)

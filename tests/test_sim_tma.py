@@ -286,6 +286,14 @@ def test_reading_before_the_phase_completes_sees_poison_or_a_race():
     assert (got[::128] == 0xFF).all() and (want != 0xFF).all()  # thread 0 copies bytes 0, 128, ..
 
 
+def test_the_instruction_must_match_the_maps_rank_and_mode():
+    g = np.zeros((2, 4, 64), np.float32)
+    sp = spec(F32, [64, 4, 2], None, [32, 4, 1], swizzle=isa.SW128)
+    raw = torch.from_numpy(g.view(np.uint8).ravel().copy())
+    with pytest.raises(RuntimeError, match=r"a 2-D tiled instruction on a 3-D tiled tensor map"):
+        load(raw, sp, [0, 0, 0], bug=6)
+
+
 def test_the_destination_must_be_128_byte_aligned():
     raw, sp = _small()
     with pytest.raises(
@@ -396,6 +404,7 @@ __global__ void k(const __grid_constant__ tma::TensorMap map,
   if (threadIdx.x == 0) {
     prefetch_tensor_map(&map);
     mbarrier_arrive_expect_tx(&bar, 5 * 4096);
+    tma_load_1d(smem, &map, &bar, 0);
     tma_load_2d(smem, &map, &bar, 0, 1);
     tma_load_3d(smem + 4096, &map, &bar, 0, 1, 2);
     tma_load_4d(smem + 8192, &map, &bar, 0, 1, 2, 3);

@@ -46,7 +46,7 @@ struct GemmMaps {
 };
 
 template <GemmBug kBug>
-__global__ void gemm_kernel(const __grid_constant__ GemmMaps maps) {
+__global__ void __launch_bounds__(384, 1) gemm_kernel(const __grid_constant__ GemmMaps maps) {
   __shared__ __align__(8) uint64_t full[kGemmStages], empty[kGemmStages];
   unsigned char* ring = align_up(dynamic_shared_memory<unsigned char>(), 1024);
   float* epilogue = reinterpret_cast<float*>(ring + kGemmStages * kGemmStageBytes);

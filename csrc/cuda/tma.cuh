@@ -34,6 +34,14 @@ __device__ __forceinline__ uint32_t smem(const void* p) {
 
 // Tiled loads of the box at coordinates (c0 innermost, ...) into `dst` (128-byte aligned;
 // 1024 for a 128B-swizzled box), completing on `bar`.
+__device__ __forceinline__ void tma_load_1d(void* dst, const tma::TensorMap* map, uint64_t* bar,
+                                            int32_t c0) {
+  OVERFEAT_SM90_ONLY(asm volatile(
+      "cp.async.bulk.tensor.1d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%3}], [%2];" ::"r"(tma_detail::smem(dst)),
+      "l"(map), "r"(tma_detail::smem(bar)), "r"(c0)
+      : "memory"));
+}
 __device__ __forceinline__ void tma_load_2d(void* dst, const tma::TensorMap* map, uint64_t* bar,
                                             int32_t c0, int32_t c1) {
   OVERFEAT_SM90_ONLY(asm volatile(

@@ -9,6 +9,11 @@
 //   wgmma_ss<128, MmaType::kBF16>(acc, desc_a, desc_b, scale_d);  // ... more k steps
 //   wgmma_commit_group();
 //   wgmma_wait_group<0>();                // acc readable only after this
+//
+// The simulator asks for a wgmma_fence() after every wait_group that hands accumulators
+// back before they feed another wgmma: it cannot see whether the thread touched them,
+// which would need the fence (the ISA exempts only untouched accumulators). An A fragment
+// in registers must stay alive and unchanged until the wait_group that retires its wgmma.
 #pragma once
 
 #include <cstdint>

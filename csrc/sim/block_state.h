@@ -45,6 +45,9 @@ struct BulkStore {
   const unsigned char* src;
   int32_t coords[5];
   Site site;
+  bool read = false;                 // its shared memory has been read (wait_group.read)
+  std::vector<unsigned char*> dsts;  // then: where each element goes, and its bytes
+  std::vector<unsigned char> bytes;
 };
 struct BulkThread {
   std::vector<BulkStore> ops;
@@ -109,7 +112,8 @@ std::string describe_warpgroup_wait(const Worker& w);             // wgmma_model
 void race_begin_block(Worker& w, const KernelInfo& info, unsigned char* tls_base);
 void race_end_block();
 void race_barrier(Worker& w);                                       // a __syncthreads released
-void race_collective(Worker& w, const std::vector<unsigned>& tids);  // warp / warpgroup
+void race_collective(Worker& w, const std::vector<unsigned>& tids);  // warp / warpgroup: join,
+void race_collective_done(Worker& w, const std::vector<unsigned>& tids);  // then, after it, tick
 void race_arrive(Worker& w, const void* bar, unsigned tid);
 void race_phase_complete(Worker& w, const void* bar, uint32_t parity);
 void race_wait_done(Worker& w, const void* bar, uint32_t parity, unsigned tid);

@@ -201,6 +201,21 @@ std::string where_shared(const RaceState& s, uintptr_t a) {
 }
 
 thread_local const Site* tl_site = nullptr;  // where a model's or a collective's access comes from
+thread_local bool tl_in_hook = false;         // an access seen by the instrumentation
+
+// Ends the simulated thread with `msg` as its block's error. Used for races found in a
+// hook: the compiler declares the hooks as non-throwing, so an exception thrown through the
+// instrumented kernel's frame could terminate the process instead of unwinding. The
+// scheduler reports the error as for any other (naming the kernel, block and thread).
+[[noreturn]] void abort_thread(const std::string& msg) {
+  SimThread& t = *tl_thread;
+  SimBlock& b = *t.block;
+  if (b.error.empty()) b.error = msg;
+  tl_in_hook = false;
+  t.state = ThreadState::Exited;
+  switch_fiber(t.fiber, b.scheduler);
+  __builtin_trap();  // never resumed
+}
 
 std::string location(const Rec& r) {
   if (r.tid == kAsyncUnit) return "its completion";
@@ -215,6 +230,7 @@ std::string location(const Rec& r) {
                     here + "; " + who(other.tid) + " " + other_verb + " them at " +
                     location(other) +
                     ", and no __syncthreads, warp collective or mbarrier phase orders the two";
+  if (tl_in_hook) abort_thread(msg);
   TORCH_CHECK(false, msg);
 }
 
@@ -283,7 +299,9 @@ void on_access(const void* p, size_t n, bool write, const void* pc) {
   if (h.state == nullptr) return;
   const uintptr_t a = reinterpret_cast<uintptr_t>(p);
   if (a - h.dyn_lo >= h.dyn_size && a - h.static_lo >= h.static_size) return;
+  tl_in_hook = true;
   access(*h.state, a, n, write, pc);
+  tl_in_hook = false;
 }
 
 }  // namespace
@@ -346,8 +364,14 @@ void race_collective(Worker& w, const std::vector<unsigned>& tids) {
     ThreadClock& c = s.clocks[u];
     c.vc = join;
     c.vc_epoch = s.epoch;
-    ++c.clock;
   }
+}
+
+void race_collective_done(Worker& w, const std::vector<unsigned>& tids) {
+  if (!tl_hook.state) return;
+  // After the combine, whose accesses (made in the last lane) carry the clocks the join
+  // gave every lane; later accesses are not ordered by this collective.
+  for (unsigned u : tids) ++w.race->clocks[u].clock;
 }
 
 void race_arrive(Worker& w, const void* bar, unsigned tid) {

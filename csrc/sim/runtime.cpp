@@ -564,18 +564,21 @@ void warp_collective(const char* what, Site site, uint32_t mask, bool full_warp,
   std::memcpy(x.in[lane], in, in_bytes);
   x.arrived |= 1u << lane;
   if (x.arrived == x.mask) {
+    std::vector<unsigned> tids;
     if (options().race_check) {
-      std::vector<unsigned> tids;
       for (unsigned l = 0; l < 32; ++l) {
         if ((x.mask >> l) & 1u) tids.push_back(warp * 32 + l);
       }
       detail::race_collective(w, tids);
     }
-    struct SiteScope {
-      explicit SiteScope(const Site* s) { detail::race_collective_site(s); }
-      ~SiteScope() { detail::race_collective_site(nullptr); }
-    } site_scope(&site);
-    x.combine(x.in, x.out, x.mask);
+    {
+      struct SiteScope {
+        explicit SiteScope(const Site* s) { detail::race_collective_site(s); }
+        ~SiteScope() { detail::race_collective_site(nullptr); }
+      } site_scope(&site);
+      x.combine(x.in, x.out, x.mask);
+    }
+    if (!tids.empty()) detail::race_collective_done(w, tids);
     x.open = false;
     for (unsigned l = 0; l < 32; ++l) {
       if (!((x.mask >> l) & 1u)) continue;

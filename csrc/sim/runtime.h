@@ -242,12 +242,13 @@ void wgmma_wait(Site site, int pending_groups);
 // tx-count at once. `offsets` (im2col only) are the per-spatial-dimension
 // offsets of the instruction.
 void tma_load(Site site, const overfeat_kernels::tma::TensorMapSpec& map, void* dst, void* bar,
-              const int32_t* coords, const uint16_t* offsets);
+              int dims, const int32_t* coords, const uint16_t* offsets);
 // cp.async.bulk.tensor, shared -> global (tiled), in the calling thread's bulk async-group:
-// the shared memory is read, and global memory written, only at the wait_group that
-// covers it (or when the thread exits); elements outside the tensor are not written.
+// the shared memory is read only at the wait_group[.read] that covers it, global memory
+// written only at the (full) wait_group that covers it, or when the thread exits; elements
+// outside the tensor are not written. `dims` (the instruction's) must be the map's rank.
 void tma_store(Site site, const overfeat_kernels::tma::TensorMapSpec& map, const void* src,
-               const int32_t* coords);
+               int dims, const int32_t* coords);
 void bulk_commit(Site site);
 // cp.async.bulk.wait_group[.read] N.
 void bulk_wait(Site site, int pending_groups, bool read_only);

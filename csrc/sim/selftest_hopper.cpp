@@ -124,7 +124,8 @@ __global__ void wgmma_kernel(WgmmaParams p) {
     }
   }
   if (kBug == WgmmaBug::kNoFenceAfterWait) {
-    acc[0] += 0.f;  // touched by the thread; the next wgmma needs a fence first
+    // No fence since the wait handed the accumulators back: the simulator cannot see
+    // whether they were touched, and asks for one (wgmma.cuh).
     const uint64_t da = make_matrix_desc(region_a + p.start_a[0], p.lbo_a, p.sbo_a, p.swizzle_a);
     const uint64_t db = make_matrix_desc(region_b + p.start_b[0], p.lbo_b, p.sbo_b, p.swizzle_b);
     wgmma_ss<N, kType, kTransA, kTransB>(acc, da, db, true);
@@ -252,6 +253,7 @@ enum class TmaBug : int {
   kNoWait,      // the box is read without waiting on the barrier
   kMisaligned,  // the destination 16 bytes past a 1024-byte boundary
   kNoFence,     // (store) the shared tile written by ordinary stores, no fence.proxy.async
+  kWrongDims,   // a 2-D instruction whatever the map's rank
 };
 
 struct TmaArgs {
@@ -279,9 +281,13 @@ __global__ void tma_load_kernel(const __grid_constant__ tma::TensorMap map, TmaA
                                (kBug == TmaBug::kExpectLess ? 16 : 0);
     mbarrier_arrive_expect_tx(&bar, announced);
     const int32_t* c = a.coords;
-    if (a.im2col) {
+    if (kBug == TmaBug::kWrongDims) {
+      tma_load_2d(box, &map, &bar, c[0], c[1]);
+    } else if (a.im2col) {
       tma_load_im2col_4d(box, &map, &bar, c[0], c[1], c[2], c[3], a.offsets[0], a.offsets[1]);
-    } else if (a.rank == 1 || a.rank == 2) {
+    } else if (a.rank == 1) {
+      tma_load_1d(box, &map, &bar, c[0]);
+    } else if (a.rank == 2) {
       tma_load_2d(box, &map, &bar, c[0], c[1]);
     } else if (a.rank == 3) {
       tma_load_3d(box, &map, &bar, c[0], c[1], c[2]);
@@ -373,6 +379,7 @@ at::Tensor run_tma(const std::string& name, const std::vector<at::Tensor>& in,
       case TmaBug::kExpectLess: OVK_LAUNCH(TmaBug::kExpectLess) break;
       case TmaBug::kNoWait: OVK_LAUNCH(TmaBug::kNoWait) break;
       case TmaBug::kMisaligned: OVK_LAUNCH(TmaBug::kMisaligned) break;
+      case TmaBug::kWrongDims: OVK_LAUNCH(TmaBug::kWrongDims) break;
       default: TORCH_CHECK(false, "simtest tma_load: unknown bug ", bug);
     }
 #undef OVK_LAUNCH

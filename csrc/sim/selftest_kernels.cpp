@@ -40,7 +40,9 @@ __global__ void race_kernel(const float* in, float* out) {
 // after write (two threads per slot), 2 lanes exchanging through shared memory after a
 // __syncwarp (ordered: no race), 3 the same exchange between warps (a race), 4 a
 // warp-ordered chain: lane 0 writes, __syncwarp, lane 1 copies it after another warp
-// reads lane 1's copy only after __syncthreads (no race), 5 an atomic counter (no race).
+// reads lane 1's copy only after __syncthreads (no race), 5 an atomic counter (no race),
+// 6 case 0's race in a frame with a destructor to run (the detector must not unwind
+// through the compiler's non-throwing hook calls).
 template <int kCase>
 __global__ void race_cases_kernel(const float* in, float* out) {
   __shared__ float s[kBlock];
@@ -70,6 +72,17 @@ __global__ void race_cases_kernel(const float* in, float* out) {
     if (t % 32 == 1) s[t] = s[t - 1] + 1.f;
     __syncthreads();
     out[t] = s[(((t + 32) % kBlock) & ~31) | 1];
+  } else if constexpr (kCase == 6) {
+    struct Cleanup {
+      float* out;
+      int t;
+      ~Cleanup() { out[t] += 0.f; }
+    } cleanup{out, t};
+    s[t] = in[t];
+    __syncthreads();
+    const float right = s[(t + 1) % kBlock];
+    s[t] = 2.f * right;
+    out[t] = right;
   } else {
     if (t == 0) counter = 0;
     __syncthreads();
@@ -380,6 +393,7 @@ at::Tensor run(const std::string& name, const at::Tensor& input, int64_t arg) {
       case 3: launch_kernel<race_cases_kernel<3>>(1, kBlock, 0, nullptr, in, o); break;
       case 4: launch_kernel<race_cases_kernel<4>>(1, kBlock, 0, nullptr, in, o); break;
       case 5: launch_kernel<race_cases_kernel<5>>(1, kBlock, 0, nullptr, in, o); break;
+      case 6: launch_kernel<race_cases_kernel<6>>(1, kBlock, 0, nullptr, in, o); break;
       default: TORCH_CHECK(false, "simtest: unknown race case ", arg);
     }
     return out.narrow(0, 0, kBlock);

@@ -133,7 +133,8 @@ void check_destination(Site site, const char* what, uint32_t address) {
   }
 }
 
-void perform_store(const BulkStore& op) {
+// Reads a store's box from shared memory (at its wait_group.read, the latest moment).
+void read_store(BulkStore& op) {
   const auto& s = *static_cast<const TensorMapSpec*>(op.spec);
   const uint32_t e = overfeat_kernels::tma::dtype_bytes(s.dtype);
   const uint32_t src = shared_address(op.site, op.src);
@@ -155,8 +156,17 @@ void perform_store(const BulkStore& op) {
             }
             if (!inside) continue;  // clipped, as the GPU does
             const unsigned char* from = shared_pointer(op.site, swizzled(src, at, s.swizzle), e);
-            std::memcpy(const_cast<unsigned char*>(static_cast<const unsigned char*>(s.global)) + offset, from, e);
+            op.dsts.push_back(const_cast<unsigned char*>(static_cast<const unsigned char*>(s.global)) + offset);
+            op.bytes.insert(op.bytes.end(), from, from + e);
           }
+  op.read = true;
+}
+
+// Writes a read store to global memory (at its full wait_group, or the thread's exit).
+void write_store(const BulkStore& op) {
+  const auto& s = *static_cast<const TensorMapSpec*>(op.spec);
+  const uint32_t e = overfeat_kernels::tma::dtype_bytes(s.dtype);
+  for (size_t i = 0; i < op.dsts.size(); ++i) std::memcpy(op.dsts[i], op.bytes.data() + i * e, e);
 }
 
 }  // namespace
@@ -182,10 +192,17 @@ void land_tma(Worker& w, const void* bar) {
 }
 
 void check_bulk_exit(Worker& w, SimThread& t) {
-  if (t.linear >= w.bulk.size() || w.bulk[t.linear].ops.empty()) return;
-  fail(w.bulk[t.linear].ops.front().site,
-       "the thread exits with TMA stores (cp.async.bulk.tensor) that no cp.async.bulk.wait_group "
-       "waited on: the shared memory they read may be gone");
+  if (t.linear >= w.bulk.size()) return;
+  BulkThread& b = w.bulk[t.linear];
+  for (const BulkStore& op : b.ops) {
+    if (!op.read) {
+      fail(op.site, "the thread exits with TMA stores (cp.async.bulk.tensor) that no "
+                    "cp.async.bulk.wait_group waited on: the shared memory they read may be gone");
+    }
+  }
+  for (const BulkStore& op : b.ops) write_store(op);  // read: the launch's end completes them
+  b.ops.clear();
+  b.group_ends.clear();
 }
 
 }  // namespace detail
@@ -193,8 +210,14 @@ void check_bulk_exit(Worker& w, SimThread& t) {
 using detail::tl_worker;
 
 void tma_load(Site site, const overfeat_kernels::tma::TensorMapSpec& map, void* dst, void* bar,
-              const int32_t* coords, const uint16_t* offsets) {
+              int dims, const int32_t* coords, const uint16_t* offsets) {
   detail::Worker& w = *tl_worker;
+  const bool im2col = map.mode == overfeat_kernels::tma::Mode::kIm2col;
+  if (im2col != (dims < 0) || uint32_t(dims < 0 ? -dims : dims) != map.rank) {
+    fail(site, std::string("TMA load: a ") + std::to_string(dims < 0 ? -dims : dims) + "-D " +
+                   (dims < 0 ? "im2col" : "tiled") + " instruction on a " + std::to_string(map.rank) +
+                   "-D " + (im2col ? "im2col" : "tiled") + " tensor map");
+  }
   const uint32_t address = shared_address(site, dst);
   detail::check_destination(site, "TMA load", address);
   std::vector<unsigned char> box = map.mode == overfeat_kernels::tma::Mode::kIm2col
@@ -218,10 +241,19 @@ void tma_load(Site site, const overfeat_kernels::tma::TensorMapSpec& map, void* 
 }
 
 void tma_store(Site site, const overfeat_kernels::tma::TensorMapSpec& map, const void* src,
-               const int32_t* coords) {
+               int dims, const int32_t* coords) {
   detail::Worker& w = *tl_worker;
   SimThread& t = this_thread();
   if (map.mode != overfeat_kernels::tma::Mode::kTiled) fail(site, "TMA store: the tensor map must be tiled");
+  if (uint32_t(dims) != map.rank) {
+    fail(site, "TMA store: a " + std::to_string(dims) + "-D instruction on a " +
+                   std::to_string(map.rank) + "-D tensor map");
+  }
+  for (uint32_t i = 1; i < map.rank; ++i) {
+    if (map.element_strides[i] != 1) {
+      fail(site, "TMA store: the simulator models stores with element strides of 1 only");
+    }
+  }
   detail::check_destination(site, "TMA store", shared_address(site, src));
   // The store reads the box through the async proxy from now until its wait_group.read:
   // ordinary writes must be fenced and ordered before it, and count as read from here.
@@ -230,7 +262,7 @@ void tma_store(Site site, const overfeat_kernels::tma::TensorMapSpec& map, const
     detail::race_check_async_read(w, static_cast<const unsigned char*>(src), bytes, "a TMA store", site);
     detail::race_record(w, src, bytes, false, nullptr, true, &site);
   }
-  detail::BulkStore op{&map, static_cast<const unsigned char*>(src), {}, site};
+  detail::BulkStore op{&map, static_cast<const unsigned char*>(src), {}, site, false, {}, {}};
   for (uint32_t i = 0; i < map.rank; ++i) {
     if (coords[i] < 0) {
       fail(site, "TMA store: coordinate " + std::to_string(i) + " is negative (" +
@@ -246,16 +278,20 @@ void bulk_commit(Site) {
   b.group_ends.push_back(b.ops.size());
 }
 
-void bulk_wait(Site site, int pending_groups, bool /*read_only*/) {
+void bulk_wait(Site site, int pending_groups, bool read_only) {
   if (pending_groups < 0) fail(site, "cp.async.bulk.wait_group needs N >= 0");
   detail::BulkThread& b = tl_worker->bulk[this_thread().linear];
   const size_t groups = b.group_ends.size();
   if (groups <= size_t(pending_groups)) return;
   const size_t done_groups = groups - size_t(pending_groups);
   const size_t done = b.group_ends[done_groups - 1];
-  // The latest moment a GPU may read the shared memory (and, for .read, write global):
-  // a buffer reused before this wait shows in the result.
-  for (size_t i = 0; i < done; ++i) detail::perform_store(b.ops[i]);
+  // The latest moments a GPU may read the shared memory (.read) and write global memory:
+  // a buffer reused before the first, or an output read before the second, shows.
+  for (size_t i = 0; i < done; ++i) {
+    if (!b.ops[i].read) detail::read_store(b.ops[i]);
+  }
+  if (read_only) return;
+  for (size_t i = 0; i < done; ++i) detail::write_store(b.ops[i]);
   b.ops.erase(b.ops.begin(), b.ops.begin() + static_cast<long>(done));
   b.group_ends.erase(b.group_ends.begin(), b.group_ends.begin() + static_cast<long>(done_groups));
   for (size_t& e : b.group_ends) e -= done;

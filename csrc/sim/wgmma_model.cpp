@@ -201,12 +201,13 @@ void warpgroup_collective(const char* what, Site site, const void* uniform, size
   x.mine[i] = mine;
   if (++x.arrived == 128) {
     x.open = false;
+    std::vector<unsigned> tids;
     if (options().race_check) {
-      std::vector<unsigned> tids(128);
-      for (unsigned j = 0; j < 128; ++j) tids[j] = g * 128 + j;
+      for (unsigned j = 0; j < 128; ++j) tids.push_back(g * 128 + j);
       detail::race_collective(w, tids);
     }
     combine(x.mine.data());
+    if (!tids.empty()) detail::race_collective_done(w, tids);
     for (unsigned j = 0; j < 128; ++j) {
       SimThread& o = w.threads[g * 128 + j];
       if (&o != &t) {
