@@ -478,12 +478,7 @@ std::vector<int64_t> hopper_index(const std::string& what, const std::vector<int
 
 }  // namespace
 
-at::Tensor run_hopper(const std::string& name, const std::vector<at::Tensor>& inputs,
-                      const std::vector<int64_t>& args);
-
-}  // namespace overfeat_kernels
-
-namespace overfeat_kernels {
+// The Hopper self-tests, by name.
 at::Tensor run_hopper(const std::string& name, const std::vector<at::Tensor>& inputs,
                       const std::vector<int64_t>& args) {
   if (name == "wgmma") return run_wgmma(inputs, args);
@@ -491,6 +486,7 @@ at::Tensor run_hopper(const std::string& name, const std::vector<at::Tensor>& in
   if (name.rfind("tma_", 0) == 0) return run_tma(name, inputs, args);
   TORCH_CHECK(false, "simtest hopper: unknown test ", name);
 }
+
 }  // namespace overfeat_kernels
 
 TORCH_LIBRARY_FRAGMENT(overfeat_kernels_simtest, m) {
