@@ -4,8 +4,14 @@ non-contiguous views, empty batches."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sysconfig
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import pytest
 import torch
 
 LAYOUTS = ("nchw", "channels_last", "strided")
@@ -191,3 +197,37 @@ def conv3x3_backward_samples(device, dtype=torch.float32, configs=CONV_CONFIGS, 
         args = (make_map(oshape, dtype, device), x, wt, relu_out, pad, mask, *extra)
         out.append(Sample(s.name, args))
     return out
+
+
+# Both GPU generations the nvcc compile tests build for: sm_80 (where the sm_90 instructions
+# trap) and sm_90a.
+SM80_SM90A = ("-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90a,code=sm_90a")
+
+
+def nvcc() -> str | None:
+    """The CUDA compiler: CUDA_HOME's, /usr/local/cuda's, or the one on PATH."""
+    for root in filter(None, [os.environ.get("CUDA_HOME"), "/usr/local/cuda"]):
+        path = os.path.join(root, "bin", "nvcc")
+        if os.path.exists(path):
+            return path
+    return shutil.which("nvcc")
+
+
+def compile_cuda(tmp_path: Path, name: str, source: str, gencodes=SM80_SM90A, flags=()):
+    """Compiles `source` (which includes csrc/cuda headers) to `tmp_path/name.o` with nvcc,
+    through ptxas for each gencode; skips the test without nvcc. Returns (process, object)."""
+    from torch.utils.cpp_extension import include_paths
+
+    compiler = nvcc()
+    if compiler is None:
+        pytest.skip("nvcc not available")
+    src, obj = tmp_path / f"{name}.cu", tmp_path / f"{name}.o"
+    src.write_text(source)
+    cuda_dir = Path(__file__).resolve().parent.parent / "csrc" / "cuda"
+    proc = subprocess.run(
+        [compiler, "-std=c++20", "-c", "--expt-relaxed-constexpr", *flags, *gencodes,
+         "-DOVERFEAT_WITH_CUDA=1", f"-I{cuda_dir}", *[f"-I{p}" for p in include_paths()],
+         f"-I{sysconfig.get_paths()['include']}", str(src), "-o", str(obj)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    return proc, obj

@@ -9,11 +9,12 @@ csrc/sim/selftest_hopper.cpp) caught."""
 from __future__ import annotations
 
 import re
+import subprocess
 
 import numpy as np
 import pytest
 import torch
-from samples import SCHEDULES
+from samples import SCHEDULES, compile_cuda
 
 from overfeat_kernels import simulator
 
@@ -110,30 +111,15 @@ def test_the_gemm_compiles_for_sm_90a_to_hgmma_and_tma(tmp_path):
     # The same kernel through nvcc: ptxas accepts every instruction, does not serialise the
     # wgmma loop (warning C7510), spills nothing, and the SASS holds HGMMA, the TMA loads
     # and store, and the mbarrier operations.
-    import os
-    import subprocess
-    import sysconfig
-
-    from test_sim_mbarrier import _nvcc
-    from torch.utils.cpp_extension import include_paths
-
-    if _nvcc() is None:
-        pytest.skip("nvcc not available")
-    src = tmp_path / "gemm.cu"
-    src.write_text(
+    source = (
         '#include "hopper_gemm.cuh"\n'
         "template __global__ void overfeat_kernels::hopper_gemm::gemm_kernel<"
         "overfeat_kernels::hopper_gemm::GemmBug::kNone>("
         "const __grid_constant__ overfeat_kernels::hopper_gemm::GemmMaps);\n"
     )
-    cuda_dir = os.path.join(os.path.dirname(os.path.dirname(__file__)), "csrc", "cuda")
-    obj = tmp_path / "gemm.o"
-    proc = subprocess.run(
-        [_nvcc(), "-std=c++20", "-c", "--expt-relaxed-constexpr", "-Xptxas=-v,-warn-spills",
-         "-gencode=arch=compute_90a,code=sm_90a", "-DOVERFEAT_WITH_CUDA=1", f"-I{cuda_dir}",
-         *[f"-I{p}" for p in include_paths()], f"-I{sysconfig.get_paths()['include']}",
-         str(src), "-o", str(obj)],
-        capture_output=True, text=True, timeout=300,
+    proc, obj = compile_cuda(
+        tmp_path, "gemm", source, ("-gencode=arch=compute_90a,code=sm_90a",),
+        ("-Xptxas=-v,-warn-spills",),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "serialized" not in proc.stderr and "spill" not in proc.stderr.replace(

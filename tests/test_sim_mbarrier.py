@@ -8,15 +8,10 @@ outside shared memory). Kernels in csrc/sim/selftest_kernels.cpp."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sysconfig
-
 import numpy as np
 import pytest
 import torch
-from samples import SCHEDULES
+from samples import SCHEDULES, compile_cuda
 from samples import run_simtest as run
 
 from overfeat_kernels import simulator
@@ -147,15 +142,6 @@ def test_init_while_threads_wait_raises():
         run("mbarrier_bug", arg=8)  # in order: 63 threads wait, then the last re-inits
 
 
-def _nvcc() -> str | None:
-    """The CUDA compiler: CUDA_HOME's, /usr/local/cuda's, or the one on PATH."""
-    for root in filter(None, [os.environ.get("CUDA_HOME"), "/usr/local/cuda"]):
-        path = os.path.join(root, "bin", "nvcc")
-        if os.path.exists(path):
-            return path
-    return shutil.which("nvcc")
-
-
 KERNEL = r"""
 #include "dynamic_smem.cuh"
 #include "mbarrier.cuh"
@@ -191,20 +177,8 @@ __global__ void ring(const float* in, float* out) {
 """
 
 
-@pytest.mark.skipif(_nvcc() is None, reason="nvcc not available")
 def test_the_ptx_wrappers_compile_for_sm_80_and_sm_90a(tmp_path):
     # The host pass, sm_80 (where the sm_90 instructions trap) and sm_90a, through ptxas,
     # which checks every instruction's spelling, state space and operand types.
-    src = tmp_path / "ring.cu"
-    src.write_text(KERNEL)
-    from torch.utils.cpp_extension import include_paths
-
-    cuda_dir = os.path.join(os.path.dirname(os.path.dirname(__file__)), "csrc", "cuda")
-    proc = subprocess.run(
-        [_nvcc(), "-std=c++20", "-c", "--expt-relaxed-constexpr",
-         "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90a,code=sm_90a",
-         "-DOVERFEAT_WITH_CUDA=1", f"-I{cuda_dir}", *[f"-I{p}" for p in include_paths()],
-         f"-I{sysconfig.get_paths()['include']}", str(src), "-o", str(tmp_path / "ring.o")],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    proc, _ = compile_cuda(tmp_path, "ring", KERNEL)
     assert proc.returncode == 0, proc.stderr[-3000:]

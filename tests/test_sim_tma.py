@@ -15,7 +15,7 @@ import hopper_layouts as isa
 import numpy as np
 import pytest
 import torch
-from samples import SCHEDULES
+from samples import SCHEDULES, compile_cuda
 
 from overfeat_kernels import simulator
 
@@ -381,17 +381,7 @@ def test_a_misaligned_global_address_is_refused():
 def test_the_tma_wrappers_and_the_encoder_compile_for_sm_80_and_sm_90a(tmp_path):
     # The device wrappers through ptxas (sm_80, where they trap, and sm_90a), and the host
     # encoder against the driver's cuda.h.
-    import os
-    import subprocess
-    import sysconfig
-
-    from test_sim_mbarrier import _nvcc
-    from torch.utils.cpp_extension import include_paths
-
-    if _nvcc() is None:
-        pytest.skip("nvcc not available")
-    src = tmp_path / "tma.cu"
-    src.write_text(r"""
+    proc, _ = compile_cuda(tmp_path, "tma", r"""
 #include "mbarrier.cuh"
 #include "tma.cuh"
 using namespace overfeat_kernels;
@@ -430,12 +420,4 @@ tma::TensorMap host_encode(const void* p) {
   return tma::encode_tensor_map(s);
 }
 """)
-    cuda_dir = os.path.join(os.path.dirname(os.path.dirname(__file__)), "csrc", "cuda")
-    proc = subprocess.run(
-        [_nvcc(), "-std=c++20", "-c", "--expt-relaxed-constexpr",
-         "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90a,code=sm_90a",
-         "-DOVERFEAT_WITH_CUDA=1", f"-I{cuda_dir}", *[f"-I{p}" for p in include_paths()],
-         f"-I{sysconfig.get_paths()['include']}", str(src), "-o", str(tmp_path / "tma.o")],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -9,16 +9,13 @@ write come from tests/hopper_layouts.py, written from the ISA independently of t
 
 from __future__ import annotations
 
-import os
 import random
-import subprocess
-import sysconfig
 
 import hopper_layouts as isa
 import numpy as np
 import pytest
 import torch
-from samples import SCHEDULES
+from samples import SCHEDULES, compile_cuda
 
 from overfeat_kernels import simulator
 
@@ -241,14 +238,7 @@ def test_a_warpgroup_needs_all_128_threads():
 
 
 def test_the_wgmma_wrappers_compile_for_sm_90a(tmp_path):
-    from test_sim_mbarrier import _nvcc
-
-    if _nvcc() is None:
-        pytest.skip("nvcc not available")
-    from torch.utils.cpp_extension import include_paths
-
-    src = tmp_path / "wg.cu"
-    src.write_text(r"""
+    proc, _ = compile_cuda(tmp_path, "wg", r"""
 #include "wgmma.cuh"
 using namespace overfeat_kernels;
 __global__ void k(float* out, const uint32_t* a_regs) {
@@ -268,13 +258,5 @@ __global__ void k(float* out, const uint32_t* a_regs) {
   if (elect_one_sync()) out[threadIdx.x] = acc[0] + acc[127];
 }
 """)
-    cuda_dir = os.path.join(os.path.dirname(os.path.dirname(__file__)), "csrc", "cuda")
-    proc = subprocess.run(
-        [_nvcc(), "-std=c++20", "-c", "--expt-relaxed-constexpr",
-         "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90a,code=sm_90a",
-         "-DOVERFEAT_WITH_CUDA=1", f"-I{cuda_dir}", *[f"-I{p}" for p in include_paths()],
-         f"-I{sysconfig.get_paths()['include']}", str(src), "-o", str(tmp_path / "wg.o")],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "serialized" not in proc.stderr  # ptxas C7510: wgmma serialised
