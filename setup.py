@@ -10,7 +10,8 @@
 
 Environment:
     CUDA_HOME / CUDA_PATH      the CUDA toolkit (found from `nvcc` when unset)
-    TORCH_CUDA_ARCH_LIST       GPU architectures (default "8.0;9.0": A100 and H100 class)
+    TORCH_CUDA_ARCH_LIST       GPU architectures (default "8.0;9.0a": A100 and H100 class;
+                               the Hopper conv kernel needs 9.0a, sm_90a's wgmma)
     MAX_JOBS                   parallel compile jobs (ninja)
     OVERFEAT_KERNELS_CPU_ONLY  set to 1 to skip nvcc even with a toolkit (the simulator
                                module is still built)
@@ -28,7 +29,7 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 ROOT = Path(__file__).resolve().parent
-DEFAULT_ARCH_LIST = "8.0;9.0"
+DEFAULT_ARCH_LIST = "8.0;9.0a"
 
 
 def _say(msg: str) -> None:
@@ -176,10 +177,15 @@ def _extensions():
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
         sources += sorted(glob.glob("csrc/cuda/*.cu", root_dir=ROOT))
+        archs = os.environ["TORCH_CUDA_ARCH_LIST"].replace(" ", ";").split(";")
+        macros = [("OVERFEAT_WITH_CUDA", "1")]
+        # sm_90a's code (wgmma, setmaxnreg) is in the build: the plan may pick it on 9.0.
+        if any(a.split("+")[0] == "9.0a" for a in archs):
+            macros.append(("OVERFEAT_HAS_SM90A", "1"))
         ext = CUDAExtension(
             "overfeat_kernels._C",
             sources,
-            define_macros=[("OVERFEAT_WITH_CUDA", "1")],
+            define_macros=macros,
             extra_compile_args={
                 "cxx": cxx_flags,
                 "nvcc": ["-O3", "-lineinfo", "-Xptxas=-warn-spills"],

@@ -207,6 +207,16 @@ def _auto_fwd(x, wt, b, g):
         return ok.conv3x3(x, wt, b, 1, True)
 
 
+def _forced_fwd(algo: str):
+    """The forward with one candidate forced (`algos[0]`): "wgmma" (Hopper) or "tc" (mma.sync)."""
+    code = ok.backend.ALGOS[algo]
+
+    def fn(x, wt, b, g):
+        return torch.ops.overfeat_kernels.conv3x3.default(x, wt, b, 1, True, [code, 0, 0])
+
+    return fn
+
+
 def _eager_fwd(x, wt, b, g):
     return F.relu(F.conv2d(x, wt, b, padding=1))
 
@@ -231,6 +241,8 @@ def conv_rows(layers, batches, dtype_names, quick) -> list[dict]:
     torch.backends.cudnn.benchmark = True
     fns = {"ours": _ours_fwd, "cudnn": _cudnn_fwd, "eager": _eager_fwd, "auto": _auto_fwd}
     bwd_fns = {"ours_bwd": _ours_bwd, "cudnn_bwd": _cudnn_bwd}
+    # On compute capability 9.0: the Hopper kernel and the mma.sync one, each forced.
+    hopper = torch.cuda.get_device_capability() == (9, 0)
     rows = []
     for dname in dtype_names:
         dtype, tf32 = DTYPE_CONFIGS[dname]
@@ -246,6 +258,8 @@ def conv_rows(layers, batches, dtype_names, quick) -> list[dict]:
                     make = functools.partial(conv_inputs, n, c, k, h, w, dtype, fmt)
                     sets = rotation(make, bytes_per_set)
                     todo = dict(fns, **(bwd_fns if not quick or fname == "nhwc" else {}))
+                    if hopper and (dtype != torch.float32 or tf32):
+                        todo.update(wgmma=_forced_fwd("wgmma"), tc=_forced_fwd("tc"))
                     for key, fn in todo.items():
                         t[f"{key}_{fname}"] = bench(fn, sets)
                     for key, fn in fns.items():
@@ -267,6 +281,12 @@ def conv_rows(layers, batches, dtype_names, quick) -> list[dict]:
                 row["queued_ratio_vs_eager"] = q["eager"] / q["ours"]
                 row["ours_TFLOPs"] = flops / row["ours_ms"] / 1e9
                 row["cudnn_TFLOPs"] = flops / row["cudnn_ms"] / 1e9
+                for key in ("wgmma", "tc"):
+                    if fastest(t, key):
+                        row[f"{key}_ms"], row[f"{key}_format"] = fastest(t, key)
+                        row[f"{key}_TFLOPs"] = flops / row[f"{key}_ms"] / 1e9
+                        row[f"{key}_ratio_vs_cudnn"] = row["cudnn_ms"] / row[f"{key}_ms"]
+                        row[f"{key}_ratio_vs_eager"] = row["eager_ms"] / row[f"{key}_ms"]
                 if fastest(t, "ours_bwd"):
                     row["ours_bwd_ms"], _ = fastest(t, "ours_bwd")
                     row["cudnn_bwd_ms"], _ = fastest(t, "cudnn_bwd")
@@ -486,6 +506,11 @@ def print_conv_row(r: dict) -> None:
         f"({r['ours_format']}, {r['ours_TFLOPs']:6.1f} TF/s)  cuDNN {r['cudnn_ms']:8.3f} ms "
         f"x{r['ratio_vs_cudnn']:.2f}  eager+bias+relu x{r['ratio_vs_eager']:.2f}  auto "
         f"x{r['auto_ratio_vs_cudnn']:.2f} vs cuDNN{bwd}"
+        + "".join(
+            f"  {key} {r[f'{key}_TFLOPs']:6.1f} TF/s x{r[f'{key}_ratio_vs_cudnn']:.2f}"
+            for key in ("wgmma", "tc")
+            if f"{key}_ms" in r
+        )
     )
     if "queued_ms" in r:
         print(
@@ -585,6 +610,14 @@ def main(argv: list[str] | None = None) -> int:
                         [r["bwd_ratio_vs_cudnn"] for r in vgg if "bwd_ratio_vs_cudnn" in r]
                     ),
                     "geomean_auto_ratio_vs_cudnn": geomean([r["auto_ratio_vs_cudnn"] for r in vgg]),
+                    **{
+                        f"geomean_{key}_ratio_vs_{base}": geomean(
+                            [r[f"{key}_ratio_vs_{base}"] for r in vgg]
+                        )
+                        for key in ("wgmma", "tc")
+                        for base in ("cudnn", "eager")
+                        if all(f"{key}_ms" in r for r in vgg)
+                    },
                 }
                 for key in ("ratio_vs_cudnn", "ratio_vs_eager", "auto_ratio_vs_cudnn"):
                     summary[dname][f"geomean_queued_{key}"] = geomean(

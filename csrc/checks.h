@@ -176,12 +176,12 @@ inline void check_conv_algos(at::IntArrayRef algos, bool backward) {
   TORCH_CHECK_VALUE(algos.size() == (backward ? 2u : 3u), op, ": algos must have ",
                     backward ? 2 : 3, " entries, got ", algos.size());
   if (backward) {
-    check_conv_algo(algos[0], op, algo_argument(ConvDirection::kGradInput, true), true);
-    check_conv_algo(algos[1], op, algo_argument(ConvDirection::kGradWeight, true), false);
+    check_conv_algo(algos[0], op, algo_argument(ConvDirection::kGradInput, true), ConvDirection::kGradInput);
+    check_conv_algo(algos[1], op, algo_argument(ConvDirection::kGradWeight, true), ConvDirection::kGradWeight);
   } else {
-    check_conv_algo(algos[0], op, algo_argument(ConvDirection::kForward, false), true);
-    check_conv_algo(algos[1], op, algo_argument(ConvDirection::kGradInput, false), true);
-    check_conv_algo(algos[2], op, algo_argument(ConvDirection::kGradWeight, false), false);
+    check_conv_algo(algos[0], op, algo_argument(ConvDirection::kForward, false), ConvDirection::kForward);
+    check_conv_algo(algos[1], op, algo_argument(ConvDirection::kGradInput, false), ConvDirection::kGradInput);
+    check_conv_algo(algos[2], op, algo_argument(ConvDirection::kGradWeight, false), ConvDirection::kGradWeight);
   }
 }
 

@@ -33,8 +33,9 @@ enum ConvAlgo : int64_t {
   kAlgoTensorCores = 2,       // CUDA: implicit GEMM on tensor cores (mma.sync), large tiles
   kAlgoTensorCoresSmall = 3,  // CUDA: the same, small tiles (forward and grad-input only)
   kAlgoAten = 4,              // PyTorch's own convolution (cuDNN on CUDA, oneDNN on the CPU)
+  kAlgoWgmma = 5,             // CUDA sm_90a: the Hopper kernel (TMA + wgmma), forward
 };
-inline constexpr int64_t kNumConvAlgos = 5;
+inline constexpr int64_t kNumConvAlgos = 6;
 
 enum class ConvDirection : int { kForward = 0, kGradInput = 1, kGradWeight = 2 };
 inline constexpr int kNumDirections = 3;
@@ -49,22 +50,25 @@ struct ConvCandidate {
   bool gpu_only;           // runs on CUDA tensors (and in the simulator) only
   bool tensor_cores;       // needs a tensor-core dtype (tensor_core_dtype)
   int min_capability;      // compute capability x 10 it needs (0: any)
+  int max_capability;      // and the highest it runs on (0: any): sm_90a code runs on 9.0 only
   const char* summary;
 };
 
 // "ours" is our kernels with their heuristic: on the CPU it is our only implementation, on
 // CUDA the heuristic picks among the rows after it, which "auto" times one by one.
 inline constexpr ConvCandidate kConvCandidates[] = {
-    {"ours", kAlgoDefault, kAllDirections, false, false, 0,
+    {"ours", kAlgoDefault, kAllDirections, false, false, 0, 0,
      "our kernels, configuration picked by the heuristic"},
-    {"direct", kAlgoDirect, kAllDirections, true, false, 0,
+    {"direct", kAlgoDirect, kAllDirections, true, false, 0, 0,
      "direct CUDA-core kernels (every dtype, exact float32)"},
-    {"tc", kAlgoTensorCores, kAllDirections, true, true, 80,
+    {"tc", kAlgoTensorCores, kAllDirections, true, true, 80, 0,
      "tensor-core implicit GEMM (mma.sync), large tiles"},
-    {"tc-small", kAlgoTensorCoresSmall, 0b011, true, true, 80,
+    {"tc-small", kAlgoTensorCoresSmall, 0b011, true, true, 80, 0,
      "tensor-core implicit GEMM (mma.sync), small tiles: more CTAs for small maps"},
-    {"cudnn", kAlgoAten, kAllDirections, false, false, 0,
+    {"cudnn", kAlgoAten, kAllDirections, false, false, 0, 0,
      "PyTorch's convolution (cuDNN on CUDA, oneDNN on the CPU), bias and ReLU after it"},
+    {"wgmma", kAlgoWgmma, 0b001, true, true, 90, 90,
+     "Hopper implicit GEMM (TMA + wgmma, warp-specialised, persistent; sm_90a), forward"},
 };
 inline constexpr int kNumConvCandidates = sizeof(kConvCandidates) / sizeof(kConvCandidates[0]);
 
@@ -90,6 +94,7 @@ inline bool candidate_applies(const ConvCandidate& c, ConvDirection direction, b
   if (!gpu) return !c.gpu_only;
   if (c.code == kAlgoDefault) return false;  // on CUDA the heuristic's pieces are timed
   if (c.tensor_cores && (!tensor_core_dtype_ || capability < c.min_capability)) return false;
+  if (c.max_capability != 0 && capability > c.max_capability) return false;
   return capability >= c.min_capability;
 }
 
@@ -109,6 +114,7 @@ struct ConvProblem {
   bool grad_output_nhwc = false;  // grad_output (and the ReLU output it is masked with)
   bool relu_output_nhwc = false;
   bool masked = false;            // the gradient passes a ReLU (relu_output given)
+  bool fused_pool = false;        // forward: the call max-pools the output (conv_pool.h)
   int64_t out_h() const { return h + 2 * padding - 2; }
   int64_t out_w() const { return w + 2 * padding - 2; }
 };
@@ -118,6 +124,9 @@ struct ConvProblem {
 struct DeviceInfo {
   int capability = 0;
   int64_t sms = 1;
+  // The build holds the sm_90a kernels (TORCH_CUDA_ARCH_LIST with 9.0a; the simulator has
+  // them always).
+  bool sm90a = true;
 };
 
 // ---- tile shapes (the kernels' TileConfig static_asserts against these) -----------------
@@ -166,6 +175,52 @@ inline Tiles choose_tiles(int64_t pixels, int64_t filters, int element_size, int
   return large_ctas < 2 * sms ? Tiles::kSmall : Tiles::kLarge;
 }
 
+// ---- the Hopper kernel's configuration (conv3x3_wgmma.cuh static_asserts these) -----------
+
+inline constexpr int kWgmmaTileM = 128, kWgmmaTileN = 128;  // pixels x filters per CTA tile
+inline constexpr int kWgmmaSliceBytes = 128;  // channels of one tap per reduction step
+inline constexpr int kWgmmaMaxSplit = 8;
+// Whether our heuristic ("ours") prefers the Hopper kernel on compute capability 9.0. Off
+// until a GPU run has measured it against the mma.sync kernel: it is proven correct in the
+// simulator, its speed is unmeasured. The "auto" backend (the default mode) times both.
+inline constexpr bool kOursPrefersWgmma = false;
+
+struct WgmmaConfig {
+  int block_h = 0, block_w = 0;  // the tile's pixels: a block_h x block_w block of one image
+  int split = 1;                 // split-K parts per tile (1: none)
+};
+
+// The Hopper kernel's tiles for n images of out_h x out_w pixels, k filters and `slices`
+// reduction steps (taps x channel slices) on `sms` SMs. Pure: tested from Python.
+// - The pixel block (128 pixels; one TMA box per tap) whose blocks cover the map with the
+//   fewest tiles; ties go to the squarer block (16 wide first: its shifted boxes for the
+//   nine taps overlap most).
+// - Split-K when the tiles would occupy at most half of the SMs (VGG's 14 x 14 and 28 x 28
+//   maps at batch 1): as many parts as fill the SMs, at most kWgmmaMaxSplit and at least 4
+//   slices each (the pipeline's depth), no part empty. The parts' fp32 tiles are added in
+//   order by a second kernel, so results do not depend on the schedule.
+inline WgmmaConfig choose_wgmma_config(int64_t n, int64_t out_h, int64_t out_w, int64_t k,
+                                       int64_t slices, int64_t sms) {
+  WgmmaConfig c;
+  int64_t best = -1;
+  for (const int bw : {16, 32, 8, 64, 128}) {
+    const int bh = kWgmmaTileM / bw;
+    const int64_t blocks = plan_ceil_div(out_h, bh) * plan_ceil_div(out_w, bw);
+    if (best < 0 || blocks < best) {
+      best = blocks;
+      c.block_h = bh;
+      c.block_w = bw;
+    }
+  }
+  const int64_t tiles = n * best * plan_ceil_div(k, kWgmmaTileN);
+  if (tiles > 0 && 2 * tiles <= sms && slices >= 8) {
+    const int64_t split = std::min<int64_t>({sms / tiles, slices / 4, kWgmmaMaxSplit});
+    const int64_t per = plan_ceil_div(slices, split);
+    c.split = static_cast<int>(plan_ceil_div(slices, per));
+  }
+  return c;
+}
+
 // ---- the plan of one direction ----------------------------------------------------------
 
 enum class ConvKernel : int {
@@ -175,9 +230,12 @@ enum class ConvKernel : int {
   kUnfolded = 3,        // the same kernel as a 1 x 1 GEMM over the input unfolded to 9·C
   kWgradGemm = 4,       // grad-weight on tensor cores
   kAten = 5,            // PyTorch's convolution (cuDNN on CUDA)
+  kWgmma = 6,           // the Hopper implicit GEMM (conv3x3_wgmma.cuh) over 9 taps
+  kWgmmaUnfolded = 7,   // the same as a 1 x 1 GEMM over the unfolded input (few channels)
 };
-inline constexpr const char* kKernelNames[] = {"cpu",      "direct",       "implicit_gemm",
-                                                "unfolded", "wgrad_gemm",   "aten"};
+inline constexpr const char* kKernelNames[] = {"cpu",      "direct",     "implicit_gemm",
+                                                "unfolded", "wgrad_gemm", "aten",
+                                                "wgmma",    "wgmma_unfolded"};
 
 struct DirectionPlan {
   ConvKernel kernel = ConvKernel::kCpu;
@@ -191,6 +249,7 @@ struct DirectionPlan {
   bool copy_mask = false;  // grad-input / grad-weight through a ReLU: its output as NHWC
   bool pack_filters = false;
   bool copy_input = false;  // grad-weight: the input as padded NHWC
+  WgmmaConfig wgmma;        // kWgmma / kWgmmaUnfolded: pixel block and split-K
 };
 
 inline const char* conv_algo_name(int64_t algo) {
@@ -200,6 +259,7 @@ inline const char* conv_algo_name(int64_t algo) {
     case kAlgoTensorCores: return "tensor cores";
     case kAlgoTensorCoresSmall: return "tensor cores, small tiles";
     case kAlgoAten: return "aten";
+    case kAlgoWgmma: return "wgmma";
     default: return "unknown";
   }
 }
@@ -249,6 +309,31 @@ inline DirectionPlan plan_direction(const ConvProblem& p, ConvDirection d, int64
                     " tensors of these sizes on this device (tensor cores take bfloat16 and "
                     "float16, and float32 when torch.backends.cudnn.allow_tf32 is set, on "
                     "compute capability 8.0 or newer, with sizes that fit 32-bit offsets)");
+  // The Hopper kernel: the forward on compute capability 9.0 (its sm_90a code runs there
+  // only) of a build that has it. TMA's coordinates are 32-bit: the images must fit. Our
+  // heuristic takes it only with kOursPrefersWgmma (and never where the mma.sync kernel
+  // pools in its epilogue); "auto" times it as a candidate either way.
+  const bool wgmma_possible = d == ConvDirection::kForward && possible && dev.capability == 90 &&
+                              dev.sm90a && p.n < INT32_MAX;
+  TORCH_CHECK_VALUE(algo != kAlgoWgmma || wgmma_possible, op, ": ", argument, " = ", algo, " (",
+                    conv_algo_name(algo), ") does not apply to ", p.dtype,
+                    " tensors of these sizes on this device (the Hopper kernel computes the "
+                    "forward of bfloat16 and float16, and float32 when "
+                    "torch.backends.cudnn.allow_tf32 is set, on compute capability 9.0 with a "
+                    "build for sm_90a)");
+  if (algo == kAlgoWgmma ||
+      (kOursPrefersWgmma && algo == kAlgoDefault && wgmma_possible && !p.fused_pool)) {
+    const bool unfolded = p.c < vector_elems(e);
+    plan.kernel = unfolded ? ConvKernel::kWgmmaUnfolded : ConvKernel::kWgmma;
+    plan.channels = vector_channels(unfolded ? 9 * p.c : p.c, e);
+    plan.filter_channels = filter_channels(plan.channels, e);
+    plan.copy_activations = unfolded || !(p.input_nhwc && p.c == plan.channels);
+    plan.pack_filters = unfolded || !(p.weight_nhwc && p.c == plan.filter_channels);
+    const int64_t slices =
+        (unfolded ? 1 : 9) * plan_ceil_div(plan.channels * e, kWgmmaSliceBytes);
+    plan.wgmma = choose_wgmma_config(p.n, oh, ow, p.k, slices, dev.sms);
+    return plan;
+  }
   if (!(forced_tc || (algo == kAlgoDefault && possible))) {
     plan.kernel = ConvKernel::kDirect;
     return plan;
@@ -294,14 +379,26 @@ inline DirectionPlan plan_direction(const ConvProblem& p, ConvDirection d, int64
   return plan;
 }
 
-// Checks one entry of `algos` (`which` names it) for its direction: grad-weight has no
-// small-tile variant.
+// Checks one entry of `algos` (`which` names it) for its direction: the codes of the
+// candidates that serve it (kConvCandidates).
 inline void check_conv_algo(int64_t algo, const char* op, const std::string& which,
-                            bool small_tiles) {
-  TORCH_CHECK_VALUE(algo >= 0 && algo < kNumConvAlgos && (small_tiles || algo != kAlgoTensorCoresSmall),
-                    op, ": ", which, " must be ", small_tiles ? "0-4" : "0, 1, 2 or 4",
-                    " (default, direct, tensor cores", small_tiles ? ", tensor cores with small tiles" : "",
-                    ", aten), got ", algo);
+                            ConvDirection d) {
+  const auto serves = [d](const ConvCandidate& c) {
+    return (c.directions & (1u << static_cast<int>(d))) != 0;
+  };
+  const ConvCandidate* c = algo >= 0 && algo < kNumConvAlgos ? candidate_by_code(algo) : nullptr;
+  if (c != nullptr && serves(*c)) return;
+  std::string codes, names;
+  int listed = 0, count = 0;
+  for (const auto& cand : kConvCandidates) count += serves(cand) ? 1 : 0;
+  for (const auto& cand : kConvCandidates) {
+    if (!serves(cand)) continue;
+    ++listed;
+    const char* sep = listed == 1 ? "" : listed == count ? " or " : ", ";
+    codes += sep + std::to_string(cand.code);
+    names += std::string(listed == 1 ? "" : ", ") + cand.name;
+  }
+  TORCH_CHECK_VALUE(false, op, ": ", which, " must be ", codes, " (", names, "), got ", algo);
 }
 
 }  // namespace overfeat_kernels

@@ -365,6 +365,7 @@ void add_conv_functions(py::module_ m) {
       row["gpu_only"] = c.gpu_only;
       row["tensor_cores"] = c.tensor_cores;
       row["min_capability"] = c.min_capability;
+      row["max_capability"] = c.max_capability;
       row["summary"] = c.summary;
       out.append(row);
     }
@@ -382,6 +383,16 @@ void add_conv_functions(py::module_ m) {
       },
       py::arg("direction"), py::arg("gpu"), py::arg("tensor_core_dtype"), py::arg("capability"),
       "The candidates 'auto' times for one direction.");
+  m.def(
+      "wgmma_config",
+      [](int64_t n, int64_t out_h, int64_t out_w, int64_t k, int64_t slices, int64_t sms) {
+        const ok::WgmmaConfig c = ok::choose_wgmma_config(n, out_h, out_w, k, slices, sms);
+        return py::make_tuple(c.block_h, c.block_w, c.split);
+      },
+      py::arg("n"), py::arg("out_h"), py::arg("out_w"), py::arg("k"), py::arg("slices"),
+      py::arg("sms"),
+      "The Hopper kernel's (block_h, block_w, split) for a forward (conv_plan.h, "
+      "choose_wgmma_config).");
   m.def(
       "conv_plan",
       [](const py::dict& problem, const std::string& direction, int64_t algo, bool gpu,
@@ -403,10 +414,11 @@ void add_conv_functions(py::module_ m) {
           else if (k == "grad_output_nhwc") p.grad_output_nhwc = value.cast<bool>();
           else if (k == "relu_output_nhwc") p.relu_output_nhwc = value.cast<bool>();
           else if (k == "masked") p.masked = value.cast<bool>();
+          else if (k == "fused_pool") p.fused_pool = value.cast<bool>();
           else TORCH_CHECK_VALUE(false, "conv_plan: unknown problem field '", k, "'");
         }
         const ok::ConvDirection d = direction_of(direction);
-        ok::check_conv_algo(algo, "conv_plan", "algo", d != ok::ConvDirection::kGradWeight);
+        ok::check_conv_algo(algo, "conv_plan", "algo", d);
         const ok::DirectionPlan plan = ok::plan_direction(p, d, algo, gpu, {capability, sms},
                                                           "conv_plan", "algo");
         py::dict out;
@@ -420,6 +432,8 @@ void add_conv_functions(py::module_ m) {
         out["copy_mask"] = plan.copy_mask;
         out["copy_input"] = plan.copy_input;
         out["pack_filters"] = plan.pack_filters;
+        out["wgmma_block"] = py::make_tuple(plan.wgmma.block_h, plan.wgmma.block_w);
+        out["wgmma_split"] = plan.wgmma.split;
         return out;
       },
       py::arg("problem"), py::arg("direction"), py::arg("algo"), py::arg("gpu"),

@@ -324,8 +324,8 @@ def test_tile_heuristic(pixels, filters, element_bytes, sms, choice):
 @pytest.mark.parametrize(
     ("dtype", "algos", "message"),
     [
-        (torch.bfloat16, [5, 0, 0], r"algos\[0\] \(forward\) must be 0-4"),
-        (torch.bfloat16, [0, -1, 0], r"algos\[1\] \(grad-input\) must be 0-4"),
+        (torch.bfloat16, [6, 0, 0], r"algos\[0\] \(forward\) must be 0, 1, 2, 3, 4 or 5"),
+        (torch.bfloat16, [0, 5, 0], r"algos\[1\] \(grad-input\) must be 0, 1, 2, 3 or 4"),
         (torch.bfloat16, [0, 0, 3], r"algos\[2\] \(grad-weight\) must be 0, 1, 2 or 4"),
         (torch.bfloat16, [0, 0], "algos must have 3 entries"),
         (torch.float64, [2, 0, 0], r"algos\[0\] \(forward\) = 2 \(tensor cores\) does not apply"),
@@ -447,13 +447,16 @@ def test_grad_weight_schedule_independent(dtype):
 # op's algos: every one of them computes conv3x3 and its gradients, and runs the kernel it
 # names ("cudnn" runs PyTorch's convolution, here ATen's CPU one, none of our kernels).
 CANDIDATE_KERNELS = {
-    "forward": {"direct": DIRECT, "tc": "TileConfig<2,", "tc-small": "TileConfig<1,"},
+    "forward": {
+        "direct": DIRECT, "tc": "TileConfig<2,", "tc-small": "TileConfig<1,",
+        "wgmma": "conv3x3_wgmma_kernel",
+    },
     "grad_input": {"direct": DIRECT, "tc": "TileConfig<2,", "tc-small": "TileConfig<1,"},
     "grad_weight": {"direct": "wgrad_partial_kernel", "tc": "wgrad_igemm_kernel"},
 }
 # Names that mark each direction's kernels at all (to check "cudnn" ran none of them).
 DIRECTION_KERNELS = {
-    "forward": (DIRECT, IGEMM),
+    "forward": (DIRECT, IGEMM, "conv3x3_wgmma_kernel"),
     "grad_input": (DIRECT, IGEMM),
     "grad_weight": ("wgrad_partial_kernel", "wgrad_igemm_kernel"),
 }
@@ -469,7 +472,8 @@ def test_every_backend_candidate_computes_conv3x3(direction, dtype):
     names = backend.candidates(direction, "cuda", _dtype(dtype), dtype == TF32)
     tc = dtype not in (torch.float32, torch.float64)
     tiles = (["tc"] if direction == "grad_weight" else ["tc", "tc-small"]) if tc else []
-    assert names == ("direct", *tiles, "cudnn")
+    hopper = ("wgmma",) if tc and direction == "forward" else ()  # the simulator's H100
+    assert names == ("direct", *tiles, "cudnn", *hopper)
     ops = torch.ops.overfeat_kernels
     for name in names:
         algo = backend.ALGOS[name]
@@ -494,7 +498,11 @@ def test_every_backend_candidate_computes_conv3x3(direction, dtype):
         # Which rounding to expect: tf32 only where tensor cores computed it (the other
         # gradient of a backward call runs by default: on tensor cores).
         on_tc = name in ("tc", "tc-small")
-        if direction == "forward":
+        if direction == "forward" and name == "wgmma":
+            from test_conv3x3_wgmma import _assert_forward_matches as wgmma_matches
+
+            wgmma_matches(out, x, w, b, pad, relu, dtype)  # tf32 operands truncated
+        elif direction == "forward":
             check = torch.float32 if dtype == TF32 and not on_tc else dtype
             _assert_forward_matches(out, x, w, b, pad, relu, check)
         else:

@@ -22,20 +22,24 @@ def plan(direction="forward", algo=0, gpu=True, capability=90, sms=132, **proble
 
 def test_python_reads_the_table():
     names = [row["name"] for row in backend.CANDIDATES]
-    assert names == ["ours", "direct", "tc", "tc-small", "cudnn"]
+    assert names == ["ours", "direct", "tc", "tc-small", "cudnn", "wgmma"]
     assert {row["name"]: row["code"] for row in backend.CANDIDATES} == backend.ALGOS
-    assert backend.ALGOS == {"ours": 0, "direct": 1, "tc": 2, "tc-small": 3, "cudnn": 4}
+    assert backend.ALGOS == {"ours": 0, "direct": 1, "tc": 2, "tc-small": 3, "cudnn": 4, "wgmma": 5}
     small = next(row for row in backend.CANDIDATES if row["name"] == "tc-small")
     assert small["directions"] == ("forward", "grad_input") and small["tensor_cores"]
+
+
+HOPPER_FORWARD = ("direct", "tc", "tc-small", "cudnn", "wgmma")  # compute capability 9.0
 
 
 @pytest.mark.parametrize(
     ("direction", "device", "dtype", "tf32", "capability", "expected"),
     [
-        ("forward", "cuda", torch.bfloat16, False, 90, ("direct", "tc", "tc-small", "cudnn")),
+        ("forward", "cuda", torch.bfloat16, False, 90, HOPPER_FORWARD),
+        ("forward", "cuda", torch.bfloat16, False, 80, ("direct", "tc", "tc-small", "cudnn")),
         ("grad_input", "cuda", torch.float16, False, 80, ("direct", "tc", "tc-small", "cudnn")),
         ("grad_weight", "cuda", torch.bfloat16, False, 90, ("direct", "tc", "cudnn")),
-        ("forward", "cuda", torch.float32, True, 90, ("direct", "tc", "tc-small", "cudnn")),
+        ("forward", "cuda", torch.float32, True, 90, HOPPER_FORWARD),
         ("forward", "cuda", torch.float32, False, 90, ("direct", "cudnn")),
         ("forward", "cuda", torch.float64, True, 90, ("direct", "cudnn")),
         ("forward", "cuda", torch.bfloat16, False, 75, ("direct", "cudnn")),  # no mma.sync bf16

@@ -45,7 +45,10 @@ def test_parsers_on_a_sample():
     loop = sass_report.hottest_loop(instrs)
     # The innermost loop holding HMMA: 0x30..0x60, not the outer 0x10..0x90.
     assert (loop.start, loop.end) == (0x30, 0x60)
-    assert loop.counts == {"HMMA": 2, "LDSM": 1, "LDGSTS": 0, "BAR": 0, "other": 1}
+    assert loop.counts == {
+        "HMMA": 2, "HGMMA": 0, "LDSM": 1, "LDGSTS": 0, "UTMALDG": 0, "SYNCS": 0, "BAR": 0,
+        "other": 1,
+    }  # fmt: skip
     assert loop.hmma_fraction == 0.5
 
 
@@ -111,7 +114,7 @@ def _report():
 
 def test_committed_report_covers_both_archs():
     kernels = _report()
-    for arch in ("sm_80", "sm_90"):
+    for arch in ("sm_80", "sm_90a"):
         names = [k["name"] for k in kernels if k["arch"] == arch]
         assert any(any(t in n for t in sass_report.TENSOR_CORE_KERNELS) for n in names), arch
 
@@ -130,6 +133,23 @@ def test_tensor_core_kernels_do_not_spill_and_use_the_tensor_path():
         # pixel-major (its fragments need the transpose), reads them with 32-bit loads.
         if "wgrad_igemm_kernel<float" not in k["name"]:
             assert k["counts_total"]["LDSM"] > 0 and loop["counts"]["LDSM"] > 0, where
+
+
+def test_hopper_kernels_do_not_spill_and_run_on_wgmma_and_tma():
+    """Every Hopper conv kernel (sm_90a only): no spills, HGMMA in its consumers' loop, TMA
+    loads in its producer's loop, setmaxnreg moving the warpgroups to 40 and 232 registers,
+    one CTA of 384 threads per SM."""
+    hopper = [k for k in _report() if any(t in k["name"] for t in sass_report.HOPPER_KERNELS)]
+    assert {k["arch"] for k in hopper} == {"sm_90a"}
+    # bf16 / fp16 / tf32 x 9 taps or one x channels_last or not.
+    assert len(hopper) == 12, [k["name"] for k in hopper]
+    for k in hopper:
+        where = k["name"]
+        assert k["spill_bytes"] == 0 and k["stack_bytes"] == 0, where
+        assert k["counts_total"]["HGMMA"] > 0 and k["hottest_loop"]["counts"]["HGMMA"] > 0, where
+        assert k["producer_loop"]["counts"]["UTMALDG"] >= 2, where
+        assert k["setmaxnreg"] == [40, 232], where
+        assert k["threads_per_block"] == 384 and k["blocks_per_sm"] == 1, where
 
 
 def test_large_configuration_meets_the_static_targets():
@@ -178,7 +198,7 @@ def test_memory_bound_kernels_do_not_spill_and_move_16_byte_vectors():
         *_memory_bound("permute_nchw_tiled_kernel"),
         *_memory_bound("permute_nhwc_rows_kernel"),
     ]
-    assert {k["arch"] for k in tiled} == {"sm_80", "sm_90"}
+    assert {k["arch"] for k in tiled} == {"sm_80", "sm_90a"}
     for k in tiled:
         where = f"{k['arch']} {k['name']}"
         assert k["spill_bytes"] == 0 and k["stack_bytes"] == 0, where

@@ -48,6 +48,8 @@
 #include "../conv_plan.h"
 #include "../dispatch.h"
 #include "../index_math.h"
+#include "conv_epilogue.cuh"
+#include "conv_tiles.cuh"
 #include "cp_async_pipeline.cuh"
 #include "launch.cuh"
 #include "ptx_primitives.cuh"
@@ -156,14 +158,6 @@ struct Params {
   // [n][k][pool_h][pool_w] (strides out_s) of pool_m = n · pool_h · pool_w windows.
   int pool, pool_h, pool_w;
   int64_t pool_m;
-};
-
-// The output pixel a row of the GEMM computes; `valid` false for rows past the end (and,
-// pooling, past a tile's last whole window), which load nothing and store nothing.
-struct RowPixel {
-  bool valid;
-  int64_t img;
-  int y, x;
 };
 
 // Row `row` of the tile `tile` (kBM rows each): without pooling, pixel tile·kBM + row of
@@ -277,7 +271,6 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   constexpr int kNi = Cfg::kNi, kWarpN = Cfg::kWarpN;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int warp_m = warp % Cfg::kWarpsM, warp_n = warp / Cfg::kWarpsM;
-  const int64_t m0 = int64_t(blockIdx.x) * Cfg::kBM;
   const int k0 = blockIdx.y * Cfg::kBN;
 
   // ---- loader state: this thread copies vector `lv` of rows lrow + j·kRowsPerPass ----
@@ -445,13 +438,9 @@ __global__ void __launch_bounds__(Cfg::kThreads)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {  // rows g and g + 8 of the mma tile
         const int row = warp_m * kWarpM + i * kMmaM + g + 8 * h;
-        float v0 = acc[i][j][2 * h] + bias0, v1 = acc[i][j][2 * h + 1] + bias1;
-        if (p.relu) {
-          v0 = relu_keep_nan(v0);
-          v1 = relu_keep_nan(v1);
-        }
-        stage[row * kOutStride + col] = static_cast<T>(v0);
-        stage[row * kOutStride + col + 1] = static_cast<T>(v1);
+        stage[row * kOutStride + col] = epilogue::epilogue_value<T>(acc[i][j][2 * h], bias0, p.relu);
+        stage[row * kOutStride + col + 1] =
+            epilogue::epilogue_value<T>(acc[i][j][2 * h + 1], bias1, p.relu);
       }
     }
   }
@@ -498,37 +487,10 @@ __global__ void __launch_bounds__(Cfg::kThreads)
         p.out[offset_of(p.out_s, img, k, rem / p.pool_w, rem % p.pool_w)] = best;
       }
     }
-  } else if constexpr (kOutChannelsLast) {
-    // out[m][k] is out_s.c == 1 and one pixel every out_s.w: a row of the tile is
-    // contiguous; 16-byte stores where a whole aligned vector is inside K.
-    constexpr int kVecsOut = Cfg::kBN / kVec;
-    const bool vec_ok = p.k % kVec == 0;
-    for (int q = tid; q < Cfg::kBM * kVecsOut; q += Cfg::kThreads) {
-      const int row = q / kVecsOut, cv = q % kVecsOut;
-      const int64_t m = m0 + row;
-      const int k = k0 + cv * kVec;
-      if (m >= p.m || k >= p.k) continue;
-      T* dst = p.out + m * p.out_s.w + k;
-      const T* src = stage + row * kOutStride + cv * kVec;
-      if (vec_ok) {
-        *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
-      } else {
-        for (int e = 0; e < kVec && k + e < p.k; ++e) dst[e] = src[e];
-      }
-    }
   } else {
-    // Any other layout (NCHW): element by element, pixels fastest across threads, so a
-    // warp writes 32 neighbouring pixels of one channel plane.
-    const int64_t hw_out = int64_t(p.out_h) * p.out_w;
-    for (int q = tid; q < Cfg::kBM * Cfg::kBN; q += Cfg::kThreads) {
-      const int row = q % Cfg::kBM, col = q / Cfg::kBM;
-      const int64_t m = m0 + row;
-      const int k = k0 + col;
-      if (m >= p.m || k >= p.k) continue;
-      const int64_t img = m / hw_out, rem = m % hw_out;
-      p.out[offset_of(p.out_s, img, k, rem / p.out_w, rem % p.out_w)] =
-          stage[row * kOutStride + col];
-    }
+    epilogue::store_staged_tile<T, Cfg::kBN, kOutChannelsLast>(
+        stage, kOutStride, Cfg::kBM, tid, Cfg::kThreads, p.out, p.out_s, k0, p.k,
+        [&](int row) { return tile_row_pixel<Cfg::kBM, false>(p, blockIdx.x, row); });
   }
 }
 

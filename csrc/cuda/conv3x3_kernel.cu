@@ -31,6 +31,7 @@
 #include "../conv_pool.h"
 #include "../dispatch.h"
 #include "conv3x3_igemm.cuh"
+#include "conv3x3_wgmma.h"
 #include "conv3x3_wgrad_igemm.cuh"
 #include "launch.cuh"
 
@@ -339,7 +340,12 @@ ConvProblem conv_problem(const at::Tensor& input, const at::Tensor& weight, int6
 
 DeviceInfo device_info() {
   const DeviceLimits& l = device_limits();
-  return {l.capability, l.sms};
+#if defined(OVERFEAT_SIM) || defined(OVERFEAT_HAS_SM90A)
+  constexpr bool kSm90a = true;
+#else
+  constexpr bool kSm90a = false;  // TORCH_CUDA_ARCH_LIST without 9.0a: no Hopper kernel
+#endif
+  return {l.capability, l.sms, kSm90a};
 }
 
 // x as the [n][h][w][cp] map the implicit GEMM reads: the tensor itself (a view) where the
@@ -482,9 +488,11 @@ at::Tensor conv3x3_cuda(const at::Tensor& input, const at::Tensor& weight,
       pool_of_key(input, pool, pool_offsets));
   const int64_t out_h = input.size(2) + 2 * padding - 2, out_w = input.size(3) + 2 * padding - 2;
   if (input.size(0) == 0) return empty_in_format_of(pooled_size, input);
+  ConvProblem problem = conv_problem(input, weight, padding);
+  problem.fused_pool = pool_in_epilogue(pool, pool_offsets);
   const DirectionPlan plan =
-      plan_direction(conv_problem(input, weight, padding), ConvDirection::kForward, algos[0],
-                     true, device_info(), "conv3x3", algo_argument(ConvDirection::kForward, false));
+      plan_direction(problem, ConvDirection::kForward, algos[0], true, device_info(), "conv3x3",
+                     algo_argument(ConvDirection::kForward, false));
   // The tensor-core kernels pool in their epilogue where they can; the rest composes.
   const bool tensor_cores =
       plan.kernel == ConvKernel::kImplicitGemm || plan.kernel == ConvKernel::kUnfolded;
@@ -515,6 +523,23 @@ at::Tensor conv3x3_cuda(const at::Tensor& input, const at::Tensor& weight,
       dispatch_tensor_core(input.scalar_type(), [&](auto t) {
         igemm_conv<decltype(t)>(x, input.size(2), input.size(3), filt, b, padding, relu, out,
                                 plan.tiles, stream, at::Tensor(), fused_pool);
+      });
+      return finish(out);
+    }
+    case ConvKernel::kWgmma:
+    case ConvKernel::kWgmmaUnfolded: {
+      // The Hopper kernel: the same operands as the mma.sync kernel's.
+      const bool unfolded = plan.kernel == ConvKernel::kWgmmaUnfolded;
+      at::Tensor x, filt;
+      if (unfolded) {
+        std::tie(x, filt) = unfolded_operands(input, weight, padding, plan);
+      } else {
+        x = nhwc_operand(input, plan.channels, plan.copy_activations, "conv3x3 copy: input");
+        filt = nhwc_operand(weight, plan.filter_channels, plan.pack_filters, "conv3x3 copy: filters");
+      }
+      dispatch_tensor_core(input.scalar_type(), [&](auto t) {
+        wgmma_conv<decltype(t)>(x, filt, b, unfolded ? 0 : padding, relu, out,
+                                dense_channels_last(out), plan.wgmma, stream);
       });
       return finish(out);
     }

@@ -4,6 +4,8 @@
 // simulator, the block's buffer, poisoned like the rest of shared memory.
 #pragma once
 
+#include <cstdint>
+
 #include "cuda_headers.cuh"
 
 namespace overfeat_kernels {
@@ -17,6 +19,12 @@ __device__ __forceinline__ T* dynamic_shared_memory() {
   extern __shared__ __align__(16) unsigned char overfeat_dynamic_smem[];
   return reinterpret_cast<T*>(overfeat_dynamic_smem);
 #endif
+}
+
+// `p` rounded up to a multiple of `to` bytes (a power of two): swizzled TMA boxes and wgmma
+// operands need 1024-byte aligned tiles, and the launch guarantees only 16.
+__device__ __forceinline__ unsigned char* align_up(unsigned char* p, uintptr_t to) {
+  return reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(p) + to - 1) & ~(to - 1));
 }
 
 }  // namespace overfeat_kernels

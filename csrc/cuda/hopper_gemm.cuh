@@ -17,10 +17,6 @@ namespace overfeat_kernels::hopper_gemm {
 
 using hopper::Swizzle;
 
-__device__ __forceinline__ unsigned char* align_up(unsigned char* p, uintptr_t to) {
-  return reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(p) + to - 1) & ~(to - 1));
-}
-
 // D (M x N, f32) = A (M x K) B (N x K)^T, bf16, both K-major. A block computes a 128 x 128
 // tile with three warpgroups: warpgroup 0 produces (one elected thread issues the TMA
 // loads of each 64-wide K slice into a 4-stage ring guarded by full / empty mbarriers),

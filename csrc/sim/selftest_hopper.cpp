@@ -21,7 +21,6 @@ namespace overfeat_kernels {
 namespace {
 
 using hopper::Swizzle;
-using hopper_gemm::align_up;
 using hopper_gemm::gemm_kernel;
 using hopper_gemm::GemmBug;
 using hopper_gemm::GemmMaps;

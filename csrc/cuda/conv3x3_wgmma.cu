@@ -1,0 +1,128 @@
+// The host side of the Hopper conv3x3 forward: tensor maps, work units, the launch (and
+// split-K's reduction). The kernels are in conv3x3_wgmma.cuh.
+#include "conv3x3_wgmma.h"
+
+#include <algorithm>
+
+#include "../checks.h"
+#include "../dispatch.h"
+#include "conv3x3_wgmma.cuh"
+#include "launch.cuh"
+#include "tensor_map.cuh"
+
+namespace overfeat_kernels {
+
+static_assert(hopper_conv::kBM == kWgmmaTileM && hopper_conv::kBN == kWgmmaTileN &&
+                  hopper_conv::kSliceBytes == kWgmmaSliceBytes,
+              "conv_plan.h's Hopper tile");
+
+namespace {
+
+template <typename T>
+tma::DType tma_dtype() {
+  if constexpr (std::is_same_v<T, float>) {
+    return tma::DType::kF32;  // wgmma reads tf32 from it
+  } else if constexpr (std::is_same_v<T, at::Half>) {
+    return tma::DType::kF16;
+  } else {
+    return tma::DType::kBF16;
+  }
+}
+
+// A tiled, 128B-swizzled, zero-filled map of a dense tensor given innermost first.
+template <typename T>
+tma::TensorMap dense_map(const at::Tensor& t, std::initializer_list<int64_t> dims_inner_first,
+                         std::initializer_list<uint32_t> box) {
+  tma::TensorMapSpec s;
+  s.dtype = tma_dtype<T>();
+  s.rank = static_cast<uint32_t>(dims_inner_first.size());
+  s.global = t.const_data_ptr();
+  uint64_t stride = sizeof(T);
+  uint32_t i = 0;
+  for (const int64_t d : dims_inner_first) {
+    s.dims[i] = static_cast<uint64_t>(d);
+    s.strides[i] = stride;
+    stride *= static_cast<uint64_t>(d);
+    ++i;
+  }
+  i = 0;
+  for (const uint32_t b : box) s.box[i++] = b;
+  s.swizzle = hopper::Swizzle::k128B;
+  s.oob = tma::OobFill::kZero;
+  return tma::encode_tensor_map(s);
+}
+
+template <auto Kernel>
+void allow_dynamic_smem(size_t bytes) {
+  if (static_cast<size_t>(kernel_attributes<Kernel>().maxDynamicSharedSizeBytes) < bytes) {
+    set_max_dynamic_smem<Kernel>(static_cast<int>(bytes));
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void wgmma_conv(const at::Tensor& in_nhwc, const at::Tensor& filt, const at::Tensor& bias,
+                int64_t pad, bool relu, at::Tensor& out, bool out_channels_last,
+                const WgmmaConfig& cfg, cudaStream_t stream) {
+  using namespace hopper_conv;
+  const int64_t taps = filt.size(1) * filt.size(2);
+  const int64_t n = in_nhwc.size(0), h = in_nhwc.size(1), w = in_nhwc.size(2);
+  const int64_t cp = in_nhwc.size(3), cpf = filt.size(3), k = filt.size(0);
+  TORCH_INTERNAL_ASSERT(in_nhwc.is_contiguous() && filt.is_contiguous() &&
+                        (taps == 9 || (taps == 1 && pad == 0)) && cp <= cpf &&
+                        (cp * int64_t(sizeof(T))) % 16 == 0 && out.size(1) == k);
+  const int64_t out_h = out.size(2), out_w = out.size(3);
+  TORCH_INTERNAL_ASSERT(out_h == (taps == 9 ? h + 2 * pad - 2 : h) &&
+                        out_w == (taps == 9 ? w + 2 * pad - 2 : w));
+  if (n == 0 || k == 0 || out_h <= 0 || out_w <= 0) return;
+  TORCH_INTERNAL_ASSERT(cfg.block_h * cfg.block_w == kBM && cfg.split >= 1);
+  constexpr uint32_t kSlice = kSliceElems<T>;
+
+  Params<T> p{};
+  p.in_map = dense_map<T>(in_nhwc, {cp, w, h, n},
+                          {kSlice, uint32_t(cfg.block_w), uint32_t(cfg.block_h), 1});
+  p.filt_map = dense_map<T>(filt, {cpf, taps, k}, {kSlice, 1, uint32_t(kBN)});
+  p.blocks = make_pixel_blocks(n, static_cast<int>(out_h), static_cast<int>(out_w),
+                               static_cast<int>(k), cfg.block_h, cfg.block_w, kBN);
+  p.bias = bias.defined() ? bias.const_data_ptr<T>() : nullptr;
+  p.out = out.mutable_data_ptr<T>();
+  p.out_s = strides4(out);
+  p.taps = static_cast<int>(taps);
+  p.pad = static_cast<int>(pad);
+  p.c_slices = static_cast<int>(ceil_div(cp * int64_t(sizeof(T)), kSliceBytes));
+  p.split = cfg.split;
+  p.relu = relu;
+  TORCH_INTERNAL_ASSERT(p.split <= taps * p.c_slices);
+  at::Tensor partial;
+  if (p.split > 1) {
+    partial = at::empty({p.blocks.tiles * p.split, kBM, kBN}, in_nhwc.options().dtype(at::kFloat));
+    p.partial = partial.mutable_data_ptr<float>();
+  }
+  const int64_t units = p.blocks.tiles * p.split;
+  const unsigned grid = static_cast<unsigned>(std::min<int64_t>(units, multiprocessor_count()));
+  constexpr size_t smem = smem_bytes<T>();
+  bool_switch(taps == 1, [&](auto one_tap) {
+    bool_switch(out_channels_last, [&](auto cl) {
+      constexpr int kTaps = decltype(one_tap)::value ? 1 : 9;
+      constexpr auto kernel = conv3x3_wgmma_kernel<T, kTaps, decltype(cl)::value>;
+      allow_dynamic_smem<kernel>(smem);
+      launch_kernel<kernel>(grid, kThreads, smem, stream, p);
+    });
+  });
+  if (p.split > 1) {
+    launch_kernel<split_reduce_kernel<T>>(elementwise_blocks(p.blocks.tiles * kBM * kBN),
+                                          kElementwiseThreads, 0, stream, p);
+  }
+}
+
+template void wgmma_conv<at::BFloat16>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                       int64_t, bool, at::Tensor&, bool, const WgmmaConfig&,
+                                       cudaStream_t);
+template void wgmma_conv<at::Half>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                   int64_t, bool, at::Tensor&, bool, const WgmmaConfig&,
+                                   cudaStream_t);
+template void wgmma_conv<float>(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
+                                bool, at::Tensor&, bool, const WgmmaConfig&, cudaStream_t);
+
+}  // namespace overfeat_kernels

@@ -1,0 +1,253 @@
+// conv3x3 on Hopper (sm_90a): the implicit GEMM of conv3x3_igemm.cuh, fed by TMA and
+// multiplied by wgmma, with warp-specialised, persistent CTAs.
+//
+//   out[m, k] = sum_{tap, c} A[m, (tap, c)] * B[(tap, c), k]
+//
+// Tiles (conv_tiles.cuh, PixelBlocks): 128 GEMM rows are a bh x bw block of output pixels
+// of one image, times kBN = 128 filters. The reduction runs over slices of 128 bytes of
+// channels (64 bf16 / fp16, 32 tf32) of one tap.
+//
+// Why tiled loads per tap, not TMA's im2col mode: for tap (r, s) the rows of A are the
+// input pixels (y + r - pad, x + s - pad) of the block, i.e. the block's own box shifted by
+// (r - pad, s - pad): one 4-D tiled load of the NHWC map (channels, x, y, image) per slice,
+// box (slice, bw, bh, 1). Its out-of-bound elements, the padding ring and the channels past
+// C, arrive as zeros, so no pixel or channel needs a test; the box lands as 128-byte rows
+// in the 128B-swizzled K-major layout wgmma reads. im2col mode gives the same rows, but a
+// box of whole-row pixel runs rather than 2-D blocks, an offset pair per tap and a second
+// map per padding. The filters [K][taps][Cf] come by a 3-D tiled load (slice, 1, kBN).
+//
+// Warpgroups (384 threads, one CTA per SM):
+// - 0, producer: setmaxnreg.dec to 40 registers; one elected thread walks the CTA's work
+//   units and issues, per slice, the A and B loads into a kStages-deep ring of shared
+//   memory, announcing their bytes on the slot's "full" mbarrier after the slot's "empty"
+//   one says both consumers are done with it;
+// - 1 and 2, consumers: setmaxnreg.inc to 232; each waits "full", issues 4 wgmma
+//   m64n128k16 (k8 for tf32) on its 64 rows of A, keeps one group in flight and releases a
+//   slot when the group that read it retires (wgmma.wait_group 1).
+// The epilogue (conv_epilogue.cuh) runs in each consumer warpgroup on its 64 rows while the
+// producer already loads the next unit: + bias, ReLU (NaN kept), conversion into a staging
+// tile, a warpgroup mbarrier, then 16-byte stores in the output's memory format.
+//
+// Work units (persistent): unit u = part u % split of tile u / split, CTA b takes units b,
+// b + grid, ... . With split > 1 (small maps: too few tiles for the SMs) a part reduces a
+// contiguous range of slices and writes its fp32 tile to a workspace; split_reduce_kernel
+// then adds the parts in order (deterministic) and runs the epilogue.
+//
+// The kernels compile to their bodies for sm_90a only (and in the simulator); other
+// targets get an empty kernel, which the plan never launches (conv_plan.h).
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include "../index_math.h"
+#include "conv_epilogue.cuh"
+#include "conv_tiles.cuh"
+#include "cuda_headers.cuh"
+#include "dynamic_smem.cuh"
+#include "hopper_layouts.cuh"
+#include "mbarrier.cuh"
+#include "tma.cuh"
+#include "wgmma.cuh"
+
+#if !defined(__CUDA_ARCH__) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define OVERFEAT_WGMMA_CONV_BODY 1
+#endif
+
+namespace overfeat_kernels::hopper_conv {
+
+constexpr int kThreads = 384;                 // producer + 2 consumer warpgroups
+constexpr int kStages = 4;                    // ring slots
+constexpr int kBM = 128, kBN = 128;           // CTA tile: pixels x filters
+constexpr int kSliceBytes = 128;              // a row of one slice: the 128B swizzle span
+constexpr int kKSteps = 4;                    // wgmma k-steps per slice, 32 bytes each
+constexpr uint32_t kABytes = kBM * kSliceBytes, kBBytes = kBN * kSliceBytes;
+constexpr uint32_t kStageBytes = kABytes + kBBytes;
+constexpr int kProducerRegs = 40, kConsumerRegs = 232;
+static_assert(kProducerRegs * 128 + 2 * kConsumerRegs * 128 <= 65536, "register file");
+
+template <typename T>
+constexpr MmaType mma_type() {
+  if constexpr (std::is_same_v<T, float>) {
+    return MmaType::kTF32;
+  } else if constexpr (sizeof(T) == 2 && std::is_same_v<T, at::Half>) {
+    return MmaType::kF16;
+  } else {
+    return MmaType::kBF16;
+  }
+}
+
+// Elements per slice row, and the staging row of the epilogue (padded by one 16-byte
+// vector against bank conflicts).
+template <typename T>
+constexpr int kSliceElems = kSliceBytes / static_cast<int>(sizeof(T));
+template <typename T>
+constexpr int kStageStride = kBN + 16 / static_cast<int>(sizeof(T));
+
+// Dynamic shared memory of a launch: the ring (1024-byte aligned, as 128B-swizzled boxes
+// need) and the two consumers' staging tiles; 1024 bytes of slack for the alignment.
+template <typename T>
+constexpr size_t smem_bytes() {
+  return 1024 + size_t(kStages) * kStageBytes + 2 * size_t(kBM / 2) * kStageStride<T> * sizeof(T);
+}
+
+template <typename T>
+struct Params {
+  tma::TensorMap in_map;    // 4-D (channels, x, y, image), box (slice, bw, bh, 1)
+  tma::TensorMap filt_map;  // 3-D (channels, tap, filter), box (slice, 1, kBN)
+  PixelBlocks blocks;
+  const T* bias;            // [k] or null
+  T* out;                   // the output, strides out_s (split == 1)
+  Strides4 out_s;
+  float* partial;           // split > 1: [tiles · split][kBM][kBN] fp32
+  int taps, pad, c_slices, split;
+  bool relu;
+};
+
+#ifdef OVERFEAT_WGMMA_CONV_BODY
+// The slot and phase of the it-th slice this CTA moves through its ring.
+struct RingPos {
+  int slot;
+  uint32_t use;
+};
+__device__ __forceinline__ RingPos ring_pos(uint32_t it) { return {int(it % kStages), it / kStages}; }
+#endif
+
+// kTaps: 9, or 1 (a 1 x 1 convolution of an input whose channels are the unfolded taps of
+// a map with few channels, pad 0). kOutChannelsLast: the output is dense channels_last.
+template <typename T, int kTaps, bool kOutChannelsLast>
+__global__ void __launch_bounds__(kThreads, 1)
+    conv3x3_wgmma_kernel(const __grid_constant__ Params<T> p) {
+#ifdef OVERFEAT_WGMMA_CONV_BODY
+  __shared__ __align__(8) uint64_t full[kStages], empty[kStages], staged[2];
+  unsigned char* ring = align_up(dynamic_shared_memory<unsigned char>(), 1024);
+  const int t = threadIdx.x, wg = t / 128;
+  if (t == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      mbarrier_init(&full[s], 1);      // the producer's arrive, with the loads' bytes
+      mbarrier_init(&empty[s], 256);   // every consumer thread, after its group retired
+    }
+    mbarrier_init(&staged[0], 128);    // a consumer warpgroup's epilogue steps
+    mbarrier_init(&staged[1], 128);
+    mbarrier_fence_init();
+  }
+  __syncthreads();
+  const int slices = kTaps * p.c_slices;
+  const int64_t units = p.blocks.tiles * p.split;
+
+  if (wg == 0) {
+    setmaxnreg_dec<kProducerRegs>();
+    if (t < 32 && elect_one_sync()) {
+      prefetch_tensor_map(&p.in_map);
+      prefetch_tensor_map(&p.filt_map);
+      uint32_t it = 0;
+      for (int64_t u = blockIdx.x; u < units; u += gridDim.x) {
+        const BlockTile tile = block_tile(p.blocks, u / p.split);
+        const SliceRange r = split_slices(slices, p.split, static_cast<int>(u % p.split));
+        for (int sl = r.begin; sl < r.end; ++sl, ++it) {
+          const RingPos pos = ring_pos(it);
+          if (pos.use > 0) mbarrier_wait_parity(&empty[pos.slot], (pos.use - 1) & 1);
+          const int tap = sl / p.c_slices, c0 = (sl % p.c_slices) * kSliceElems<T>;
+          unsigned char* a = ring + pos.slot * kStageBytes;
+          mbarrier_arrive_expect_tx(&full[pos.slot], kStageBytes);
+          // Tap (r, s) reads the block shifted by (r - pad, s - pad); outside: zeros.
+          const int dy = kTaps == 9 ? tap / 3 - p.pad : 0, dx = kTaps == 9 ? tap % 3 - p.pad : 0;
+          tma_load_4d(a, &p.in_map, &full[pos.slot], c0, tile.x0 + dx, tile.y0 + dy,
+                      static_cast<int32_t>(tile.img));
+          tma_load_3d(a + kABytes, &p.filt_map, &full[pos.slot], c0, tap, tile.k0);
+        }
+      }
+    }
+    return;
+  }
+
+  setmaxnreg_inc<kConsumerRegs>();
+  const int half = wg - 1, ct = t - 128 * wg;  // rows 64·half .. of the tile; thread in group
+  T* stage = reinterpret_cast<T*>(ring + kStages * kStageBytes) + half * (kBM / 2) * kStageStride<T>;
+  float acc[kBN / 2];
+  uint32_t it = 0, staged_phase = 0;
+  for (int64_t u = blockIdx.x; u < units; u += gridDim.x) {
+    const BlockTile tile = block_tile(p.blocks, u / p.split);
+    const SliceRange r = split_slices(slices, p.split, static_cast<int>(u % p.split));
+    int prev_slot = -1;
+    for (int sl = r.begin; sl < r.end; ++sl, ++it) {
+      const RingPos pos = ring_pos(it);
+      mbarrier_wait_parity(&full[pos.slot], pos.use & 1);
+      const unsigned char* a = ring + pos.slot * kStageBytes + half * (kBM / 2) * kSliceBytes;
+      const unsigned char* b = ring + pos.slot * kStageBytes + kABytes;
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kKSteps; ++kk) {
+        // K-major, 128B swizzle: 8-row atoms 1024 bytes apart (SBO); a k-step is 32 bytes.
+        wgmma_ss<kBN, mma_type<T>()>(acc, make_matrix_desc(a + 32 * kk, 16, 1024, hopper::Swizzle::k128B),
+                                     make_matrix_desc(b + 32 * kk, 16, 1024, hopper::Swizzle::k128B),
+                                     sl > r.begin || kk > 0);
+      }
+      wgmma_commit_group();
+      // The group of the previous slice has retired: its slot goes back to the producer.
+      wgmma_wait_group<1>();
+      if (prev_slot >= 0) mbarrier_arrive(&empty[prev_slot]);
+      prev_slot = pos.slot;
+    }
+    wgmma_wait_group<0>();
+    mbarrier_arrive(&empty[prev_slot]);
+
+    if (p.split > 1) {
+      // A part's fp32 tile, straight from the accumulators (columns in pairs).
+      float* dst = p.partial + u * (kBM * kBN) + half * (kBM / 2) * kBN;
+#pragma unroll
+      for (int i = 0; i < kBN / 2; i += 2) {
+        const hopper::RowCol q = hopper::wgmma_d(ct, i);
+        *reinterpret_cast<float2*>(dst + q.row * kBN + q.col) = make_float2(acc[i], acc[i + 1]);
+      }
+      continue;
+    }
+    // Epilogue: + bias, ReLU, convert into the staging tile; the warpgroup's 128 threads
+    // meet on `staged` (phase: tile staged), store, and meet again (phase: staging free).
+#pragma unroll
+    for (int i = 0; i < kBN / 2; i += 2) {
+      const hopper::RowCol q = hopper::wgmma_d(ct, i);
+      const int kc = tile.k0 + q.col;
+      float b0 = 0.f, b1 = 0.f;
+      if (p.bias != nullptr) {
+        if (kc < p.blocks.k) b0 = static_cast<float>(p.bias[kc]);
+        if (kc + 1 < p.blocks.k) b1 = static_cast<float>(p.bias[kc + 1]);
+      }
+      stage[q.row * kStageStride<T> + q.col] = epilogue::epilogue_value<T>(acc[i], b0, p.relu);
+      stage[q.row * kStageStride<T> + q.col + 1] = epilogue::epilogue_value<T>(acc[i + 1], b1, p.relu);
+    }
+    mbarrier_arrive(&staged[half]);
+    mbarrier_wait_parity(&staged[half], staged_phase);
+    staged_phase ^= 1;
+    epilogue::store_staged_tile<T, kBN, kOutChannelsLast>(
+        stage, kStageStride<T>, kBM / 2, ct, 128, p.out, p.out_s, tile.k0, p.blocks.k,
+        [&](int row) { return block_row_pixel(p.blocks, tile, half * (kBM / 2) + row); });
+    mbarrier_arrive(&staged[half]);
+    mbarrier_wait_parity(&staged[half], staged_phase);
+    staged_phase ^= 1;
+  }
+#endif
+}
+
+// Split-K's second pass: element (row, col) of tile `tile` is the sum of the split parts'
+// partial tiles in part order, then the epilogue. One thread per element of the tiles.
+template <typename T>
+__global__ void split_reduce_kernel(const Params<T> p) {
+  const int64_t total = p.blocks.tiles * kBM * kBN;
+  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
+       e += int64_t(gridDim.x) * blockDim.x) {
+    const int col = static_cast<int>(e % kBN), row = static_cast<int>((e / kBN) % kBM);
+    const int64_t tile_index = e / (kBM * kBN);
+    const BlockTile tile = block_tile(p.blocks, tile_index);
+    const int kc = tile.k0 + col;
+    const RowPixel px = block_row_pixel(p.blocks, tile, row);
+    if (!px.valid || kc >= p.blocks.k) continue;
+    const float* part = p.partial + tile_index * p.split * (kBM * kBN) + row * kBN + col;
+    float sum = 0.f;
+    for (int s = 0; s < p.split; ++s) sum += part[s * (kBM * kBN)];
+    const float b = p.bias != nullptr ? static_cast<float>(p.bias[kc]) : 0.f;
+    p.out[offset_of(p.out_s, px.img, kc, px.y, px.x)] = epilogue::epilogue_value<T>(sum, b, p.relu);
+  }
+}
+
+}  // namespace overfeat_kernels::hopper_conv

@@ -1,0 +1,22 @@
+// The Hopper conv3x3 forward (conv3x3_wgmma.cuh), as conv3x3_kernel.cu calls it. Its own
+// translation unit (conv3x3_wgmma.cu): the only one with sm_90a-specific code.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "../conv_plan.h"
+#include "cuda_headers.cuh"
+
+namespace overfeat_kernels {
+
+// out = conv3x3(in, filt) (+ bias, ReLU) where `in_nhwc` is the input as [n][h][w][cp]
+// (cp·element size a multiple of 16, 16-byte aligned) and `filt` the filters as
+// [K][3][3][cpf]; or, with `filt` [K][1][1][cpf], the 1 x 1 convolution (pad 0) of an
+// unfolded input. `out` [n][K][h'][w'] in any strides; `out_channels_last`: it is dense
+// channels_last. `cfg`: the plan's pixel block and split-K.
+template <typename T>
+void wgmma_conv(const at::Tensor& in_nhwc, const at::Tensor& filt, const at::Tensor& bias,
+                int64_t pad, bool relu, at::Tensor& out, bool out_channels_last,
+                const WgmmaConfig& cfg, cudaStream_t stream);
+
+}  // namespace overfeat_kernels

@@ -1,0 +1,260 @@
+"""The Hopper conv3x3 forward (TMA + mbarrier + wgmma, csrc/cuda/conv3x3_wgmma.cuh) in the
+CUDA simulator: bf16, fp16 and tf32 against float64 references with tolerances relative to
+the reference's own error in that precision; which kernel ran; split-K; schedule
+independence; its tile configuration and its place in the plan.
+
+Every run has the simulator's adversarial checks on: poisoned shared memory and buffers,
+TMA boxes landing only when a wait sees their phase, wgmma accumulators unreadable until
+their wait_group, the race detector.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from samples import make_map
+from tolerance import assert_matches, to64
+
+import overfeat_kernels as ok
+from overfeat_kernels import reference, simulator
+from overfeat_kernels.ops._ext import _C
+
+pytestmark = [
+    pytest.mark.sim,
+    pytest.mark.skipif(not simulator.available(), reason="CUDA simulator not built"),
+]
+
+TF32 = "tf32"  # float32 with torch.backends.cudnn.allow_tf32 = True
+DTYPES = [torch.bfloat16, torch.float16, TF32]
+WGMMA = "conv3x3_wgmma_kernel"
+REDUCE = "split_reduce_kernel"
+FORCE = [5, 0, 0]  # the op's algos: the Hopper kernel for the forward
+
+# (N, C, K, H, W, padding, layout, bias, relu). Together: every C and K in
+# {3, 8, 17, 64, 96, 256}, every H and W in {1, 2, 7, 13, 14, 16, 33}, padding 0 and 1,
+# NCHW / channels_last / a strided view, bias and ReLU on and off; C < 8 takes the unfolded
+# (one-tap) variant; several pixel blocks and filter tiles; small maps with many channels
+# take split-K (marked in SPLIT below).
+CONFIGS = [
+    (2, 3, 8, 7, 13, 1, "nchw", True, True),
+    (1, 8, 17, 13, 7, 0, "channels_last", False, True),
+    (1, 17, 64, 16, 2, 1, "channels_last", True, False),
+    (1, 64, 3, 2, 16, 1, "nchw", True, True),
+    (1, 96, 96, 7, 7, 0, "channels_last", True, True),
+    (1, 8, 96, 33, 1, 1, "nchw", False, False),
+    (1, 3, 17, 1, 33, 1, "channels_last", True, True),
+    (2, 17, 8, 13, 16, 1, "strided", True, True),
+    (1, 256, 17, 14, 14, 1, "channels_last", True, True),
+    (1, 64, 256, 14, 13, 1, "nchw", True, False),
+    (1, 96, 17, 2, 2, 1, "channels_last", True, False),
+    (1, 17, 3, 33, 7, 0, "channels_last", True, True),
+    (1, 3, 64, 16, 33, 1, "nchw", True, False),
+    (1, 256, 256, 7, 7, 1, "strided", False, True),
+    (1, 8, 8, 1, 1, 1, "channels_last", True, True),
+]
+
+
+def _name(cfg):
+    n, c, k, h, w, pad, layout, bias, relu = cfg
+    return f"n{n}c{c}k{k}_{h}x{w}p{pad}_{layout}{'_bias' if bias else ''}{'_relu' if relu else ''}"
+
+
+def _dtype(d):
+    return torch.float32 if d == TF32 else d
+
+
+def _truncate_tf32(t):
+    """What wgmma reads of a float32 operand: its top 19 bits (tf32, truncated)."""
+    return (t.float().contiguous().view(torch.int32) & ~0x1FFF).view(torch.float32)
+
+
+def _inputs(cfg, dtype):
+    n, c, k, h, w, pad, layout, bias, relu = cfg
+    x = make_map((n, c, h, w), dtype, "cpu", layout)
+    wt = (torch.randn(k, c, 3, 3, dtype=torch.float64) / (3 * c) ** 0.5).to(dtype)
+    b = torch.randn(k, dtype=torch.float64).to(dtype) if bias else None
+    return x, wt, b, pad, relu
+
+
+class _tf32:
+    def __init__(self, on):
+        self.on = on
+
+    def __enter__(self):
+        self.was = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = self.on
+
+    def __exit__(self, *exc):
+        torch.backends.cudnn.allow_tf32 = self.was
+
+
+def _assert_forward_matches(out, x, w, b, pad, relu, dtype):
+    ref64 = reference.conv3x3(to64(x), to64(w), to64(b), pad, relu)
+    if dtype != TF32:
+        assert_matches(out, ref64, reference.conv3x3(x, w, b, pad, relu))
+        return
+    # tf32: within twice the error of the float64 reference on truncated operands, plus
+    # fp32 accumulation; and close to that reference itself.
+    t = lambda v: to64(_truncate_tf32(v))  # noqa: E731
+    ref_t = reference.conv3x3(t(x), t(w), to64(b), pad, relu)
+    nan = torch.isnan(ref64)
+    assert torch.equal(torch.isnan(to64(out)), nan), "NaN positions differ"
+    got, ref, rt = to64(out)[~nan], ref64[~nan], ref_t[~nan]
+    if ref.numel() == 0:
+        return
+    scale = max(1.0, ref.abs().max().item())
+    ref_err = (rt - ref).abs().max().item()
+    assert (got - ref).abs().max().item() <= 2 * ref_err + 1e-5 * scale
+    assert (got - rt).abs().max().item() <= 2e-5 * scale
+
+
+def _run(args, algos=FORCE):
+    simulator.reset_launch_counts()
+    with simulator.simulate_cuda():
+        out = torch.ops.overfeat_kernels.conv3x3.default(*args, algos)
+    return out, simulator.launch_counts()
+
+
+def _slices(c, dtype):
+    """Reduction steps of the kernel: taps x 128-byte channel slices (C < 8: one tap of
+    the 9·C unfolded channels, rounded up to 16 bytes)."""
+    e = 4 if dtype == TF32 else 2
+    if c < 16 // e:
+        cp = -(-9 * c * e // 16) * 16 // e
+        return -(-cp * e // 128)
+    cp = -(-c * e // 16) * 16 // e
+    return 9 * -(-cp * e // 128)
+
+
+def _expected_split(cfg, dtype):
+    n, c, k, h, w, pad = cfg[:6]
+    return _C.wgmma_config(n, h + 2 * pad - 2, w + 2 * pad - 2, k, _slices(c, dtype), 132)[2]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("cfg", CONFIGS, ids=_name)
+def test_forward(cfg, dtype):
+    x, w, b, pad, relu = _inputs(cfg, _dtype(dtype))
+    with _tf32(dtype == TF32):
+        out, launches = _run((x, w, b, pad, relu))
+    assert any(WGMMA in name for name in launches), launches
+    assert not any("igemm" in name or "direct" in name for name in launches), launches
+    split = _expected_split(cfg, dtype)
+    assert any(REDUCE in name for name in launches) == (split > 1), (split, launches)
+    one_tap = cfg[1] < (4 if dtype == TF32 else 8)
+    assert any(WGMMA in name and (", 1, " in name) == one_tap for name in launches), launches
+    assert out.shape == (cfg[0], cfg[2], cfg[3] + 2 * pad - 2, cfg[4] + 2 * pad - 2)
+    if cfg[6] == "channels_last":
+        assert out.is_contiguous(memory_format=torch.channels_last)
+    _assert_forward_matches(out, x, w, b, pad, relu, dtype)
+
+
+def test_the_grid_takes_split_k_and_both_variants():
+    """The configurations above exercise split-K, the unfolded variant and several tiles."""
+    splits = [_expected_split(cfg, torch.bfloat16) for cfg in CONFIGS]
+    assert sum(s > 1 for s in splits) >= 3, splits
+    assert any(cfg[1] < 8 for cfg in CONFIGS)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, TF32], ids=str)
+@pytest.mark.parametrize("split", [False, True], ids=["one_part", "split_k"])
+def test_schedule_independent(dtype, split):
+    cfg = (
+        (1, 96, 20, 7, 9, 1, "channels_last", True, True)
+        if split
+        else (3, 17, 136, 33, 33, 1, "channels_last", True, True)
+    )  # 90 tiles, more than the SMs / 2
+    assert (_expected_split(cfg, dtype) > 1) == split
+    x, w, b, pad, relu = _inputs(cfg, _dtype(dtype))
+
+    def calls():
+        return [torch.ops.overfeat_kernels.conv3x3.default(x, w, b, pad, relu, FORCE)]
+
+    with _tf32(dtype == TF32):
+        simulator.assert_schedule_independent(calls)
+
+
+def test_nan_propagates_and_relu_keeps_it():
+    x = torch.randn(1, 8, 6, 6, dtype=torch.bfloat16)
+    x[0, 3, 2, 2] = float("nan")
+    w = torch.randn(16, 8, 3, 3, dtype=torch.bfloat16)
+    out, launches = _run((x, w, None, 1, True))
+    assert any(WGMMA in name for name in launches)
+    assert torch.isnan(out[0, :, 1:4, 1:4]).all()
+    assert not torch.isnan(out[0, :, 0, :]).any()
+
+
+def test_default_stays_on_the_mma_sync_kernel_until_measured():
+    """Our heuristic ("ours") keeps the mma.sync kernel on the simulator's H100 (the Hopper
+    kernel's speed is unmeasured: conv_plan.h, kOursPrefersWgmma); "auto" times both."""
+    x = torch.randn(1, 16, 8, 8, dtype=torch.bfloat16)
+    w = torch.randn(24, 16, 3, 3, dtype=torch.bfloat16)
+    simulator.reset_launch_counts()
+    with simulator.simulate_cuda():
+        ok.conv3x3(x, w, None, 1, True)
+    launches = simulator.launch_counts()
+    assert any("igemm" in k for k in launches) and not any(WGMMA in k for k in launches)
+
+
+# The tile configuration: the 128-pixel block that covers the map with the fewest tiles
+# (ties: 16 wide, then 32, 8, 64, 128), split-K when the tiles fill at most half the SMs.
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ((1, 224, 224, 64, 9, 132), (8, 16, 1)),  # VGG conv1_2: 14 x 28 blocks, no split
+        ((1, 112, 112, 128, 18, 132), (8, 16, 1)),  # 7 x 14 blocks
+        ((1, 28, 28, 512, 36, 132), (4, 32, 4)),  # 7 blocks x 4 filter tiles = 28: split 4
+        ((1, 14, 14, 512, 72, 132), (8, 16, 8)),  # 2 blocks x 4 filter tiles: split 8
+        ((32, 14, 14, 512, 72, 132), (8, 16, 1)),  # batch 32: 256 tiles
+        ((1, 7, 7, 17, 36, 132), (8, 16, 8)),  # one tile: split 8 (36 slices: 8 parts of 5)
+        ((1, 7, 7, 17, 9, 132), (8, 16, 2)),  # 9 slices: at least 4 each
+        ((1, 7, 7, 17, 7, 132), (8, 16, 1)),  # under 8 slices: no split
+        ((1, 1, 33, 8, 9, 132), (2, 64, 2)),  # a 1-pixel-high map: one 2 x 64 block
+        ((1, 33, 1, 8, 9, 132), (16, 8, 2)),  # a 1-pixel-wide map
+        ((4, 30, 30, 64, 9, 132), (8, 16, 2)),  # 4 x 2 blocks tie 8 x 1: 16 wide; 32 tiles
+        ((1, 7, 7, 17, 36, 1), (8, 16, 1)),  # one SM: no split
+    ],
+)
+def test_tile_configuration(args, expected):
+    assert _C.wgmma_config(*args) == expected
+
+
+def test_plan_places_it_on_compute_capability_9_0_only():
+    problem = {
+        "n": 1,
+        "c": 64,
+        "h": 14,
+        "w": 14,
+        "k": 128,
+        "padding": 1,
+        "element_size": 2,
+        "dtype": "torch.bfloat16",
+        "tensor_core_dtype": True,
+    }
+    assert _C.conv_plan(problem, "forward", 0, True, 90, 132)["kernel"] == "implicit_gemm"
+    plan = _C.conv_plan(problem, "forward", 5, True, 90, 132)
+    assert plan["kernel"] == "wgmma" and plan["wgmma_block"] == (8, 16)
+    assert plan["wgmma_split"] == 2  # 2 tiles; 9 slices (taps) of at least 4 each
+    few = _C.conv_plan({**problem, "c": 3}, "forward", 5, True, 90, 132)
+    assert few["kernel"] == "wgmma_unfolded" and few["channels"] == 32
+    with pytest.raises(ValueError, match=r"algo = 5 \(wgmma\) does not apply"):
+        _C.conv_plan(problem, "forward", 5, True, 80, 108)
+    with pytest.raises(ValueError, match=r"algo = 5 \(wgmma\) does not apply"):
+        _C.conv_plan(problem, "forward", 5, True, 100, 148)
+    with pytest.raises(ValueError, match=r"algo = 5 \(wgmma\) does not apply"):
+        _C.conv_plan(
+            {**problem, "tensor_core_dtype": False, "element_size": 4}, "forward", 5, True, 90, 132
+        )
+    with pytest.raises(ValueError, match="must be 0, 1, 2, 3 or 4"):
+        _C.conv_plan(problem, "grad_input", 5, True, 90, 132)
+
+
+def test_candidates_on_hopper():
+    from overfeat_kernels import backend
+
+    assert backend.ALGOS["wgmma"] == 5
+    assert "wgmma" in backend.candidates("forward", "cuda", torch.bfloat16, False, capability=90)
+    assert "wgmma" not in backend.candidates("forward", "cuda", torch.bfloat16, False, 80)
+    assert "wgmma" not in backend.candidates("forward", "cuda", torch.bfloat16, False, 100)
+    assert "wgmma" not in backend.candidates("forward", "cuda", torch.float32, False, 90)
+    assert "wgmma" not in backend.candidates("grad_input", "cuda", torch.bfloat16, False, 90)
