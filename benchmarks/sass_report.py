@@ -1,14 +1,17 @@
 """Static performance report of the CUDA kernels, read from their SASS (no GPU needed).
 
-For every kernel of nvcc-built objects (sm_80 and sm_90): registers per thread, spill
-bytes, shared memory, the theoretical occupancy that follows on an H100, and the
-instruction mix of the hottest loop: the innermost loop (a backward branch) that holds
-HMMA, counted as HMMA, LDSM, LDGSTS, BAR and the rest; and, for the memory-bound kernels
+For every kernel of nvcc-built objects (sm_80 and sm_90a): registers per thread (and the
+counts setmaxnreg moves its warpgroups to), spill bytes, shared memory, the theoretical
+occupancy that follows on an H100, and the instruction mix of the hottest loop: the
+innermost loop (a backward branch) that holds HMMA or HGMMA (wgmma), counted as HMMA,
+HGMMA, LDSM, LDGSTS, UTMALDG (TMA loads), SYNCS (mbarrier operations), BAR and the rest;
+for warp-specialised kernels also the producer's loop (the innermost one holding UTMALDG);
+and, for the memory-bound kernels
 (offset pooling, interleave), the width of every global load and store (128-bit LDG.E.128 /
 STG.E.128 against narrower ones). Evidence of design, never speed.
 
 Usage:
-    python benchmarks/sass_report.py --build               # nvcc csrc/cuda/*.cu, sm_80 + sm_90
+    python benchmarks/sass_report.py --build               # nvcc csrc/cuda/*.cu, sm_80 + sm_90a
     python benchmarks/sass_report.py --object sm_90=x.o    # an object built elsewhere
     options: --json PATH (default benchmarks/results/sass_report.json), --cuobjdump PATH
 
@@ -19,10 +22,12 @@ Definitions:
   registers: floor(65536 / (ceil(regs · 32 / 256) · 256) / warps), shared memory:
   floor(233472 / shared)); shared memory as cuobjdump reports it (sm_90 includes the 1 KB
   the system reserves per block). Threads per block come from __launch_bounds__
-  (EIATTR_MAX_THREADS); a kernel without them gets no occupancy.
+  (EIATTR_MAX_THREADS); a kernel without them gets no occupancy. A kernel that moves its
+  warpgroups' registers with setmaxnreg is counted at its launch count (ptxas's, which is
+  what the SM reserves for the CTA); `setmaxnreg` lists the counts it moves to.
 - hottest loop: among the address ranges [target, branch] of backward branches (BRA to a
-  lower address) that contain an HMMA, the shortest. Its instructions are counted as
-  listed, NOPs excluded.
+  lower address) that contain an HMMA or HGMMA, the shortest. Its instructions are counted
+  as listed, NOPs excluded. producer loop: the same for UTMALDG.
 - global memory: the kernel's LDG and STG instructions, by width: "128" for 16-byte
   vectors (LDG.E.128, STG.E.128), "narrow" for the rest.
 """
@@ -52,8 +57,11 @@ H100 = {
     "smem_per_sm": 228 * 1024,
     "smem_per_block_max": 227 * 1024,
 }
-CLASSES = ("HMMA", "LDSM", "LDGSTS", "BAR")
+CLASSES = ("HMMA", "HGMMA", "LDSM", "LDGSTS", "UTMALDG", "SYNCS", "BAR")
 TENSOR_CORE_KERNELS = ("conv3x3_igemm_kernel", "wgrad_igemm_kernel<")
+HOPPER_KERNELS = ("conv3x3_wgmma_kernel",)
+# Sources with sm_90a code only: built for that target alone.
+SM90A_SOURCES = ("conv3x3_wgmma.cu",)
 
 
 @dataclass
@@ -62,7 +70,7 @@ class LoopMix:
     end: int
     counts: dict[str, int]
     total: int
-    hmma_fraction: float
+    hmma_fraction: float  # HMMA + HGMMA
 
 
 @dataclass
@@ -81,6 +89,8 @@ class KernelReport:
     counts_total: dict[str, int] = field(default_factory=dict)
     hottest_loop: LoopMix | None = None
     global_memory: dict[str, int] = field(default_factory=dict)
+    producer_loop: LoopMix | None = None
+    setmaxnreg: list[int] = field(default_factory=list)
 
 
 _INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
@@ -213,7 +223,20 @@ def global_memory(instrs: list[tuple[int, str, str]]) -> dict[str, int]:
     return out
 
 
-def hottest_loop(instrs: list[tuple[int, str, str]]) -> LoopMix | None:
+def setmaxnreg_counts(instrs: list[tuple[int, str, str]]) -> list[int]:
+    """The register counts of the kernel's USETMAXREG instructions (setmaxnreg), sorted."""
+    out = set()
+    for _, op, args in instrs:
+        if op.startswith("USETMAXREG"):
+            m = re.search(r"(0x[0-9a-f]+|\b\d+\b)\s*$", args.strip())
+            if m:
+                out.add(int(m.group(1), 0))
+    return sorted(out)
+
+
+def hottest_loop(
+    instrs: list[tuple[int, str, str]], marks: tuple[str, ...] = ("HMMA", "HGMMA")
+) -> LoopMix | None:
     loops = []
     for addr, op, args in instrs:
         if op.split(".")[0] == "BRA":
@@ -223,7 +246,7 @@ def hottest_loop(instrs: list[tuple[int, str, str]]) -> LoopMix | None:
     best = None
     for start, end in loops:
         body = [(a, op) for a, op, _ in instrs if start <= a <= end and op != "NOP"]
-        if not any(op.startswith("HMMA") for _, op in body):
+        if not any(op.split(".")[0] in marks for _, op in body):
             continue
         if best is None or end - start < best[1] - best[0]:
             best = (start, end, body)
@@ -233,7 +256,8 @@ def hottest_loop(instrs: list[tuple[int, str, str]]) -> LoopMix | None:
     for _, op in best[2]:
         counts[opcode_class(op)] += 1
     total = len(best[2])
-    return LoopMix(best[0], best[1], counts, total, round(counts["HMMA"] / total, 4))
+    mma = counts["HMMA"] + counts["HGMMA"]
+    return LoopMix(best[0], best[1], counts, total, round(mma / total, 4))
 
 
 def occupancy(
@@ -293,6 +317,8 @@ def report_object(path: str, arch: str, cuobjdump: str) -> list[KernelReport]:
                 counts,
                 hottest_loop(instrs),
                 global_memory(instrs),
+                hottest_loop(instrs, ("UTMALDG",)),
+                setmaxnreg_counts(instrs),
             )
         )
     return out
@@ -315,10 +341,13 @@ def build_objects(archs: list[str], out_dir: str) -> list[tuple[str, str]]:
     objects = []
     for arch in archs:
         for src in sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu"))):
+            if os.path.basename(src) in SM90A_SOURCES and arch != "sm_90a":
+                continue
             obj = os.path.join(out_dir, f"{os.path.basename(src)}.{arch}.cubin")
             cmd = [
                 *(nvcc, "-std=c++20", "-O3", f"-arch={arch}", "-cubin"),
                 *("-DOVERFEAT_WITH_CUDA=1", "-D_GLIBCXX_USE_CXX11_ABI=1"),
+                *(["-DOVERFEAT_HAS_SM90A=1"] if arch == "sm_90a" else []),
                 *("-DTORCH_EXTENSION_NAME=_C", "--expt-relaxed-constexpr"),
                 *(*incs, src, "-o", obj),
             ]
@@ -329,9 +358,9 @@ def build_objects(archs: list[str], out_dir: str) -> list[tuple[str, str]]:
 
 def table(reports: list[KernelReport]) -> str:
     head = (
-        "| arch | kernel | regs | spill B | smem B | threads | blocks/SM | occupancy "
-        "| loop HMMA | LDSM | LDGSTS | BAR | other | HMMA % | LDG 128 / narrow "
-        "| STG 128 / narrow |"
+        "| arch | kernel | regs | setmaxnreg | spill B | smem B | threads | blocks/SM "
+        "| occupancy | loop HMMA | HGMMA | LDSM | LDGSTS | UTMALDG | SYNCS | BAR | other "
+        "| MMA % | producer loop UTMALDG / SYNCS / all | LDG 128 / narrow | STG 128 / narrow |"
     )
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in reports:
@@ -340,14 +369,20 @@ def table(reports: list[KernelReport]) -> str:
         mix = (
             [str(loop.counts[c]) for c in (*CLASSES, "other")] + [f"{100 * loop.hmma_fraction:.0f}"]
             if loop
-            else ["-"] * 6
+            else ["-"] * (len(CLASSES) + 2)
+        )
+        prod = r.producer_loop
+        producer = (
+            f"{prod.counts['UTMALDG']} / {prod.counts['SYNCS']} / {prod.total}" if prod else "-"
         )
         rows.append(
-            f"| {r.arch} | `{r.name}` | {r.registers} | {r.spill_bytes} | {r.shared_bytes} | "
+            f"| {r.arch} | `{r.name}` | {r.registers} | "
+            f"{', '.join(map(str, r.setmaxnreg)) or '-'} | {r.spill_bytes} | {r.shared_bytes} | "
             f"{r.threads_per_block or '-'} | "
             f"{r.blocks_per_sm if r.blocks_per_sm is not None else '-'} | "
             f"{'-' if r.occupancy is None else f'{100 * r.occupancy:.0f} %'} | "
             + " | ".join(mix)
+            + f" | {producer}"
             + f" | {g.get('LDG.128', 0)} / {g.get('LDG.narrow', 0)}"
             + f" | {g.get('STG.128', 0)} / {g.get('STG.narrow', 0)} |"
         )
@@ -357,7 +392,7 @@ def table(reports: list[KernelReport]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--build", action="store_true", help="nvcc-build csrc/cuda/*.cu for --arch")
-    ap.add_argument("--arch", action="append", help="sm_80, sm_90 (default both)")
+    ap.add_argument("--arch", action="append", help="sm_80, sm_90a (default both)")
     ap.add_argument("--object", action="append", default=[], help="ARCH=PATH of a built object")
     ap.add_argument("--json", default=DEFAULT_JSON)
     ap.add_argument("--cuobjdump")
@@ -369,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     objects = [tuple(o.split("=", 1)) for o in args.object]
     with tempfile.TemporaryDirectory() as tmp:
         if args.build:
-            objects += build_objects(args.arch or ["sm_80", "sm_90"], tmp)
+            objects += build_objects(args.arch or ["sm_80", "sm_90a"], tmp)
         if not objects:
             ap.error("nothing to report: give --build or --object ARCH=PATH")
         reports = [r for arch, path in objects for r in report_object(path, arch, cuobjdump)]
