@@ -14,6 +14,9 @@ tensor-core implicit GEMM for bf16 / fp16 / fp32-tf32 (csrc/cuda/conv3x3_igemm.c
 direct kernel for exact fp32; its NCHW times include the explicit conversion of the input
 to padded NHWC that the implicit GEMM makes (also for C % 8 != 0, e.g. C = 3), so that
 cost is counted, not hidden.
+On compute capability 9.0 the rows also time the Hopper kernel ("wgmma": TMA + wgmma,
+csrc/cuda/conv3x3_wgmma.cuh) and the mma.sync kernel ("tc") forced, forward (TFLOP/s,
+ratios against cuDNN and eager) and grad-input alone (against cuDNN's grad-input alone).
 Conv forward times are taken twice: each call alone (events around it, which counts the
 host time the GPU waits for) and queued (bursts of back-to-back calls, where that host time
 overlaps the GPU's work, as in a model).
@@ -217,6 +220,26 @@ def _forced_fwd(algo: str):
     return fn
 
 
+def _forced_dgrad(algo: str | None):
+    """Grad-input alone: one of our candidates forced ("wgmma", "tc"), or cuDNN's (None)."""
+    if algo is None:
+
+        def cudnn(x, wt, b, g):
+            return torch.ops.aten.convolution_backward(
+                g, x, wt, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, False, False]
+            )
+
+        return cudnn
+    code = ok.backend.ALGOS[algo]
+
+    def fn(x, wt, b, g):
+        return torch.ops.overfeat_kernels.conv3x3_backward(
+            g, x, wt, None, 1, [True, False, False], [code, 0]
+        )
+
+    return fn
+
+
 def _eager_fwd(x, wt, b, g):
     return F.relu(F.conv2d(x, wt, b, padding=1))
 
@@ -260,6 +283,11 @@ def conv_rows(layers, batches, dtype_names, quick) -> list[dict]:
                     todo = dict(fns, **(bwd_fns if not quick or fname == "nhwc" else {}))
                     if hopper and (dtype != torch.float32 or tf32):
                         todo.update(wgmma=_forced_fwd("wgmma"), tc=_forced_fwd("tc"))
+                        todo.update(
+                            wgmma_dgrad=_forced_dgrad("wgmma"),
+                            tc_dgrad=_forced_dgrad("tc"),
+                            cudnn_dgrad=_forced_dgrad(None),
+                        )
                     for key, fn in todo.items():
                         t[f"{key}_{fname}"] = bench(fn, sets)
                     for key, fn in fns.items():
@@ -287,6 +315,12 @@ def conv_rows(layers, batches, dtype_names, quick) -> list[dict]:
                         row[f"{key}_TFLOPs"] = flops / row[f"{key}_ms"] / 1e9
                         row[f"{key}_ratio_vs_cudnn"] = row["cudnn_ms"] / row[f"{key}_ms"]
                         row[f"{key}_ratio_vs_eager"] = row["eager_ms"] / row[f"{key}_ms"]
+                    if fastest(t, f"{key}_dgrad"):
+                        row[f"{key}_dgrad_ms"], _ = fastest(t, f"{key}_dgrad")
+                        row["cudnn_dgrad_ms"], _ = fastest(t, "cudnn_dgrad")
+                        row[f"{key}_dgrad_ratio_vs_cudnn"] = (
+                            row["cudnn_dgrad_ms"] / row[f"{key}_dgrad_ms"]
+                        )
                 if fastest(t, "ours_bwd"):
                     row["ours_bwd_ms"], _ = fastest(t, "ours_bwd")
                     row["cudnn_bwd_ms"], _ = fastest(t, "cudnn_bwd")

@@ -33,7 +33,7 @@ enum ConvAlgo : int64_t {
   kAlgoTensorCores = 2,       // CUDA: implicit GEMM on tensor cores (mma.sync), large tiles
   kAlgoTensorCoresSmall = 3,  // CUDA: the same, small tiles (forward and grad-input only)
   kAlgoAten = 4,              // PyTorch's own convolution (cuDNN on CUDA, oneDNN on the CPU)
-  kAlgoWgmma = 5,             // CUDA sm_90a: the Hopper kernel (TMA + wgmma), forward
+  kAlgoWgmma = 5,             // CUDA sm_90a: the Hopper kernel (TMA + wgmma), forward and grad-input
 };
 inline constexpr int64_t kNumConvAlgos = 6;
 
@@ -67,8 +67,8 @@ inline constexpr ConvCandidate kConvCandidates[] = {
      "tensor-core implicit GEMM (mma.sync), small tiles: more CTAs for small maps"},
     {"cudnn", kAlgoAten, kAllDirections, false, false, 0, 0,
      "PyTorch's convolution (cuDNN on CUDA, oneDNN on the CPU), bias and ReLU after it"},
-    {"wgmma", kAlgoWgmma, 0b001, true, true, 90, 90,
-     "Hopper implicit GEMM (TMA + wgmma, warp-specialised, persistent; sm_90a), forward"},
+    {"wgmma", kAlgoWgmma, 0b011, true, true, 90, 90,
+     "Hopper implicit GEMM (TMA + wgmma, warp-specialised, persistent; sm_90a)"},
 };
 inline constexpr int kNumConvCandidates = sizeof(kConvCandidates) / sizeof(kConvCandidates[0]);
 
@@ -309,18 +309,32 @@ inline DirectionPlan plan_direction(const ConvProblem& p, ConvDirection d, int64
                     " tensors of these sizes on this device (tensor cores take bfloat16 and "
                     "float16, and float32 when torch.backends.cudnn.allow_tf32 is set, on "
                     "compute capability 8.0 or newer, with sizes that fit 32-bit offsets)");
-  // The Hopper kernel: the forward on compute capability 9.0 (its sm_90a code runs there
-  // only) of a build that has it. TMA's coordinates are 32-bit: the images must fit. Our
+  // The Hopper kernel: the forward and grad-input on compute capability 9.0 (its sm_90a
+  // code runs there only) of a build that has it. TMA's coordinates are 32-bit: the images must fit. Our
   // heuristic takes it only with kOursPrefersWgmma (and never where the mma.sync kernel
   // pools in its epilogue); "auto" times it as a candidate either way.
-  const bool wgmma_possible = d == ConvDirection::kForward && possible && dev.capability == 90 &&
-                              dev.sm90a && p.n < INT32_MAX;
+  const bool wgmma_possible = d != ConvDirection::kGradWeight && possible &&
+                              dev.capability == 90 && dev.sm90a && p.n < INT32_MAX;
   TORCH_CHECK_VALUE(algo != kAlgoWgmma || wgmma_possible, op, ": ", argument, " = ", algo, " (",
                     conv_algo_name(algo), ") does not apply to ", p.dtype,
                     " tensors of these sizes on this device (the Hopper kernel computes the "
-                    "forward of bfloat16 and float16, and float32 when "
+                    "forward and grad-input of bfloat16 and float16, and float32 when "
                     "torch.backends.cudnn.allow_tf32 is set, on compute capability 9.0 with a "
                     "build for sm_90a)");
+  if ((algo == kAlgoWgmma || (kOursPrefersWgmma && algo == kAlgoDefault && wgmma_possible &&
+                               !p.fused_pool)) &&
+      d == ConvDirection::kGradInput) {
+    // grad_output (masked by the ReLU as it lands) with the flipped, transposed filters.
+    plan.kernel = ConvKernel::kWgmma;
+    plan.channels = vector_channels(p.k, e);
+    plan.filter_channels = filter_channels(plan.channels, e);
+    plan.copy_activations = !(p.grad_output_nhwc && p.k == plan.channels);
+    plan.copy_mask = p.masked && !(p.relu_output_nhwc && p.k == plan.channels);
+    plan.pack_filters = true;
+    plan.wgmma = choose_wgmma_config(p.n, p.h, p.w, p.c,
+                                     9 * plan_ceil_div(plan.channels * e, kWgmmaSliceBytes), dev.sms);
+    return plan;
+  }
   if (algo == kAlgoWgmma ||
       (kOursPrefersWgmma && algo == kAlgoDefault && wgmma_possible && !p.fused_pool)) {
     const bool unfolded = p.c < vector_elems(e);

@@ -325,7 +325,7 @@ def test_tile_heuristic(pixels, filters, element_bytes, sms, choice):
     ("dtype", "algos", "message"),
     [
         (torch.bfloat16, [6, 0, 0], r"algos\[0\] \(forward\) must be 0, 1, 2, 3, 4 or 5"),
-        (torch.bfloat16, [0, 5, 0], r"algos\[1\] \(grad-input\) must be 0, 1, 2, 3 or 4"),
+        (torch.bfloat16, [0, 6, 0], r"algos\[1\] \(grad-input\) must be 0, 1, 2, 3, 4 or 5"),
         (torch.bfloat16, [0, 0, 3], r"algos\[2\] \(grad-weight\) must be 0, 1, 2 or 4"),
         (torch.bfloat16, [0, 0], "algos must have 3 entries"),
         (torch.float64, [2, 0, 0], r"algos\[0\] \(forward\) = 2 \(tensor cores\) does not apply"),
@@ -451,13 +451,16 @@ CANDIDATE_KERNELS = {
         "direct": DIRECT, "tc": "TileConfig<2,", "tc-small": "TileConfig<1,",
         "wgmma": "conv3x3_wgmma_kernel",
     },
-    "grad_input": {"direct": DIRECT, "tc": "TileConfig<2,", "tc-small": "TileConfig<1,"},
+    "grad_input": {
+        "direct": DIRECT, "tc": "TileConfig<2,", "tc-small": "TileConfig<1,",
+        "wgmma": "conv3x3_wgmma_kernel",
+    },
     "grad_weight": {"direct": "wgrad_partial_kernel", "tc": "wgrad_igemm_kernel"},
 }
 # Names that mark each direction's kernels at all (to check "cudnn" ran none of them).
 DIRECTION_KERNELS = {
     "forward": (DIRECT, IGEMM, "conv3x3_wgmma_kernel"),
-    "grad_input": (DIRECT, IGEMM),
+    "grad_input": (DIRECT, IGEMM, "conv3x3_wgmma_kernel"),
     "grad_weight": ("wgrad_partial_kernel", "wgrad_igemm_kernel"),
 }
 
@@ -472,7 +475,7 @@ def test_every_backend_candidate_computes_conv3x3(direction, dtype):
     names = backend.candidates(direction, "cuda", _dtype(dtype), dtype == TF32)
     tc = dtype not in (torch.float32, torch.float64)
     tiles = (["tc"] if direction == "grad_weight" else ["tc", "tc-small"]) if tc else []
-    hopper = ("wgmma",) if tc and direction == "forward" else ()  # the simulator's H100
+    hopper = ("wgmma",) if tc and direction != "grad_weight" else ()  # the simulator's H100
     assert names == ("direct", *tiles, "cudnn", *hopper)
     ops = torch.ops.overfeat_kernels
     for name in names:
@@ -498,10 +501,16 @@ def test_every_backend_candidate_computes_conv3x3(direction, dtype):
         # Which rounding to expect: tf32 only where tensor cores computed it (the other
         # gradient of a backward call runs by default: on tensor cores).
         on_tc = name in ("tc", "tc-small")
-        if direction == "forward" and name == "wgmma":
+        if name == "wgmma":  # the Hopper kernel: tf32 operands truncated (grad-input's is the
+            # forward kernel on the masked grad_output, flipped filters, padding 2 - pad)
             from test_conv3x3_wgmma import _assert_forward_matches as wgmma_matches
 
-            wgmma_matches(out, x, w, b, pad, relu, dtype)  # tf32 operands truncated
+            if direction == "forward":
+                wgmma_matches(out, x, w, b, pad, relu, dtype)
+            else:
+                g = torch.where(out > 0, grad, torch.zeros((), dtype=grad.dtype))
+                wt = w.flip(2, 3).transpose(0, 1).contiguous()
+                wgmma_matches(gi, g, wt, None, 2 - pad, False, dtype)
         elif direction == "forward":
             check = torch.float32 if dtype == TF32 and not on_tc else dtype
             _assert_forward_matches(out, x, w, b, pad, relu, check)

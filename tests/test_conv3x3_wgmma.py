@@ -1,7 +1,8 @@
-"""The Hopper conv3x3 forward (TMA + mbarrier + wgmma, csrc/cuda/conv3x3_wgmma.cuh) in the
-CUDA simulator: bf16, fp16 and tf32 against float64 references with tolerances relative to
-the reference's own error in that precision; which kernel ran; split-K; schedule
-independence; its tile configuration and its place in the plan.
+"""The Hopper conv3x3 (TMA + mbarrier + wgmma, csrc/cuda/conv3x3_wgmma.cuh) in the CUDA
+simulator, forward and grad-input (with the ReLU mask applied in shared memory): bf16, fp16
+and tf32 against float64 references with tolerances relative to the reference's own error
+in that precision; which kernel ran; split-K; schedule independence; its tile configuration
+and its place in the plan.
 
 Every run has the simulator's adversarial checks on: poisoned shared memory and buffers,
 TMA boxes landing only when a wait sees their phase, wgmma accumulators unreadable until
@@ -149,6 +150,62 @@ def test_forward(cfg, dtype):
     _assert_forward_matches(out, x, w, b, pad, relu, dtype)
 
 
+# Grad-input: the same kernel on grad_output with the filters flipped and transposed and
+# padding 2 - pad, the ReLU mask (the forward's output, or any tensor standing in for it)
+# applied in shared memory between TMA's landing and wgmma. A subset of the configurations
+# (C >= 8 only matters for the forward's unfolded variant; here K is the GEMM's channels).
+GRAD_CONFIGS = [CONFIGS[i] for i in (0, 1, 2, 4, 7, 8, 9, 13, 14)]
+
+
+def _grad_input_case(cfg, dtype, masked):
+    x, w, _, pad, _ = _inputs(cfg, _dtype(dtype))
+    n, _, k, h, wd = cfg[:5]
+    shape = (n, k, h + 2 * pad - 2, wd + 2 * pad - 2)
+    grad = make_map(shape, _dtype(dtype), "cpu", cfg[6])
+    mask = None
+    if masked:
+        mask = make_map(shape, _dtype(dtype), "cpu", "channels_last")
+        tiny = torch.finfo(_dtype(dtype)).smallest_normal / 4
+        special = torch.tensor([0.0, -0.0, float("nan"), float("inf"), -float("inf"), tiny, -tiny])
+        picked = special[torch.randint(0, special.numel(), shape)].to(mask.dtype)
+        mask.copy_(torch.where(torch.rand(shape) < 0.3, picked, mask))
+    return x, w, pad, grad, mask
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["plain", "relu_mask"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("cfg", GRAD_CONFIGS, ids=_name)
+def test_grad_input(cfg, dtype, masked):
+    x, w, pad, grad, mask = _grad_input_case(cfg, dtype, masked)
+    simulator.reset_launch_counts()
+    with _tf32(dtype == TF32), simulator.simulate_cuda():
+        gi, _, _ = torch.ops.overfeat_kernels.conv3x3_backward.default(
+            grad, x, w, mask, pad, [True, False, False], [5, 0]
+        )
+    launches = simulator.launch_counts()
+    names = [k.replace(" ", "") for k in launches if WGMMA in k]
+    assert names and all(k.endswith(f",{str(masked).lower()}>") for k in names), launches
+    assert gi.shape == x.shape
+    # grad-input = conv3x3(grad · (mask > 0), weight flipped and transposed, 2 - pad).
+    g = grad if mask is None else torch.where(mask > 0, grad, torch.zeros((), dtype=grad.dtype))
+    wt = w.flip(2, 3).transpose(0, 1).contiguous()
+    _assert_forward_matches(gi, g, wt, None, 2 - pad, False, dtype)
+
+
+def test_grad_input_schedule_independent():
+    cfg = (1, 40, 96, 9, 12, 1, "channels_last", True, True)
+    x, w, pad, grad, mask = _grad_input_case(cfg, torch.bfloat16, True)
+
+    def calls():
+        return list(
+            torch.ops.overfeat_kernels.conv3x3_backward.default(
+                grad, x, w, mask, pad, [True, False, False], [5, 0]
+            )[:1]
+        )
+
+    simulator.assert_schedule_independent(calls)
+
+
 def test_the_grid_takes_split_k_and_both_variants():
     """The configurations above exercise split-K, the unfolded variant and several tiles."""
     splits = [_expected_split(cfg, torch.bfloat16) for cfg in CONFIGS]
@@ -245,8 +302,10 @@ def test_plan_places_it_on_compute_capability_9_0_only():
         _C.conv_plan(
             {**problem, "tensor_core_dtype": False, "element_size": 4}, "forward", 5, True, 90, 132
         )
-    with pytest.raises(ValueError, match="must be 0, 1, 2, 3 or 4"):
-        _C.conv_plan(problem, "grad_input", 5, True, 90, 132)
+    gi = _C.conv_plan({**problem, "masked": True}, "grad_input", 5, True, 90, 132)
+    assert gi["kernel"] == "wgmma" and gi["channels"] == 128 and gi["copy_mask"]
+    with pytest.raises(ValueError, match="must be 0, 1, 2 or 4"):
+        _C.conv_plan(problem, "grad_weight", 5, True, 90, 132)
 
 
 def test_candidates_on_hopper():
@@ -257,4 +316,5 @@ def test_candidates_on_hopper():
     assert "wgmma" not in backend.candidates("forward", "cuda", torch.bfloat16, False, 80)
     assert "wgmma" not in backend.candidates("forward", "cuda", torch.bfloat16, False, 100)
     assert "wgmma" not in backend.candidates("forward", "cuda", torch.float32, False, 90)
-    assert "wgmma" not in backend.candidates("grad_input", "cuda", torch.bfloat16, False, 90)
+    assert "wgmma" in backend.candidates("grad_input", "cuda", torch.bfloat16, False, 90)
+    assert "wgmma" not in backend.candidates("grad_weight", "cuda", torch.bfloat16, False, 90)

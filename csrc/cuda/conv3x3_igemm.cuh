@@ -53,6 +53,7 @@
 #include "cp_async_pipeline.cuh"
 #include "launch.cuh"
 #include "ptx_primitives.cuh"
+#include "relu_mask.cuh"
 
 namespace overfeat_kernels {
 namespace igemm {
@@ -101,18 +102,12 @@ struct MmaTraits<at::BFloat16> {
   __device__ __forceinline__ static void mma(float d[4], const uint32_t a[4], const uint32_t b[2]) {
     mma_m16n8k16_bf16(d, a, b, d);
   }
-  __device__ __forceinline__ static uint32_t keep_where_positive(uint32_t g, uint32_t m) {
-    return keep_where_positive_bf16x2(g, m);
-  }
 };
 template <>
 struct MmaTraits<at::Half> {
   __device__ __forceinline__ static uint32_t operand(uint32_t r) { return r; }
   __device__ __forceinline__ static void mma(float d[4], const uint32_t a[4], const uint32_t b[2]) {
     mma_m16n8k16_f16(d, a, b, d);
-  }
-  __device__ __forceinline__ static uint32_t keep_where_positive(uint32_t g, uint32_t m) {
-    return keep_where_positive_f16x2(g, m);
   }
 };
 template <>
@@ -124,18 +119,8 @@ struct MmaTraits<float> {
   __device__ __forceinline__ static void mma(float d[4], const uint32_t a[4], const uint32_t b[2]) {
     mma_m16n8k8_tf32(d, a, b, d);
   }
-  __device__ __forceinline__ static uint32_t keep_where_positive(uint32_t g, uint32_t m) {
-    return keep_where_positive_f32(g, m);
-  }
 };
 
-// A 16-byte vector of grad_output with the elements whose ReLU output (`m`, the matching
-// vector) is not > 0 zeroed: how both backward GEMMs apply the mask.
-template <typename T>
-__device__ __forceinline__ uint4 keep_where_positive(uint4 g, uint4 m) {
-  return {MmaTraits<T>::keep_where_positive(g.x, m.x), MmaTraits<T>::keep_where_positive(g.y, m.y),
-          MmaTraits<T>::keep_where_positive(g.z, m.z), MmaTraits<T>::keep_where_positive(g.w, m.w)};
-}
 
 template <typename T>
 struct Params {

@@ -748,6 +748,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward_cuda(
   const bool aten_wgrad = output_mask[1] && wgrad.kernel == ConvKernel::kAten;
   const bool tc_dgrad = output_mask[0] && dgrad.kernel == ConvKernel::kImplicitGemm;
   const bool tc_wgrad = output_mask[1] && wgrad.kernel == ConvKernel::kWgradGemm;
+  const bool wgmma_dgrad = output_mask[0] && dgrad.kernel == ConvKernel::kWgmma;
   // Our kernels apply the ReLU mask as they load grad_output (the tensor-core ones in the
   // landed shared-memory stage, the direct ones per element); ATen's backward gets
   // grad_output masked beforehand (zero where relu_output > 0 fails).
@@ -762,9 +763,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward_cuda(
   }
   // grad_output and the ReLU output as NHWC [n][h'][w'][kp], shared by both tensor-core
   // kernels: views where the plan found them ready, else copies.
-  const DirectionPlan& tc_plan = tc_dgrad ? dgrad : wgrad;
+  const DirectionPlan& tc_plan = tc_dgrad || wgmma_dgrad ? dgrad : wgrad;
   const int64_t kp = vector_channels(weight.size(0), static_cast<int>(input.element_size()));
-  const bool tc = tc_dgrad || tc_wgrad;
+  const bool tc = tc_dgrad || tc_wgrad || wgmma_dgrad;
   const at::Tensor g = tc ? nhwc_operand(grad_output, kp, tc_plan.copy_activations,
                                          "conv3x3 copy: grad_output")
                           : at::Tensor();
@@ -779,14 +780,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward_cuda(
                                grad_weight, stream);
     });
   }
-  if (tc_dgrad) {
+  if (tc_dgrad || wgmma_dgrad) {
     // The forward kernel applied to grad_output (masked by the ReLU as it loads) with the
     // filters flipped and transposed, [C][3][3][Kpf], and padding 2 - pad.
     const at::Tensor filt = nhwc_operand(weight.flip({2, 3}).transpose(0, 1),
                                          dgrad.filter_channels, true, "conv3x3 copy: filters");
     dispatch_tensor_core(input.scalar_type(), [&](auto t) {
-      igemm_conv<decltype(t)>(g, grad_output.size(2), grad_output.size(3), filt, at::Tensor(),
-                              2 - padding, false, grad_input, dgrad.tiles, stream, g_mask);
+      if (wgmma_dgrad) {
+        wgmma_conv<decltype(t)>(g, filt, at::Tensor(), 2 - padding, false, grad_input,
+                                dense_channels_last(grad_input), dgrad.wgmma, stream, g_mask);
+      } else {
+        igemm_conv<decltype(t)>(g, grad_output.size(2), grad_output.size(3), filt, at::Tensor(),
+                                2 - padding, false, grad_input, dgrad.tiles, stream, g_mask);
+      }
     });
   }
   const at::Tensor& w = weight;  // read through its strides

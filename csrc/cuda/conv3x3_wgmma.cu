@@ -64,7 +64,7 @@ void allow_dynamic_smem(size_t bytes) {
 template <typename T>
 void wgmma_conv(const at::Tensor& in_nhwc, const at::Tensor& filt, const at::Tensor& bias,
                 int64_t pad, bool relu, at::Tensor& out, bool out_channels_last,
-                const WgmmaConfig& cfg, cudaStream_t stream) {
+                const WgmmaConfig& cfg, cudaStream_t stream, const at::Tensor& mask) {
   using namespace hopper_conv;
   const int64_t taps = filt.size(1) * filt.size(2);
   const int64_t n = in_nhwc.size(0), h = in_nhwc.size(1), w = in_nhwc.size(2);
@@ -77,12 +77,18 @@ void wgmma_conv(const at::Tensor& in_nhwc, const at::Tensor& filt, const at::Ten
                         out_w == (taps == 9 ? w + 2 * pad - 2 : w));
   if (n == 0 || k == 0 || out_h <= 0 || out_w <= 0) return;
   TORCH_INTERNAL_ASSERT(cfg.block_h * cfg.block_w == kBM && cfg.split >= 1);
+  TORCH_INTERNAL_ASSERT(!mask.defined() || (taps == 9 && !relu && !bias.defined() &&
+                                            mask.is_contiguous() && mask.sizes() == in_nhwc.sizes()));
   constexpr uint32_t kSlice = kSliceElems<T>;
 
   Params<T> p{};
   p.in_map = dense_map<T>(in_nhwc, {cp, w, h, n},
                           {kSlice, uint32_t(cfg.block_w), uint32_t(cfg.block_h), 1});
   p.filt_map = dense_map<T>(filt, {cpf, taps, k}, {kSlice, 1, uint32_t(kBN)});
+  if (mask.defined()) {
+    p.mask_map = dense_map<T>(mask, {cp, w, h, n},
+                              {kSlice, uint32_t(cfg.block_w), uint32_t(cfg.block_h), 1});
+  }
   p.blocks = make_pixel_blocks(n, static_cast<int>(out_h), static_cast<int>(out_w),
                                static_cast<int>(k), cfg.block_h, cfg.block_w, kBN);
   p.bias = bias.defined() ? bias.const_data_ptr<T>() : nullptr;
@@ -101,13 +107,19 @@ void wgmma_conv(const at::Tensor& in_nhwc, const at::Tensor& filt, const at::Ten
   }
   const int64_t units = p.blocks.tiles * p.split;
   const unsigned grid = static_cast<unsigned>(std::min<int64_t>(units, multiprocessor_count()));
-  constexpr size_t smem = smem_bytes<T>();
   bool_switch(taps == 1, [&](auto one_tap) {
     bool_switch(out_channels_last, [&](auto cl) {
-      constexpr int kTaps = decltype(one_tap)::value ? 1 : 9;
-      constexpr auto kernel = conv3x3_wgmma_kernel<T, kTaps, decltype(cl)::value>;
-      allow_dynamic_smem<kernel>(smem);
-      launch_kernel<kernel>(grid, kThreads, smem, stream, p);
+      bool_switch(mask.defined(), [&](auto masked) {
+        constexpr int kTaps = decltype(one_tap)::value ? 1 : 9;
+        constexpr bool kMasked = std::remove_reference_t<decltype(masked)>::value;
+        if constexpr (kTaps == 9 || !kMasked) {  // grad-input always has 9 taps
+          constexpr auto kernel =
+              conv3x3_wgmma_kernel<T, kTaps, std::remove_reference_t<decltype(cl)>::value, kMasked>;
+          constexpr size_t smem = smem_bytes<T, kMasked>();
+          allow_dynamic_smem<kernel>(smem);
+          launch_kernel<kernel>(grid, kThreads, smem, stream, p);
+        }
+      });
     });
   });
   if (p.split > 1) {
@@ -118,11 +130,12 @@ void wgmma_conv(const at::Tensor& in_nhwc, const at::Tensor& filt, const at::Ten
 
 template void wgmma_conv<at::BFloat16>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                        int64_t, bool, at::Tensor&, bool, const WgmmaConfig&,
-                                       cudaStream_t);
+                                       cudaStream_t, const at::Tensor&);
 template void wgmma_conv<at::Half>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                    int64_t, bool, at::Tensor&, bool, const WgmmaConfig&,
-                                   cudaStream_t);
+                                   cudaStream_t, const at::Tensor&);
 template void wgmma_conv<float>(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
-                                bool, at::Tensor&, bool, const WgmmaConfig&, cudaStream_t);
+                                bool, at::Tensor&, bool, const WgmmaConfig&, cudaStream_t,
+                                const at::Tensor&);
 
 }  // namespace overfeat_kernels

@@ -33,6 +33,14 @@
 // contiguous range of slices and writes its fp32 tile to a workspace; split_reduce_kernel
 // then adds the parts in order (deterministic) and runs the epilogue.
 //
+// Grad-input (kMasked: through a ReLU) is the same kernel on grad_output, with the filters
+// flipped and transposed and padding 2 - pad (conv3x3_kernel.cu prepares them as for the
+// mma.sync kernel). The ReLU mask comes by TMA too, the same box of the forward's output
+// into a third part of the slot; each consumer thread zeroes, in its warpgroup's rows of A,
+// the elements whose mask is not > 0, then fence.proxy.async (its generic writes, visible
+// to wgmma's async proxy) and a warpgroup mbarrier before the wgmma. A masked slot holds
+// 48 KB: the ring has 3 slots then, to fit the epilogue's staging in 227 KB.
+//
 // The kernels compile to their bodies for sm_90a only (and in the simulator); other
 // targets get an empty kernel, which the plan never launches (conv_plan.h).
 #pragma once
@@ -47,6 +55,7 @@
 #include "dynamic_smem.cuh"
 #include "hopper_layouts.cuh"
 #include "mbarrier.cuh"
+#include "relu_mask.cuh"
 #include "tma.cuh"
 #include "wgmma.cuh"
 
@@ -57,12 +66,15 @@
 namespace overfeat_kernels::hopper_conv {
 
 constexpr int kThreads = 384;                 // producer + 2 consumer warpgroups
-constexpr int kStages = 4;                    // ring slots
+template <bool kMasked>
+constexpr int kStages = kMasked ? 3 : 4;      // ring slots
 constexpr int kBM = 128, kBN = 128;           // CTA tile: pixels x filters
 constexpr int kSliceBytes = 128;              // a row of one slice: the 128B swizzle span
 constexpr int kKSteps = 4;                    // wgmma k-steps per slice, 32 bytes each
 constexpr uint32_t kABytes = kBM * kSliceBytes, kBBytes = kBN * kSliceBytes;
-constexpr uint32_t kStageBytes = kABytes + kBBytes;
+// A slot: A, B and (kMasked) the mask's box, laid out as A.
+template <bool kMasked>
+constexpr uint32_t kStageBytes = kABytes + kBBytes + (kMasked ? kABytes : 0);
 constexpr int kProducerRegs = 40, kConsumerRegs = 232;
 static_assert(kProducerRegs * 128 + 2 * kConsumerRegs * 128 <= 65536, "register file");
 
@@ -86,15 +98,20 @@ constexpr int kStageStride = kBN + 16 / static_cast<int>(sizeof(T));
 
 // Dynamic shared memory of a launch: the ring (1024-byte aligned, as 128B-swizzled boxes
 // need) and the two consumers' staging tiles; 1024 bytes of slack for the alignment.
-template <typename T>
+template <typename T, bool kMasked>
 constexpr size_t smem_bytes() {
-  return 1024 + size_t(kStages) * kStageBytes + 2 * size_t(kBM / 2) * kStageStride<T> * sizeof(T);
+  return 1024 + size_t(kStages<kMasked>) * kStageBytes<kMasked> +
+         2 * size_t(kBM / 2) * kStageStride<T> * sizeof(T);
 }
+static_assert(smem_bytes<float, true>() <= 227 * 1024 - 256 &&
+                  smem_bytes<float, false>() <= 227 * 1024 - 256,
+              "an H100's 227 KB per block, static barriers included");
 
 template <typename T>
 struct Params {
   tma::TensorMap in_map;    // 4-D (channels, x, y, image), box (slice, bw, bh, 1)
   tma::TensorMap filt_map;  // 3-D (channels, tap, filter), box (slice, 1, kBN)
+  tma::TensorMap mask_map;  // kMasked: the ReLU output, as in_map
   PixelBlocks blocks;
   const T* bias;            // [k] or null
   T* out;                   // the output, strides out_s (split == 1)
@@ -105,30 +122,38 @@ struct Params {
 };
 
 #ifdef OVERFEAT_WGMMA_CONV_BODY
-// The slot and phase of the it-th slice this CTA moves through its ring.
+// The slot and phase of the it-th slice this CTA moves through its ring of kSlots.
 struct RingPos {
   int slot;
   uint32_t use;
 };
-__device__ __forceinline__ RingPos ring_pos(uint32_t it) { return {int(it % kStages), it / kStages}; }
+template <int kSlots>
+__device__ __forceinline__ RingPos ring_pos(uint32_t it) {
+  return {static_cast<int>(it % kSlots), it / kSlots};
+}
 #endif
 
 // kTaps: 9, or 1 (a 1 x 1 convolution of an input whose channels are the unfolded taps of
 // a map with few channels, pad 0). kOutChannelsLast: the output is dense channels_last.
-template <typename T, int kTaps, bool kOutChannelsLast>
+// kMasked: grad-input through a ReLU (mask_map).
+template <typename T, int kTaps, bool kOutChannelsLast, bool kMasked>
 __global__ void __launch_bounds__(kThreads, 1)
     conv3x3_wgmma_kernel(const __grid_constant__ Params<T> p) {
 #ifdef OVERFEAT_WGMMA_CONV_BODY
-  __shared__ __align__(8) uint64_t full[kStages], empty[kStages], staged[2];
+  constexpr int kSlots = kStages<kMasked>;
+  constexpr uint32_t kSlotBytes = kStageBytes<kMasked>;
+  __shared__ __align__(8) uint64_t full[kSlots], empty[kSlots], staged[2], masked[2];
   unsigned char* ring = align_up(dynamic_shared_memory<unsigned char>(), 1024);
   const int t = threadIdx.x, wg = t / 128;
   if (t == 0) {
-    for (int s = 0; s < kStages; ++s) {
+    for (int s = 0; s < kSlots; ++s) {
       mbarrier_init(&full[s], 1);      // the producer's arrive, with the loads' bytes
       mbarrier_init(&empty[s], 256);   // every consumer thread, after its group retired
     }
     mbarrier_init(&staged[0], 128);    // a consumer warpgroup's epilogue steps
     mbarrier_init(&staged[1], 128);
+    mbarrier_init(&masked[0], 128);    // kMasked: a warpgroup's rows of A masked
+    mbarrier_init(&masked[1], 128);
     mbarrier_fence_init();
   }
   __syncthreads();
@@ -140,21 +165,26 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (t < 32 && elect_one_sync()) {
       prefetch_tensor_map(&p.in_map);
       prefetch_tensor_map(&p.filt_map);
+      if constexpr (kMasked) prefetch_tensor_map(&p.mask_map);
       uint32_t it = 0;
       for (int64_t u = blockIdx.x; u < units; u += gridDim.x) {
         const BlockTile tile = block_tile(p.blocks, u / p.split);
         const SliceRange r = split_slices(slices, p.split, static_cast<int>(u % p.split));
         for (int sl = r.begin; sl < r.end; ++sl, ++it) {
-          const RingPos pos = ring_pos(it);
+          const RingPos pos = ring_pos<kSlots>(it);
           if (pos.use > 0) mbarrier_wait_parity(&empty[pos.slot], (pos.use - 1) & 1);
           const int tap = sl / p.c_slices, c0 = (sl % p.c_slices) * kSliceElems<T>;
-          unsigned char* a = ring + pos.slot * kStageBytes;
-          mbarrier_arrive_expect_tx(&full[pos.slot], kStageBytes);
+          unsigned char* a = ring + pos.slot * kSlotBytes;
+          mbarrier_arrive_expect_tx(&full[pos.slot], kSlotBytes);
           // Tap (r, s) reads the block shifted by (r - pad, s - pad); outside: zeros.
           const int dy = kTaps == 9 ? tap / 3 - p.pad : 0, dx = kTaps == 9 ? tap % 3 - p.pad : 0;
           tma_load_4d(a, &p.in_map, &full[pos.slot], c0, tile.x0 + dx, tile.y0 + dy,
                       static_cast<int32_t>(tile.img));
           tma_load_3d(a + kABytes, &p.filt_map, &full[pos.slot], c0, tap, tile.k0);
+          if constexpr (kMasked) {
+            tma_load_4d(a + kABytes + kBBytes, &p.mask_map, &full[pos.slot], c0, tile.x0 + dx,
+                        tile.y0 + dy, static_cast<int32_t>(tile.img));
+          }
         }
       }
     }
@@ -163,18 +193,31 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   setmaxnreg_inc<kConsumerRegs>();
   const int half = wg - 1, ct = t - 128 * wg;  // rows 64·half .. of the tile; thread in group
-  T* stage = reinterpret_cast<T*>(ring + kStages * kStageBytes) + half * (kBM / 2) * kStageStride<T>;
+  T* stage = reinterpret_cast<T*>(ring + kSlots * kSlotBytes) + half * (kBM / 2) * kStageStride<T>;
   float acc[kBN / 2];
-  uint32_t it = 0, staged_phase = 0;
+  uint32_t it = 0, staged_phase = 0, masked_phase = 0;
   for (int64_t u = blockIdx.x; u < units; u += gridDim.x) {
     const BlockTile tile = block_tile(p.blocks, u / p.split);
     const SliceRange r = split_slices(slices, p.split, static_cast<int>(u % p.split));
     int prev_slot = -1;
     for (int sl = r.begin; sl < r.end; ++sl, ++it) {
-      const RingPos pos = ring_pos(it);
+      const RingPos pos = ring_pos<kSlots>(it);
       mbarrier_wait_parity(&full[pos.slot], pos.use & 1);
-      const unsigned char* a = ring + pos.slot * kStageBytes + half * (kBM / 2) * kSliceBytes;
-      const unsigned char* b = ring + pos.slot * kStageBytes + kABytes;
+      unsigned char* a = ring + pos.slot * kSlotBytes + half * (kBM / 2) * kSliceBytes;
+      const unsigned char* b = ring + pos.slot * kSlotBytes + kABytes;
+      if constexpr (kMasked) {
+        // A and the mask's box share their layout (box, swizzle, alignment): element i of
+        // one is element i of the other. 64 rows x 128 bytes, 4 vectors per thread.
+        const unsigned char* m = a + kABytes + kBBytes;
+        for (int v = ct; v < (kBM / 2) * kSliceBytes / 16; v += 128) {
+          uint4* av = reinterpret_cast<uint4*>(a) + v;
+          *av = keep_where_positive<T>(*av, reinterpret_cast<const uint4*>(m)[v]);
+        }
+        fence_proxy_async_shared();
+        mbarrier_arrive(&masked[half]);
+        mbarrier_wait_parity(&masked[half], masked_phase);
+        masked_phase ^= 1;
+      }
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kKSteps; ++kk) {

@@ -27,7 +27,8 @@
 
 #include "../dispatch.h"
 #include "../index_math.h"
-#include "conv3x3_igemm.cuh"  // igemm::MmaTraits, igemm::keep_where_positive
+#include "conv3x3_igemm.cuh"  // igemm::MmaTraits
+#include "relu_mask.cuh"
 #include "cp_async_pipeline.cuh"
 #include "launch.cuh"
 #include "ptx_primitives.cuh"
@@ -200,7 +201,7 @@ __global__ void __launch_bounds__(kThreads) wgrad_igemm_kernel(const Params<T> p
 #pragma unroll
       for (int j = 0; j < kLoadRows; ++j) {
         auto* v = reinterpret_cast<uint4*>(st + L::swizzled(lrow + j * kRowsPerPass, lv));
-        *v = igemm::keep_where_positive<T>(*v, mask_reg[j]);
+        *v = keep_where_positive<T>(*v, mask_reg[j]);
       }
       if (kb + 1 < k_blocks) prefetch_mask();
     }
