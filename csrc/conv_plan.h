@@ -231,11 +231,11 @@ enum class ConvKernel : int {
   kWgradGemm = 4,       // grad-weight on tensor cores
   kAten = 5,            // PyTorch's convolution (cuDNN on CUDA)
   kWgmma = 6,           // the Hopper implicit GEMM (conv3x3_wgmma.cuh) over 9 taps
-  kWgmmaUnfolded = 7,   // the same as a 1 x 1 GEMM over the unfolded input (few channels)
+  kWgmmaTapChunks = 7,  // the same, few channels: all 9 taps' 16-byte chunks in one step
 };
 inline constexpr const char* kKernelNames[] = {"cpu",      "direct",     "implicit_gemm",
                                                 "unfolded", "wgrad_gemm", "aten",
-                                                "wgmma",    "wgmma_unfolded"};
+                                                "wgmma",    "wgmma_tap_chunks"};
 
 struct DirectionPlan {
   ConvKernel kernel = ConvKernel::kCpu;
@@ -337,14 +337,15 @@ inline DirectionPlan plan_direction(const ConvProblem& p, ConvDirection d, int64
   }
   if (algo == kAlgoWgmma ||
       (kOursPrefersWgmma && algo == kAlgoDefault && wgmma_possible && !p.fused_pool)) {
-    const bool unfolded = p.c < vector_elems(e);
-    plan.kernel = unfolded ? ConvKernel::kWgmmaUnfolded : ConvKernel::kWgmma;
-    plan.channels = vector_channels(unfolded ? 9 * p.c : p.c, e);
-    plan.filter_channels = filter_channels(plan.channels, e);
-    plan.copy_activations = unfolded || !(p.input_nhwc && p.c == plan.channels);
-    plan.pack_filters = unfolded || !(p.weight_nhwc && p.c == plan.filter_channels);
-    const int64_t slices =
-        (unfolded ? 1 : 9) * plan_ceil_div(plan.channels * e, kWgmmaSliceBytes);
+    // Few channels (one 16-byte vector: VGG's first layer): the nine taps' chunks of the
+    // input, read in place or padded once to the vector, and tap-major filters [9][K][Cp].
+    const bool chunks = p.c <= vector_elems(e);
+    plan.kernel = chunks ? ConvKernel::kWgmmaTapChunks : ConvKernel::kWgmma;
+    plan.channels = vector_channels(p.c, e);
+    plan.filter_channels = chunks ? plan.channels : filter_channels(plan.channels, e);
+    plan.copy_activations = !(p.input_nhwc && p.c == plan.channels);
+    plan.pack_filters = chunks || !(p.weight_nhwc && p.c == plan.filter_channels);
+    const int64_t slices = chunks ? 1 : 9 * plan_ceil_div(plan.channels * e, kWgmmaSliceBytes);
     plan.wgmma = choose_wgmma_config(p.n, oh, ow, p.k, slices, dev.sms);
     return plan;
   }

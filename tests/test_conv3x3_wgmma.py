@@ -33,9 +33,9 @@ FORCE = [5, 0, 0]  # the op's algos: the Hopper kernel for the forward
 
 # (N, C, K, H, W, padding, layout, bias, relu). Together: every C and K in
 # {3, 8, 17, 64, 96, 256}, every H and W in {1, 2, 7, 13, 14, 16, 33}, padding 0 and 1,
-# NCHW / channels_last / a strided view, bias and ReLU on and off; C < 8 takes the unfolded
-# (one-tap) variant; several pixel blocks and filter tiles; small maps with many channels
-# take split-K (marked in SPLIT below).
+# NCHW / channels_last / a strided view, bias and ReLU on and off; C <= 8 (tf32: C <= 4)
+# takes the tap-chunk variant (C = 1, 3, 4, 5, 8 below); several pixel blocks and filter
+# tiles; small maps with many channels take split-K.
 CONFIGS = [
     (2, 3, 8, 7, 13, 1, "nchw", True, True),
     (1, 8, 17, 13, 7, 0, "channels_last", False, True),
@@ -52,6 +52,9 @@ CONFIGS = [
     (1, 3, 64, 16, 33, 1, "nchw", True, False),
     (1, 256, 256, 7, 7, 1, "strided", False, True),
     (1, 8, 8, 1, 1, 1, "channels_last", True, True),
+    (1, 1, 17, 7, 9, 0, "nchw", False, True),
+    (2, 5, 64, 13, 17, 1, "channels_last", True, True),
+    (1, 4, 130, 9, 20, 1, "strided", True, False),
 ]
 
 
@@ -117,12 +120,11 @@ def _run(args, algos=FORCE):
 
 
 def _slices(c, dtype):
-    """Reduction steps of the kernel: taps x 128-byte channel slices (C < 8: one tap of
-    the 9·C unfolded channels, rounded up to 16 bytes)."""
+    """Reduction steps of the kernel: taps x 128-byte channel slices (few channels: one
+    step, all nine taps' 16-byte chunks)."""
     e = 4 if dtype == TF32 else 2
-    if c < 16 // e:
-        cp = -(-9 * c * e // 16) * 16 // e
-        return -(-cp * e // 128)
+    if c <= 16 // e:
+        return 1
     cp = -(-c * e // 16) * 16 // e
     return 9 * -(-cp * e // 128)
 
@@ -142,8 +144,9 @@ def test_forward(cfg, dtype):
     assert not any("igemm" in name or "direct" in name for name in launches), launches
     split = _expected_split(cfg, dtype)
     assert any(REDUCE in name for name in launches) == (split > 1), (split, launches)
-    one_tap = cfg[1] < (4 if dtype == TF32 else 8)
-    assert any(WGMMA in name and (", 1, " in name) == one_tap for name in launches), launches
+    chunks = cfg[1] <= (4 if dtype == TF32 else 8)
+    kernels = [k for k in launches if WGMMA in k]
+    assert all(k.split("<", 1)[1].split(",")[1].strip() == str(chunks).lower() for k in kernels)
     assert out.shape == (cfg[0], cfg[2], cfg[3] + 2 * pad - 2, cfg[4] + 2 * pad - 2)
     if cfg[6] == "channels_last":
         assert out.is_contiguous(memory_format=torch.channels_last)
@@ -153,7 +156,7 @@ def test_forward(cfg, dtype):
 # Grad-input: the same kernel on grad_output with the filters flipped and transposed and
 # padding 2 - pad, the ReLU mask (the forward's output, or any tensor standing in for it)
 # applied in shared memory between TMA's landing and wgmma. A subset of the configurations
-# (C >= 8 only matters for the forward's unfolded variant; here K is the GEMM's channels).
+# (here K is the GEMM's channels: grad-input always reads slices).
 GRAD_CONFIGS = [CONFIGS[i] for i in (0, 1, 2, 4, 7, 8, 9, 13, 14)]
 
 
@@ -207,7 +210,7 @@ def test_grad_input_schedule_independent():
 
 
 def test_the_grid_takes_split_k_and_both_variants():
-    """The configurations above exercise split-K, the unfolded variant and several tiles."""
+    """The configurations above exercise split-K, the tap chunks and several tiles."""
     splits = [_expected_split(cfg, torch.bfloat16) for cfg in CONFIGS]
     assert sum(s > 1 for s in splits) >= 3, splits
     assert any(cfg[1] < 8 for cfg in CONFIGS)
@@ -293,7 +296,11 @@ def test_plan_places_it_on_compute_capability_9_0_only():
     assert plan["kernel"] == "wgmma" and plan["wgmma_block"] == (8, 16)
     assert plan["wgmma_split"] == 2  # 2 tiles; 9 slices (taps) of at least 4 each
     few = _C.conv_plan({**problem, "c": 3}, "forward", 5, True, 90, 132)
-    assert few["kernel"] == "wgmma_unfolded" and few["channels"] == 32
+    assert few["kernel"] == "wgmma_tap_chunks" and few["channels"] == 8
+    assert few["filter_channels"] == 8 and few["copy_activations"] and few["pack_filters"]
+    # A channels_last input of 8 channels is read in place: the input's bytes move once.
+    in_place = _C.conv_plan({**problem, "c": 8, "input_nhwc": True}, "forward", 5, True, 90, 132)
+    assert in_place["kernel"] == "wgmma_tap_chunks" and not in_place["copy_activations"]
     with pytest.raises(ValueError, match=r"algo = 5 \(wgmma\) does not apply"):
         _C.conv_plan(problem, "forward", 5, True, 80, 108)
     with pytest.raises(ValueError, match=r"algo = 5 \(wgmma\) does not apply"):

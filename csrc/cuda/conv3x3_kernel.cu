@@ -414,6 +414,17 @@ std::pair<at::Tensor, at::Tensor> unfolded_operands(const at::Tensor& input,
   return {x, filt};
 }
 
+// The filters tap-major, [9][K][cp] (channels past C zero): the Hopper kernel's operand
+// for few input channels (its tap chunks).
+at::Tensor tap_major_filters(const at::Tensor& weight, int64_t cp) {
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  const int64_t k = weight.size(0), c = weight.size(1);
+  note_host_step("conv3x3 copy: filters");
+  at::Tensor filt = at::zeros({9, k, cp}, weight.options().memory_format(at::MemoryFormat::Contiguous));
+  filt.narrow(2, 0, c).copy_(weight.permute({2, 3, 0, 1}).reshape({9, k, c}));
+  return filt;
+}
+
 igemm::TileChoice tile_choice(Tiles t) {
   TORCH_INTERNAL_ASSERT(t != Tiles::kNone);
   return t == Tiles::kLarge ? igemm::TileChoice::Large : igemm::TileChoice::Small;
@@ -527,19 +538,18 @@ at::Tensor conv3x3_cuda(const at::Tensor& input, const at::Tensor& weight,
       return finish(out);
     }
     case ConvKernel::kWgmma:
-    case ConvKernel::kWgmmaUnfolded: {
-      // The Hopper kernel: the same operands as the mma.sync kernel's.
-      const bool unfolded = plan.kernel == ConvKernel::kWgmmaUnfolded;
-      at::Tensor x, filt;
-      if (unfolded) {
-        std::tie(x, filt) = unfolded_operands(input, weight, padding, plan);
-      } else {
-        x = nhwc_operand(input, plan.channels, plan.copy_activations, "conv3x3 copy: input");
-        filt = nhwc_operand(weight, plan.filter_channels, plan.pack_filters, "conv3x3 copy: filters");
-      }
+    case ConvKernel::kWgmmaTapChunks: {
+      // The Hopper kernel: the input as the mma.sync kernel reads it; the filters as
+      // [K][3][3][Cpf], or tap-major [9][K][Cp] for the tap chunks of few channels.
+      const bool chunks = plan.kernel == ConvKernel::kWgmmaTapChunks;
+      const at::Tensor x =
+          nhwc_operand(input, plan.channels, plan.copy_activations, "conv3x3 copy: input");
+      const at::Tensor filt =
+          chunks ? tap_major_filters(weight, plan.channels)
+                 : nhwc_operand(weight, plan.filter_channels, plan.pack_filters, "conv3x3 copy: filters");
       dispatch_tensor_core(input.scalar_type(), [&](auto t) {
-        wgmma_conv<decltype(t)>(x, filt, b, unfolded ? 0 : padding, relu, out,
-                                dense_channels_last(out), plan.wgmma, stream);
+        wgmma_conv<decltype(t)>(x, filt, b, padding, relu, out, dense_channels_last(out),
+                                plan.wgmma, stream, at::Tensor(), chunks);
       });
       return finish(out);
     }

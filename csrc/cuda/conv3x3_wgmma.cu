@@ -29,10 +29,10 @@ tma::DType tma_dtype() {
   }
 }
 
-// A tiled, 128B-swizzled, zero-filled map of a dense tensor given innermost first.
+// A tiled, zero-filled map of a dense tensor given innermost first.
 template <typename T>
 tma::TensorMap dense_map(const at::Tensor& t, std::initializer_list<int64_t> dims_inner_first,
-                         std::initializer_list<uint32_t> box) {
+                         std::initializer_list<uint32_t> box, hopper::Swizzle swizzle) {
   tma::TensorMapSpec s;
   s.dtype = tma_dtype<T>();
   s.rank = static_cast<uint32_t>(dims_inner_first.size());
@@ -47,7 +47,7 @@ tma::TensorMap dense_map(const at::Tensor& t, std::initializer_list<int64_t> dim
   }
   i = 0;
   for (const uint32_t b : box) s.box[i++] = b;
-  s.swizzle = hopper::Swizzle::k128B;
+  s.swizzle = swizzle;
   s.oob = tma::OobFill::kZero;
   return tma::encode_tensor_map(s);
 }
@@ -64,42 +64,52 @@ void allow_dynamic_smem(size_t bytes) {
 template <typename T>
 void wgmma_conv(const at::Tensor& in_nhwc, const at::Tensor& filt, const at::Tensor& bias,
                 int64_t pad, bool relu, at::Tensor& out, bool out_channels_last,
-                const WgmmaConfig& cfg, cudaStream_t stream, const at::Tensor& mask) {
+                const WgmmaConfig& cfg, cudaStream_t stream, const at::Tensor& mask,
+                bool tap_chunks) {
   using namespace hopper_conv;
-  const int64_t taps = filt.size(1) * filt.size(2);
   const int64_t n = in_nhwc.size(0), h = in_nhwc.size(1), w = in_nhwc.size(2);
-  const int64_t cp = in_nhwc.size(3), cpf = filt.size(3), k = filt.size(0);
-  TORCH_INTERNAL_ASSERT(in_nhwc.is_contiguous() && filt.is_contiguous() &&
-                        (taps == 9 || (taps == 1 && pad == 0)) && cp <= cpf &&
-                        (cp * int64_t(sizeof(T))) % 16 == 0 && out.size(1) == k);
+  const int64_t cp = in_nhwc.size(3);
+  // Filters: [K][3][3][cpf] (slices), or tap-major [9][K][cp] (tap chunks).
+  const int64_t k = tap_chunks ? filt.size(1) : filt.size(0);
+  TORCH_INTERNAL_ASSERT(in_nhwc.is_contiguous() && filt.is_contiguous() && out.size(1) == k &&
+                        (cp * int64_t(sizeof(T))) % 16 == 0);
+  TORCH_INTERNAL_ASSERT(tap_chunks ? filt.dim() == 3 && filt.size(0) == 9 && filt.size(2) == cp &&
+                                         cp * int64_t(sizeof(T)) == kChunkBytes
+                                   : filt.dim() == 4 && filt.size(1) == 3 && filt.size(2) == 3 &&
+                                         cp <= filt.size(3));
   const int64_t out_h = out.size(2), out_w = out.size(3);
-  TORCH_INTERNAL_ASSERT(out_h == (taps == 9 ? h + 2 * pad - 2 : h) &&
-                        out_w == (taps == 9 ? w + 2 * pad - 2 : w));
+  TORCH_INTERNAL_ASSERT(out_h == h + 2 * pad - 2 && out_w == w + 2 * pad - 2);
   if (n == 0 || k == 0 || out_h <= 0 || out_w <= 0) return;
   TORCH_INTERNAL_ASSERT(cfg.block_h * cfg.block_w == kBM && cfg.split >= 1);
-  TORCH_INTERNAL_ASSERT(!mask.defined() || (taps == 9 && !relu && !bias.defined() &&
+  TORCH_INTERNAL_ASSERT(!mask.defined() || (!tap_chunks && !relu && !bias.defined() &&
                                             mask.is_contiguous() && mask.sizes() == in_nhwc.sizes()));
-  constexpr uint32_t kSlice = kSliceElems<T>;
+  const uint32_t bw = cfg.block_w, bh = cfg.block_h;
 
   Params<T> p{};
-  p.in_map = dense_map<T>(in_nhwc, {cp, w, h, n},
-                          {kSlice, uint32_t(cfg.block_w), uint32_t(cfg.block_h), 1});
-  p.filt_map = dense_map<T>(filt, {cpf, taps, k}, {kSlice, 1, uint32_t(kBN)});
-  if (mask.defined()) {
-    p.mask_map = dense_map<T>(mask, {cp, w, h, n},
-                              {kSlice, uint32_t(cfg.block_w), uint32_t(cfg.block_h), 1});
+  if (tap_chunks) {
+    p.in_map = dense_map<T>(in_nhwc, {cp, w, h, n}, {uint32_t(cp), bw, bh, 1}, hopper::Swizzle::kNone);
+    p.filt_map = dense_map<T>(filt, {cp, k, 9}, {uint32_t(cp), uint32_t(kBN), uint32_t(kChunks)},
+                              hopper::Swizzle::kNone);
+    p.c_slices = 1;
+  } else {
+    constexpr uint32_t kSlice = kSliceElems<T>;
+    const int64_t cpf = filt.size(3);
+    p.in_map = dense_map<T>(in_nhwc, {cp, w, h, n}, {kSlice, bw, bh, 1}, hopper::Swizzle::k128B);
+    p.filt_map = dense_map<T>(filt, {cpf, 9, k}, {kSlice, 1, uint32_t(kBN)}, hopper::Swizzle::k128B);
+    if (mask.defined()) {
+      p.mask_map = dense_map<T>(mask, {cp, w, h, n}, {kSlice, bw, bh, 1}, hopper::Swizzle::k128B);
+    }
+    p.c_slices = static_cast<int>(ceil_div(cp * int64_t(sizeof(T)), kSliceBytes));
   }
   p.blocks = make_pixel_blocks(n, static_cast<int>(out_h), static_cast<int>(out_w),
                                static_cast<int>(k), cfg.block_h, cfg.block_w, kBN);
   p.bias = bias.defined() ? bias.const_data_ptr<T>() : nullptr;
   p.out = out.mutable_data_ptr<T>();
   p.out_s = strides4(out);
-  p.taps = static_cast<int>(taps);
   p.pad = static_cast<int>(pad);
-  p.c_slices = static_cast<int>(ceil_div(cp * int64_t(sizeof(T)), kSliceBytes));
   p.split = cfg.split;
   p.relu = relu;
-  TORCH_INTERNAL_ASSERT(p.split <= taps * p.c_slices);
+  TORCH_INTERNAL_ASSERT(p.split <= (tap_chunks ? 1 : 9 * p.c_slices));
   at::Tensor partial;
   if (p.split > 1) {
     partial = at::empty({p.blocks.tiles * p.split, kBM, kBN}, in_nhwc.options().dtype(at::kFloat));
@@ -107,15 +117,15 @@ void wgmma_conv(const at::Tensor& in_nhwc, const at::Tensor& filt, const at::Ten
   }
   const int64_t units = p.blocks.tiles * p.split;
   const unsigned grid = static_cast<unsigned>(std::min<int64_t>(units, multiprocessor_count()));
-  bool_switch(taps == 1, [&](auto one_tap) {
+  bool_switch(tap_chunks, [&](auto chunks) {
     bool_switch(out_channels_last, [&](auto cl) {
       bool_switch(mask.defined(), [&](auto masked) {
-        constexpr int kTaps = decltype(one_tap)::value ? 1 : 9;
+        constexpr bool kTapChunks = std::remove_reference_t<decltype(chunks)>::value;
         constexpr bool kMasked = std::remove_reference_t<decltype(masked)>::value;
-        if constexpr (kTaps == 9 || !kMasked) {  // grad-input always has 9 taps
-          constexpr auto kernel =
-              conv3x3_wgmma_kernel<T, kTaps, std::remove_reference_t<decltype(cl)>::value, kMasked>;
-          constexpr size_t smem = smem_bytes<T, kMasked>();
+        if constexpr (!(kTapChunks && kMasked)) {  // grad-input reads slices
+          constexpr auto kernel = conv3x3_wgmma_kernel<T, kTapChunks,
+                                                       std::remove_reference_t<decltype(cl)>::value, kMasked>;
+          constexpr size_t smem = smem_bytes<T, kMasked, kTapChunks>();
           allow_dynamic_smem<kernel>(smem);
           launch_kernel<kernel>(grid, kThreads, smem, stream, p);
         }
@@ -130,12 +140,12 @@ void wgmma_conv(const at::Tensor& in_nhwc, const at::Tensor& filt, const at::Ten
 
 template void wgmma_conv<at::BFloat16>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                        int64_t, bool, at::Tensor&, bool, const WgmmaConfig&,
-                                       cudaStream_t, const at::Tensor&);
+                                       cudaStream_t, const at::Tensor&, bool);
 template void wgmma_conv<at::Half>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                    int64_t, bool, at::Tensor&, bool, const WgmmaConfig&,
-                                   cudaStream_t, const at::Tensor&);
+                                   cudaStream_t, const at::Tensor&, bool);
 template void wgmma_conv<float>(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
                                 bool, at::Tensor&, bool, const WgmmaConfig&, cudaStream_t,
-                                const at::Tensor&);
+                                const at::Tensor&, bool);
 
 }  // namespace overfeat_kernels

@@ -33,6 +33,16 @@
 // contiguous range of slices and writes its fp32 tile to a workspace; split_reduce_kernel
 // then adds the parts in order (deterministic) and runs the epilogue.
 //
+// Few channels (kTapChunks; Cp = one 16-byte vector, VGG's first layer): a slice of 128
+// bytes would be mostly zeros for each tap, and the unfolded copy the mma.sync kernel makes
+// moves 9·C channels per pixel through memory. Instead one unit loads all nine taps' boxes
+// (16 bytes of channels, bw, bh, 1; no swizzle) as ten 2 KB chunks (the tenth a box past the
+// last image: zeros) and the filters, packed tap-major [9][K][Cp], as one box (Cp, 128, 10;
+// the tenth tap out of bounds: zeros). In the canonical K-major layout without swizzle each
+// chunk is a column of core matrices (8 rows x 16 bytes), so five wgmma k-steps of two
+// chunks reduce over (tap, channel) with the input read once from DRAM (its nine shifted
+// boxes from L2).
+//
 // Grad-input (kMasked: through a ReLU) is the same kernel on grad_output, with the filters
 // flipped and transposed and padding 2 - pad (conv3x3_kernel.cu prepares them as for the
 // mma.sync kernel). The ReLU mask comes by TMA too, the same box of the forward's output
@@ -66,15 +76,22 @@
 namespace overfeat_kernels::hopper_conv {
 
 constexpr int kThreads = 384;                 // producer + 2 consumer warpgroups
-template <bool kMasked>
-constexpr int kStages = kMasked ? 3 : 4;      // ring slots
 constexpr int kBM = 128, kBN = 128;           // CTA tile: pixels x filters
 constexpr int kSliceBytes = 128;              // a row of one slice: the 128B swizzle span
 constexpr int kKSteps = 4;                    // wgmma k-steps per slice, 32 bytes each
 constexpr uint32_t kABytes = kBM * kSliceBytes, kBBytes = kBN * kSliceBytes;
-// A slot: A, B and (kMasked) the mask's box, laid out as A.
-template <bool kMasked>
-constexpr uint32_t kStageBytes = kABytes + kBBytes + (kMasked ? kABytes : 0);
+// Tap chunks (kChunks): 10 chunks of 16 bytes of channels per row (9 taps and a zero one),
+// each chunk a 128-row box; 5 k-steps of two chunks.
+constexpr int kChunkBytes = 16, kChunks = 10, kChunkKSteps = kChunks / 2;
+constexpr uint32_t kChunkABytes = kBM * kChunkBytes * kChunks, kChunkBBytes = kBN * kChunkBytes * kChunks;
+// A slot: A, B and (kMasked) the mask's box, laid out as A; or the tap chunks of A and B.
+template <bool kMasked, bool kTapChunks>
+constexpr uint32_t kStageBytes = kTapChunks ? kChunkABytes + kChunkBBytes
+                                            : kABytes + kBBytes + (kMasked ? kABytes : 0);
+// Ring slots: 4 of 32 KB; 3 of the masked (48 KB) and tap-chunk (40 KB) slots, so that the
+// epilogue's staging fits beside them.
+template <bool kMasked, bool kTapChunks>
+constexpr int kStages = kMasked || kTapChunks ? 3 : 4;
 constexpr int kProducerRegs = 40, kConsumerRegs = 232;
 static_assert(kProducerRegs * 128 + 2 * kConsumerRegs * 128 <= 65536, "register file");
 
@@ -98,26 +115,28 @@ constexpr int kStageStride = kBN + 16 / static_cast<int>(sizeof(T));
 
 // Dynamic shared memory of a launch: the ring (1024-byte aligned, as 128B-swizzled boxes
 // need) and the two consumers' staging tiles; 1024 bytes of slack for the alignment.
-template <typename T, bool kMasked>
+template <typename T, bool kMasked, bool kTapChunks>
 constexpr size_t smem_bytes() {
-  return 1024 + size_t(kStages<kMasked>) * kStageBytes<kMasked> +
+  return 1024 + size_t(kStages<kMasked, kTapChunks>) * kStageBytes<kMasked, kTapChunks> +
          2 * size_t(kBM / 2) * kStageStride<T> * sizeof(T);
 }
-static_assert(smem_bytes<float, true>() <= 227 * 1024 - 256 &&
-                  smem_bytes<float, false>() <= 227 * 1024 - 256,
+static_assert(smem_bytes<float, true, false>() <= 227 * 1024 - 256 &&
+                  smem_bytes<float, false, false>() <= 227 * 1024 - 256 &&
+                  smem_bytes<float, false, true>() <= 227 * 1024 - 256,
               "an H100's 227 KB per block, static barriers included");
 
 template <typename T>
 struct Params {
   tma::TensorMap in_map;    // 4-D (channels, x, y, image), box (slice, bw, bh, 1)
-  tma::TensorMap filt_map;  // 3-D (channels, tap, filter), box (slice, 1, kBN)
+  tma::TensorMap filt_map;  // 3-D (channels, tap, filter), box (slice, 1, kBN);
+                            // kTapChunks: (channels, filter, tap), box (cp, kBN, 10)
   tma::TensorMap mask_map;  // kMasked: the ReLU output, as in_map
   PixelBlocks blocks;
   const T* bias;            // [k] or null
   T* out;                   // the output, strides out_s (split == 1)
   Strides4 out_s;
   float* partial;           // split > 1: [tiles · split][kBM][kBN] fp32
-  int taps, pad, c_slices, split;
+  int pad, c_slices, split;
   bool relu;
 };
 
@@ -133,15 +152,16 @@ __device__ __forceinline__ RingPos ring_pos(uint32_t it) {
 }
 #endif
 
-// kTaps: 9, or 1 (a 1 x 1 convolution of an input whose channels are the unfolded taps of
-// a map with few channels, pad 0). kOutChannelsLast: the output is dense channels_last.
-// kMasked: grad-input through a ReLU (mask_map).
-template <typename T, int kTaps, bool kOutChannelsLast, bool kMasked>
+// kTapChunks: few input channels (Cp = one 16-byte vector: C <= 8 for bf16 / fp16, <= 4 for
+// tf32; VGG's first layer), see "Few channels" above. kOutChannelsLast: the output is dense
+// channels_last. kMasked: grad-input through a ReLU (mask_map).
+template <typename T, bool kTapChunks, bool kOutChannelsLast, bool kMasked>
 __global__ void __launch_bounds__(kThreads, 1)
     conv3x3_wgmma_kernel(const __grid_constant__ Params<T> p) {
 #ifdef OVERFEAT_WGMMA_CONV_BODY
-  constexpr int kSlots = kStages<kMasked>;
-  constexpr uint32_t kSlotBytes = kStageBytes<kMasked>;
+  static_assert(!(kTapChunks && kMasked), "grad-input reads slices");
+  constexpr int kSlots = kStages<kMasked, kTapChunks>;
+  constexpr uint32_t kSlotBytes = kStageBytes<kMasked, kTapChunks>;
   __shared__ __align__(8) uint64_t full[kSlots], empty[kSlots], staged[2], masked[2];
   unsigned char* ring = align_up(dynamic_shared_memory<unsigned char>(), 1024);
   const int t = threadIdx.x, wg = t / 128;
@@ -157,7 +177,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     mbarrier_fence_init();
   }
   __syncthreads();
-  const int slices = kTaps * p.c_slices;
+  const int slices = kTapChunks ? 1 : 9 * p.c_slices;
   const int64_t units = p.blocks.tiles * p.split;
 
   if (wg == 0) {
@@ -173,11 +193,24 @@ __global__ void __launch_bounds__(kThreads, 1)
         for (int sl = r.begin; sl < r.end; ++sl, ++it) {
           const RingPos pos = ring_pos<kSlots>(it);
           if (pos.use > 0) mbarrier_wait_parity(&empty[pos.slot], (pos.use - 1) & 1);
-          const int tap = sl / p.c_slices, c0 = (sl % p.c_slices) * kSliceElems<T>;
           unsigned char* a = ring + pos.slot * kSlotBytes;
           mbarrier_arrive_expect_tx(&full[pos.slot], kSlotBytes);
+          if constexpr (kTapChunks) {
+            // All 9 taps' boxes (the block shifted by (r - pad, s - pad), zeros outside),
+            // then a tenth past the last image: all zeros, K's padding to whole k-steps.
+            for (int tap = 0; tap < 9; ++tap) {
+              tma_load_4d(a + tap * (kBM * kChunkBytes), &p.in_map, &full[pos.slot], 0,
+                          tile.x0 + tap % 3 - p.pad, tile.y0 + tap / 3 - p.pad,
+                          static_cast<int32_t>(tile.img));
+            }
+            tma_load_4d(a + 9 * (kBM * kChunkBytes), &p.in_map, &full[pos.slot], 0, tile.x0,
+                        tile.y0, static_cast<int32_t>(p.blocks.n));
+            tma_load_3d(a + kChunkABytes, &p.filt_map, &full[pos.slot], 0, tile.k0, 0);
+            continue;
+          }
+          const int tap = sl / p.c_slices, c0 = (sl % p.c_slices) * kSliceElems<T>;
           // Tap (r, s) reads the block shifted by (r - pad, s - pad); outside: zeros.
-          const int dy = kTaps == 9 ? tap / 3 - p.pad : 0, dx = kTaps == 9 ? tap % 3 - p.pad : 0;
+          const int dy = tap / 3 - p.pad, dx = tap % 3 - p.pad;
           tma_load_4d(a, &p.in_map, &full[pos.slot], c0, tile.x0 + dx, tile.y0 + dy,
                       static_cast<int32_t>(tile.img));
           tma_load_3d(a + kABytes, &p.filt_map, &full[pos.slot], c0, tap, tile.k0);
@@ -219,12 +252,27 @@ __global__ void __launch_bounds__(kThreads, 1)
         masked_phase ^= 1;
       }
       wgmma_fence();
+      if constexpr (kTapChunks) {
+        // K-major, no swizzle: core matrices of 8 rows x 16 bytes, 128 bytes apart along M /
+        // N (SBO) and a chunk (128 rows) apart along K (LBO); a k-step is two chunks.
+        const unsigned char* ac = ring + pos.slot * kSlotBytes + half * (kBM / 2) * kChunkBytes;
+        const unsigned char* bc = ring + pos.slot * kSlotBytes + kChunkABytes;
+        constexpr uint32_t kChunk = kBM * kChunkBytes;
 #pragma unroll
-      for (int kk = 0; kk < kKSteps; ++kk) {
-        // K-major, 128B swizzle: 8-row atoms 1024 bytes apart (SBO); a k-step is 32 bytes.
-        wgmma_ss<kBN, mma_type<T>()>(acc, make_matrix_desc(a + 32 * kk, 16, 1024, hopper::Swizzle::k128B),
-                                     make_matrix_desc(b + 32 * kk, 16, 1024, hopper::Swizzle::k128B),
-                                     sl > r.begin || kk > 0);
+        for (int kk = 0; kk < kChunkKSteps; ++kk) {
+          wgmma_ss<kBN, mma_type<T>()>(
+              acc, make_matrix_desc(ac + 2 * kk * kChunk, kChunk, 8 * kChunkBytes, hopper::Swizzle::kNone),
+              make_matrix_desc(bc + 2 * kk * kChunk, kChunk, 8 * kChunkBytes, hopper::Swizzle::kNone),
+              kk > 0);
+        }
+      } else {
+#pragma unroll
+        for (int kk = 0; kk < kKSteps; ++kk) {
+          // K-major, 128B swizzle: 8-row atoms 1024 bytes apart (SBO); a k-step is 32 bytes.
+          wgmma_ss<kBN, mma_type<T>()>(
+              acc, make_matrix_desc(a + 32 * kk, 16, 1024, hopper::Swizzle::k128B),
+              make_matrix_desc(b + 32 * kk, 16, 1024, hopper::Swizzle::k128B), sl > r.begin || kk > 0);
+        }
       }
       wgmma_commit_group();
       // The group of the previous slice has retired: its slot goes back to the producer.

@@ -11,14 +11,14 @@ namespace overfeat_kernels {
 
 // out = conv3x3(in, filt) (+ bias, ReLU) where `in_nhwc` is the input as [n][h][w][cp]
 // (cp·element size a multiple of 16, 16-byte aligned) and `filt` the filters as
-// [K][3][3][cpf]; or, with `filt` [K][1][1][cpf], the 1 x 1 convolution (pad 0) of an
-// unfolded input. `out` [n][K][h'][w'] in any strides; `out_channels_last`: it is dense
+// [K][3][3][cpf]; or, with `tap_chunks` (cp·element size = 16: few channels), as [9][K][cp]. `out` [n][K][h'][w'] in any strides; `out_channels_last`: it is dense
 // channels_last. `cfg`: the plan's pixel block and split-K. `mask` (grad-input through a
 // ReLU: the forward's output laid out as `in_nhwc`), when defined: an element of `in_nhwc`
 // counts only where it is > 0.
 template <typename T>
 void wgmma_conv(const at::Tensor& in_nhwc, const at::Tensor& filt, const at::Tensor& bias,
                 int64_t pad, bool relu, at::Tensor& out, bool out_channels_last,
-                const WgmmaConfig& cfg, cudaStream_t stream, const at::Tensor& mask = at::Tensor());
+                const WgmmaConfig& cfg, cudaStream_t stream, const at::Tensor& mask = at::Tensor(),
+                bool tap_chunks = false);
 
 }  // namespace overfeat_kernels
