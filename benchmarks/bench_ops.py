@@ -15,7 +15,7 @@ direct kernel for exact fp32; its NCHW times include the explicit conversion of 
 to padded NHWC that the implicit GEMM makes (also for C % 8 != 0, e.g. C = 3), so that
 cost is counted, not hidden.
 On compute capability 9.0 the rows also time the Hopper kernel ("wgmma": TMA + wgmma,
-csrc/cuda/conv3x3_wgmma.cuh) and the mma.sync kernel ("tc") forced, forward (TFLOP/s,
+csrc/cuda/conv3x3_wgmma.cuh) and the mma.sync kernel ("tc") forced, channels_last, forward (TFLOP/s,
 ratios against cuDNN and eager) and grad-input alone (against cuDNN's grad-input alone).
 Conv forward times are taken twice: each call alone (events around it, which counts the
 host time the GPU waits for) and queued (bursts of back-to-back calls, where that host time
@@ -281,7 +281,8 @@ def conv_rows(layers, batches, dtype_names, quick) -> list[dict]:
                     make = functools.partial(conv_inputs, n, c, k, h, w, dtype, fmt)
                     sets = rotation(make, bytes_per_set)
                     todo = dict(fns, **(bwd_fns if not quick or fname == "nhwc" else {}))
-                    if hopper and (dtype != torch.float32 or tf32):
+                    # channels_last only: the Hopper kernel's native layout (and time).
+                    if hopper and (dtype != torch.float32 or tf32) and fname == "nhwc":
                         todo.update(wgmma=_forced_fwd("wgmma"), tc=_forced_fwd("tc"))
                         todo.update(
                             wgmma_dgrad=_forced_dgrad("wgmma"),

@@ -164,3 +164,33 @@ def _assert_within_tf32(got, x, w, b, pad, relu, masked_grad, direction):
         ref = gx if direction == "grad_input" else gw
     scale = ref.abs().max().item()
     assert (got.double() - ref).abs().max().item() <= 4e-3 * scale
+
+
+# The Hopper kernel (TMA + wgmma) on compute capability 9.0: the large shapes above (the
+# first layer's tap chunks at 224 x 224, split-K on 14 x 14 at batch 1 too), forward and
+# grad-input through a ReLU, against float64 (tf32: wgmma truncates its operands, so within
+# TF32's precision, as cuDNN).
+HOPPER = pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
+    reason="the Hopper kernel runs on compute capability 9.0",
+)
+
+
+@HOPPER
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("cfg", [*BIG, (1, 512, 512, 14, 14, 1, "channels_last", True, True)],
+                         ids=_name)  # fmt: skip
+def test_wgmma_forward_and_grad_input_gpu(cfg, dtype):
+    from test_conv3x3_wgmma import _assert_forward_matches as wgmma_matches
+
+    x, w, b, pad, relu = _inputs(cfg, _dtype(dtype))
+    with _tf32(dtype == TF32):
+        out = _conv(_to_cuda(x), _to_cuda(w), _to_cuda(b), pad, relu, [5, 0, 0])
+        grad = torch.randn(out.shape, dtype=torch.float64).to(out.dtype)
+        gi, _, _ = torch.ops.overfeat_kernels.conv3x3_backward.default(
+            grad.cuda(), _to_cuda(x), _to_cuda(w), out, pad, [True, False, False], [5, 0]
+        )
+    wgmma_matches(out.cpu(), x, w, b, pad, relu, dtype)
+    g = torch.where(out.cpu() > 0, grad, torch.zeros((), dtype=grad.dtype))
+    wgmma_matches(gi.cpu(), g, w.flip(2, 3).transpose(0, 1).contiguous(), None, 2 - pad, False,
+                  dtype)  # fmt: skip
