@@ -51,23 +51,24 @@ struct ConvCandidate {
   bool tensor_cores;       // needs a tensor-core dtype (tensor_core_dtype)
   int min_capability;      // compute capability x 10 it needs (0: any)
   int max_capability;      // and the highest it runs on (0: any): sm_90a code runs on 9.0 only
+  bool needs_sm90a;        // its kernels exist only in a build for sm_90a (kBuildHasSm90a)
   const char* summary;
 };
 
 // "ours" is our kernels with their heuristic: on the CPU it is our only implementation, on
 // CUDA the heuristic picks among the rows after it, which "auto" times one by one.
 inline constexpr ConvCandidate kConvCandidates[] = {
-    {"ours", kAlgoDefault, kAllDirections, false, false, 0, 0,
+    {"ours", kAlgoDefault, kAllDirections, false, false, 0, 0, false,
      "our kernels, configuration picked by the heuristic"},
-    {"direct", kAlgoDirect, kAllDirections, true, false, 0, 0,
+    {"direct", kAlgoDirect, kAllDirections, true, false, 0, 0, false,
      "direct CUDA-core kernels (every dtype, exact float32)"},
-    {"tc", kAlgoTensorCores, kAllDirections, true, true, 80, 0,
+    {"tc", kAlgoTensorCores, kAllDirections, true, true, 80, 0, false,
      "tensor-core implicit GEMM (mma.sync), large tiles"},
-    {"tc-small", kAlgoTensorCoresSmall, 0b011, true, true, 80, 0,
+    {"tc-small", kAlgoTensorCoresSmall, 0b011, true, true, 80, 0, false,
      "tensor-core implicit GEMM (mma.sync), small tiles: more CTAs for small maps"},
-    {"cudnn", kAlgoAten, kAllDirections, false, false, 0, 0,
+    {"cudnn", kAlgoAten, kAllDirections, false, false, 0, 0, false,
      "PyTorch's convolution (cuDNN on CUDA, oneDNN on the CPU), bias and ReLU after it"},
-    {"wgmma", kAlgoWgmma, 0b011, true, true, 90, 90,
+    {"wgmma", kAlgoWgmma, 0b011, true, true, 90, 90, true,
      "Hopper implicit GEMM (TMA + wgmma, warp-specialised, persistent; sm_90a)"},
 };
 inline constexpr int kNumConvCandidates = sizeof(kConvCandidates) / sizeof(kConvCandidates[0]);
@@ -86,15 +87,27 @@ inline bool tensor_core_dtype(int element_size, bool is_float32, bool allow_tf32
   return element_size == 2 || (is_float32 && allow_tf32);
 }
 
+// Whether this module's CUDA kernels include the sm_90a ones (setup.py defines
+// OVERFEAT_HAS_SM90A when TORCH_CUDA_ARCH_LIST has 9.0a). The simulator always has them, and
+// so does a build without CUDA, whose only CUDA device is the simulator.
+#if defined(OVERFEAT_SIM) || defined(OVERFEAT_HAS_SM90A) || !defined(OVERFEAT_WITH_CUDA)
+inline constexpr bool kBuildHasSm90a = true;
+#else
+inline constexpr bool kBuildHasSm90a = false;
+#endif
+
 // Whether candidate `c` is timed by "auto" for `direction` on this device and dtype. On
-// CUDA: the concrete kernels that apply and cuDNN; on the CPU: ours and ATen's.
+// CUDA: the concrete kernels that apply and cuDNN; on the CPU: ours and ATen's. `sm90a`:
+// the build has the sm_90a kernels.
 inline bool candidate_applies(const ConvCandidate& c, ConvDirection direction, bool gpu,
-                              bool tensor_core_dtype_, int capability) {
+                              bool tensor_core_dtype_, int capability,
+                              bool sm90a = kBuildHasSm90a) {
   if (!(c.directions & (1u << static_cast<int>(direction)))) return false;
   if (!gpu) return !c.gpu_only;
   if (c.code == kAlgoDefault) return false;  // on CUDA the heuristic's pieces are timed
   if (c.tensor_cores && (!tensor_core_dtype_ || capability < c.min_capability)) return false;
   if (c.max_capability != 0 && capability > c.max_capability) return false;
+  if (c.needs_sm90a && !sm90a) return false;
   return capability >= c.min_capability;
 }
 
@@ -124,9 +137,8 @@ struct ConvProblem {
 struct DeviceInfo {
   int capability = 0;
   int64_t sms = 1;
-  // The build holds the sm_90a kernels (TORCH_CUDA_ARCH_LIST with 9.0a; the simulator has
-  // them always).
-  bool sm90a = true;
+  // The build holds the sm_90a kernels (kBuildHasSm90a).
+  bool sm90a = kBuildHasSm90a;
 };
 
 // ---- tile shapes (the kernels' TileConfig static_asserts against these) -----------------

@@ -366,6 +366,7 @@ void add_conv_functions(py::module_ m) {
       row["tensor_cores"] = c.tensor_cores;
       row["min_capability"] = c.min_capability;
       row["max_capability"] = c.max_capability;
+      row["needs_sm90a"] = c.needs_sm90a;
       row["summary"] = c.summary;
       out.append(row);
     }
@@ -373,16 +374,22 @@ void add_conv_functions(py::module_ m) {
   }, "The conv candidates' table (conv_plan.h).");
   m.def(
       "conv_candidates_for",
-      [](const std::string& direction, bool gpu, bool tensor_core_dtype, int capability) {
+      [](const std::string& direction, bool gpu, bool tensor_core_dtype, int capability,
+         bool sm90a) {
         const ok::ConvDirection d = direction_of(direction);
         py::list names;
         for (const auto& c : ok::kConvCandidates) {
-          if (ok::candidate_applies(c, d, gpu, tensor_core_dtype, capability)) names.append(c.name);
+          if (ok::candidate_applies(c, d, gpu, tensor_core_dtype, capability, sm90a)) {
+            names.append(c.name);
+          }
         }
         return py::tuple(names);
       },
       py::arg("direction"), py::arg("gpu"), py::arg("tensor_core_dtype"), py::arg("capability"),
-      "The candidates 'auto' times for one direction.");
+      py::arg("sm90a") = ok::kBuildHasSm90a,
+      "The candidates 'auto' times for one direction (sm90a: the build has the sm_90a "
+      "kernels; default: this build's).");
+  m.attr("build_has_sm90a") = ok::kBuildHasSm90a;
   m.def(
       "wgmma_config",
       [](int64_t n, int64_t out_h, int64_t out_w, int64_t k, int64_t slices, int64_t sms) {
@@ -396,7 +403,7 @@ void add_conv_functions(py::module_ m) {
   m.def(
       "conv_plan",
       [](const py::dict& problem, const std::string& direction, int64_t algo, bool gpu,
-         int capability, int64_t sms) {
+         int capability, int64_t sms, bool sm90a) {
         ok::ConvProblem p;
         for (const auto& [key, value] : problem) {
           const auto k = key.cast<std::string>();
@@ -419,8 +426,8 @@ void add_conv_functions(py::module_ m) {
         }
         const ok::ConvDirection d = direction_of(direction);
         ok::check_conv_algo(algo, "conv_plan", "algo", d);
-        const ok::DirectionPlan plan = ok::plan_direction(p, d, algo, gpu, {capability, sms},
-                                                          "conv_plan", "algo");
+        const ok::DirectionPlan plan =
+            ok::plan_direction(p, d, algo, gpu, {capability, sms, sm90a}, "conv_plan", "algo");
         py::dict out;
         out["kernel"] = ok::kKernelNames[static_cast<int>(plan.kernel)];
         out["tiles"] = plan.tiles == ok::Tiles::kNone    ? "none"
@@ -437,7 +444,7 @@ void add_conv_functions(py::module_ m) {
         return out;
       },
       py::arg("problem"), py::arg("direction"), py::arg("algo"), py::arg("gpu"),
-      py::arg("capability"), py::arg("sms"),
+      py::arg("capability"), py::arg("sms"), py::arg("sm90a") = ok::kBuildHasSm90a,
       "The plan of one direction of a conv3x3 call (conv_plan.h's plan_direction).");
 }
 

@@ -21,6 +21,7 @@ from test_conv3x3_tc import (
 )
 
 import overfeat_kernels as ok
+from overfeat_kernels.ops._ext import _C
 
 pytestmark = [
     pytest.mark.cuda,
@@ -171,8 +172,10 @@ def _assert_within_tf32(got, x, w, b, pad, relu, masked_grad, direction):
 # grad-input through a ReLU, against float64 (tf32: wgmma truncates its operands, so within
 # TF32's precision, as cuDNN).
 HOPPER = pytest.mark.skipif(
-    not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
-    reason="the Hopper kernel runs on compute capability 9.0",
+    not torch.cuda.is_available()
+    or torch.cuda.get_device_capability() != (9, 0)
+    or not getattr(_C, "build_has_sm90a", False),
+    reason="the Hopper kernel runs on compute capability 9.0, in a build for sm_90a",
 )
 
 

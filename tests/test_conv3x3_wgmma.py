@@ -315,6 +315,58 @@ def test_plan_places_it_on_compute_capability_9_0_only():
         _C.conv_plan(problem, "grad_weight", 5, True, 90, 132)
 
 
+def test_a_build_without_sm90a_neither_plans_nor_times_it():
+    """A module built without 9.0a in TORCH_CUDA_ARCH_LIST has no Hopper kernel: "auto" does
+    not time it, forcing it raises, our heuristic keeps the mma.sync kernel."""
+    problem = {"n": 1, "c": 64, "h": 14, "w": 14, "k": 128, "padding": 1, "element_size": 2,
+               "dtype": "torch.bfloat16", "tensor_core_dtype": True}  # fmt: skip
+    assert "wgmma" not in _C.conv_candidates_for("forward", True, True, 90, False)
+    assert "wgmma" in _C.conv_candidates_for("forward", True, True, 90, True)
+    with pytest.raises(ValueError, match=r"algo = 5 \(wgmma\) does not apply"):
+        _C.conv_plan(problem, "forward", 5, True, 90, 132, False)
+    assert _C.conv_plan(problem, "forward", 0, True, 90, 132, False)["kernel"] == "implicit_gemm"
+    assert _C.build_has_sm90a  # this build (the simulator stands for an H100 with them)
+
+
+# More work units than the simulator's 132 SMs: CTAs of the persistent grid take a second
+# (and third) unit, carrying their ring's slot counter and phases, the warpgroup barriers'
+# phases and the accumulators' reset into the next tile while the producer already loads it.
+@pytest.mark.parametrize(
+    ("what", "cfg", "dtype"),
+    [
+        ("slices", (4, 16, 264, 48, 48, 1, "channels_last", True, True), torch.bfloat16),
+        ("tap_chunks", (2, 3, 264, 64, 64, 1, "nchw", True, True), torch.float16),
+        ("tap_chunks", (2, 4, 264, 62, 66, 0, "channels_last", False, True), TF32),
+        ("grad_input", (3, 264, 16, 48, 48, 1, "channels_last", True, True), torch.float16),
+    ],
+)
+def test_persistent_ctas_take_several_units(what, cfg, dtype):
+    n, c, k, h, w, pad = cfg[:6]
+    gemm_n, oh, ow = (c, h, w) if what == "grad_input" else (k, h + 2 * pad - 2, w + 2 * pad - 2)
+    slices = _slices(k if what == "grad_input" else c, dtype)
+    bh, bw, split = _C.wgmma_config(n, oh, ow, gemm_n, slices, 132)
+    units = n * -(-oh // bh) * -(-ow // bw) * -(-gemm_n // 128) * split
+    assert units > 132 and split == 1, units
+    if what == "grad_input":
+        x, wt, pad, grad, mask = _grad_input_case(cfg, dtype, True)
+        with _tf32(dtype == TF32), simulator.simulate_cuda():
+            gi, _, _ = torch.ops.overfeat_kernels.conv3x3_backward.default(
+                grad, x, wt, mask, pad, [True, False, False], [5, 0]
+            )
+        g = torch.where(mask > 0, grad, torch.zeros((), dtype=grad.dtype))
+        _assert_forward_matches(gi, g, wt.flip(2, 3).transpose(0, 1).contiguous(), None,
+                                2 - pad, False, dtype)  # fmt: skip
+        return
+    x, wt, b, pad, relu = _inputs(cfg, _dtype(dtype))
+    with _tf32(dtype == TF32):
+        out, launches = _run((x, wt, b, pad, relu))
+    chunks = what == "tap_chunks"
+    kernels = [k for k in launches if WGMMA in k]
+    second = [k.split("<", 1)[1].split(",")[1].strip() for k in kernels]
+    assert kernels and all(a == str(chunks).lower() for a in second), launches
+    _assert_forward_matches(out, x, wt, b, pad, relu, dtype)
+
+
 def test_candidates_on_hopper():
     from overfeat_kernels import backend
 

@@ -340,12 +340,7 @@ ConvProblem conv_problem(const at::Tensor& input, const at::Tensor& weight, int6
 
 DeviceInfo device_info() {
   const DeviceLimits& l = device_limits();
-#if defined(OVERFEAT_SIM) || defined(OVERFEAT_HAS_SM90A)
-  constexpr bool kSm90a = true;
-#else
-  constexpr bool kSm90a = false;  // TORCH_CUDA_ARCH_LIST without 9.0a: no Hopper kernel
-#endif
-  return {l.capability, l.sms, kSm90a};
+  return {l.capability, l.sms, kBuildHasSm90a};
 }
 
 // x as the [n][h][w][cp] map the implicit GEMM reads: the tensor itself (a view) where the

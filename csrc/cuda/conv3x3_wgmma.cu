@@ -109,7 +109,11 @@ void wgmma_conv(const at::Tensor& in_nhwc, const at::Tensor& filt, const at::Ten
   p.pad = static_cast<int>(pad);
   p.split = cfg.split;
   p.relu = relu;
-  TORCH_INTERNAL_ASSERT(p.split <= (tap_chunks ? 1 : 9 * p.c_slices));
+  // Every part reduces at least one slice (choose_wgmma_config's split): an empty part
+  // would have nothing to retire and release.
+  const int slices = tap_chunks ? 1 : 9 * p.c_slices;
+  TORCH_INTERNAL_ASSERT(split_slices(slices, p.split, p.split - 1).begin < slices,
+                        "conv3x3 (Hopper): split ", p.split, " of ", slices, " slices leaves a part empty");
   at::Tensor partial;
   if (p.split > 1) {
     partial = at::empty({p.blocks.tiles * p.split, kBM, kBN}, in_nhwc.options().dtype(at::kFloat));
