@@ -121,7 +121,6 @@ struct MmaTraits<float> {
   }
 };
 
-
 template <typename T>
 struct Params {
   const T* in;    // [n][h][w][cp], 16-byte aligned, cp a multiple of 16 / sizeof(T)
