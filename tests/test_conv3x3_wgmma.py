@@ -14,6 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 from samples import make_map
+from test_conv3x3_tc import DTYPES, TF32, _dtype, _inputs, _name, _tf32
 from tolerance import assert_matches, to64
 
 import overfeat_kernels as ok
@@ -25,8 +26,6 @@ pytestmark = [
     pytest.mark.skipif(not simulator.available(), reason="CUDA simulator not built"),
 ]
 
-TF32 = "tf32"  # float32 with torch.backends.cudnn.allow_tf32 = True
-DTYPES = [torch.bfloat16, torch.float16, TF32]
 WGMMA = "conv3x3_wgmma_kernel"
 REDUCE = "split_reduce_kernel"
 FORCE = [5, 0, 0]  # the op's algos: the Hopper kernel for the forward
@@ -58,38 +57,9 @@ CONFIGS = [
 ]
 
 
-def _name(cfg):
-    n, c, k, h, w, pad, layout, bias, relu = cfg
-    return f"n{n}c{c}k{k}_{h}x{w}p{pad}_{layout}{'_bias' if bias else ''}{'_relu' if relu else ''}"
-
-
-def _dtype(d):
-    return torch.float32 if d == TF32 else d
-
-
 def _truncate_tf32(t):
     """What wgmma reads of a float32 operand: its top 19 bits (tf32, truncated)."""
     return (t.float().contiguous().view(torch.int32) & ~0x1FFF).view(torch.float32)
-
-
-def _inputs(cfg, dtype):
-    n, c, k, h, w, pad, layout, bias, relu = cfg
-    x = make_map((n, c, h, w), dtype, "cpu", layout)
-    wt = (torch.randn(k, c, 3, 3, dtype=torch.float64) / (3 * c) ** 0.5).to(dtype)
-    b = torch.randn(k, dtype=torch.float64).to(dtype) if bias else None
-    return x, wt, b, pad, relu
-
-
-class _tf32:
-    def __init__(self, on):
-        self.on = on
-
-    def __enter__(self):
-        self.was = torch.backends.cudnn.allow_tf32
-        torch.backends.cudnn.allow_tf32 = self.on
-
-    def __exit__(self, *exc):
-        torch.backends.cudnn.allow_tf32 = self.was
 
 
 def _assert_forward_matches(out, x, w, b, pad, relu, dtype):
