@@ -168,30 +168,6 @@ __host__ __device__ __forceinline__ RowPixel tile_row_pixel(const Params<T>& p, 
   }
 }
 
-// The pooled value of kN neighbouring columns of a window whose kk pixels are rows
-// `stride` elements apart in the staged tile: F.max_pool2d's max (replaces_max: the first
-// maximum in row-major window order, a NaN taking over). Compared as floats, exact for T.
-template <typename T, int kN>
-__device__ __forceinline__ void window_max(T* best, const T* first, int stride, int kk) {
-  float key[kN];
-#pragma unroll
-  for (int e = 0; e < kN; ++e) {
-    best[e] = first[e];
-    key[e] = static_cast<float>(best[e]);
-  }
-  for (int r = 1; r < kk; ++r) {
-#pragma unroll
-    for (int e = 0; e < kN; ++e) {
-      const T v = first[r * stride + e];
-      const float f = static_cast<float>(v);
-      if (replaces_max(f, key[e])) {
-        best[e] = v;
-        key[e] = f;
-      }
-    }
-  }
-}
-
 // Byte offset of 16-byte vector `v` of row `row` in a tile (the XOR swizzle above).
 __host__ __device__ constexpr int swizzled(int row, int v) {
   return row * kRowBytes + ((v ^ ((row >> 1) & 3)) * kVecBytes);
@@ -434,43 +410,16 @@ __global__ void __launch_bounds__(Cfg::kThreads)
     // Window j's pixels are staged rows j·k² .. j·k² + k² - 1; only the pooled map is stored.
     const int kk = p.pool * p.pool, per_tile = Cfg::kBM / kk;
     const int64_t q0 = int64_t(blockIdx.x) * per_tile;
-    if constexpr (kOutChannelsLast) {
-      constexpr int kVecsOut = Cfg::kBN / kVec;
-      const bool vec_ok = p.k % kVec == 0;
-      for (int e = tid; e < per_tile * kVecsOut; e += Cfg::kThreads) {
-        const int win = e / kVecsOut, cv = e % kVecsOut;
-        const int64_t q = q0 + win;
-        const int k = k0 + cv * kVec;
-        if (q >= p.pool_m || k >= p.k) continue;
-        union {
-          uint4 v;
-          T e[kVec];
-        } best;
-        window_max<T, kVec>(best.e, stage + win * kk * kOutStride + cv * kVec, kOutStride, kk);
-        T* dst = p.out + q * p.out_s.w + k;
-        if (vec_ok) {
-          *reinterpret_cast<uint4*>(dst) = best.v;
-        } else {
-#pragma unroll
-          for (int i = 0; i < kVec; ++i) {  // constant indices: `best` stays in registers
-            if (k + i < p.k) dst[i] = best.e[i];
-          }
-        }
-      }
-    } else {
-      // Windows fastest across threads: a warp writes neighbouring pooled pixels.
-      const int64_t per_img = int64_t(p.pool_h) * p.pool_w;
-      for (int e = tid; e < per_tile * Cfg::kBN; e += Cfg::kThreads) {
-        const int win = e % per_tile, col = e / per_tile;
-        const int64_t q = q0 + win;
-        const int k = k0 + col;
-        if (q >= p.pool_m || k >= p.k) continue;
-        T best;
-        window_max<T, 1>(&best, stage + win * kk * kOutStride + col, kOutStride, kk);
-        const int64_t img = q / per_img, rem = q % per_img;
-        p.out[offset_of(p.out_s, img, k, rem / p.pool_w, rem % p.pool_w)] = best;
-      }
-    }
+    const int64_t per_img = int64_t(p.pool_h) * p.pool_w;
+    epilogue::store_pooled_tile<T, Cfg::kBN, kOutChannelsLast>(
+        stage, kOutStride, per_tile, p.pool, p.pool, tid, Cfg::kThreads, p.out, p.out_s, k0, p.k,
+        [&](int win) -> PooledWindow {
+          const int64_t q = q0 + win;
+          if (q >= p.pool_m) return {false, 0, 0, 0, 0};
+          const int64_t img = q / per_img, rem = q - img * per_img;
+          return {true, img, static_cast<int>(rem / p.pool_w), static_cast<int>(rem % p.pool_w),
+                  win * kk};
+        });
   } else {
     epilogue::store_staged_tile<T, Cfg::kBN, kOutChannelsLast>(
         stage, kOutStride, Cfg::kBM, tid, Cfg::kThreads, p.out, p.out_s, k0, p.k,

@@ -70,6 +70,31 @@ C10_HOST_DEVICE inline RowPixel block_row_pixel(const PixelBlocks& b, const Bloc
   return {y < b.out_h && x < b.out_w, t.img, y, x};
 }
 
+// A pooling window of a staged tile (the fused pooling of conv_pool.h: k x k windows,
+// stride k): its pooled pixel (`valid` false past the pooled map) and the tile row of its
+// top-left pixel; its pixel (dy, dx) is row first_row + dy·row_step + dx, row_step being
+// the kernel's (igemm: k, windows' pixels consecutive; a pixel block: bw).
+struct PooledWindow {
+  bool valid;
+  int64_t img;
+  int y, x;
+  int first_row;
+};
+
+// Pooling over pixel blocks: the blocks cover the conv pixels that windows take (out_h x
+// out_w = pool_h·k x pool_w·k) and bh, bw are multiples of k, so that a block holds
+// (bh / k) x (bw / k) whole windows, row by row; row_step is bw.
+C10_HOST_DEVICE inline int block_windows(const PixelBlocks& b, int pool) {
+  return (b.bh / pool) * (b.bw / pool);
+}
+C10_HOST_DEVICE inline PooledWindow block_window(const PixelBlocks& b, const BlockTile& t, int pool,
+                                                 int win) {
+  const int per_row = b.bw / pool;
+  const int wy = win / per_row, wx = win - wy * per_row;
+  const int y = t.y0 + wy * pool, x = t.x0 + wx * pool;  // the window's top-left conv pixel
+  return {y < b.out_h && x < b.out_w, t.img, y / pool, x / pool, (wy * b.bw + wx) * pool};
+}
+
 // Split-K: work unit u of a persistent grid is part u % split of tile u / split; part p
 // reduces slices [p·per, min((p + 1)·per, slices)) of the tile's `slices` (per =
 // ceil(slices / split), and split is chosen so that no part is empty).
