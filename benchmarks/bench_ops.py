@@ -27,7 +27,8 @@ OverFeat accurate's last conv with its offset pooling: ours with the pool in the
 call (``conv3x3(..., pool=k)``), ours unfused (conv3x3, then the pooling op), eager cuDNN
 conv + bias + ReLU + F.max_pool2d (offset_max_pool2d for OverFeat) and torch.compile of
 that (not with --quick); channels_last, the bytes each moves at the least (``fused_bytes``)
-and the achieved TB/s.
+and the achieved TB/s. On compute capability 9.0 (sm_90a build) also the Hopper kernel
+forced with the pool in its epilogue ("fused_wgmma"; max-pool rows).
 """
 
 from __future__ import annotations
@@ -210,6 +211,13 @@ def _auto_fwd(x, wt, b, g):
         return ok.conv3x3(x, wt, b, 1, True)
 
 
+def _hopper_kernel_available() -> bool:
+    """Compute capability 9.0 and a build with the sm_90a kernels: "wgmma" can be forced."""
+    from overfeat_kernels.ops._ext import _C
+
+    return torch.cuda.get_device_capability() == (9, 0) and bool(_C.build_has_sm90a)
+
+
 def _forced_fwd(algo: str):
     """The forward with one candidate forced (`algos[0]`): "wgmma" (Hopper) or "tc" (mma.sync)."""
     code = ok.backend.ALGOS[algo]
@@ -265,7 +273,7 @@ def conv_rows(layers, batches, dtype_names, quick) -> list[dict]:
     fns = {"ours": _ours_fwd, "cudnn": _cudnn_fwd, "eager": _eager_fwd, "auto": _auto_fwd}
     bwd_fns = {"ours_bwd": _ours_bwd, "cudnn_bwd": _cudnn_bwd}
     # On compute capability 9.0: the Hopper kernel and the mma.sync one, each forced.
-    hopper = torch.cuda.get_device_capability() == (9, 0)
+    hopper = _hopper_kernel_available()
     rows = []
     for dname in dtype_names:
         dtype, tf32 = DTYPE_CONFIGS[dname]
@@ -460,6 +468,12 @@ def fused_rows(batches: list[int], quick: bool) -> list[dict]:
         }
         if not quick:
             fns["compiled"] = torch.compile(eager)
+        if not offsets and _hopper_kernel_available():
+            # The Hopper kernel forced, pooling in its epilogue ("fused" is the default plan).
+            code = ok.backend.ALGOS["wgmma"]
+            fns["fused_wgmma"] = lambda x, wt, b, g, pool=pool, code=code: (
+                torch.ops.overfeat_kernels.conv3x3.default(x, wt, b, 1, True, [code, 0, 0], pool)
+            )
         for n in batches:
             nbytes = fused_bytes(n, c, k, h, w, pool, offsets, elem)
             make = functools.partial(conv_inputs, n, c, k, h, w, dtype, torch.channels_last)

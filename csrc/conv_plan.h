@@ -127,7 +127,7 @@ struct ConvProblem {
   bool grad_output_nhwc = false;  // grad_output (and the ReLU output it is masked with)
   bool relu_output_nhwc = false;
   bool masked = false;            // the gradient passes a ReLU (relu_output given)
-  bool fused_pool = false;        // forward: the call max-pools the output (conv_pool.h)
+  int fused_pool = 0;  // forward: the window (2, 3) a kernel's epilogue max-pools (conv_pool.h)
   int64_t out_h() const { return h + 2 * padding - 2; }
   int64_t out_w() const { return w + 2 * padding - 2; }
 };
@@ -200,29 +200,50 @@ inline constexpr bool kOursPrefersWgmma = false;
 struct WgmmaConfig {
   int block_h = 0, block_w = 0;  // the tile's pixels: a block_h x block_w block of one image
   int split = 1;                 // split-K parts per tile (1: none)
+  int pool = 0;                  // the epilogue max-pools pool x pool windows (0: none)
 };
 
+// The pixel blocks the Hopper kernel may take, in order of preference (the squarer first:
+// the nine taps' shifted boxes overlap most), by pool: 128 pixels; for pool 2 those whose
+// sides are even; for pool 3, 126 pixels (14 windows) with sides multiples of 3.
+struct WgmmaBlock {
+  int h, w;
+};
+inline constexpr WgmmaBlock kWgmmaBlocks[] = {{8, 16}, {4, 32}, {16, 8}, {2, 64}, {1, 128}};
+inline constexpr WgmmaBlock kWgmmaBlocksPool3[] = {{6, 21}, {3, 42}, {21, 6}, {42, 3}};
+
 // The Hopper kernel's tiles for n images of out_h x out_w pixels, k filters and `slices`
-// reduction steps (taps x channel slices) on `sms` SMs. Pure: tested from Python.
-// - The pixel block (128 pixels; one TMA box per tap) whose blocks cover the map with the
-//   fewest tiles; ties go to the squarer block (16 wide first: its shifted boxes for the
-//   nine taps overlap most).
+// reduction steps (taps x channel slices) on `sms` SMs; `pool` (2, 3): the epilogue pools
+// and the blocks cover the pixels that whole windows take (out_h / pool · pool rows, and
+// columns alike). Pure: tested from Python.
+// - The pixel block (kWgmmaBlocks; one TMA box per tap) whose blocks cover the map with
+//   the fewest tiles; ties go to the earlier, squarer block.
 // - Split-K when the tiles would occupy at most half of the SMs (VGG's 14 x 14 and 28 x 28
 //   maps at batch 1): as many parts as fill the SMs, at most kWgmmaMaxSplit and at least 4
 //   slices each (the pipeline's depth), no part empty. The parts' fp32 tiles are added in
 //   order by a second kernel, so results do not depend on the schedule.
 inline WgmmaConfig choose_wgmma_config(int64_t n, int64_t out_h, int64_t out_w, int64_t k,
-                                       int64_t slices, int64_t sms) {
+                                       int64_t slices, int64_t sms, int pool = 0) {
   WgmmaConfig c;
+  c.pool = pool;
+  if (pool != 0) {
+    out_h = out_h / pool * pool;
+    out_w = out_w / pool * pool;
+  }
   int64_t best = -1;
-  for (const int bw : {16, 32, 8, 64, 128}) {
-    const int bh = kWgmmaTileM / bw;
-    const int64_t blocks = plan_ceil_div(out_h, bh) * plan_ceil_div(out_w, bw);
+  const auto consider = [&](const WgmmaBlock& b) {
+    if (pool != 0 && (b.h % pool != 0 || b.w % pool != 0)) return;
+    const int64_t blocks = plan_ceil_div(out_h, b.h) * plan_ceil_div(out_w, b.w);
     if (best < 0 || blocks < best) {
       best = blocks;
-      c.block_h = bh;
-      c.block_w = bw;
+      c.block_h = b.h;
+      c.block_w = b.w;
     }
+  };
+  if (pool == 3) {
+    for (const WgmmaBlock& b : kWgmmaBlocksPool3) consider(b);
+  } else {
+    for (const WgmmaBlock& b : kWgmmaBlocks) consider(b);
   }
   const int64_t tiles = n * best * plan_ceil_div(k, kWgmmaTileN);
   if (tiles > 0 && 2 * tiles <= sms && slices >= 8) {
@@ -322,9 +343,9 @@ inline DirectionPlan plan_direction(const ConvProblem& p, ConvDirection d, int64
                     "float16, and float32 when torch.backends.cudnn.allow_tf32 is set, on "
                     "compute capability 8.0 or newer, with sizes that fit 32-bit offsets)");
   // The Hopper kernel: the forward and grad-input on compute capability 9.0 (its sm_90a
-  // code runs there only) of a build that has it. TMA's coordinates are 32-bit: the images must fit. Our
-  // heuristic takes it only with kOursPrefersWgmma (and never where the mma.sync kernel
-  // pools in its epilogue); "auto" times it as a candidate either way.
+  // code runs there only) of a build that has it. TMA's coordinates are 32-bit: the images
+  // must fit. Our heuristic takes it only with kOursPrefersWgmma; "auto" times it as a
+  // candidate either way. Both kernels pool in their epilogue (p.fused_pool).
   const bool wgmma_possible = d != ConvDirection::kGradWeight && possible &&
                               dev.capability == 90 && dev.sm90a && p.n < INT32_MAX;
   TORCH_CHECK_VALUE(algo != kAlgoWgmma || wgmma_possible, op, ": ", argument, " = ", algo, " (",
@@ -333,9 +354,8 @@ inline DirectionPlan plan_direction(const ConvProblem& p, ConvDirection d, int64
                     "forward and grad-input of bfloat16 and float16, and float32 when "
                     "torch.backends.cudnn.allow_tf32 is set, on compute capability 9.0 with a "
                     "build for sm_90a)");
-  if ((algo == kAlgoWgmma || (kOursPrefersWgmma && algo == kAlgoDefault && wgmma_possible &&
-                               !p.fused_pool)) &&
-      d == ConvDirection::kGradInput) {
+  const bool wgmma = algo == kAlgoWgmma || (kOursPrefersWgmma && algo == kAlgoDefault && wgmma_possible);
+  if (wgmma && d == ConvDirection::kGradInput) {
     // grad_output (masked by the ReLU as it lands) with the flipped, transposed filters.
     plan.kernel = ConvKernel::kWgmma;
     plan.channels = vector_channels(p.k, e);
@@ -347,8 +367,7 @@ inline DirectionPlan plan_direction(const ConvProblem& p, ConvDirection d, int64
                                      9 * plan_ceil_div(plan.channels * e, kWgmmaSliceBytes), dev.sms);
     return plan;
   }
-  if (algo == kAlgoWgmma ||
-      (kOursPrefersWgmma && algo == kAlgoDefault && wgmma_possible && !p.fused_pool)) {
+  if (wgmma) {
     // Few channels (one 16-byte vector: VGG's first layer): the nine taps' chunks of the
     // input, read in place or padded once to the vector, and tap-major filters [9][K][Cp].
     const bool chunks = p.c <= vector_elems(e);
@@ -358,7 +377,7 @@ inline DirectionPlan plan_direction(const ConvProblem& p, ConvDirection d, int64
     plan.copy_activations = !(p.input_nhwc && p.c == plan.channels);
     plan.pack_filters = chunks || !(p.weight_nhwc && p.c == plan.filter_channels);
     const int64_t slices = chunks ? 1 : 9 * plan_ceil_div(plan.channels * e, kWgmmaSliceBytes);
-    plan.wgmma = choose_wgmma_config(p.n, oh, ow, p.k, slices, dev.sms);
+    plan.wgmma = choose_wgmma_config(p.n, oh, ow, p.k, slices, dev.sms, p.fused_pool);
     return plan;
   }
   if (!(forced_tc || (algo == kAlgoDefault && possible))) {

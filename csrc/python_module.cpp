@@ -392,14 +392,17 @@ void add_conv_functions(py::module_ m) {
   m.attr("build_has_sm90a") = ok::kBuildHasSm90a;
   m.def(
       "wgmma_config",
-      [](int64_t n, int64_t out_h, int64_t out_w, int64_t k, int64_t slices, int64_t sms) {
-        const ok::WgmmaConfig c = ok::choose_wgmma_config(n, out_h, out_w, k, slices, sms);
+      [](int64_t n, int64_t out_h, int64_t out_w, int64_t k, int64_t slices, int64_t sms,
+         int pool) {
+        TORCH_CHECK_VALUE(pool == 0 || pool == 2 || pool == 3,
+                          "wgmma_config: pool must be 0, 2 or 3, got ", pool);
+        const ok::WgmmaConfig c = ok::choose_wgmma_config(n, out_h, out_w, k, slices, sms, pool);
         return py::make_tuple(c.block_h, c.block_w, c.split);
       },
       py::arg("n"), py::arg("out_h"), py::arg("out_w"), py::arg("k"), py::arg("slices"),
-      py::arg("sms"),
-      "The Hopper kernel's (block_h, block_w, split) for a forward (conv_plan.h, "
-      "choose_wgmma_config).");
+      py::arg("sms"), py::arg("pool") = 0,
+      "The Hopper kernel's (block_h, block_w, split) for a forward whose epilogue pools "
+      "pool x pool windows (0: none) (conv_plan.h, choose_wgmma_config).");
   m.def(
       "conv_plan",
       [](const py::dict& problem, const std::string& direction, int64_t algo, bool gpu,
@@ -421,7 +424,7 @@ void add_conv_functions(py::module_ m) {
           else if (k == "grad_output_nhwc") p.grad_output_nhwc = value.cast<bool>();
           else if (k == "relu_output_nhwc") p.relu_output_nhwc = value.cast<bool>();
           else if (k == "masked") p.masked = value.cast<bool>();
-          else if (k == "fused_pool") p.fused_pool = value.cast<bool>();
+          else if (k == "fused_pool") p.fused_pool = value.cast<int>();
           else TORCH_CHECK_VALUE(false, "conv_plan: unknown problem field '", k, "'");
         }
         const ok::ConvDirection d = direction_of(direction);

@@ -117,6 +117,7 @@ def test_forward(cfg, dtype):
     chunks = cfg[1] <= (4 if dtype == TF32 else 8)
     kernels = [k for k in launches if WGMMA in k]
     assert all(k.split("<", 1)[1].split(",")[1].strip() == str(chunks).lower() for k in kernels)
+    assert all(k.replace(" ", "").endswith(",false,false>") for k in kernels)  # kMasked, kPool
     assert out.shape == (cfg[0], cfg[2], cfg[3] + 2 * pad - 2, cfg[4] + 2 * pad - 2)
     if cfg[6] == "channels_last":
         assert out.is_contiguous(memory_format=torch.channels_last)
@@ -157,7 +158,8 @@ def test_grad_input(cfg, dtype, masked):
         )
     launches = simulator.launch_counts()
     names = [k.replace(" ", "") for k in launches if WGMMA in k]
-    assert names and all(k.endswith(f",{str(masked).lower()}>") for k in names), launches
+    # The last two switches: kMasked, kPool (grad-input never pools).
+    assert names and all(k.endswith(f",{str(masked).lower()},false>") for k in names), launches
     assert gi.shape == x.shape
     # grad-input = conv3x3(grad · (mask > 0), weight flipped and transposed, 2 - pad).
     g = grad if mask is None else torch.where(mask > 0, grad, torch.zeros((), dtype=grad.dtype))
@@ -247,6 +249,43 @@ def test_default_stays_on_the_mma_sync_kernel_until_measured():
 )
 def test_tile_configuration(args, expected):
     assert _C.wgmma_config(*args) == expected
+
+
+# Pooling in the epilogue: blocks of whole windows over the pixels windows take (the map cut
+# to multiples of the pool); 3 x 3 windows: blocks of 126 pixels (14 windows).
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ((1, 224, 224, 64, 9, 132, 2), (8, 16, 1)),  # VGG conv1_2 + pool1
+        ((1, 224, 224, 64, 9, 132, 3), (6, 21, 1)),  # 222 x 222: 37 x 11 blocks (21 x 6 ties)
+        ((1, 14, 14, 512, 72, 132, 2), (8, 16, 8)),  # conv5_3 + pool5 at batch 1: split 8
+        ((1, 13, 13, 64, 9, 132, 2), (8, 16, 2)),  # 12 x 12: 2 blocks
+        ((1, 7, 7, 17, 36, 132, 3), (6, 21, 8)),  # 6 x 6: one block
+        ((1, 5, 100, 8, 9, 132, 2), (4, 32, 2)),  # 4 x 100: 4 x 32 and 2 x 64 tie at 4
+        ((1, 100, 5, 8, 9, 132, 3), (42, 3, 2)),  # 99 x 3: three 42 x 3 blocks
+        ((1, 1, 128, 8, 9, 132, 0), (1, 128, 2)),  # unpooled: a 1 x 128 block
+        ((1, 2, 128, 8, 9, 132, 2), (2, 64, 2)),  # pool 2: no 1-high block
+    ],
+)
+def test_tile_configuration_when_pooling(args, expected):
+    bh, bw, split = _C.wgmma_config(*args)
+    assert (bh, bw, split) == expected
+    pool = args[-1]
+    if pool:
+        assert bh % pool == 0 and bw % pool == 0 and bh * bw == 128 // pool**2 * pool**2
+
+
+def test_tile_configuration_rejects_other_pools():
+    with pytest.raises(ValueError, match="pool must be 0, 2 or 3, got 4"):
+        _C.wgmma_config(1, 8, 8, 8, 9, 132, 4)
+
+
+def test_plan_of_a_pooled_forward():
+    problem = dict(n=1, c=64, h=30, w=30, k=64, element_size=2, dtype="torch.bfloat16",
+                   tensor_core_dtype=True, input_nhwc=True, weight_nhwc=True)  # fmt: skip
+    for pool, block in [(0, (8, 16)), (2, (8, 16)), (3, (6, 21))]:
+        plan = _C.conv_plan({**problem, "fused_pool": pool}, "forward", 5, True, 90, 132)
+        assert plan["kernel"] == "wgmma" and plan["wgmma_block"] == block, (pool, plan)
 
 
 def test_plan_places_it_on_compute_capability_9_0_only():

@@ -282,6 +282,113 @@ def test_sim_gradients_equal_the_composition():
         assert torch.equal(a, r)
 
 
+# The Hopper kernel (algos [5, 0, 0]) pools in its epilogue too: its blocks hold whole
+# windows (2 x 2 in blocks of 128 pixels; 3 x 3 in blocks of 126, whose A tile's last two
+# rows are never loaded and hold poison in the simulator), both consumer warpgroups reduce
+# the staged tile; split-K's reduction kernel pools the summed parts.
+WGMMA = "conv3x3_wgmma_kernel"
+REDUCE = "split_reduce_kernel"
+# (N, C, K, H, W, padding, layout, pool, relu): split-K, one part with more work units than
+# the simulator's 132 SMs (persistent CTAs take a second tile), tap chunks (C <= 8; tf32
+# C <= 4), pools 2 and 3, odd maps whose trailing rows and columns no window takes.
+WGMMA_CASES = [
+    (2, 16, 17, 13, 11, 1, "channels_last", 2, True),  # split 2
+    (1, 17, 16, 14, 15, 0, "nchw", 3, False),  # split 2, 6 x 21 blocks
+    (2, 3, 24, 17, 10, 1, "channels_last", 3, True),  # tap chunks
+    (1, 8, 16, 9, 14, 0, "strided", 2, True),  # tap chunks (tf32: slices, split 2)
+    (5, 16, 136, 34, 34, 1, "channels_last", 2, True),  # 150 units, one part
+    (4, 16, 136, 33, 33, 1, "nchw", 3, True),  # 88 units (3 x 42 blocks), one part
+]
+
+
+def _wgmma_slices(c, dtype):
+    e = 4 if dtype == TF32 else 2
+    if c * e <= 16:
+        return 1
+    cp_bytes = -(-c * e // 16) * 16  # channels padded to 16-byte vectors
+    return 9 * -(-cp_bytes // 128)  # taps x 128-byte slices
+
+
+def _wgmma_plan(case, dtype, pool):
+    """(block_h, block_w, split, work units) the plan takes for the call (pool 0: unfused)."""
+    from overfeat_kernels.ops._ext import _C
+
+    n, c, k, h, w, pad = case[:6]
+    oh, ow = h + 2 * pad - 2, w + 2 * pad - 2
+    bh, bw, split = _C.wgmma_config(n, oh, ow, k, _wgmma_slices(c, dtype), 132, pool)
+    if pool:
+        oh, ow = oh // pool * pool, ow // pool * pool
+    return bh, bw, split, n * -(-oh // bh) * -(-ow // bw) * -(-k // 128) * split
+
+
+def test_wgmma_cases_cover_split_k_one_part_persistent_and_tap_chunks():
+    plans = [_wgmma_plan(c, torch.bfloat16, c[7]) for c in WGMMA_CASES]
+    assert any(p[2] > 1 for p in plans) and any(p[2] == 1 for p in plans)
+    assert any(p[3] > 132 for p in plans)
+    assert any(c[1] <= 8 for c in WGMMA_CASES) and {c[7] for c in WGMMA_CASES} == {2, 3}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, TF32], ids=str)
+@pytest.mark.parametrize("case", WGMMA_CASES, ids=str)
+@pytest.mark.usefixtures("_tf32_on")
+@pytest.mark.sim
+@pytest.mark.skipif(not simulator.available(), reason="CUDA simulator not built")
+def test_sim_wgmma_epilogue_pool_bit_equal_to_unfused(case, dtype):
+    n, c, k, h, w, pad, layout, pool, relu = case
+    # Same split-K in both calls (the parts' sums are the same), so the same conv bits.
+    fused_plan, unfused_plan = _wgmma_plan(case, dtype, pool), _wgmma_plan(case, dtype, 0)
+    assert fused_plan[2] == unfused_plan[2], (fused_plan, unfused_plan)
+    x, wt, b = _inputs(n, c, k, h, w, _sim_dtype(dtype), layout)
+    x[0, 0, 2, 3] = float("nan")
+    x[n - 1, c - 1, h - 1, w - 1] = float("nan")
+    simulator.reset_launch_counts()
+    with simulator.simulate_cuda():
+        fused = OP(x, wt, b, pad, relu, [5, 0, 0], pool, False)
+        fused_launches = simulator.launch_counts()
+        unfused = OP(x, wt, b, pad, relu, [5, 0, 0])
+    ref = F.max_pool2d(unfused, pool)
+    # The kernel's switches: <T, kTapChunks, kOutChannelsLast, kMasked, kPool>.
+    kernels = [name.replace(" ", "") for name in fused_launches if WGMMA in name]
+    assert kernels and all(name.endswith(",false,true>") for name in kernels), fused_launches
+    chunks = c * (4 if dtype == TF32 else 2) <= 16
+    assert all(name.split(",")[1] == str(chunks).lower() for name in kernels), kernels
+    assert any(REDUCE in name for name in fused_launches) == (fused_plan[2] > 1)
+    assert fused.shape == ref.shape
+    if layout == "channels_last":
+        assert fused.is_contiguous(memory_format=torch.channels_last)
+    elif layout == "nchw":
+        assert fused.is_contiguous()
+    assert _same_bits(fused, ref)
+    assert fused.isnan().any()
+
+
+@pytest.mark.usefixtures("_tf32_on")
+@pytest.mark.sim
+@pytest.mark.skipif(not simulator.available(), reason="CUDA simulator not built")
+@pytest.mark.parametrize("pool", [2, 3])
+def test_sim_wgmma_tied_maxima(pool):
+    # Integer weights and inputs: many equal maxima (signed zeros among them after ReLU).
+    x, wt, _ = _inputs(1, 16, 16, 13, 14, torch.bfloat16, "channels_last", values="ties")
+    with simulator.simulate_cuda():
+        fused = OP(x, wt, None, 1, True, [5, 0, 0], pool, False)
+        unfused = OP(x, wt, None, 1, True, [5, 0, 0])
+    assert _same_bits(fused, F.max_pool2d(unfused, pool))
+
+
+@pytest.mark.usefixtures("_tf32_on")
+@pytest.mark.sim
+@pytest.mark.skipif(not simulator.available(), reason="CUDA simulator not built")
+@pytest.mark.parametrize("case", [WGMMA_CASES[1], WGMMA_CASES[2]], ids=str)
+def test_sim_wgmma_pool_schedule_independent(case):
+    n, c, k, h, w, pad, layout, pool, relu = case
+    x, wt, b = _inputs(n, c, k, h, w, torch.bfloat16, layout)
+
+    def calls():
+        return [OP(x, wt, b, pad, relu, [5, 0, 0], pool, False)]
+
+    simulator.assert_schedule_independent(calls)
+
+
 @pytest.fixture
 def _tf32_on():
     old = torch.backends.cudnn.allow_tf32
@@ -454,8 +561,15 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 @pytest.mark.usefixtures("_tf32_on")
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, TF32], ids=str)
-@pytest.mark.parametrize(("pool", "algos"), [(2, [2, 2, 0]), (3, [3, 3, 0]), (2, None)])
+@pytest.mark.parametrize(
+    ("pool", "algos"), [(2, [2, 2, 0]), (3, [3, 3, 0]), (2, None), (2, [5, 0, 0]), (3, [5, 0, 0])]
+)
 def test_gpu_epilogue_pool_bit_equal_to_unfused(pool, algos, dtype, layout):
+    if algos == [5, 0, 0]:
+        from overfeat_kernels.ops._ext import _C
+
+        if torch.cuda.get_device_capability() != (9, 0) or not _C.build_has_sm90a:
+            pytest.skip("the Hopper kernel runs on compute capability 9.0 in an sm_90a build")
     x, wt, b = _inputs(2, 64, 72, 57, 43, _sim_dtype(dtype), layout)
     x[0, 3, 10, 11] = float("nan")
     x, wt, b = x.cuda(), wt.cuda(), b.cuda()

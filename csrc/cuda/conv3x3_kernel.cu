@@ -495,13 +495,14 @@ at::Tensor conv3x3_cuda(const at::Tensor& input, const at::Tensor& weight,
   const int64_t out_h = input.size(2) + 2 * padding - 2, out_w = input.size(3) + 2 * padding - 2;
   if (input.size(0) == 0) return empty_in_format_of(pooled_size, input);
   ConvProblem problem = conv_problem(input, weight, padding);
-  problem.fused_pool = pool_in_epilogue(pool, pool_offsets);
+  problem.fused_pool = pool_in_epilogue(pool, pool_offsets) ? static_cast<int>(pool) : 0;
   const DirectionPlan plan =
       plan_direction(problem, ConvDirection::kForward, algos[0], true, device_info(), "conv3x3",
                      algo_argument(ConvDirection::kForward, false));
   // The tensor-core kernels pool in their epilogue where they can; the rest composes.
   const bool tensor_cores =
-      plan.kernel == ConvKernel::kImplicitGemm || plan.kernel == ConvKernel::kUnfolded;
+      plan.kernel == ConvKernel::kImplicitGemm || plan.kernel == ConvKernel::kUnfolded ||
+      plan.kernel == ConvKernel::kWgmma || plan.kernel == ConvKernel::kWgmmaTapChunks;
   const int64_t fused_pool = tensor_cores && pool_in_epilogue(pool, pool_offsets) ? pool : 0;
   at::Tensor out = empty_in_format_of(
       fused_pool != 0 ? pooled_size : std::vector<int64_t>{input.size(0), weight.size(0), out_h, out_w},

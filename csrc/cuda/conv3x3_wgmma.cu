@@ -77,11 +77,18 @@ void wgmma_conv(const at::Tensor& in_nhwc, const at::Tensor& filt, const at::Ten
                                          cp * int64_t(sizeof(T)) == kChunkBytes
                                    : filt.dim() == 4 && filt.size(1) == 3 && filt.size(2) == 3 &&
                                          cp <= filt.size(3));
-  const int64_t out_h = out.size(2), out_w = out.size(3);
-  TORCH_INTERNAL_ASSERT(out_h == h + 2 * pad - 2 && out_w == w + 2 * pad - 2);
+  // The conv pixels the tiles cover: all, or (pooling) those the windows take.
+  const int64_t pool = cfg.pool, conv_h = h + 2 * pad - 2, conv_w = w + 2 * pad - 2;
+  const int64_t out_h = pool == 0 ? conv_h : conv_h / pool * pool;
+  const int64_t out_w = pool == 0 ? conv_w : conv_w / pool * pool;
+  TORCH_INTERNAL_ASSERT(pool == 0 ? out.size(2) == conv_h && out.size(3) == conv_w
+                                  : (pool == 2 || pool == 3) && out.size(2) == conv_h / pool &&
+                                        out.size(3) == conv_w / pool);
   if (n == 0 || k == 0 || out_h <= 0 || out_w <= 0) return;
-  TORCH_INTERNAL_ASSERT(cfg.block_h * cfg.block_w == kBM && cfg.split >= 1);
-  TORCH_INTERNAL_ASSERT(!mask.defined() || (!tap_chunks && !relu && !bias.defined() &&
+  TORCH_INTERNAL_ASSERT(cfg.block_h * cfg.block_w <= kBM && cfg.split >= 1 &&
+                        (pool == 0 ? cfg.block_h * cfg.block_w == kBM
+                                   : cfg.block_h % pool == 0 && cfg.block_w % pool == 0));
+  TORCH_INTERNAL_ASSERT(!mask.defined() || (!tap_chunks && !relu && !bias.defined() && pool == 0 &&
                                             mask.is_contiguous() && mask.sizes() == in_nhwc.sizes()));
   const uint32_t bw = cfg.block_w, bh = cfg.block_h;
 
@@ -106,8 +113,14 @@ void wgmma_conv(const at::Tensor& in_nhwc, const at::Tensor& filt, const at::Ten
   p.bias = bias.defined() ? bias.const_data_ptr<T>() : nullptr;
   p.out = out.mutable_data_ptr<T>();
   p.out_s = strides4(out);
+  // A slot's bytes: the boxes of A (block_h·block_w rows; the rest of the kBM rows are not
+  // loaded) and the mask, B's box (kBN rows, out-of-bound ones zero-filled and counted).
+  const uint32_t rows = bh * bw;
+  p.slot_tx = tap_chunks ? kChunks * rows * kChunkBytes + kChunkBBytes
+                         : (mask.defined() ? 2 : 1) * rows * kSliceBytes + kBBytes;
   p.pad = static_cast<int>(pad);
   p.split = cfg.split;
+  p.pool = static_cast<int>(pool);
   p.relu = relu;
   // Every part reduces at least one slice (choose_wgmma_config's split): an empty part
   // would have nothing to retire and release.
@@ -124,20 +137,26 @@ void wgmma_conv(const at::Tensor& in_nhwc, const at::Tensor& filt, const at::Ten
   bool_switch(tap_chunks, [&](auto chunks) {
     bool_switch(out_channels_last, [&](auto cl) {
       bool_switch(mask.defined(), [&](auto masked) {
-        constexpr bool kTapChunks = std::remove_reference_t<decltype(chunks)>::value;
-        constexpr bool kMasked = std::remove_reference_t<decltype(masked)>::value;
-        if constexpr (!(kTapChunks && kMasked)) {  // grad-input reads slices
-          constexpr auto kernel = conv3x3_wgmma_kernel<T, kTapChunks,
-                                                       std::remove_reference_t<decltype(cl)>::value, kMasked>;
-          constexpr size_t smem = smem_bytes<T, kMasked, kTapChunks>();
-          allow_dynamic_smem<kernel>(smem);
-          launch_kernel<kernel>(grid, kThreads, smem, stream, p);
-        }
+        bool_switch(pool != 0, [&](auto pooled) {
+          constexpr bool kTapChunks = std::remove_reference_t<decltype(chunks)>::value;
+          constexpr bool kMasked = std::remove_reference_t<decltype(masked)>::value;
+          constexpr bool kPool = std::remove_reference_t<decltype(pooled)>::value;
+          // Grad-input reads slices and never pools.
+          if constexpr (!(kTapChunks && kMasked) && !(kMasked && kPool)) {
+            constexpr auto kernel =
+                conv3x3_wgmma_kernel<T, kTapChunks, std::remove_reference_t<decltype(cl)>::value,
+                                     kMasked, kPool>;
+            constexpr size_t smem = smem_bytes<T, kMasked, kTapChunks>();
+            allow_dynamic_smem<kernel>(smem);
+            launch_kernel<kernel>(grid, kThreads, smem, stream, p);
+          }
+        });
       });
     });
   });
   if (p.split > 1) {
-    launch_kernel<split_reduce_kernel<T>>(elementwise_blocks(p.blocks.tiles * kBM * kBN),
+    const int per_tile = pool == 0 ? kBM : block_windows(p.blocks, p.pool);
+    launch_kernel<split_reduce_kernel<T>>(elementwise_blocks(p.blocks.tiles * per_tile * kBN),
                                           kElementwiseThreads, 0, stream, p);
   }
 }

@@ -51,6 +51,15 @@
 // to wgmma's async proxy) and a warpgroup mbarrier before the wgmma. A masked slot holds
 // 48 KB: the ring has 3 slots then, to fit the epilogue's staging in 227 KB.
 //
+// Pooling (kPool; conv_pool.h's fused pool, k = 2 or 3): the blocks cover the conv pixels
+// that windows take, bh and bw multiples of k (8 x 16 and the like for k = 2; 6 x 21, 3 x 42,
+// 21 x 6 or 42 x 3, 126 pixels, for k = 3: the box fills 126 rows of A, the last two rows
+// hold whatever the slot held and their accumulators are never read). The two consumers
+// stage their halves, meet on a 256-thread mbarrier (a window may straddle the halves),
+// reduce the tile's (bh / k) x (bw / k) windows as F.max_pool2d does
+// (conv_epilogue.cuh, store_pooled_tile) and store only the pooled map; with split-K,
+// split_reduce_kernel pools the summed parts the same way.
+//
 // The kernels compile to their bodies for sm_90a only (and in the simulator); other
 // targets get an empty kernel, which the plan never launches (conv_plan.h).
 #pragma once
@@ -64,6 +73,7 @@
 #include "cuda_headers.cuh"
 #include "dynamic_smem.cuh"
 #include "hopper_layouts.cuh"
+#include "launch.cuh"
 #include "mbarrier.cuh"
 #include "relu_mask.cuh"
 #include "tma.cuh"
@@ -131,12 +141,14 @@ struct Params {
   tma::TensorMap filt_map;  // 3-D (channels, tap, filter), box (slice, 1, kBN);
                             // kTapChunks: (channels, filter, tap), box (cp, kBN, 10)
   tma::TensorMap mask_map;  // kMasked: the ReLU output, as in_map
-  PixelBlocks blocks;
+  PixelBlocks blocks;        // pooling: over the conv pixels the windows take
+  uint32_t slot_tx;          // the bytes one slot's loads bring (its full barrier's tx)
   const T* bias;            // [k] or null
-  T* out;                   // the output, strides out_s (split == 1)
+  T* out;                   // the output (pooling: the pooled map), strides out_s
   Strides4 out_s;
   float* partial;           // split > 1: [tiles · split][kBM][kBN] fp32
   int pad, c_slices, split;
+  int pool;                 // kPool: the window, 2 or 3 (0: none)
   bool relu;
 };
 
@@ -154,15 +166,17 @@ __device__ __forceinline__ RingPos ring_pos(uint32_t it) {
 
 // kTapChunks: few input channels (Cp = one 16-byte vector: C <= 8 for bf16 / fp16, <= 4 for
 // tf32; VGG's first layer), see "Few channels" above. kOutChannelsLast: the output is dense
-// channels_last. kMasked: grad-input through a ReLU (mask_map).
-template <typename T, bool kTapChunks, bool kOutChannelsLast, bool kMasked>
+// channels_last. kMasked: grad-input through a ReLU (mask_map). kPool: the epilogue pools
+// (Params::pool).
+template <typename T, bool kTapChunks, bool kOutChannelsLast, bool kMasked, bool kPool>
 __global__ void __launch_bounds__(kThreads, 1)
     conv3x3_wgmma_kernel(const __grid_constant__ Params<T> p) {
 #ifdef OVERFEAT_WGMMA_CONV_BODY
   static_assert(!(kTapChunks && kMasked), "grad-input reads slices");
+  static_assert(!(kMasked && kPool), "grad-input does not pool");
   constexpr int kSlots = kStages<kMasked, kTapChunks>;
   constexpr uint32_t kSlotBytes = kStageBytes<kMasked, kTapChunks>;
-  __shared__ __align__(8) uint64_t full[kSlots], empty[kSlots], staged[2], masked[2];
+  __shared__ __align__(8) uint64_t full[kSlots], empty[kSlots], staged[2], masked[2], pooled;
   unsigned char* ring = align_up(dynamic_shared_memory<unsigned char>(), 1024);
   const int t = threadIdx.x, wg = t / 128;
   if (t == 0) {
@@ -174,6 +188,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     mbarrier_init(&staged[1], 128);
     mbarrier_init(&masked[0], 128);    // kMasked: a warpgroup's rows of A masked
     mbarrier_init(&masked[1], 128);
+    mbarrier_init(&pooled, 256);       // kPool: both consumers' epilogue steps
     mbarrier_fence_init();
   }
   __syncthreads();
@@ -194,7 +209,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           const RingPos pos = ring_pos<kSlots>(it);
           if (pos.use > 0) mbarrier_wait_parity(&empty[pos.slot], (pos.use - 1) & 1);
           unsigned char* a = ring + pos.slot * kSlotBytes;
-          mbarrier_arrive_expect_tx(&full[pos.slot], kSlotBytes);
+          mbarrier_arrive_expect_tx(&full[pos.slot], p.slot_tx);
           if constexpr (kTapChunks) {
             // All 9 taps' boxes (the block shifted by (r - pad, s - pad), zeros outside),
             // then a tenth past the last image: all zeros, K's padding to whole k-steps.
@@ -228,7 +243,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int half = wg - 1, ct = t - 128 * wg;  // rows 64·half .. of the tile; thread in group
   T* stage = reinterpret_cast<T*>(ring + kSlots * kSlotBytes) + half * (kBM / 2) * kStageStride<T>;
   float acc[kBN / 2];
-  uint32_t it = 0, staged_phase = 0, masked_phase = 0;
+  uint32_t it = 0, staged_phase = 0, masked_phase = 0, pooled_phase = 0;
   for (int64_t u = blockIdx.x; u < units; u += gridDim.x) {
     const BlockTile tile = block_tile(p.blocks, u / p.split);
     const SliceRange r = split_slices(slices, p.split, static_cast<int>(u % p.split));
@@ -307,37 +322,75 @@ __global__ void __launch_bounds__(kThreads, 1)
       stage[q.row * kStageStride<T> + q.col] = epilogue::epilogue_value<T>(acc[i], b0, p.relu);
       stage[q.row * kStageStride<T> + q.col + 1] = epilogue::epilogue_value<T>(acc[i + 1], b1, p.relu);
     }
-    mbarrier_arrive(&staged[half]);
-    mbarrier_wait_parity(&staged[half], staged_phase);
-    staged_phase ^= 1;
-    epilogue::store_staged_tile<T, kBN, kOutChannelsLast>(
-        stage, kStageStride<T>, kBM / 2, ct, 128, p.out, p.out_s, tile.k0, p.blocks.k,
-        [&](int row) { return block_row_pixel(p.blocks, tile, half * (kBM / 2) + row); });
-    mbarrier_arrive(&staged[half]);
-    mbarrier_wait_parity(&staged[half], staged_phase);
-    staged_phase ^= 1;
+    if constexpr (kPool) {
+      // A window may straddle the halves: both consumers meet, then pool the whole tile
+      // (staged rows 0 .. kBM - 1: the halves' staging tiles are adjacent).
+      const T* tile_stage = stage - half * (kBM / 2) * kStageStride<T>;
+      mbarrier_arrive(&pooled);
+      mbarrier_wait_parity(&pooled, pooled_phase);
+      pooled_phase ^= 1;
+      epilogue::store_pooled_tile<T, kBN, kOutChannelsLast>(
+          tile_stage, kStageStride<T>, block_windows(p.blocks, p.pool), p.pool, p.blocks.bw,
+          t - 128, 256, p.out, p.out_s, tile.k0, p.blocks.k,
+          [&](int win) { return block_window(p.blocks, tile, p.pool, win); });
+      mbarrier_arrive(&pooled);
+      mbarrier_wait_parity(&pooled, pooled_phase);
+      pooled_phase ^= 1;
+    } else {
+      mbarrier_arrive(&staged[half]);
+      mbarrier_wait_parity(&staged[half], staged_phase);
+      staged_phase ^= 1;
+      epilogue::store_staged_tile<T, kBN, kOutChannelsLast>(
+          stage, kStageStride<T>, kBM / 2, ct, 128, p.out, p.out_s, tile.k0, p.blocks.k,
+          [&](int row) { return block_row_pixel(p.blocks, tile, half * (kBM / 2) + row); });
+      mbarrier_arrive(&staged[half]);
+      mbarrier_wait_parity(&staged[half], staged_phase);
+      staged_phase ^= 1;
+    }
   }
 #endif
 }
 
 // Split-K's second pass: element (row, col) of tile `tile` is the sum of the split parts'
-// partial tiles in part order, then the epilogue. One thread per element of the tiles.
+// partial tiles in part order, then the epilogue; pooling, each window's max of those
+// (window_max's order and rule). One thread per element of the tiles, or per window and
+// filter.
 template <typename T>
 __global__ void split_reduce_kernel(const Params<T> p) {
-  const int64_t total = p.blocks.tiles * kBM * kBN;
-  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
-       e += int64_t(gridDim.x) * blockDim.x) {
-    const int col = static_cast<int>(e % kBN), row = static_cast<int>((e / kBN) % kBM);
-    const int64_t tile_index = e / (kBM * kBN);
+  const int per_tile = p.pool == 0 ? kBM : block_windows(p.blocks, p.pool);
+  const int64_t total = p.blocks.tiles * per_tile * kBN;
+  for (int64_t e = global_thread_index(); e < total; e += grid_stride()) {
+    const int col = static_cast<int>(e % kBN), j = static_cast<int>((e / kBN) % per_tile);
+    const int64_t tile_index = e / (int64_t(per_tile) * kBN);
     const BlockTile tile = block_tile(p.blocks, tile_index);
     const int kc = tile.k0 + col;
-    const RowPixel px = block_row_pixel(p.blocks, tile, row);
-    if (!px.valid || kc >= p.blocks.k) continue;
-    const float* part = p.partial + tile_index * p.split * (kBM * kBN) + row * kBN + col;
-    float sum = 0.f;
-    for (int s = 0; s < p.split; ++s) sum += part[s * (kBM * kBN)];
+    if (kc >= p.blocks.k) continue;
     const float b = p.bias != nullptr ? static_cast<float>(p.bias[kc]) : 0.f;
-    p.out[offset_of(p.out_s, px.img, kc, px.y, px.x)] = epilogue::epilogue_value<T>(sum, b, p.relu);
+    const float* parts = p.partial + tile_index * p.split * (kBM * kBN) + col;
+    const auto value = [&](int row) {
+      float sum = 0.f;
+      for (int s = 0; s < p.split; ++s) sum += parts[s * (kBM * kBN) + row * kBN];
+      return epilogue::epilogue_value<T>(sum, b, p.relu);
+    };
+    if (p.pool == 0) {
+      const RowPixel px = block_row_pixel(p.blocks, tile, j);
+      if (px.valid) p.out[offset_of(p.out_s, px.img, kc, px.y, px.x)] = value(j);
+      continue;
+    }
+    const PooledWindow wd = block_window(p.blocks, tile, p.pool, j);
+    if (!wd.valid) continue;
+    T best = value(wd.first_row);
+    float key = static_cast<float>(best);
+    for (int dy = 0; dy < p.pool; ++dy) {
+      for (int dx = dy == 0 ? 1 : 0; dx < p.pool; ++dx) {
+        const T v = value(wd.first_row + dy * p.blocks.bw + dx);
+        if (replaces_max(static_cast<float>(v), key)) {
+          best = v;
+          key = static_cast<float>(v);
+        }
+      }
+    }
+    p.out[offset_of(p.out_s, wd.img, kc, wd.y, wd.x)] = best;
   }
 }
 
