@@ -18,6 +18,7 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <string>
 
@@ -212,45 +213,60 @@ struct WgmmaBlock {
 inline constexpr WgmmaBlock kWgmmaBlocks[] = {{8, 16}, {4, 32}, {16, 8}, {2, 64}, {1, 128}};
 inline constexpr WgmmaBlock kWgmmaBlocksPool3[] = {{6, 21}, {3, 42}, {21, 6}, {42, 3}};
 
+// The block of `blocks` (in order; sides multiples of `pool` when pooling) that covers an
+// out_h x out_w map with the fewest blocks; ties go to the earlier, squarer block. `count`:
+// how many it takes.
+template <size_t kN>
+inline WgmmaBlock fewest_wgmma_blocks(const WgmmaBlock (&blocks)[kN], int64_t out_h,
+                                      int64_t out_w, int pool, int64_t* count) {
+  WgmmaBlock best{0, 0};
+  *count = -1;
+  for (const WgmmaBlock& b : blocks) {
+    if (pool != 0 && (b.h % pool != 0 || b.w % pool != 0)) continue;
+    const int64_t c = plan_ceil_div(out_h, b.h) * plan_ceil_div(out_w, b.w);
+    if (*count < 0 || c < *count) {
+      *count = c;
+      best = b;
+    }
+  }
+  return best;
+}
+
 // The Hopper kernel's tiles for n images of out_h x out_w pixels, k filters and `slices`
-// reduction steps (taps x channel slices) on `sms` SMs; `pool` (2, 3): the epilogue pools
-// and the blocks cover the pixels that whole windows take (out_h / pool · pool rows, and
-// columns alike). Pure: tested from Python.
-// - The pixel block (kWgmmaBlocks; one TMA box per tap) whose blocks cover the map with
-//   the fewest tiles; ties go to the earlier, squarer block.
+// reduction steps (taps x channel slices) on `sms` SMs; `pool` (2, 3): the epilogue pools.
+// Pure: tested from Python.
+// - The pixel block (one TMA box per tap) whose blocks cover the map with the fewest tiles
+//   (fewest_wgmma_blocks); pooling, over the pixels that whole windows take (out_h / pool ·
+//   pool rows, and columns alike), from kWgmmaBlocks (pool 2) or kWgmmaBlocksPool3.
 // - Split-K when the tiles would occupy at most half of the SMs (VGG's 14 x 14 and 28 x 28
 //   maps at batch 1): as many parts as fill the SMs, at most kWgmmaMaxSplit and at least 4
 //   slices each (the pipeline's depth), no part empty. The parts' fp32 tiles are added in
-//   order by a second kernel, so results do not depend on the schedule.
+//   order by a second kernel, so results do not depend on the schedule. A pooled call takes
+//   the unpooled call's split: the same parts add up to the same sums, so pooling in the
+//   epilogue gives F.max_pool2d of the unpooled call bit for bit.
 inline WgmmaConfig choose_wgmma_config(int64_t n, int64_t out_h, int64_t out_w, int64_t k,
                                        int64_t slices, int64_t sms, int pool = 0) {
   WgmmaConfig c;
   c.pool = pool;
-  if (pool != 0) {
-    out_h = out_h / pool * pool;
-    out_w = out_w / pool * pool;
-  }
-  int64_t best = -1;
-  const auto consider = [&](const WgmmaBlock& b) {
-    if (pool != 0 && (b.h % pool != 0 || b.w % pool != 0)) return;
-    const int64_t blocks = plan_ceil_div(out_h, b.h) * plan_ceil_div(out_w, b.w);
-    if (best < 0 || blocks < best) {
-      best = blocks;
-      c.block_h = b.h;
-      c.block_w = b.w;
-    }
-  };
-  if (pool == 3) {
-    for (const WgmmaBlock& b : kWgmmaBlocksPool3) consider(b);
-  } else {
-    for (const WgmmaBlock& b : kWgmmaBlocks) consider(b);
-  }
-  const int64_t tiles = n * best * plan_ceil_div(k, kWgmmaTileN);
+  int64_t blocks = 0;
+  const WgmmaBlock conv_block = fewest_wgmma_blocks(kWgmmaBlocks, out_h, out_w, 0, &blocks);
+  const int64_t tiles = n * blocks * plan_ceil_div(k, kWgmmaTileN);
   if (tiles > 0 && 2 * tiles <= sms && slices >= 8) {
     const int64_t split = std::min<int64_t>({sms / tiles, slices / 4, kWgmmaMaxSplit});
     const int64_t per = plan_ceil_div(slices, split);
     c.split = static_cast<int>(plan_ceil_div(slices, per));
   }
+  if (pool == 0) {
+    c.block_h = conv_block.h;
+    c.block_w = conv_block.w;
+    return c;
+  }
+  int64_t pooled_blocks = 0;
+  const int64_t ph = out_h / pool * pool, pw = out_w / pool * pool;
+  const WgmmaBlock b = pool == 3 ? fewest_wgmma_blocks(kWgmmaBlocksPool3, ph, pw, pool, &pooled_blocks)
+                                 : fewest_wgmma_blocks(kWgmmaBlocks, ph, pw, pool, &pooled_blocks);
+  c.block_h = b.h;
+  c.block_w = b.w;
   return c;
 }
 

@@ -427,6 +427,8 @@ void add_conv_functions(py::module_ m) {
           else if (k == "fused_pool") p.fused_pool = value.cast<int>();
           else TORCH_CHECK_VALUE(false, "conv_plan: unknown problem field '", k, "'");
         }
+        TORCH_CHECK_VALUE(p.fused_pool == 0 || p.fused_pool == 2 || p.fused_pool == 3,
+                          "conv_plan: fused_pool must be 0, 2 or 3, got ", p.fused_pool);
         const ok::ConvDirection d = direction_of(direction);
         ok::check_conv_algo(algo, "conv_plan", "algo", d);
         const ok::DirectionPlan plan =
@@ -444,6 +446,7 @@ void add_conv_functions(py::module_ m) {
         out["pack_filters"] = plan.pack_filters;
         out["wgmma_block"] = py::make_tuple(plan.wgmma.block_h, plan.wgmma.block_w);
         out["wgmma_split"] = plan.wgmma.split;
+        out["wgmma_pool"] = plan.wgmma.pool;
         return out;
       },
       py::arg("problem"), py::arg("direction"), py::arg("algo"), py::arg("gpu"),

@@ -11,6 +11,8 @@ their wait_group, the race detector.
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 from samples import make_map
@@ -281,11 +283,42 @@ def test_tile_configuration_rejects_other_pools():
 
 
 def test_plan_of_a_pooled_forward():
-    problem = dict(n=1, c=64, h=30, w=30, k=64, element_size=2, dtype="torch.bfloat16",
+    # A 3 x 128 conv map: one 1 x 128 block unpooled; pooled, blocks of whole windows.
+    problem = dict(n=1, c=64, h=3, w=128, k=64, element_size=2, dtype="torch.bfloat16",
                    tensor_core_dtype=True, input_nhwc=True, weight_nhwc=True)  # fmt: skip
-    for pool, block in [(0, (8, 16)), (2, (8, 16)), (3, (6, 21))]:
+    for pool, block in [(0, (1, 128)), (2, (2, 64)), (3, (3, 42))]:
         plan = _C.conv_plan({**problem, "fused_pool": pool}, "forward", 5, True, 90, 132)
         assert plan["kernel"] == "wgmma" and plan["wgmma_block"] == block, (pool, plan)
+        assert plan["wgmma_pool"] == pool and plan["wgmma_split"] == 2
+    for bad in (1, 4, -1, True):
+        with pytest.raises(ValueError, match="fused_pool must be 0, 2 or 3"):
+            _C.conv_plan({**problem, "fused_pool": bad}, "forward", 5, True, 90, 132)
+
+
+def test_a_pooled_call_takes_the_unpooled_split():
+    """Bit-equality with the unpooled call + F.max_pool2d needs the same split-K parts,
+    though the pooled call covers fewer pixels (fewer tiles)."""
+    rng = random.Random(0)
+    differ = 0
+    for _ in range(400):
+        n, h, w = rng.randint(1, 2), rng.randint(3, 80), rng.randint(3, 80)
+        k, slices = rng.randint(1, 300), rng.randint(1, 80)
+        plain = _C.wgmma_config(n, h, w, k, slices, 132)
+        for pool in (2, 3):
+            if h < pool or w < pool:
+                continue
+            bh, bw, split = _C.wgmma_config(n, h, w, k, slices, 132, pool)
+            assert split == plain[2], (n, h, w, k, slices, pool)
+            assert bh % pool == 0 and bw % pool == 0
+            # What the split rule would give the pooled tiles alone: differs in some cases.
+            ph, pw = h // pool * pool, w // pool * pool
+            tiles = n * -(-ph // bh) * -(-pw // bw) * -(-k // 128)
+            alone = 1
+            if 2 * tiles <= 132 and slices >= 8:
+                parts = min(132 // tiles, slices // 4, 8)
+                alone = -(-slices // -(-slices // parts))
+            differ += alone != split
+    assert differ > 0
 
 
 def test_plan_places_it_on_compute_capability_9_0_only():

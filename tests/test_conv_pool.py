@@ -297,7 +297,9 @@ WGMMA_CASES = [
     (2, 3, 24, 17, 10, 1, "channels_last", 3, True),  # tap chunks
     (1, 8, 16, 9, 14, 0, "strided", 2, True),  # tap chunks (tf32: slices, split 2)
     (5, 16, 136, 34, 34, 1, "channels_last", 2, True),  # 150 units, one part
-    (4, 16, 136, 33, 33, 1, "nchw", 3, True),  # 88 units (3 x 42 blocks), one part
+    (7, 16, 136, 33, 33, 1, "nchw", 3, True),  # 154 units (3 x 42 blocks), one part
+    # Fewer tiles pooled (24) than unpooled (40): the unpooled call's split-K (3) all the same.
+    (1, 40, 16, 49, 65, 1, "channels_last", 2, False),
 ]
 
 
@@ -324,7 +326,7 @@ def _wgmma_plan(case, dtype, pool):
 def test_wgmma_cases_cover_split_k_one_part_persistent_and_tap_chunks():
     plans = [_wgmma_plan(c, torch.bfloat16, c[7]) for c in WGMMA_CASES]
     assert any(p[2] > 1 for p in plans) and any(p[2] == 1 for p in plans)
-    assert any(p[3] > 132 for p in plans)
+    assert {c[7] for c, p in zip(WGMMA_CASES, plans, strict=True) if p[3] > 132} == {2, 3}
     assert any(c[1] <= 8 for c in WGMMA_CASES) and {c[7] for c in WGMMA_CASES} == {2, 3}
 
 
@@ -335,7 +337,8 @@ def test_wgmma_cases_cover_split_k_one_part_persistent_and_tap_chunks():
 @pytest.mark.skipif(not simulator.available(), reason="CUDA simulator not built")
 def test_sim_wgmma_epilogue_pool_bit_equal_to_unfused(case, dtype):
     n, c, k, h, w, pad, layout, pool, relu = case
-    # Same split-K in both calls (the parts' sums are the same), so the same conv bits.
+    # The plan gives the pooled call the unpooled call's split-K: the same parts' sums, so
+    # the same conv bits before the max.
     fused_plan, unfused_plan = _wgmma_plan(case, dtype, pool), _wgmma_plan(case, dtype, 0)
     assert fused_plan[2] == unfused_plan[2], (fused_plan, unfused_plan)
     x, wt, b = _inputs(n, c, k, h, w, _sim_dtype(dtype), layout)
