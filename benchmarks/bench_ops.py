@@ -28,7 +28,9 @@ call (``conv3x3(..., pool=k)``), ours unfused (conv3x3, then the pooling op), ea
 conv + bias + ReLU + F.max_pool2d (offset_max_pool2d for OverFeat) and torch.compile of
 that (not with --quick); channels_last, the bytes each moves at the least (``fused_bytes``)
 and the achieved TB/s. On compute capability 9.0 (sm_90a build) also the Hopper kernel
-forced with the pool in its epilogue ("fused_wgmma"; max-pool rows).
+forced with the pool in its epilogue ("fused_wgmma"). Offset pooling in the epilogue
+computes overlapping pixel blocks (1.3-1.6x the conv's arithmetic): the OverFeat row says
+whether the bytes it saves pay for that.
 """
 
 from __future__ import annotations
@@ -468,11 +470,13 @@ def fused_rows(batches: list[int], quick: bool) -> list[dict]:
         }
         if not quick:
             fns["compiled"] = torch.compile(eager)
-        if not offsets and _hopper_kernel_available():
+        if _hopper_kernel_available():
             # The Hopper kernel forced, pooling in its epilogue ("fused" is the default plan).
             code = ok.backend.ALGOS["wgmma"]
-            fns["fused_wgmma"] = lambda x, wt, b, g, pool=pool, code=code: (
-                torch.ops.overfeat_kernels.conv3x3.default(x, wt, b, 1, True, [code, 0, 0], pool)
+            fns["fused_wgmma"] = lambda x, wt, b, g, pool=pool, offsets=offsets, code=code: (
+                torch.ops.overfeat_kernels.conv3x3.default(
+                    x, wt, b, 1, True, [code, 0, 0], pool, offsets
+                )
             )
         for n in batches:
             nbytes = fused_bytes(n, c, k, h, w, pool, offsets, elem)

@@ -72,7 +72,7 @@ bool capturing(const at::Tensor& input) {
 }
 
 Key make_key(const at::Tensor& input, const at::Tensor& weight, bool bias, int64_t padding,
-             bool relu, bool train, int64_t pool = 0) {
+             bool relu, bool train, int64_t pool = 0, bool pool_offsets = false) {
   Key key;
   key.device_type = static_cast<int8_t>(input.device().type());
   key.device_index = input.device().index();
@@ -85,6 +85,7 @@ Key make_key(const at::Tensor& input, const at::Tensor& weight, bool bias, int64
   key.deterministic = at::globalContext().deterministicAlgorithms();
   key.train = train;
   key.pool = train ? 0 : static_cast<uint8_t>(pool);
+  key.pool_offsets = key.pool != 0 && pool_offsets;
   key.n = input.size(0);
   key.c = input.size(1);
   key.h = input.size(2);
@@ -102,7 +103,8 @@ struct TuningScope {
 // which cannot tell whether its forward had a bias; a training key with either flag that
 // is already known is taken before `bias` is timed.
 Codes choose(const at::Tensor& input, const at::Tensor& weight, bool bias, int64_t padding,
-             bool relu, bool train, bool bias_unknown = false, int64_t pool = 0) {
+             bool relu, bool train, bool bias_unknown = false, int64_t pool = 0,
+             bool pool_offsets = false) {
   constexpr Codes kOursCodes{kAlgoDefault, kAlgoDefault, kAlgoDefault};
   switch (current_mode()) {
     case kCudnn: return {kAlgoAten, kAlgoAten, kAlgoAten};
@@ -112,7 +114,7 @@ Codes choose(const at::Tensor& input, const at::Tensor& weight, bool bias, int64
   const bool timed_here =
       input.is_cuda() || (input.is_cpu() && g_time_on_cpu.load(std::memory_order_relaxed));
   if (!timed_here || input.numel() == 0) return kOursCodes;
-  const Key key = make_key(input, weight, bias, padding, relu, train, pool);
+  const Key key = make_key(input, weight, bias, padding, relu, train, pool, pool_offsets);
   if (auto hit = lookup(key)) return *hit;
   if (bias_unknown) {
     if (auto hit = lookup(make_key(input, weight, !bias, padding, relu, train))) return *hit;
@@ -167,13 +169,14 @@ bool is_plain(const at::Tensor& t) {
 
 Codes forward_algos(const at::Tensor& input, const at::Tensor& weight, bool bias,
                     int64_t padding, bool relu, bool train, at::OptionalIntArrayRef requested,
-                    int64_t pool) {
+                    int64_t pool, bool pool_offsets) {
   TORCH_INTERNAL_ASSERT(pool == 0 || pool == 2 || pool == 3);
   if (requested.has_value()) {
     check_conv_algos(*requested, false);
     return {(*requested)[0], (*requested)[1], (*requested)[2]};
   }
-  return choose(input, weight, bias, padding, relu, train, /*bias_unknown=*/false, pool);
+  return choose(input, weight, bias, padding, relu, train, /*bias_unknown=*/false, pool,
+                pool_offsets);
 }
 
 std::array<int64_t, 2> backward_algos(const at::Tensor& input, const at::Tensor& weight,

@@ -54,7 +54,8 @@ struct Key {
   // for none, and for training keys): then "auto" times the pooled call against cuDNN's
   // conv + pool (conv_pool.h, pool_of_key).
   uint8_t pool = 0;
-  uint8_t reserved[5] = {};
+  uint8_t pool_offsets = 0;  // with `pool`: offset_max_pool2d's windows
+  uint8_t reserved[4] = {};
   int64_t n = 0, c = 0, h = 0, w = 0, k = 0;
 };
 static_assert(std::has_unique_object_representations_v<Key>, "Key must have no padding bytes");
@@ -78,11 +79,11 @@ inline bool records_grad(const at::Tensor& input, const at::Tensor& weight,
 
 // The algos a conv3x3 call runs: `requested` checked and returned when given, else the
 // mode's choice under the training key when `train` (records_grad). `pool`: the call's
-// pool window where pool_in_epilogue (conv_pool.h) holds, else 0; part of inference keys
-// only (training pools after the conv).
+// pool window where pool_in_epilogue (conv_pool.h) holds, else 0, and whether its windows
+// are offset_max_pool2d's; part of inference keys only (training pools after the conv).
 Codes forward_algos(const at::Tensor& input, const at::Tensor& weight, bool bias,
                     int64_t padding, bool relu, bool train, at::OptionalIntArrayRef requested,
-                    int64_t pool = 0);
+                    int64_t pool = 0, bool pool_offsets = false);
 // The same for conv3x3_backward: [grad-input, grad-weight], under the training key (`bias`:
 // whether grad_bias is asked for; a key known with the other bias flag is taken first).
 std::array<int64_t, 2> backward_algos(const at::Tensor& input, const at::Tensor& weight,

@@ -129,6 +129,7 @@ struct ConvProblem {
   bool relu_output_nhwc = false;
   bool masked = false;            // the gradient passes a ReLU (relu_output given)
   int fused_pool = 0;  // forward: the window (2, 3) a kernel's epilogue max-pools (conv_pool.h)
+  bool fused_offsets = false;  // with fused_pool: offset_max_pool2d's windows
   int64_t out_h() const { return h + 2 * padding - 2; }
   int64_t out_w() const { return w + 2 * padding - 2; }
 };
@@ -188,6 +189,35 @@ inline Tiles choose_tiles(int64_t pixels, int64_t filters, int element_size, int
   return large_ctas < 2 * sms ? Tiles::kSmall : Tiles::kLarge;
 }
 
+// Offset pooling (offset_max_pool2d) in the tensor-core kernels' epilogue (the implicit
+// GEMM's and the Hopper kernel's): a tile's rows are a 2-D block of (pool·a + pool − 1) x (pool·b + pool − 1) conv pixels, row-major, in which
+// the pool² offsets' windows give a x b pooled positions each. Windows overlap, so
+// neighbouring blocks share pool − 1 rows and columns, computed by both tiles: the price of
+// keeping every window inside one tile (about (block pixels) / (pool² · a · b) times the
+// conv's arithmetic: 1.28 for pool 2, 1.58 for pool 3 with 128-row tiles).
+struct OffsetPoolBlock {
+  int a = 0, b = 0;  // pooled positions per block: rows, columns
+};
+
+// The block for `rows`-row tiles (kLargeTileM or kSmallTileM) over pooled maps of
+// pooled_h x pooled_w positions that covers them with the fewest blocks; ties go to the
+// one found first (fewer rows a). Pure: tested from Python.
+inline OffsetPoolBlock choose_offset_pool_block(int rows, int pool, int64_t pooled_h,
+                                                int64_t pooled_w) {
+  OffsetPoolBlock best;
+  int64_t fewest = -1;
+  for (int a = 1; pool * (a + 1) - 1 <= rows; ++a) {
+    for (int b = 1; (pool * (a + 1) - 1) * (pool * (b + 1) - 1) <= rows; ++b) {
+      const int64_t blocks = plan_ceil_div(pooled_h, a) * plan_ceil_div(pooled_w, b);
+      if (fewest < 0 || blocks < fewest) {
+        fewest = blocks;
+        best = {a, b};
+      }
+    }
+  }
+  return best;
+}
+
 // ---- the Hopper kernel's configuration (conv3x3_wgmma.cuh static_asserts these) -----------
 
 inline constexpr int kWgmmaTileM = 128, kWgmmaTileN = 128;  // pixels x filters per CTA tile
@@ -202,6 +232,10 @@ struct WgmmaConfig {
   int block_h = 0, block_w = 0;  // the tile's pixels: a block_h x block_w block of one image
   int split = 1;                 // split-K parts per tile (1: none)
   int pool = 0;                  // the epilogue max-pools pool x pool windows (0: none)
+  // With pool: offset_max_pool2d's windows, in blocks of offset_a x offset_b positions
+  // (OffsetPoolBlock; block_h = pool·(offset_a + 1) − 1, block_w alike).
+  bool pool_offsets = false;
+  int offset_a = 0, offset_b = 0;
 };
 
 // The pixel blocks the Hopper kernel may take, in order of preference (the squarer first:
@@ -233,11 +267,12 @@ inline WgmmaBlock fewest_wgmma_blocks(const WgmmaBlock (&blocks)[kN], int64_t ou
 }
 
 // The Hopper kernel's tiles for n images of out_h x out_w pixels, k filters and `slices`
-// reduction steps (taps x channel slices) on `sms` SMs; `pool` (2, 3): the epilogue pools.
-// Pure: tested from Python.
+// reduction steps (taps x channel slices) on `sms` SMs; `pool` (2, 3): the epilogue pools
+// (`offsets`: offset_max_pool2d's windows). Pure: tested from Python.
 // - The pixel block (one TMA box per tap) whose blocks cover the map with the fewest tiles
 //   (fewest_wgmma_blocks); pooling, over the pixels that whole windows take (out_h / pool ·
-//   pool rows, and columns alike), from kWgmmaBlocks (pool 2) or kWgmmaBlocksPool3.
+//   pool rows, and columns alike), from kWgmmaBlocks (pool 2) or kWgmmaBlocksPool3; offset
+//   pooling, the overlapping blocks of choose_offset_pool_block for 128 rows.
 // - Split-K when the tiles would occupy at most half of the SMs (VGG's 14 x 14 and 28 x 28
 //   maps at batch 1): as many parts as fill the SMs, at most kWgmmaMaxSplit and at least 4
 //   slices each (the pipeline's depth), no part empty. The parts' fp32 tiles are added in
@@ -245,9 +280,11 @@ inline WgmmaBlock fewest_wgmma_blocks(const WgmmaBlock (&blocks)[kN], int64_t ou
 //   the unpooled call's split: the same parts add up to the same sums, so pooling in the
 //   epilogue gives F.max_pool2d of the unpooled call bit for bit.
 inline WgmmaConfig choose_wgmma_config(int64_t n, int64_t out_h, int64_t out_w, int64_t k,
-                                       int64_t slices, int64_t sms, int pool = 0) {
+                                       int64_t slices, int64_t sms, int pool = 0,
+                                       bool offsets = false) {
   WgmmaConfig c;
   c.pool = pool;
+  c.pool_offsets = pool != 0 && offsets;
   int64_t blocks = 0;
   const WgmmaBlock conv_block = fewest_wgmma_blocks(kWgmmaBlocks, out_h, out_w, 0, &blocks);
   const int64_t tiles = n * blocks * plan_ceil_div(k, kWgmmaTileN);
@@ -259,6 +296,15 @@ inline WgmmaConfig choose_wgmma_config(int64_t n, int64_t out_h, int64_t out_w, 
   if (pool == 0) {
     c.block_h = conv_block.h;
     c.block_w = conv_block.w;
+    return c;
+  }
+  if (c.pool_offsets) {
+    const OffsetPoolBlock b = choose_offset_pool_block(
+        kWgmmaTileM, pool, (out_h - pool + 1) / pool, (out_w - pool + 1) / pool);
+    c.offset_a = b.a;
+    c.offset_b = b.b;
+    c.block_h = pool * (b.a + 1) - 1;
+    c.block_w = pool * (b.b + 1) - 1;
     return c;
   }
   int64_t pooled_blocks = 0;
@@ -393,7 +439,8 @@ inline DirectionPlan plan_direction(const ConvProblem& p, ConvDirection d, int64
     plan.copy_activations = !(p.input_nhwc && p.c == plan.channels);
     plan.pack_filters = chunks || !(p.weight_nhwc && p.c == plan.filter_channels);
     const int64_t slices = chunks ? 1 : 9 * plan_ceil_div(plan.channels * e, kWgmmaSliceBytes);
-    plan.wgmma = choose_wgmma_config(p.n, oh, ow, p.k, slices, dev.sms, p.fused_pool);
+    plan.wgmma = choose_wgmma_config(p.n, oh, ow, p.k, slices, dev.sms, p.fused_pool,
+                                     p.fused_offsets);
     return plan;
   }
   if (!(forced_tc || (algo == kAlgoDefault && possible))) {

@@ -2,10 +2,10 @@
 //
 // The op is defined as the composition: the conv (+ bias, ReLU), then F.max_pool2d(out, k)
 // (stride k, no padding, floor), or offset_max_pool2d(out, k) with pool_offsets. The
-// tensor-core forward kernels pool 2 x 2 and 3 x 3 windows in their epilogue and never
-// write the unpooled map (conv3x3_igemm.cuh, "pooling"); every other path (CPU, float64,
-// exact float32, the direct kernel, PyTorch's convolution, offsets, larger windows) runs
-// the composition below. Max commutes with the rounding to the output dtype, so both give
+// tensor-core forward kernels pool 2 x 2 and 3 x 3 windows, plain or offset, in their
+// epilogue and never write the unpooled map (conv3x3_igemm.cuh, "pooling"); every other
+// path (CPU, float64, exact float32, the direct kernel, PyTorch's convolution, larger
+// windows) runs the composition below. Max commutes with the rounding to the output dtype, so both give
 // the same bits.
 #pragma once
 
@@ -15,20 +15,20 @@
 
 namespace overfeat_kernels {
 
-// Whether the tensor-core forward pools in its epilogue: non-overlapping windows whose k^2
-// pixels fit a tile's rows several times over.
-inline bool pool_in_epilogue(int64_t pool, bool offsets) {
-  return !offsets && (pool == 2 || pool == 3);
-}
+// Whether the tensor-core forwards pool in their epilogue: windows of 2 x 2 and 3 x 3,
+// plain or offset (whose windows overlap: the kernels compute overlapping pixel blocks,
+// conv_tiles.cuh, make_offset_pixel_blocks).
+inline bool pool_in_epilogue(int64_t pool) { return pool == 2 || pool == 3; }
 
 // The pool that a call's "auto" key carries (conv_choice.h): the window where our
 // tensor-core kernels would pool in their epilogue (bfloat16, float16, float32 with TF32
-// allowed), so that the timing compares the pooled calls; else 0 (the conv alone is timed).
-inline int64_t pool_of_key(const at::Tensor& input, int64_t pool, bool offsets) {
+// allowed), so that the timing compares the pooled calls (with pool_offsets, the key's
+// too); else 0 (the conv alone is timed).
+inline int64_t pool_of_key(const at::Tensor& input, int64_t pool) {
   const auto t = input.scalar_type();
   const bool tensor_cores = t == at::kBFloat16 || t == at::kHalf ||
                             (t == at::kFloat && at::globalContext().allowTF32CuDNN());
-  return tensor_cores && pool_in_epilogue(pool, offsets) ? pool : 0;
+  return tensor_cores && pool_in_epilogue(pool) ? pool : 0;
 }
 
 // `out` (the conv's output) pooled as the op's definition says, in its memory format.

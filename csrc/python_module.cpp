@@ -209,7 +209,7 @@ PyObject* g_tuner = nullptr;  // a callable; owned (never released: it lives as 
 PyObject* key_fields(const ok::choice::Key& key) {
   const auto device = static_cast<c10::DeviceType>(key.device_type);
   return Py_BuildValue(
-      "(sisLLLLLiiiiiiii)", c10::DeviceTypeName(device, /*lower_case=*/true).c_str(),
+      "(sisLLLLLiiiiiiiii)", c10::DeviceTypeName(device, /*lower_case=*/true).c_str(),
       static_cast<int>(key.device_index),
       std::string(c10::getDtypeNames(static_cast<at::ScalarType>(key.dtype)).first).c_str(),
       static_cast<long long>(key.n), static_cast<long long>(key.c),
@@ -217,7 +217,8 @@ PyObject* key_fields(const ok::choice::Key& key) {
       static_cast<long long>(key.k), static_cast<int>(key.channels_last),
       static_cast<int>(key.padding), static_cast<int>(key.relu), static_cast<int>(key.bias),
       static_cast<int>(key.tf32), static_cast<int>(key.deterministic),
-      static_cast<int>(key.train), static_cast<int>(key.pool));
+      static_cast<int>(key.train), static_cast<int>(key.pool),
+      static_cast<int>(key.pool_offsets));
 }
 
 // The Python error now set, as a C++ exception that keeps it whatever thread catches it.
@@ -393,16 +394,35 @@ void add_conv_functions(py::module_ m) {
   m.def(
       "wgmma_config",
       [](int64_t n, int64_t out_h, int64_t out_w, int64_t k, int64_t slices, int64_t sms,
-         int pool) {
+         int pool, bool offsets) {
         TORCH_CHECK_VALUE(pool == 0 || pool == 2 || pool == 3,
                           "wgmma_config: pool must be 0, 2 or 3, got ", pool);
-        const ok::WgmmaConfig c = ok::choose_wgmma_config(n, out_h, out_w, k, slices, sms, pool);
+        TORCH_CHECK_VALUE(!offsets || pool != 0, "wgmma_config: offsets needs a pool");
+        const ok::WgmmaConfig c =
+            ok::choose_wgmma_config(n, out_h, out_w, k, slices, sms, pool, offsets);
         return py::make_tuple(c.block_h, c.block_w, c.split);
       },
       py::arg("n"), py::arg("out_h"), py::arg("out_w"), py::arg("k"), py::arg("slices"),
-      py::arg("sms"), py::arg("pool") = 0,
+      py::arg("sms"), py::arg("pool") = 0, py::arg("offsets") = false,
       "The Hopper kernel's (block_h, block_w, split) for a forward whose epilogue pools "
-      "pool x pool windows (0: none) (conv_plan.h, choose_wgmma_config).");
+      "pool x pool windows (0: none; `offsets`: offset_max_pool2d's) (conv_plan.h, "
+      "choose_wgmma_config).");
+  m.def(
+      "offset_pool_block",
+      [](int rows, int pool, int64_t pooled_h, int64_t pooled_w) {
+        TORCH_CHECK_VALUE(rows == ok::kLargeTileM || rows == ok::kSmallTileM,
+                          "offset_pool_block: rows must be ", ok::kLargeTileM, " or ",
+                          ok::kSmallTileM, ", got ", rows);
+        TORCH_CHECK_VALUE(pool == 2 || pool == 3, "offset_pool_block: pool must be 2 or 3, got ", pool);
+        TORCH_CHECK_VALUE(pooled_h >= 1 && pooled_w >= 1,
+                          "offset_pool_block: the pooled map must have positions, got ", pooled_h,
+                          " x ", pooled_w);
+        const ok::OffsetPoolBlock b = ok::choose_offset_pool_block(rows, pool, pooled_h, pooled_w);
+        return py::make_tuple(b.a, b.b);
+      },
+      py::arg("rows"), py::arg("pool"), py::arg("pooled_h"), py::arg("pooled_w"),
+      "The implicit GEMM's offset-pooling block (positions a x b per tile of `rows` rows; "
+      "conv_plan.h, choose_offset_pool_block).");
   m.def(
       "conv_plan",
       [](const py::dict& problem, const std::string& direction, int64_t algo, bool gpu,
@@ -425,6 +445,7 @@ void add_conv_functions(py::module_ m) {
           else if (k == "relu_output_nhwc") p.relu_output_nhwc = value.cast<bool>();
           else if (k == "masked") p.masked = value.cast<bool>();
           else if (k == "fused_pool") p.fused_pool = value.cast<int>();
+          else if (k == "fused_offsets") p.fused_offsets = value.cast<bool>();
           else TORCH_CHECK_VALUE(false, "conv_plan: unknown problem field '", k, "'");
         }
         TORCH_CHECK_VALUE(p.fused_pool == 0 || p.fused_pool == 2 || p.fused_pool == 3,
@@ -447,6 +468,7 @@ void add_conv_functions(py::module_ m) {
         out["wgmma_block"] = py::make_tuple(plan.wgmma.block_h, plan.wgmma.block_w);
         out["wgmma_split"] = plan.wgmma.split;
         out["wgmma_pool"] = plan.wgmma.pool;
+        out["wgmma_offsets"] = plan.wgmma.pool_offsets;
         return out;
       },
       py::arg("problem"), py::arg("direction"), py::arg("algo"), py::arg("gpu"),

@@ -206,12 +206,15 @@ def test_auto_times_the_pooled_call_under_a_key_of_its_own(fresh, monkeypatch):
     torch.testing.assert_close(pooled, F.max_pool2d(ok.conv3x3(x, w, b, 1, True), 2))
     ok.conv3x3(x, w, b, 1, True)  # unpooled: a key of its own
     ok.conv3x3(x, w, b, 1, True, pool=4)  # composed after the conv: the unpooled key
-    ok.conv3x3(x, w, b, 1, True, pool=2, pool_offsets=True)  # likewise
     assert timer.calls == 2
+    # Offset pooling: a key of its own too, both candidates timed offset-pooled.
+    offsets = ok.conv3x3(x, w, b, 1, True, pool=2, pool_offsets=True)
+    assert timer.calls == 3 and timer.shapes == [(8, 7, 4, 5)] * 2
+    torch.testing.assert_close(offsets, ok.offset_max_pool2d(ok.conv3x3(x, w, b, 1, True), 2))
     keys = sorted(ok.conv_choices())
-    assert len(keys) == 2 and keys[1] == keys[0] + "|pool2"
+    assert keys[1:] == [keys[0] + "|pool2", keys[0] + "|pool2offsets"]
     fields = [f for f, _ in backend._C.conv_choice_table()]
-    assert sorted(f[-1] for f in fields) == [0, 2]
+    assert sorted(f[-2:] for f in fields) == [(0, 0), (2, 0), (2, 1)]
 
 
 # A training key's times: ours wins the forward and grad-weight, cuDNN grad-input.

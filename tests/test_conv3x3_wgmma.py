@@ -295,6 +295,24 @@ def test_plan_of_a_pooled_forward():
             _C.conv_plan({**problem, "fused_pool": bad}, "forward", 5, True, 90, 132)
 
 
+def test_plan_of_an_offset_pooled_forward():
+    # A 30 x 30 conv map: the offsets' blocks overlap, 2k - 1 pixels wider than k·b.
+    problem = dict(n=1, c=64, h=32, w=32, k=64, padding=0, element_size=2,
+                   dtype="torch.bfloat16", tensor_core_dtype=True, input_nhwc=True,
+                   weight_nhwc=True)  # fmt: skip
+    unpooled = _C.conv_plan({**problem, "fused_pool": 0}, "forward", 5, True, 90, 132)
+    for pool in (2, 3):
+        a, b = _C.offset_pool_block(128, pool, (30 - pool + 1) // pool, (30 - pool + 1) // pool)
+        plan = _C.conv_plan({**problem, "fused_pool": pool, "fused_offsets": True}, "forward", 5,
+                            True, 90, 132)  # fmt: skip
+        assert plan["wgmma_block"] == (pool * (a + 1) - 1, pool * (b + 1) - 1), plan
+        assert plan["wgmma_offsets"] and plan["wgmma_pool"] == pool
+        assert plan["wgmma_split"] == unpooled["wgmma_split"]
+    assert not unpooled["wgmma_offsets"]
+    with pytest.raises(ValueError, match="offsets needs a pool"):
+        _C.wgmma_config(1, 30, 30, 64, 9, 132, 0, True)
+
+
 def test_a_pooled_call_takes_the_unpooled_split():
     """Bit-equality with the unpooled call + F.max_pool2d needs the same split-K parts,
     though the pooled call covers fewer pixels (fewer tiles)."""
@@ -318,6 +336,8 @@ def test_a_pooled_call_takes_the_unpooled_split():
                 parts = min(132 // tiles, slices // 4, 8)
                 alone = -(-slices // -(-slices // parts))
             differ += alone != split
+            if h >= 2 * pool - 1 and w >= 2 * pool - 1:  # offsets: more tiles, the same split
+                assert _C.wgmma_config(n, h, w, k, slices, 132, pool, True)[2] == plain[2]
     assert differ > 0
 
 

@@ -248,21 +248,131 @@ def test_sim_tied_maxima():
     assert _same_bits(fused, F.max_pool2d(unfused, 2))
 
 
+def _offset_pool_by_shifts(y, k):
+    """offset_max_pool2d from F.max_pool2d on the k² shifted maps (SPEC's definition:
+    batch index (n·k + dy)·k + dx), independent of our pooling kernels."""
+    ho, wo = (y.shape[2] - k + 1) // k, (y.shape[3] - k + 1) // k
+    parts = [
+        F.max_pool2d(y[:, :, dy:, dx:], k)[:, :, :ho, :wo] for dy in range(k) for dx in range(k)
+    ]
+    return torch.stack(parts, 1).flatten(0, 1)
+
+
+# Offset pooling in the implicit GEMM's epilogue: overlapping pixel blocks of
+# (k·a + k - 1) x (k·b + k - 1). (N, C, K, H, W, padding, layout, pool, tiles): several
+# blocks down and across an image with the last ones cut by the map, blocks wider than the
+# map, trailing rows and columns no offset uses, K not a multiple of the vector, the
+# unfolded path (C = 3), large and small tiles.
+OFFSET_CASES = [
+    (2, 8, 17, 13, 11, 1, "channels_last", 2, "small"),
+    (1, 17, 16, 31, 29, 0, "nchw", 3, "large"),
+    (2, 16, 8, 11, 13, 1, "strided", 3, "small"),
+    (1, 3, 16, 17, 10, 1, "channels_last", 3, "large"),
+    (1, 3, 24, 9, 14, 0, "nchw", 2, "small"),
+    (1, 8, 16, 40, 37, 1, "channels_last", 2, "large"),
+]
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, TF32], ids=str)
+@pytest.mark.parametrize("case", OFFSET_CASES, ids=str)
+@pytest.mark.usefixtures("_tf32_on")
+@pytest.mark.sim
+@pytest.mark.skipif(not simulator.available(), reason="CUDA simulator not built")
+def test_sim_epilogue_offset_pool_bit_equal_to_unfused(case, dtype, relu):
+    n, c, k, h, w, pad, layout, pool, tiles = case
+    x, wt, b = _inputs(n, c, k, h, w, _sim_dtype(dtype), layout)
+    x[0, 0, 2, 3] = float("nan")  # inside windows of several offsets
+    x[n - 1, c - 1, h - 1, w - 1] = float("nan")  # in the trailing pixels (some offsets)
+    algos = TILES[tiles]
+    simulator.reset_launch_counts()
+    with simulator.simulate_cuda():
+        fused = OP(x, wt, b, pad, relu, algos, pool, True)
+        fused_launches = simulator.launch_counts()
+        unfused = OP(x, wt, b, pad, relu, algos)
+    names = [name.replace(" ", "") for name in fused_launches]
+    assert any(IGEMM in name and name.endswith(",false,true>") for name in names), names
+    assert not any("offset_max_pool" in name for name in names), names
+    ref = _offset_pool_by_shifts(unfused, pool)
+    assert fused.shape == ref.shape
+    assert torch.equal(ok.offset_max_pool2d(unfused, pool).isnan(), ref.isnan())
+    if layout == "channels_last":
+        assert fused.is_contiguous(memory_format=torch.channels_last)
+    elif layout == "nchw":
+        assert fused.is_contiguous()
+    assert _same_bits(fused, ref)
+    assert fused.isnan().any()
+
+
+def test_offset_cases_span_several_blocks_each_way():
+    from overfeat_kernels.ops._ext import _C
+
+    spans = []
+    for _, _, _, h, w, pad, _, pool, tiles in OFFSET_CASES:
+        oh, ow = h + 2 * pad - 2, w + 2 * pad - 2
+        ph, pw = (oh - pool + 1) // pool, (ow - pool + 1) // pool
+        a, b = _C.offset_pool_block(128 if tiles == "large" else 64, pool, ph, pw)
+        spans.append((-(-ph // a), -(-pw // b), ph % a != 0 or pw % b != 0))
+    assert any(sy > 1 and sx > 1 and cut for sy, sx, cut in spans), spans
+
+
+def test_offset_pool_block_is_the_fewest_blocks_that_fit():
+    from overfeat_kernels.ops._ext import _C
+
+    for rows in (64, 128):
+        for pool in (2, 3):
+            for ph, pw in [(1, 1), (1, 40), (40, 1), (6, 5), (9, 8), (19, 18), (55, 55), (7, 300)]:
+                a, b = _C.offset_pool_block(rows, pool, ph, pw)
+                assert (pool * a + pool - 1) * (pool * b + pool - 1) <= rows
+                fits = [
+                    (i, j)
+                    for i in range(1, rows)
+                    for j in range(1, rows)
+                    if (pool * i + pool - 1) * (pool * j + pool - 1) <= rows
+                ]
+                fewest = min(-(-ph // i) * -(-pw // j) for i, j in fits)
+                assert -(-ph // a) * -(-pw // b) == fewest, (rows, pool, ph, pw, a, b)
+    assert _C.offset_pool_block(128, 3, 55, 55) == (3, 3)  # 11 x 11 conv pixels, 81 used
+    for args, message in [((96, 2, 5, 5), "rows must be"), ((128, 4, 5, 5), "pool must be"),
+                          ((128, 2, 0, 5), "must have positions")]:  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            _C.offset_pool_block(*args)
+
+
+@pytest.mark.usefixtures("_tf32_on")
+@pytest.mark.sim
+@pytest.mark.skipif(not simulator.available(), reason="CUDA simulator not built")
+@pytest.mark.parametrize("pool", [2, 3])
+def test_sim_offset_pool_tied_maxima(pool):
+    x, wt, _ = _inputs(1, 8, 16, 12, 11, torch.bfloat16, "channels_last", values="ties")
+    with simulator.simulate_cuda():
+        fused = OP(x, wt, None, 1, True, [2, 2, 0], pool, True)
+        unfused = OP(x, wt, None, 1, True, [2, 2, 0])
+    assert _same_bits(fused, _offset_pool_by_shifts(unfused, pool))
+
+
 @pytest.mark.usefixtures("_tf32_on")
 @pytest.mark.sim
 @pytest.mark.skipif(not simulator.available(), reason="CUDA simulator not built")
 @pytest.mark.parametrize(("pool", "offsets", "algos"), [
-    (2, True, [2, 2, 0]),  # offsets: composed after the tensor-core conv
+    (5, True, [2, 2, 0]),  # offset windows of 25 pixels: composed
     (4, False, [3, 3, 0]),  # windows of 16 pixels: composed
     (2, False, [1, 1, 1]),  # the direct kernel: composed
 ])  # fmt: skip
 def test_sim_composed_paths(pool, offsets, algos):
     x, wt, b = _inputs(1, 8, 8, 12, 11, torch.float16, "nchw")
+    simulator.reset_launch_counts()
     with simulator.simulate_cuda():
         out = OP(x, wt, b, 1, True, algos, pool, offsets)
+        launches = [name.replace(" ", "") for name in simulator.launch_counts()]
         y = OP(x, wt, b, 1, True, algos)
         ref = ok.offset_max_pool2d(y, pool) if offsets else F.max_pool2d(y, pool)
     assert _same_bits(out, ref)
+    # The conv kernel ran unpooled; the pooling after it.
+    pooled = [n for n in launches if "conv3x3" in n and n.endswith((",true>", ",2>", ",3>"))]
+    assert not pooled and any("conv3x3" in n for n in launches), launches
+    if offsets:
+        assert any("offset_pool" in name for name in launches), launches
 
 
 @pytest.mark.sim
@@ -388,6 +498,99 @@ def test_sim_wgmma_pool_schedule_independent(case):
 
     def calls():
         return [OP(x, wt, b, pad, relu, [5, 0, 0], pool, False)]
+
+    simulator.assert_schedule_independent(calls)
+
+
+# Offset pooling on the Hopper kernel: overlapping blocks of (k·a + k - 1) x (k·b + k - 1)
+# conv pixels (one TMA box per tap; the A tile's rows past the box are never loaded), every
+# offset's windows pooled from the staged tile; split-K's reduction kernel the same way.
+# (N, C, K, H, W, padding, layout, pool, relu), as WGMMA_CASES.
+WGMMA_OFFSET_CASES = [
+    (2, 16, 17, 13, 11, 1, "channels_last", 2, True),  # split 2
+    (1, 17, 16, 14, 15, 0, "nchw", 3, False),  # split 2
+    (2, 3, 24, 17, 10, 1, "channels_last", 3, True),  # tap chunks
+    (1, 8, 16, 9, 14, 0, "strided", 2, True),  # tap chunks (tf32: slices, split 2)
+    (6, 16, 136, 34, 34, 1, "channels_last", 2, True),  # 144 units (7 x 17 blocks)
+    (5, 16, 136, 33, 33, 1, "nchw", 3, False),  # 150 units (8 x 14 blocks)
+    (1, 40, 16, 49, 65, 1, "channels_last", 2, False),  # more tiles than unpooled; split 3
+]
+
+
+def _wgmma_offset_plan(case, dtype):
+    """(block_h, block_w, split, work units) of the offset-pooled call."""
+    from overfeat_kernels.ops._ext import _C
+
+    n, c, k, h, w, pad, _, pool = case[:8]
+    oh, ow = h + 2 * pad - 2, w + 2 * pad - 2
+    bh, bw, split = _C.wgmma_config(n, oh, ow, k, _wgmma_slices(c, dtype), 132, pool, True)
+    a, b = (bh + 1) // pool - 1, (bw + 1) // pool - 1
+    assert (bh, bw) == (pool * a + pool - 1, pool * b + pool - 1)
+    ph, pw = (oh - pool + 1) // pool, (ow - pool + 1) // pool
+    assert (a, b) == _C.offset_pool_block(128, pool, ph, pw)
+    return bh, bw, split, n * -(-ph // a) * -(-pw // b) * -(-k // 128) * split
+
+
+def test_wgmma_offset_cases_cover_split_k_one_part_persistent_and_tap_chunks():
+    plans = [_wgmma_offset_plan(c, torch.bfloat16) for c in WGMMA_OFFSET_CASES]
+    assert any(p[2] > 1 for p in plans) and any(p[2] == 1 for p in plans)
+    assert {c[7] for c, p in zip(WGMMA_OFFSET_CASES, plans, strict=True) if p[3] > 132} == {2, 3}
+    assert any(c[1] <= 8 for c in WGMMA_OFFSET_CASES)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, TF32], ids=str)
+@pytest.mark.parametrize("case", WGMMA_OFFSET_CASES, ids=str)
+@pytest.mark.usefixtures("_tf32_on")
+@pytest.mark.sim
+@pytest.mark.skipif(not simulator.available(), reason="CUDA simulator not built")
+def test_sim_wgmma_epilogue_offset_pool_bit_equal_to_unfused(case, dtype):
+    n, c, k, h, w, pad, layout, pool, relu = case
+    fused_plan, unfused_plan = _wgmma_offset_plan(case, dtype), _wgmma_plan(case, dtype, 0)
+    assert fused_plan[2] == unfused_plan[2], (fused_plan, unfused_plan)
+    x, wt, b = _inputs(n, c, k, h, w, _sim_dtype(dtype), layout)
+    x[0, 0, 2, 3] = float("nan")
+    x[n - 1, c - 1, h - 1, w - 1] = float("nan")
+    simulator.reset_launch_counts()
+    with simulator.simulate_cuda():
+        fused = OP(x, wt, b, pad, relu, [5, 0, 0], pool, True)
+        fused_launches = simulator.launch_counts()
+        unfused = OP(x, wt, b, pad, relu, [5, 0, 0])
+    kernels = [name.replace(" ", "") for name in fused_launches if WGMMA in name]
+    assert kernels and all(name.endswith(",false,true>") for name in kernels), fused_launches
+    assert any(REDUCE in name for name in fused_launches) == (fused_plan[2] > 1)
+    assert not any("offset_pool" in name for name in fused_launches), fused_launches
+    ref = _offset_pool_by_shifts(unfused, pool)
+    assert fused.shape == ref.shape
+    if layout == "channels_last":
+        assert fused.is_contiguous(memory_format=torch.channels_last)
+    elif layout == "nchw":
+        assert fused.is_contiguous()
+    assert _same_bits(fused, ref)
+    assert fused.isnan().any()
+
+
+@pytest.mark.usefixtures("_tf32_on")
+@pytest.mark.sim
+@pytest.mark.skipif(not simulator.available(), reason="CUDA simulator not built")
+@pytest.mark.parametrize("pool", [2, 3])
+def test_sim_wgmma_offset_pool_tied_maxima(pool):
+    x, wt, _ = _inputs(1, 16, 16, 13, 14, torch.bfloat16, "channels_last", values="ties")
+    with simulator.simulate_cuda():
+        fused = OP(x, wt, None, 1, True, [5, 0, 0], pool, True)
+        unfused = OP(x, wt, None, 1, True, [5, 0, 0])
+    assert _same_bits(fused, _offset_pool_by_shifts(unfused, pool))
+
+
+@pytest.mark.usefixtures("_tf32_on")
+@pytest.mark.sim
+@pytest.mark.skipif(not simulator.available(), reason="CUDA simulator not built")
+@pytest.mark.parametrize("case", [WGMMA_OFFSET_CASES[1], WGMMA_OFFSET_CASES[2]], ids=str)
+def test_sim_wgmma_offset_pool_schedule_independent(case):
+    n, c, k, h, w, pad, layout, pool, relu = case
+    x, wt, b = _inputs(n, c, k, h, w, torch.bfloat16, layout)
+
+    def calls():
+        return [OP(x, wt, b, pad, relu, [5, 0, 0], pool, True)]
 
     simulator.assert_schedule_independent(calls)
 

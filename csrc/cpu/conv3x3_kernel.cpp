@@ -41,7 +41,7 @@ at::Tensor conv3x3_cpu(const at::Tensor& input, const at::Tensor& weight,
   const choice::Codes algos =
       choice::forward_algos(input, weight, bias.has_value(), padding, relu,
                             choice::records_grad(input, weight, bias), requested,
-                            pool_of_key(input, pool, pool_offsets));
+                            pool_of_key(input, pool), pool_offsets);
   if (simulate_cuda_enabled()) {
     return Simulated<kConv3x3, op::Conv3x3>::call(input, weight, bias, padding, relu,
                                                    at::IntArrayRef(algos), pool, pool_offsets);

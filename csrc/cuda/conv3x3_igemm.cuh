@@ -28,6 +28,11 @@
 // F.max_pool2d does (after bias, ReLU and the rounding, with which max commutes) and
 // stores only the pooled map. Conv pixels that no window covers (trailing rows and
 // columns) are never computed.
+// Offset pooling (Params::pool_offsets; offset_max_pool2d's k² offsets): a tile's rows are
+// a 2-D block of (k·a + k − 1) x (k·b + k − 1) conv pixels in row-major order
+// (OffsetPoolBlock, conv_plan.h; make_offset_pixel_blocks, conv_tiles.cuh), blocks k·a
+// rows and k·b columns apart, so that they overlap by k − 1 (computed by both tiles);
+// every offset's windows over the block's a x b positions lie inside it.
 //
 // Shared-memory rows are 64 bytes; ldmatrix reads one 16-byte vector from each of 8
 // consecutive rows. Unswizzled, rows r and r + 2 would fall on the same banks; storing
@@ -142,6 +147,10 @@ struct Params {
   // [n][k][pool_h][pool_w] (strides out_s) of pool_m = n · pool_h · pool_w windows.
   int pool, pool_h, pool_w;
   int64_t pool_m;
+  // Offset pooling: `out` is offset_max_pool2d's [n·k²][k][pool_h][pool_w]; tile t is
+  // block t of off_blocks (make_offset_pixel_blocks, one filter tile: blockIdx.y's).
+  bool pool_offsets;
+  PixelBlocks off_blocks;
 };
 
 // Row `row` of the tile `tile` (kBM rows each): without pooling, pixel tile·kBM + row of
@@ -150,6 +159,7 @@ template <int kBM, bool kPool, typename T>
 __host__ __device__ __forceinline__ RowPixel tile_row_pixel(const Params<T>& p, int64_t tile,
                                                              int row) {
   if constexpr (kPool) {
+    if (p.pool_offsets) return block_row_pixel(p.off_blocks, block_tile(p.off_blocks, tile), row);
     const int kk = p.pool * p.pool, per_tile = kBM / kk;
     const int win = row / kk, pos = row - win * kk;
     const int64_t q = tile * per_tile + win;
@@ -407,6 +417,15 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   __syncthreads();
 
   if constexpr (kPool) {
+    if (p.pool_offsets) {
+      // Every offset's windows over the block (conv_tiles.cuh, block_window).
+      const BlockTile blk = block_tile(p.off_blocks, blockIdx.x);
+      epilogue::store_pooled_tile<T, Cfg::kBN, kOutChannelsLast>(
+          stage, kOutStride, block_windows(p.off_blocks, p.pool), p.pool, p.off_blocks.bw, tid,
+          Cfg::kThreads, p.out, p.out_s, k0, p.k,
+          [&](int win) { return block_window(p.off_blocks, blk, p.pool, win); });
+      return;
+    }
     // Window j's pixels are staged rows j·k² .. j·k² + k² - 1; only the pooled map is stored.
     const int kk = p.pool * p.pool, per_tile = Cfg::kBM / kk;
     const int64_t q0 = int64_t(blockIdx.x) * per_tile;
@@ -439,8 +458,11 @@ static_assert(kVecBytes == kIgemmVecBytes && kRowBytes == kIgemmRowBytes, "conv_
 template <typename T, typename Cfg>
 void launch_with(const Params<T>& p, bool out_channels_last, cudaStream_t stream) {
   TORCH_INTERNAL_ASSERT(p.pool == 0 || ((p.pool == 2 || p.pool == 3) && p.mask == nullptr));
-  const int64_t m_tiles = p.pool == 0 ? ceil_div(p.m, Cfg::kBM)
-                                      : ceil_div(p.pool_m, Cfg::kBM / (p.pool * p.pool));
+  TORCH_INTERNAL_ASSERT(!p.pool_offsets || (p.off_blocks.off_a >= 1 && p.off_blocks.k_tiles == 1 &&
+                                             p.off_blocks.bh * p.off_blocks.bw <= Cfg::kBM));
+  const int64_t m_tiles = p.pool == 0     ? ceil_div(p.m, Cfg::kBM)
+                          : p.pool_offsets ? p.off_blocks.tiles
+                                           : ceil_div(p.pool_m, Cfg::kBM / (p.pool * p.pool));
   const int64_t n_tiles = ceil_div(p.k, Cfg::kBN);
   TORCH_CHECK_VALUE(m_tiles <= INT32_MAX && n_tiles <= 65535, "conv3x3 (CUDA): ", p.m,
                     " pixels with ", p.k, " filters exceed the launch grid of this kernel");

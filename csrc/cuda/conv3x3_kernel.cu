@@ -430,12 +430,12 @@ igemm::TileChoice tile_choice(Tiles t) {
 // the 1 × 1 convolution of an unfolded input (pad 0). `mask` (grad-input through a ReLU:
 // the forward's output, laid out as `in`), when defined: `in` counts only where it is > 0.
 // `pool` (2 or 3; 0: none): `out` is the conv's output max-pooled pool x pool with stride
-// pool, pooled in the epilogue.
+// pool, or with `pool_offsets` offset_max_pool2d's, pooled in the epilogue.
 template <typename scalar_t>
 void igemm_conv(const at::Tensor& in_nhwc, int64_t in_h, int64_t in_w, const at::Tensor& filt,
                 const at::Tensor& bias, int64_t pad, bool relu, at::Tensor& out,
                 Tiles tiles, cudaStream_t stream, const at::Tensor& mask = at::Tensor(),
-                int64_t pool = 0) {
+                int64_t pool = 0, bool pool_offsets = false) {
   const int64_t taps = filt.size(1) * filt.size(2);
   TORCH_INTERNAL_ASSERT(in_nhwc.is_contiguous() && filt.is_contiguous() &&
                         filt.size(1) == filt.size(2) && (taps == 9 || (taps == 1 && pad == 0)) &&
@@ -450,10 +450,17 @@ void igemm_conv(const at::Tensor& in_nhwc, int64_t in_h, int64_t in_w, const at:
   // The conv's output size: the 1 × 1 convolution of an unfolded input keeps its size.
   const int64_t out_h = taps == 9 ? in_h + 2 * pad - 2 : in_h;
   const int64_t out_w = taps == 9 ? in_w + 2 * pad - 2 : in_w;
-  TORCH_INTERNAL_ASSERT(pool == 0 ? out.size(2) == out_h && out.size(3) == out_w
-                                  : out.size(2) == out_h / pool && out.size(3) == out_w / pool);
-  p.n = out.size(0);
-  p.m = out.size(0) * out_h * out_w;
+  const int64_t n = in_nhwc.size(0);
+  if (pool == 0) {
+    TORCH_INTERNAL_ASSERT(out.size(0) == n && out.size(2) == out_h && out.size(3) == out_w);
+  } else if (pool_offsets) {
+    TORCH_INTERNAL_ASSERT(out.size(0) == n * pool * pool && out.size(2) == (out_h - pool + 1) / pool &&
+                          out.size(3) == (out_w - pool + 1) / pool);
+  } else {
+    TORCH_INTERNAL_ASSERT(out.size(0) == n && out.size(2) == out_h / pool && out.size(3) == out_w / pool);
+  }
+  p.n = n;
+  p.m = n * out_h * out_w;
   p.h = static_cast<int>(in_h);
   p.w = static_cast<int>(in_w);
   p.cp = static_cast<int>(in_nhwc.size(3));
@@ -469,6 +476,14 @@ void igemm_conv(const at::Tensor& in_nhwc, int64_t in_h, int64_t in_w, const at:
   p.pool_h = pool == 0 ? 0 : static_cast<int>(out.size(2));
   p.pool_w = pool == 0 ? 0 : static_cast<int>(out.size(3));
   p.pool_m = pool == 0 ? 0 : out.size(0) * out.size(2) * out.size(3);
+  p.pool_offsets = pool != 0 && pool_offsets;
+  if (p.pool_offsets) {
+    const OffsetPoolBlock blk =
+        choose_offset_pool_block(tiles == Tiles::kLarge ? kLargeTileM : kSmallTileM,
+                                 static_cast<int>(pool), p.pool_h, p.pool_w);
+    p.off_blocks = make_offset_pixel_blocks(n, p.out_h, p.out_w, p.k, p.pool, blk.a, blk.b,
+                                            std::max(p.k, 1));
+  }
   igemm::launch(p, dense_channels_last(out), stream, tile_choice(tiles));
 }
 
@@ -491,11 +506,12 @@ at::Tensor conv3x3_cuda(const at::Tensor& input, const at::Tensor& weight,
   const choice::Codes algos = choice::forward_algos(
       input, weight, bias.has_value(), padding, relu,
       choice::records_grad(input, weight, bias), requested,
-      pool_of_key(input, pool, pool_offsets));
+      pool_of_key(input, pool), pool_offsets);
   const int64_t out_h = input.size(2) + 2 * padding - 2, out_w = input.size(3) + 2 * padding - 2;
   if (input.size(0) == 0) return empty_in_format_of(pooled_size, input);
   ConvProblem problem = conv_problem(input, weight, padding);
-  problem.fused_pool = pool_in_epilogue(pool, pool_offsets) ? static_cast<int>(pool) : 0;
+  problem.fused_pool = pool_in_epilogue(pool) ? static_cast<int>(pool) : 0;
+  problem.fused_offsets = pool_offsets;
   const DirectionPlan plan =
       plan_direction(problem, ConvDirection::kForward, algos[0], true, device_info(), "conv3x3",
                      algo_argument(ConvDirection::kForward, false));
@@ -503,7 +519,7 @@ at::Tensor conv3x3_cuda(const at::Tensor& input, const at::Tensor& weight,
   const bool tensor_cores =
       plan.kernel == ConvKernel::kImplicitGemm || plan.kernel == ConvKernel::kUnfolded ||
       plan.kernel == ConvKernel::kWgmma || plan.kernel == ConvKernel::kWgmmaTapChunks;
-  const int64_t fused_pool = tensor_cores && pool_in_epilogue(pool, pool_offsets) ? pool : 0;
+  const int64_t fused_pool = tensor_cores && pool_in_epilogue(pool) ? pool : 0;
   at::Tensor out = empty_in_format_of(
       fused_pool != 0 ? pooled_size : std::vector<int64_t>{input.size(0), weight.size(0), out_h, out_w},
       input);
@@ -518,7 +534,7 @@ at::Tensor conv3x3_cuda(const at::Tensor& input, const at::Tensor& weight,
       const auto [x, filt] = unfolded_operands(input, weight, padding, plan);
       dispatch_tensor_core(input.scalar_type(), [&](auto t) {
         igemm_conv<decltype(t)>(x, out_h, out_w, filt, b, 0, relu, out, plan.tiles, stream,
-                                at::Tensor(), fused_pool);
+                                at::Tensor(), fused_pool, pool_offsets);
       });
       return finish(out);
     }
@@ -529,7 +545,7 @@ at::Tensor conv3x3_cuda(const at::Tensor& input, const at::Tensor& weight,
                                            "conv3x3 copy: filters");
       dispatch_tensor_core(input.scalar_type(), [&](auto t) {
         igemm_conv<decltype(t)>(x, input.size(2), input.size(3), filt, b, padding, relu, out,
-                                plan.tiles, stream, at::Tensor(), fused_pool);
+                                plan.tiles, stream, at::Tensor(), fused_pool, pool_offsets);
       });
       return finish(out);
     }

@@ -77,17 +77,33 @@ void wgmma_conv(const at::Tensor& in_nhwc, const at::Tensor& filt, const at::Ten
                                          cp * int64_t(sizeof(T)) == kChunkBytes
                                    : filt.dim() == 4 && filt.size(1) == 3 && filt.size(2) == 3 &&
                                          cp <= filt.size(3));
-  // The conv pixels the tiles cover: all, or (pooling) those the windows take.
+  // The conv pixels the tiles cover: all, or (pooling) those the windows take (offsets:
+  // all, in overlapping blocks).
   const int64_t pool = cfg.pool, conv_h = h + 2 * pad - 2, conv_w = w + 2 * pad - 2;
-  const int64_t out_h = pool == 0 ? conv_h : conv_h / pool * pool;
-  const int64_t out_w = pool == 0 ? conv_w : conv_w / pool * pool;
-  TORCH_INTERNAL_ASSERT(pool == 0 ? out.size(2) == conv_h && out.size(3) == conv_w
-                                  : (pool == 2 || pool == 3) && out.size(2) == conv_h / pool &&
-                                        out.size(3) == conv_w / pool);
+  const bool offsets = cfg.pool_offsets;
+  const int64_t out_h = pool == 0 || offsets ? conv_h : conv_h / pool * pool;
+  const int64_t out_w = pool == 0 || offsets ? conv_w : conv_w / pool * pool;
+  if (pool == 0) {
+    TORCH_INTERNAL_ASSERT(out.size(0) == n && out.size(2) == conv_h && out.size(3) == conv_w);
+  } else if (offsets) {
+    TORCH_INTERNAL_ASSERT((pool == 2 || pool == 3) && out.size(0) == n * pool * pool &&
+                          out.size(2) == (conv_h - pool + 1) / pool &&
+                          out.size(3) == (conv_w - pool + 1) / pool);
+  } else {
+    TORCH_INTERNAL_ASSERT((pool == 2 || pool == 3) && out.size(0) == n &&
+                          out.size(2) == conv_h / pool && out.size(3) == conv_w / pool);
+  }
   if (n == 0 || k == 0 || out_h <= 0 || out_w <= 0) return;
-  TORCH_INTERNAL_ASSERT(cfg.block_h * cfg.block_w <= kBM && cfg.split >= 1 &&
-                        (pool == 0 ? cfg.block_h * cfg.block_w == kBM
-                                   : cfg.block_h % pool == 0 && cfg.block_w % pool == 0));
+  TORCH_INTERNAL_ASSERT(cfg.block_h * cfg.block_w <= kBM && cfg.split >= 1);
+  if (pool == 0) {
+    TORCH_INTERNAL_ASSERT(cfg.block_h * cfg.block_w == kBM);
+  } else if (offsets) {
+    TORCH_INTERNAL_ASSERT(cfg.offset_a >= 1 && cfg.offset_b >= 1 &&
+                          cfg.block_h == pool * (cfg.offset_a + 1) - 1 &&
+                          cfg.block_w == pool * (cfg.offset_b + 1) - 1);
+  } else {
+    TORCH_INTERNAL_ASSERT(cfg.block_h % pool == 0 && cfg.block_w % pool == 0);
+  }
   TORCH_INTERNAL_ASSERT(!mask.defined() || (!tap_chunks && !relu && !bias.defined() && pool == 0 &&
                                             mask.is_contiguous() && mask.sizes() == in_nhwc.sizes()));
   const uint32_t bw = cfg.block_w, bh = cfg.block_h;
@@ -108,8 +124,11 @@ void wgmma_conv(const at::Tensor& in_nhwc, const at::Tensor& filt, const at::Ten
     }
     p.c_slices = static_cast<int>(ceil_div(cp * int64_t(sizeof(T)), kSliceBytes));
   }
-  p.blocks = make_pixel_blocks(n, static_cast<int>(out_h), static_cast<int>(out_w),
-                               static_cast<int>(k), cfg.block_h, cfg.block_w, kBN);
+  p.blocks = offsets ? make_offset_pixel_blocks(n, static_cast<int>(out_h), static_cast<int>(out_w),
+                                                static_cast<int>(k), static_cast<int>(pool),
+                                                cfg.offset_a, cfg.offset_b, kBN)
+                     : make_pixel_blocks(n, static_cast<int>(out_h), static_cast<int>(out_w),
+                                         static_cast<int>(k), cfg.block_h, cfg.block_w, kBN);
   p.bias = bias.defined() ? bias.const_data_ptr<T>() : nullptr;
   p.out = out.mutable_data_ptr<T>();
   p.out_s = strides4(out);

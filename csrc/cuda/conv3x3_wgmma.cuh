@@ -58,7 +58,10 @@
 // stage their halves, meet on a 256-thread mbarrier (a window may straddle the halves),
 // reduce the tile's (bh / k) x (bw / k) windows as F.max_pool2d does
 // (conv_epilogue.cuh, store_pooled_tile) and store only the pooled map; with split-K,
-// split_reduce_kernel pools the summed parts the same way.
+// split_reduce_kernel pools the summed parts the same way. Offset pooling: the blocks
+// overlap (make_offset_pixel_blocks, conv_tiles.cuh: (k·a + k − 1) x (k·b + k − 1) pixels,
+// k·a rows and k·b columns apart), the box fills that many rows of A, and the same steps
+// pool every offset's windows of the block (block_window).
 //
 // The kernels compile to their bodies for sm_90a only (and in the simulator); other
 // targets get an empty kernel, which the plan never launches (conv_plan.h).

@@ -8,7 +8,7 @@
 namespace overfeat_kernels::choice {
 
 Codes forward_algos(const at::Tensor&, const at::Tensor&, bool, int64_t, bool, bool,
-                    at::OptionalIntArrayRef requested, int64_t) {
+                    at::OptionalIntArrayRef requested, int64_t, bool) {
   if (!requested.has_value()) return {kAlgoDefault, kAlgoDefault, kAlgoDefault};
   check_conv_algos(*requested, false);
   return {(*requested)[0], (*requested)[1], (*requested)[2]};

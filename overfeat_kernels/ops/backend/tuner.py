@@ -65,16 +65,17 @@ class Call:
 
     __slots__ = (
         "bias", "c", "channels_last", "deterministic", "device", "dtype", "h", "k", "n",
-        "padding", "pool", "relu", "tf32", "train", "w",
+        "padding", "pool", "pool_offsets", "relu", "tf32", "train", "w",
     )  # fmt: skip
 
     def __init__(self, fields: tuple) -> None:
         (dev_type, dev_index, dtype, self.n, self.c, self.h, self.w, self.k, cl, self.padding,
-         relu, bias, tf32, det, train, self.pool) = fields  # fmt: skip
+         relu, bias, tf32, det, train, self.pool, offsets) = fields  # fmt: skip
         self.device = torch.device(dev_type, dev_index if dev_index >= 0 else None)
         self.dtype = getattr(torch, dtype)
         self.channels_last, self.relu, self.bias = bool(cl), bool(relu), bool(bias)
         self.tf32, self.deterministic, self.train = bool(tf32), bool(det), bool(train)
+        self.pool_offsets = bool(offsets)
 
     def key(self) -> str:
         """The key of the disk cache: the environment and everything about the call that can
@@ -85,6 +86,7 @@ class Call:
             f"|pad{self.padding}|relu{int(self.relu)}|bias{int(self.bias)}|tf32{int(self.tf32)}"
             f"|det{int(self.deterministic)}|{'train' if self.train else 'infer'}"
             + (f"|pool{self.pool}" if self.pool else "")
+            + ("offsets" if self.pool_offsets else "")
         )
 
 
@@ -162,11 +164,12 @@ def _direction_fns(
     padding: int,
     relu: bool,
     pool: int = 0,
+    pool_offsets: bool = False,
 ) -> dict[str, Callable[[], object]]:
     """One callable per candidate: that direction alone, by that implementation, each call
     on the next input set. Every call names its algos: nothing here asks the tuner again.
-    With `pool` the forward is the pooled call (our kernels pool in their epilogue, the
-    others pool after the conv)."""
+    With `pool` the forward is the pooled call (with `pool_offsets`, offset_max_pool2d's
+    windows): our kernels pool in their epilogue, the others pool after the conv."""
     ops = torch.ops.overfeat_kernels
     counter = itertools.count()
     ours = [ALGOS["ours"]] * 3
@@ -183,7 +186,7 @@ def _direction_fns(
             s = sets[next(counter) % len(sets)]
             if direction == "forward":
                 algos = [algo, ours[1], ours[2]]
-                return ops.conv3x3.default(*s[:3], padding, relu, algos, pool, False)
+                return ops.conv3x3.default(*s[:3], padding, relu, algos, pool, pool_offsets)
             x, w, _, go, ro = s
             mask = [direction == "grad_input", direction == "grad_weight", False]
             algos = [algo, ours[2]] if direction == "grad_input" else [ours[1], algo]
@@ -205,7 +208,8 @@ def choose(key: str, call: Call) -> dict[str, str]:
             for direction in DIRECTIONS if call.train else DIRECTIONS[:1]:
                 names = candidates(direction, call.device.type, call.dtype, call.tf32,
                                    _capability(call.device))
-                fns = _direction_fns(direction, names, sets, call.padding, call.relu, call.pool)
+                fns = _direction_fns(direction, names, sets, call.padding, call.relu, call.pool,
+                                     call.pool_offsets)
                 measured = timer(fns)
                 times[direction] = {name: float(measured[name]) for name in names}
                 choice[direction] = min(names, key=lambda name: times[direction][name])
