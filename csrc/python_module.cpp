@@ -450,6 +450,8 @@ void add_conv_functions(py::module_ m) {
         }
         TORCH_CHECK_VALUE(p.fused_pool == 0 || p.fused_pool == 2 || p.fused_pool == 3,
                           "conv_plan: fused_pool must be 0, 2 or 3, got ", p.fused_pool);
+        TORCH_CHECK_VALUE(!p.fused_offsets || p.fused_pool != 0,
+                          "conv_plan: fused_offsets needs a fused_pool");
         const ok::ConvDirection d = direction_of(direction);
         ok::check_conv_algo(algo, "conv_plan", "algo", d);
         const ok::DirectionPlan plan =

@@ -311,6 +311,8 @@ def test_plan_of_an_offset_pooled_forward():
     assert not unpooled["wgmma_offsets"]
     with pytest.raises(ValueError, match="offsets needs a pool"):
         _C.wgmma_config(1, 30, 30, 64, 9, 132, 0, True)
+    with pytest.raises(ValueError, match="fused_offsets needs a fused_pool"):
+        _C.conv_plan({**problem, "fused_offsets": True}, "forward", 5, True, 90, 132)
 
 
 def test_a_pooled_call_takes_the_unpooled_split():

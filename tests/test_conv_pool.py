@@ -786,6 +786,23 @@ def test_gpu_epilogue_pool_bit_equal_to_unfused(pool, algos, dtype, layout):
 
 
 @gpu
+@pytest.mark.parametrize(("pool", "algos"), [(3, [2, 2, 0]), (2, [3, 3, 0]), (3, [5, 0, 0])])
+def test_gpu_epilogue_offset_pool_bit_equal_to_unfused(pool, algos):
+    if algos == [5, 0, 0]:
+        from overfeat_kernels.ops._ext import _C
+
+        if torch.cuda.get_device_capability() != (9, 0) or not _C.build_has_sm90a:
+            pytest.skip("the Hopper kernel runs on compute capability 9.0 in an sm_90a build")
+    x, wt, b = _inputs(2, 64, 72, 57, 43, torch.bfloat16, "channels_last")
+    x[0, 3, 10, 11] = float("nan")
+    x, wt, b = x.cuda(), wt.cuda(), b.cuda()
+    fused = OP(x, wt, b, 1, True, algos, pool, True)
+    ref = _offset_pool_by_shifts(OP(x, wt, b, 1, True, algos), pool)
+    assert fused.shape == ref.shape and fused.isnan().any()
+    assert _same_bits(fused.cpu(), ref.cpu())
+
+
+@gpu
 def test_gpu_vgg_features_fused_equal_unfused():
     model = ok.models.vgg11().cuda().to(torch.bfloat16).eval()
     model = model.to(memory_format=torch.channels_last)
