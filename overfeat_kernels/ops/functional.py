@@ -68,9 +68,11 @@ def conv3x3(
     float16 / bfloat16.
 
     On a GPU, where our tensor-core kernels run (bfloat16, float16, TF32), 2x2 and 3x3
-    max-pooling happens in the convolution's epilogue: the unpooled map is never written.
-    Elsewhere (the CPU, float64, exact float32, PyTorch's convolution chosen by the conv
-    backend, offset pooling, windows of 4 and more) the pooling runs after the convolution.
+    max-pooling, plain or at every offset, happens in the convolution's epilogue: the
+    unpooled map is never written (offset windows overlap, so their tiles recompute shared
+    borders; the conv backend's "auto" mode times that against the composition). Elsewhere
+    (the CPU, float64, exact float32, PyTorch's convolution chosen by the conv backend,
+    windows of 4 and more) the pooling runs after the convolution.
     Either way the result is bit for bit the composition's, NaN and ties included. With
     gradients required the unpooled map is kept for the backward (as the composition keeps
     it), so the fusion pays off in inference.
