@@ -204,50 +204,6 @@ def _same_bits(a, b):
     return torch.equal(nan, b.isnan()) and torch.equal(_bits(a)[~nan], _bits(b)[~nan])
 
 
-@pytest.mark.parametrize("relu", [False, True])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, TF32], ids=str)
-@pytest.mark.parametrize("case", SIM_CASES, ids=str)
-@pytest.mark.usefixtures("_tf32_on")
-@pytest.mark.sim
-@pytest.mark.skipif(not simulator.available(), reason="CUDA simulator not built")
-def test_sim_epilogue_pool_bit_equal_to_unfused(case, dtype, relu):
-    n, c, k, h, w, pad, layout, pool, tiles = case
-    x, wt, b = _inputs(n, c, k, h, w, _sim_dtype(dtype), layout)
-    # NaN inside windows and in the trailing rows no window uses (3 x 3 neighbourhoods).
-    x[0, 0, 2, 3] = float("nan")
-    x[n - 1, c - 1, h - 1, w - 1] = float("nan")
-    algos = TILES[tiles]
-    simulator.reset_launch_counts()
-    with simulator.simulate_cuda():
-        fused = OP(x, wt, b, pad, relu, algos, pool, False)
-        fused_launches = simulator.launch_counts()
-        unfused = OP(x, wt, b, pad, relu, algos)
-    ref = F.max_pool2d(unfused, pool)
-    # The igemm kernel's last two switches: kMasked, kPool.
-    names = [name.replace(" ", "") for name in fused_launches]
-    pooled_kernels = [name for name in names if IGEMM in name and name.endswith(",false,true>")]
-    assert pooled_kernels, fused_launches
-    assert fused.shape == ref.shape
-    if layout == "channels_last":
-        assert fused.is_contiguous(memory_format=torch.channels_last)
-    elif layout == "nchw":
-        assert fused.is_contiguous()
-    assert _same_bits(fused, ref)
-    assert fused.isnan().any()
-
-
-@pytest.mark.usefixtures("_tf32_on")
-@pytest.mark.sim
-@pytest.mark.skipif(not simulator.available(), reason="CUDA simulator not built")
-def test_sim_tied_maxima():
-    # Integer weights and inputs: many equal maxima, and ReLU's zeros in every window.
-    x, wt, _ = _inputs(1, 8, 16, 10, 10, torch.bfloat16, "channels_last", values="ties")
-    with simulator.simulate_cuda():
-        fused = OP(x, wt, None, 1, True, [3, 3, 0], 2, False)
-        unfused = OP(x, wt, None, 1, True, [3, 3, 0])
-    assert _same_bits(fused, F.max_pool2d(unfused, 2))
-
-
 def _offset_pool_by_shifts(y, k):
     """offset_max_pool2d from F.max_pool2d on the k² shifted maps (SPEC's definition:
     batch index (n·k + dy)·k + dx), independent of our pooling kernels."""
@@ -258,11 +214,37 @@ def _offset_pool_by_shifts(y, k):
     return torch.stack(parts, 1).flatten(0, 1)
 
 
-# Offset pooling in the implicit GEMM's epilogue: overlapping pixel blocks of
-# (k·a + k - 1) x (k·b + k - 1). (N, C, K, H, W, padding, layout, pool, tiles): several
-# blocks down and across an image with the last ones cut by the map, blocks wider than the
-# map, trailing rows and columns no offset uses, K not a multiple of the vector, the
-# unfolded path (C = 3), large and small tiles.
+def _pooled_reference(y, pool, offsets):
+    return _offset_pool_by_shifts(y, pool) if offsets else F.max_pool2d(y, pool)
+
+
+def _sim_fused_and_unfused(x, wt, b, pad, relu, algos, pool, offsets):
+    """The pooled call and the unpooled one, in the simulator, and the kernels the pooled
+    call launched (names without spaces)."""
+    simulator.reset_launch_counts()
+    with simulator.simulate_cuda():
+        fused = OP(x, wt, b, pad, relu, algos, pool, offsets)
+        launches = [name.replace(" ", "") for name in simulator.launch_counts()]
+        unfused = OP(x, wt, b, pad, relu, algos)
+    return fused, unfused, launches
+
+
+def _assert_fused_equals(fused, ref, layout, launches):
+    assert fused.shape == ref.shape
+    if layout == "channels_last":
+        assert fused.is_contiguous(memory_format=torch.channels_last)
+    elif layout == "nchw":
+        assert fused.is_contiguous()
+    assert _same_bits(fused, ref)
+    assert fused.isnan().any()
+    assert not any("offset_pool" in name for name in launches), launches  # no pooling kernel
+
+
+# Offset pooling in the epilogue: overlapping pixel blocks of (k·a + k - 1) x (k·b + k - 1)
+# conv pixels. (N, C, K, H, W, padding, layout, pool, tiles): several blocks down and across
+# an image with the last ones cut by the map, blocks wider than the map, trailing rows and
+# columns no offset uses, K not a multiple of the vector, the unfolded path (C = 3), large
+# and small tiles.
 OFFSET_CASES = [
     (2, 8, 17, 13, 11, 1, "channels_last", 2, "small"),
     (1, 17, 16, 31, 29, 0, "nchw", 3, "large"),
@@ -275,33 +257,39 @@ OFFSET_CASES = [
 
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, TF32], ids=str)
-@pytest.mark.parametrize("case", OFFSET_CASES, ids=str)
+@pytest.mark.parametrize(
+    ("case", "offsets"),
+    [(c, False) for c in SIM_CASES] + [(c, True) for c in OFFSET_CASES],
+    ids=str,
+)
 @pytest.mark.usefixtures("_tf32_on")
 @pytest.mark.sim
 @pytest.mark.skipif(not simulator.available(), reason="CUDA simulator not built")
-def test_sim_epilogue_offset_pool_bit_equal_to_unfused(case, dtype, relu):
+def test_sim_epilogue_pool_bit_equal_to_unfused(case, offsets, dtype, relu):
     n, c, k, h, w, pad, layout, pool, tiles = case
     x, wt, b = _inputs(n, c, k, h, w, _sim_dtype(dtype), layout)
-    x[0, 0, 2, 3] = float("nan")  # inside windows of several offsets
-    x[n - 1, c - 1, h - 1, w - 1] = float("nan")  # in the trailing pixels (some offsets)
-    algos = TILES[tiles]
-    simulator.reset_launch_counts()
-    with simulator.simulate_cuda():
-        fused = OP(x, wt, b, pad, relu, algos, pool, True)
-        fused_launches = simulator.launch_counts()
-        unfused = OP(x, wt, b, pad, relu, algos)
-    names = [name.replace(" ", "") for name in fused_launches]
-    assert any(IGEMM in name and name.endswith(",false,true>") for name in names), names
-    assert not any("offset_max_pool" in name for name in names), names
-    ref = _offset_pool_by_shifts(unfused, pool)
-    assert fused.shape == ref.shape
-    assert torch.equal(ok.offset_max_pool2d(unfused, pool).isnan(), ref.isnan())
-    if layout == "channels_last":
-        assert fused.is_contiguous(memory_format=torch.channels_last)
-    elif layout == "nchw":
-        assert fused.is_contiguous()
-    assert _same_bits(fused, ref)
-    assert fused.isnan().any()
+    # NaN inside windows (of several offsets) and in the trailing rows no window uses.
+    x[0, 0, 2, 3] = float("nan")
+    x[n - 1, c - 1, h - 1, w - 1] = float("nan")
+    fused, unfused, launches = _sim_fused_and_unfused(x, wt, b, pad, relu, TILES[tiles], pool,
+                                                      offsets)  # fmt: skip
+    # The igemm kernel's last two switches: kMasked, kPool.
+    assert any(IGEMM in name and name.endswith(",false,true>") for name in launches), launches
+    _assert_fused_equals(fused, _pooled_reference(unfused, pool, offsets), layout, launches)
+
+
+@pytest.mark.usefixtures("_tf32_on")
+@pytest.mark.sim
+@pytest.mark.skipif(not simulator.available(), reason="CUDA simulator not built")
+@pytest.mark.parametrize(
+    ("pool", "offsets", "algos"),
+    [(2, False, [3, 3, 0]), (2, True, [2, 2, 0]), (3, True, [3, 3, 0])],
+)
+def test_sim_tied_maxima(pool, offsets, algos):
+    # Integer weights and inputs: many equal maxima, and ReLU's zeros in every window.
+    x, wt, _ = _inputs(1, 8, 16, 12, 11, torch.bfloat16, "channels_last", values="ties")
+    fused, unfused, _ = _sim_fused_and_unfused(x, wt, None, 1, True, algos, pool, offsets)
+    assert _same_bits(fused, _pooled_reference(unfused, pool, offsets))
 
 
 def test_offset_cases_span_several_blocks_each_way():
@@ -342,18 +330,6 @@ def test_offset_pool_block_is_the_fewest_blocks_that_fit():
 @pytest.mark.usefixtures("_tf32_on")
 @pytest.mark.sim
 @pytest.mark.skipif(not simulator.available(), reason="CUDA simulator not built")
-@pytest.mark.parametrize("pool", [2, 3])
-def test_sim_offset_pool_tied_maxima(pool):
-    x, wt, _ = _inputs(1, 8, 16, 12, 11, torch.bfloat16, "channels_last", values="ties")
-    with simulator.simulate_cuda():
-        fused = OP(x, wt, None, 1, True, [2, 2, 0], pool, True)
-        unfused = OP(x, wt, None, 1, True, [2, 2, 0])
-    assert _same_bits(fused, _offset_pool_by_shifts(unfused, pool))
-
-
-@pytest.mark.usefixtures("_tf32_on")
-@pytest.mark.sim
-@pytest.mark.skipif(not simulator.available(), reason="CUDA simulator not built")
 @pytest.mark.parametrize(("pool", "offsets", "algos"), [
     (5, True, [2, 2, 0]),  # offset windows of 25 pixels: composed
     (4, False, [3, 3, 0]),  # windows of 16 pixels: composed
@@ -361,16 +337,13 @@ def test_sim_offset_pool_tied_maxima(pool):
 ])  # fmt: skip
 def test_sim_composed_paths(pool, offsets, algos):
     x, wt, b = _inputs(1, 8, 8, 12, 11, torch.float16, "nchw")
-    simulator.reset_launch_counts()
+    out, y, launches = _sim_fused_and_unfused(x, wt, b, 1, True, algos, pool, offsets)
     with simulator.simulate_cuda():
-        out = OP(x, wt, b, 1, True, algos, pool, offsets)
-        launches = [name.replace(" ", "") for name in simulator.launch_counts()]
-        y = OP(x, wt, b, 1, True, algos)
         ref = ok.offset_max_pool2d(y, pool) if offsets else F.max_pool2d(y, pool)
     assert _same_bits(out, ref)
     # The conv kernel ran unpooled; the pooling after it.
-    pooled = [n for n in launches if "conv3x3" in n and n.endswith((",true>", ",2>", ",3>"))]
-    assert not pooled and any("conv3x3" in n for n in launches), launches
+    pooled = [name for name in launches if "conv3x3" in name and name.endswith(",true>")]
+    assert not pooled and any("conv3x3" in name for name in launches), launches
     if offsets:
         assert any("offset_pool" in name for name in launches), launches
 
@@ -395,7 +368,8 @@ def test_sim_gradients_equal_the_composition():
 # The Hopper kernel (algos [5, 0, 0]) pools in its epilogue too: its blocks hold whole
 # windows (2 x 2 in blocks of 128 pixels; 3 x 3 in blocks of 126, whose A tile's last two
 # rows are never loaded and hold poison in the simulator), both consumer warpgroups reduce
-# the staged tile; split-K's reduction kernel pools the summed parts.
+# the staged tile; split-K's reduction kernel pools the summed parts. Offset pooling: the
+# overlapping blocks above (one TMA box per tap, filling bh·bw rows of A).
 WGMMA = "conv3x3_wgmma_kernel"
 REDUCE = "split_reduce_kernel"
 # (N, C, K, H, W, padding, layout, pool, relu): split-K, one part with more work units than
@@ -411,6 +385,17 @@ WGMMA_CASES = [
     # Fewer tiles pooled (24) than unpooled (40): the unpooled call's split-K (3) all the same.
     (1, 40, 16, 49, 65, 1, "channels_last", 2, False),
 ]
+# The same for offset pooling.
+WGMMA_OFFSET_CASES = [
+    (2, 16, 17, 13, 11, 1, "channels_last", 2, True),  # split 2
+    (1, 17, 16, 14, 15, 0, "nchw", 3, False),  # split 2
+    (2, 3, 24, 17, 10, 1, "channels_last", 3, True),  # tap chunks
+    (1, 8, 16, 9, 14, 0, "strided", 2, True),  # tap chunks (tf32: slices, split 2)
+    (6, 16, 136, 34, 34, 1, "channels_last", 2, True),  # 144 units (7 x 17 blocks)
+    (5, 16, 136, 33, 33, 1, "nchw", 3, False),  # 150 units (8 x 14 blocks)
+    (1, 40, 16, 49, 65, 1, "channels_last", 2, False),  # more tiles than unpooled; split 3
+]
+WGMMA_ALL = [(c, False) for c in WGMMA_CASES] + [(c, True) for c in WGMMA_OFFSET_CASES]
 
 
 def _wgmma_slices(c, dtype):
@@ -421,176 +406,85 @@ def _wgmma_slices(c, dtype):
     return 9 * -(-cp_bytes // 128)  # taps x 128-byte slices
 
 
-def _wgmma_plan(case, dtype, pool):
+def _wgmma_plan(case, dtype, pool, offsets=False):
     """(block_h, block_w, split, work units) the plan takes for the call (pool 0: unfused)."""
     from overfeat_kernels.ops._ext import _C
 
     n, c, k, h, w, pad = case[:6]
     oh, ow = h + 2 * pad - 2, w + 2 * pad - 2
-    bh, bw, split = _C.wgmma_config(n, oh, ow, k, _wgmma_slices(c, dtype), 132, pool)
+    bh, bw, split = _C.wgmma_config(n, oh, ow, k, _wgmma_slices(c, dtype), 132, pool, offsets)
+    if offsets:
+        # Blocks of a x b positions, k·a rows and k·b columns apart.
+        a, b = (bh + 1) // pool - 1, (bw + 1) // pool - 1
+        assert (bh, bw) == (pool * a + pool - 1, pool * b + pool - 1)
+        ph, pw = (oh - pool + 1) // pool, (ow - pool + 1) // pool
+        assert (a, b) == _C.offset_pool_block(128, pool, ph, pw)
+        return bh, bw, split, n * -(-ph // a) * -(-pw // b) * -(-k // 128) * split
     if pool:
         oh, ow = oh // pool * pool, ow // pool * pool
     return bh, bw, split, n * -(-oh // bh) * -(-ow // bw) * -(-k // 128) * split
 
 
-def test_wgmma_cases_cover_split_k_one_part_persistent_and_tap_chunks():
-    plans = [_wgmma_plan(c, torch.bfloat16, c[7]) for c in WGMMA_CASES]
+@pytest.mark.parametrize("offsets", [False, True])
+def test_wgmma_cases_cover_split_k_one_part_persistent_and_tap_chunks(offsets):
+    cases = WGMMA_OFFSET_CASES if offsets else WGMMA_CASES
+    plans = [_wgmma_plan(c, torch.bfloat16, c[7], offsets) for c in cases]
     assert any(p[2] > 1 for p in plans) and any(p[2] == 1 for p in plans)
-    assert {c[7] for c, p in zip(WGMMA_CASES, plans, strict=True) if p[3] > 132} == {2, 3}
-    assert any(c[1] <= 8 for c in WGMMA_CASES) and {c[7] for c in WGMMA_CASES} == {2, 3}
+    assert {c[7] for c, p in zip(cases, plans, strict=True) if p[3] > 132} == {2, 3}
+    assert any(c[1] <= 8 for c in cases) and {c[7] for c in cases} == {2, 3}
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, TF32], ids=str)
-@pytest.mark.parametrize("case", WGMMA_CASES, ids=str)
+@pytest.mark.parametrize(("case", "offsets"), WGMMA_ALL, ids=str)
 @pytest.mark.usefixtures("_tf32_on")
 @pytest.mark.sim
 @pytest.mark.skipif(not simulator.available(), reason="CUDA simulator not built")
-def test_sim_wgmma_epilogue_pool_bit_equal_to_unfused(case, dtype):
+def test_sim_wgmma_epilogue_pool_bit_equal_to_unfused(case, offsets, dtype):
     n, c, k, h, w, pad, layout, pool, relu = case
     # The plan gives the pooled call the unpooled call's split-K: the same parts' sums, so
     # the same conv bits before the max.
-    fused_plan, unfused_plan = _wgmma_plan(case, dtype, pool), _wgmma_plan(case, dtype, 0)
-    assert fused_plan[2] == unfused_plan[2], (fused_plan, unfused_plan)
+    fused_plan = _wgmma_plan(case, dtype, pool, offsets)
+    assert fused_plan[2] == _wgmma_plan(case, dtype, 0)[2], fused_plan
     x, wt, b = _inputs(n, c, k, h, w, _sim_dtype(dtype), layout)
     x[0, 0, 2, 3] = float("nan")
     x[n - 1, c - 1, h - 1, w - 1] = float("nan")
-    simulator.reset_launch_counts()
-    with simulator.simulate_cuda():
-        fused = OP(x, wt, b, pad, relu, [5, 0, 0], pool, False)
-        fused_launches = simulator.launch_counts()
-        unfused = OP(x, wt, b, pad, relu, [5, 0, 0])
-    ref = F.max_pool2d(unfused, pool)
+    fused, unfused, launches = _sim_fused_and_unfused(x, wt, b, pad, relu, [5, 0, 0], pool,
+                                                      offsets)  # fmt: skip
     # The kernel's switches: <T, kTapChunks, kOutChannelsLast, kMasked, kPool>.
-    kernels = [name.replace(" ", "") for name in fused_launches if WGMMA in name]
-    assert kernels and all(name.endswith(",false,true>") for name in kernels), fused_launches
+    kernels = [name for name in launches if WGMMA in name]
+    assert kernels and all(name.endswith(",false,true>") for name in kernels), launches
     chunks = c * (4 if dtype == TF32 else 2) <= 16
     assert all(name.split(",")[1] == str(chunks).lower() for name in kernels), kernels
-    assert any(REDUCE in name for name in fused_launches) == (fused_plan[2] > 1)
-    assert fused.shape == ref.shape
-    if layout == "channels_last":
-        assert fused.is_contiguous(memory_format=torch.channels_last)
-    elif layout == "nchw":
-        assert fused.is_contiguous()
-    assert _same_bits(fused, ref)
-    assert fused.isnan().any()
+    assert any(REDUCE in name for name in launches) == (fused_plan[2] > 1)
+    _assert_fused_equals(fused, _pooled_reference(unfused, pool, offsets), layout, launches)
 
 
 @pytest.mark.usefixtures("_tf32_on")
 @pytest.mark.sim
 @pytest.mark.skipif(not simulator.available(), reason="CUDA simulator not built")
+@pytest.mark.parametrize("offsets", [False, True])
 @pytest.mark.parametrize("pool", [2, 3])
-def test_sim_wgmma_tied_maxima(pool):
+def test_sim_wgmma_tied_maxima(pool, offsets):
     # Integer weights and inputs: many equal maxima (signed zeros among them after ReLU).
     x, wt, _ = _inputs(1, 16, 16, 13, 14, torch.bfloat16, "channels_last", values="ties")
-    with simulator.simulate_cuda():
-        fused = OP(x, wt, None, 1, True, [5, 0, 0], pool, False)
-        unfused = OP(x, wt, None, 1, True, [5, 0, 0])
-    assert _same_bits(fused, F.max_pool2d(unfused, pool))
+    fused, unfused, _ = _sim_fused_and_unfused(x, wt, None, 1, True, [5, 0, 0], pool, offsets)
+    assert _same_bits(fused, _pooled_reference(unfused, pool, offsets))
 
 
 @pytest.mark.usefixtures("_tf32_on")
 @pytest.mark.sim
 @pytest.mark.skipif(not simulator.available(), reason="CUDA simulator not built")
-@pytest.mark.parametrize("case", [WGMMA_CASES[1], WGMMA_CASES[2]], ids=str)
-def test_sim_wgmma_pool_schedule_independent(case):
+@pytest.mark.parametrize(
+    ("case", "offsets"),
+    [WGMMA_ALL[1], WGMMA_ALL[2], (WGMMA_OFFSET_CASES[1], True), (WGMMA_OFFSET_CASES[2], True)],
+    ids=str,
+)
+def test_sim_wgmma_pool_schedule_independent(case, offsets):
     n, c, k, h, w, pad, layout, pool, relu = case
     x, wt, b = _inputs(n, c, k, h, w, torch.bfloat16, layout)
 
     def calls():
-        return [OP(x, wt, b, pad, relu, [5, 0, 0], pool, False)]
-
-    simulator.assert_schedule_independent(calls)
-
-
-# Offset pooling on the Hopper kernel: overlapping blocks of (k·a + k - 1) x (k·b + k - 1)
-# conv pixels (one TMA box per tap; the A tile's rows past the box are never loaded), every
-# offset's windows pooled from the staged tile; split-K's reduction kernel the same way.
-# (N, C, K, H, W, padding, layout, pool, relu), as WGMMA_CASES.
-WGMMA_OFFSET_CASES = [
-    (2, 16, 17, 13, 11, 1, "channels_last", 2, True),  # split 2
-    (1, 17, 16, 14, 15, 0, "nchw", 3, False),  # split 2
-    (2, 3, 24, 17, 10, 1, "channels_last", 3, True),  # tap chunks
-    (1, 8, 16, 9, 14, 0, "strided", 2, True),  # tap chunks (tf32: slices, split 2)
-    (6, 16, 136, 34, 34, 1, "channels_last", 2, True),  # 144 units (7 x 17 blocks)
-    (5, 16, 136, 33, 33, 1, "nchw", 3, False),  # 150 units (8 x 14 blocks)
-    (1, 40, 16, 49, 65, 1, "channels_last", 2, False),  # more tiles than unpooled; split 3
-]
-
-
-def _wgmma_offset_plan(case, dtype):
-    """(block_h, block_w, split, work units) of the offset-pooled call."""
-    from overfeat_kernels.ops._ext import _C
-
-    n, c, k, h, w, pad, _, pool = case[:8]
-    oh, ow = h + 2 * pad - 2, w + 2 * pad - 2
-    bh, bw, split = _C.wgmma_config(n, oh, ow, k, _wgmma_slices(c, dtype), 132, pool, True)
-    a, b = (bh + 1) // pool - 1, (bw + 1) // pool - 1
-    assert (bh, bw) == (pool * a + pool - 1, pool * b + pool - 1)
-    ph, pw = (oh - pool + 1) // pool, (ow - pool + 1) // pool
-    assert (a, b) == _C.offset_pool_block(128, pool, ph, pw)
-    return bh, bw, split, n * -(-ph // a) * -(-pw // b) * -(-k // 128) * split
-
-
-def test_wgmma_offset_cases_cover_split_k_one_part_persistent_and_tap_chunks():
-    plans = [_wgmma_offset_plan(c, torch.bfloat16) for c in WGMMA_OFFSET_CASES]
-    assert any(p[2] > 1 for p in plans) and any(p[2] == 1 for p in plans)
-    assert {c[7] for c, p in zip(WGMMA_OFFSET_CASES, plans, strict=True) if p[3] > 132} == {2, 3}
-    assert any(c[1] <= 8 for c in WGMMA_OFFSET_CASES)
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, TF32], ids=str)
-@pytest.mark.parametrize("case", WGMMA_OFFSET_CASES, ids=str)
-@pytest.mark.usefixtures("_tf32_on")
-@pytest.mark.sim
-@pytest.mark.skipif(not simulator.available(), reason="CUDA simulator not built")
-def test_sim_wgmma_epilogue_offset_pool_bit_equal_to_unfused(case, dtype):
-    n, c, k, h, w, pad, layout, pool, relu = case
-    fused_plan, unfused_plan = _wgmma_offset_plan(case, dtype), _wgmma_plan(case, dtype, 0)
-    assert fused_plan[2] == unfused_plan[2], (fused_plan, unfused_plan)
-    x, wt, b = _inputs(n, c, k, h, w, _sim_dtype(dtype), layout)
-    x[0, 0, 2, 3] = float("nan")
-    x[n - 1, c - 1, h - 1, w - 1] = float("nan")
-    simulator.reset_launch_counts()
-    with simulator.simulate_cuda():
-        fused = OP(x, wt, b, pad, relu, [5, 0, 0], pool, True)
-        fused_launches = simulator.launch_counts()
-        unfused = OP(x, wt, b, pad, relu, [5, 0, 0])
-    kernels = [name.replace(" ", "") for name in fused_launches if WGMMA in name]
-    assert kernels and all(name.endswith(",false,true>") for name in kernels), fused_launches
-    assert any(REDUCE in name for name in fused_launches) == (fused_plan[2] > 1)
-    assert not any("offset_pool" in name for name in fused_launches), fused_launches
-    ref = _offset_pool_by_shifts(unfused, pool)
-    assert fused.shape == ref.shape
-    if layout == "channels_last":
-        assert fused.is_contiguous(memory_format=torch.channels_last)
-    elif layout == "nchw":
-        assert fused.is_contiguous()
-    assert _same_bits(fused, ref)
-    assert fused.isnan().any()
-
-
-@pytest.mark.usefixtures("_tf32_on")
-@pytest.mark.sim
-@pytest.mark.skipif(not simulator.available(), reason="CUDA simulator not built")
-@pytest.mark.parametrize("pool", [2, 3])
-def test_sim_wgmma_offset_pool_tied_maxima(pool):
-    x, wt, _ = _inputs(1, 16, 16, 13, 14, torch.bfloat16, "channels_last", values="ties")
-    with simulator.simulate_cuda():
-        fused = OP(x, wt, None, 1, True, [5, 0, 0], pool, True)
-        unfused = OP(x, wt, None, 1, True, [5, 0, 0])
-    assert _same_bits(fused, _offset_pool_by_shifts(unfused, pool))
-
-
-@pytest.mark.usefixtures("_tf32_on")
-@pytest.mark.sim
-@pytest.mark.skipif(not simulator.available(), reason="CUDA simulator not built")
-@pytest.mark.parametrize("case", [WGMMA_OFFSET_CASES[1], WGMMA_OFFSET_CASES[2]], ids=str)
-def test_sim_wgmma_offset_pool_schedule_independent(case):
-    n, c, k, h, w, pad, layout, pool, relu = case
-    x, wt, b = _inputs(n, c, k, h, w, torch.bfloat16, layout)
-
-    def calls():
-        return [OP(x, wt, b, pad, relu, [5, 0, 0], pool, True)]
+        return [OP(x, wt, b, pad, relu, [5, 0, 0], pool, offsets)]
 
     simulator.assert_schedule_independent(calls)
 
