@@ -5,8 +5,8 @@
 // tensor-core forward kernels pool 2 x 2 and 3 x 3 windows, plain or offset, in their
 // epilogue and never write the unpooled map (conv3x3_igemm.cuh, "pooling"); every other
 // path (CPU, float64, exact float32, the direct kernel, PyTorch's convolution, larger
-// windows) runs the composition below. Max commutes with the rounding to the output dtype, so both give
-// the same bits.
+// windows) runs the composition below. Max commutes with the rounding to the output
+// dtype, so both give the same bits.
 #pragma once
 
 #include <ATen/ATen.h>
