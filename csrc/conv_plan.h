@@ -22,6 +22,8 @@
 #include <cstdint>
 #include <string>
 
+#include "index_math.h"
+
 namespace overfeat_kernels {
 
 // conv3x3's `algos` codes: which implementation computes a direction. kAlgoDefault runs
@@ -190,8 +192,9 @@ inline Tiles choose_tiles(int64_t pixels, int64_t filters, int element_size, int
 }
 
 // Offset pooling (offset_max_pool2d) in the tensor-core kernels' epilogue (the implicit
-// GEMM's and the Hopper kernel's): a tile's rows are a 2-D block of (pool·a + pool − 1) x (pool·b + pool − 1) conv pixels, row-major, in which
-// the pool² offsets' windows give a x b pooled positions each. Windows overlap, so
+// GEMM's and the Hopper kernel's): a tile's rows are a 2-D block of (pool·a + pool − 1) x
+// (pool·b + pool − 1) conv pixels, row-major, in which the pool² offsets' windows give
+// a x b pooled positions each. Windows overlap, so
 // neighbouring blocks share pool − 1 rows and columns, computed by both tiles: the price of
 // keeping every window inside one tile (about (block pixels) / (pool² · a · b) times the
 // conv's arithmetic: 1.28 for pool 2, 1.58 for pool 3 with 128-row tiles).
@@ -232,10 +235,9 @@ struct WgmmaConfig {
   int block_h = 0, block_w = 0;  // the tile's pixels: a block_h x block_w block of one image
   int split = 1;                 // split-K parts per tile (1: none)
   int pool = 0;                  // the epilogue max-pools pool x pool windows (0: none)
-  // With pool: offset_max_pool2d's windows, in blocks of offset_a x offset_b positions
-  // (OffsetPoolBlock; block_h = pool·(offset_a + 1) − 1, block_w alike).
+  // With pool: offset_max_pool2d's windows, in blocks of a x b positions (OffsetPoolBlock):
+  // block_h = pool·(a + 1) − 1, block_w = pool·(b + 1) − 1.
   bool pool_offsets = false;
-  int offset_a = 0, offset_b = 0;
 };
 
 // The pixel blocks the Hopper kernel may take, in order of preference (the squarer first:
@@ -300,9 +302,7 @@ inline WgmmaConfig choose_wgmma_config(int64_t n, int64_t out_h, int64_t out_w, 
   }
   if (c.pool_offsets) {
     const OffsetPoolBlock b = choose_offset_pool_block(
-        kWgmmaTileM, pool, (out_h - pool + 1) / pool, (out_w - pool + 1) / pool);
-    c.offset_a = b.a;
-    c.offset_b = b.b;
+        kWgmmaTileM, pool, pooled_extent(out_h, pool), pooled_extent(out_w, pool));
     c.block_h = pool * (b.a + 1) - 1;
     c.block_w = pool * (b.b + 1) - 1;
     return c;

@@ -28,7 +28,7 @@
 // F.max_pool2d does (after bias, ReLU and the rounding, with which max commutes) and
 // stores only the pooled map. Conv pixels that no window covers (trailing rows and
 // columns) are never computed.
-// Offset pooling (Params::pool_offsets; offset_max_pool2d's k² offsets): a tile's rows are
+// Offset pooling (Params::off_blocks set; offset_max_pool2d's k² offsets): a tile's rows are
 // a 2-D block of (k·a + k − 1) x (k·b + k − 1) conv pixels in row-major order
 // (OffsetPoolBlock, conv_plan.h; make_offset_pixel_blocks, conv_tiles.cuh), blocks k·a
 // rows and k·b columns apart, so that they overlap by k − 1 (computed by both tiles);
@@ -147,9 +147,9 @@ struct Params {
   // [n][k][pool_h][pool_w] (strides out_s) of pool_m = n · pool_h · pool_w windows.
   int pool, pool_h, pool_w;
   int64_t pool_m;
-  // Offset pooling: `out` is offset_max_pool2d's [n·k²][k][pool_h][pool_w]; tile t is
-  // block t of off_blocks (make_offset_pixel_blocks, one filter tile: blockIdx.y's).
-  bool pool_offsets;
+  // Offset pooling (off_blocks.off_a > 0; zeros: none): `out` is offset_max_pool2d's
+  // [n·k²][k][pool_h][pool_w]; tile t is block t of off_blocks (make_offset_pixel_blocks,
+  // one filter tile: blockIdx.y's).
   PixelBlocks off_blocks;
 };
 
@@ -159,7 +159,7 @@ template <int kBM, bool kPool, typename T>
 __host__ __device__ __forceinline__ RowPixel tile_row_pixel(const Params<T>& p, int64_t tile,
                                                              int row) {
   if constexpr (kPool) {
-    if (p.pool_offsets) return block_row_pixel(p.off_blocks, block_tile(p.off_blocks, tile), row);
+    if (p.off_blocks.off_a > 0) return block_row_pixel(p.off_blocks, block_tile(p.off_blocks, tile), row);
     const int kk = p.pool * p.pool, per_tile = kBM / kk;
     const int win = row / kk, pos = row - win * kk;
     const int64_t q = tile * per_tile + win;
@@ -417,7 +417,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   __syncthreads();
 
   if constexpr (kPool) {
-    if (p.pool_offsets) {
+    if (p.off_blocks.off_a > 0) {
       // Every offset's windows over the block (conv_tiles.cuh, block_window).
       const BlockTile blk = block_tile(p.off_blocks, blockIdx.x);
       epilogue::store_pooled_tile<T, Cfg::kBN, kOutChannelsLast>(
@@ -458,11 +458,12 @@ static_assert(kVecBytes == kIgemmVecBytes && kRowBytes == kIgemmRowBytes, "conv_
 template <typename T, typename Cfg>
 void launch_with(const Params<T>& p, bool out_channels_last, cudaStream_t stream) {
   TORCH_INTERNAL_ASSERT(p.pool == 0 || ((p.pool == 2 || p.pool == 3) && p.mask == nullptr));
-  TORCH_INTERNAL_ASSERT(!p.pool_offsets || (p.off_blocks.off_a >= 1 && p.off_blocks.k_tiles == 1 &&
-                                             p.off_blocks.bh * p.off_blocks.bw <= Cfg::kBM));
-  const int64_t m_tiles = p.pool == 0     ? ceil_div(p.m, Cfg::kBM)
-                          : p.pool_offsets ? p.off_blocks.tiles
-                                           : ceil_div(p.pool_m, Cfg::kBM / (p.pool * p.pool));
+  const bool offsets = p.off_blocks.off_a > 0;
+  TORCH_INTERNAL_ASSERT(!offsets || (p.pool != 0 && p.off_blocks.k_tiles == 1 &&
+                                     p.off_blocks.bh * p.off_blocks.bw <= Cfg::kBM));
+  const int64_t m_tiles = p.pool == 0 ? ceil_div(p.m, Cfg::kBM)
+                          : offsets   ? p.off_blocks.tiles
+                                      : ceil_div(p.pool_m, Cfg::kBM / (p.pool * p.pool));
   const int64_t n_tiles = ceil_div(p.k, Cfg::kBN);
   TORCH_CHECK_VALUE(m_tiles <= INT32_MAX && n_tiles <= 65535, "conv3x3 (CUDA): ", p.m,
                     " pixels with ", p.k, " filters exceed the launch grid of this kernel");

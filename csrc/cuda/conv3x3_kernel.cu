@@ -454,8 +454,8 @@ void igemm_conv(const at::Tensor& in_nhwc, int64_t in_h, int64_t in_w, const at:
   if (pool == 0) {
     TORCH_INTERNAL_ASSERT(out.size(0) == n && out.size(2) == out_h && out.size(3) == out_w);
   } else if (pool_offsets) {
-    TORCH_INTERNAL_ASSERT(out.size(0) == n * pool * pool && out.size(2) == (out_h - pool + 1) / pool &&
-                          out.size(3) == (out_w - pool + 1) / pool);
+    TORCH_INTERNAL_ASSERT(out.size(0) == n * pool * pool && out.size(2) == pooled_extent(out_h, pool) &&
+                          out.size(3) == pooled_extent(out_w, pool));
   } else {
     TORCH_INTERNAL_ASSERT(out.size(0) == n && out.size(2) == out_h / pool && out.size(3) == out_w / pool);
   }
@@ -476,8 +476,7 @@ void igemm_conv(const at::Tensor& in_nhwc, int64_t in_h, int64_t in_w, const at:
   p.pool_h = pool == 0 ? 0 : static_cast<int>(out.size(2));
   p.pool_w = pool == 0 ? 0 : static_cast<int>(out.size(3));
   p.pool_m = pool == 0 ? 0 : out.size(0) * out.size(2) * out.size(3);
-  p.pool_offsets = pool != 0 && pool_offsets;
-  if (p.pool_offsets) {
+  if (pool != 0 && pool_offsets) {
     const OffsetPoolBlock blk =
         choose_offset_pool_block(tiles == Tiles::kLarge ? kLargeTileM : kSmallTileM,
                                  static_cast<int>(pool), p.pool_h, p.pool_w);

@@ -87,8 +87,8 @@ void wgmma_conv(const at::Tensor& in_nhwc, const at::Tensor& filt, const at::Ten
     TORCH_INTERNAL_ASSERT(out.size(0) == n && out.size(2) == conv_h && out.size(3) == conv_w);
   } else if (offsets) {
     TORCH_INTERNAL_ASSERT((pool == 2 || pool == 3) && out.size(0) == n * pool * pool &&
-                          out.size(2) == (conv_h - pool + 1) / pool &&
-                          out.size(3) == (conv_w - pool + 1) / pool);
+                          out.size(2) == pooled_extent(conv_h, pool) &&
+                          out.size(3) == pooled_extent(conv_w, pool));
   } else {
     TORCH_INTERNAL_ASSERT((pool == 2 || pool == 3) && out.size(0) == n &&
                           out.size(2) == conv_h / pool && out.size(3) == conv_w / pool);
@@ -98,9 +98,9 @@ void wgmma_conv(const at::Tensor& in_nhwc, const at::Tensor& filt, const at::Ten
   if (pool == 0) {
     TORCH_INTERNAL_ASSERT(cfg.block_h * cfg.block_w == kBM);
   } else if (offsets) {
-    TORCH_INTERNAL_ASSERT(cfg.offset_a >= 1 && cfg.offset_b >= 1 &&
-                          cfg.block_h == pool * (cfg.offset_a + 1) - 1 &&
-                          cfg.block_w == pool * (cfg.offset_b + 1) - 1);
+    // (pool·(a + 1) − 1) x (pool·(b + 1) − 1) pixels (WgmmaConfig).
+    TORCH_INTERNAL_ASSERT(cfg.block_h >= 2 * pool - 1 && cfg.block_w >= 2 * pool - 1 &&
+                          (cfg.block_h + 1) % pool == 0 && (cfg.block_w + 1) % pool == 0);
   } else {
     TORCH_INTERNAL_ASSERT(cfg.block_h % pool == 0 && cfg.block_w % pool == 0);
   }
@@ -126,7 +126,8 @@ void wgmma_conv(const at::Tensor& in_nhwc, const at::Tensor& filt, const at::Ten
   }
   p.blocks = offsets ? make_offset_pixel_blocks(n, static_cast<int>(out_h), static_cast<int>(out_w),
                                                 static_cast<int>(k), static_cast<int>(pool),
-                                                cfg.offset_a, cfg.offset_b, kBN)
+                                                (cfg.block_h + 1) / cfg.pool - 1,
+                                                (cfg.block_w + 1) / cfg.pool - 1, kBN)
                      : make_pixel_blocks(n, static_cast<int>(out_h), static_cast<int>(out_w),
                                          static_cast<int>(k), cfg.block_h, cfg.block_w, kBN);
   p.bias = bias.defined() ? bias.const_data_ptr<T>() : nullptr;

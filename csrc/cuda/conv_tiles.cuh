@@ -11,6 +11,8 @@
 
 #include <cstdint>
 
+#include "../index_math.h"
+
 namespace overfeat_kernels {
 
 // The output pixel a row of a GEMM tile computes; `valid` false for rows past the map (or,
@@ -63,7 +65,8 @@ C10_HOST_DEVICE inline PixelBlocks make_pixel_blocks(int64_t n, int out_h, int o
 // out_h x out_w: the conv's map; pooled_h x pooled_w: the positions of each offset.
 C10_HOST_DEVICE inline PixelBlocks make_offset_pixel_blocks(int64_t n, int out_h, int out_w, int k,
                                                             int pool, int a, int b, int bn) {
-  const int pooled_h = (out_h - pool + 1) / pool, pooled_w = (out_w - pool + 1) / pool;
+  const int pooled_h = static_cast<int>(pooled_extent(out_h, pool));
+  const int pooled_w = static_cast<int>(pooled_extent(out_w, pool));
   PixelBlocks blocks = make_pixel_blocks(n, out_h, out_w, k, pool * (a + 1) - 1,
                                          pool * (b + 1) - 1, bn);
   blocks.sy = pool * a;
@@ -127,7 +130,7 @@ C10_HOST_DEVICE inline PooledWindow block_window(const PixelBlocks& b, const Blo
     const int ab = b.off_a * b.off_b, o = win / ab, pos = win - o * ab;
     const int dy = o / pool, dx = o - dy * pool, i = pos / b.off_b, j = pos - i * b.off_b;
     const int y = t.y0 / pool + i, x = t.x0 / pool + j;  // the pooled position
-    return {y < b.pooled_h && x < b.pooled_w, (t.img * pool + dy) * pool + dx, y, x,
+    return {y < b.pooled_h && x < b.pooled_w, offset_batch(t.img, dy, dx, pool), y, x,
             (dy + pool * i) * b.bw + dx + pool * j};
   }
   const int per_row = b.bw / pool;
