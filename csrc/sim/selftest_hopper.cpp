@@ -16,6 +16,7 @@
 #include "../cuda/mbarrier.cuh"
 #include "../cuda/tma.cuh"
 #include "../cuda/wgmma.cuh"
+#include "planted_bug.h"
 
 namespace overfeat_kernels {
 namespace {
@@ -147,22 +148,14 @@ void launch_wgmma(const WgmmaParams& p, int threads, size_t smem) {
 
 template <int N, MmaType kType, bool kTransA, bool kTransB, bool kARegs>
 void launch_wgmma_bug(const WgmmaParams& p, int bug, int threads, size_t smem) {
-  switch (static_cast<WgmmaBug>(bug)) {
-#define OVK_CASE(B) \
-  case WgmmaBug::B: launch_wgmma<N, kType, kTransA, kTransB, kARegs, WgmmaBug::B>(p, threads, smem); break;
-    OVK_CASE(kNone)
-    OVK_CASE(kReadBeforeWait)
-    OVK_CASE(kWriteBeforeWait)
-    OVK_CASE(kNoFence)
-    OVK_CASE(kNoFenceAfterWait)
-    OVK_CASE(kOverwriteOperand)
-    OVK_CASE(kWaitTooEarly)
-    OVK_CASE(kMismatch)
-    OVK_CASE(kNoWait)
-    OVK_CASE(kNoProxyFence)
-#undef OVK_CASE
-    default: TORCH_CHECK(false, "simtest: unknown wgmma bug ", bug);
-  }
+  using B = WgmmaBug;
+  const bool known = with_constant<B::kNone, B::kReadBeforeWait, B::kWriteBeforeWait, B::kNoFence,
+                                   B::kNoFenceAfterWait, B::kOverwriteOperand, B::kWaitTooEarly,
+                                   B::kMismatch, B::kNoWait, B::kNoProxyFence>(
+      static_cast<B>(bug), [&](auto b) {
+        launch_wgmma<N, kType, kTransA, kTransB, kARegs, decltype(b)::value>(p, threads, smem);
+      });
+  TORCH_CHECK(known, "simtest: unknown wgmma bug ", bug);
 }
 
 // Correct kernels for every layout; the planted bugs only on m64n64 bf16, K-major, A in
@@ -369,19 +362,15 @@ at::Tensor run_tma(const std::string& name, const std::vector<at::Tensor>& in,
   if (name == "tma_load") {
     at::Tensor out = at::empty({a.dump}, at::kByte);
     unsigned char* o = out.data_ptr<unsigned char>();
-#define OVK_LAUNCH(B)                                                                  \
-  set_max_dynamic_smem<tma_load_kernel<B>>(static_cast<int>(smem));                    \
-  launch_kernel<tma_load_kernel<B>>(1, threads, smem, nullptr, map, a, o);
-    switch (static_cast<TmaBug>(bug)) {
-      case TmaBug::kNone: OVK_LAUNCH(TmaBug::kNone) break;
-      case TmaBug::kExpectMore: OVK_LAUNCH(TmaBug::kExpectMore) break;
-      case TmaBug::kExpectLess: OVK_LAUNCH(TmaBug::kExpectLess) break;
-      case TmaBug::kNoWait: OVK_LAUNCH(TmaBug::kNoWait) break;
-      case TmaBug::kMisaligned: OVK_LAUNCH(TmaBug::kMisaligned) break;
-      case TmaBug::kWrongDims: OVK_LAUNCH(TmaBug::kWrongDims) break;
-      default: TORCH_CHECK(false, "simtest tma_load: unknown bug ", bug);
-    }
-#undef OVK_LAUNCH
+    using B = TmaBug;
+    const bool known = with_constant<B::kNone, B::kExpectMore, B::kExpectLess, B::kNoWait,
+                                     B::kMisaligned, B::kWrongDims>(
+        static_cast<B>(bug), [&](auto b) {
+          constexpr auto kernel = tma_load_kernel<decltype(b)::value>;
+          set_max_dynamic_smem<kernel>(static_cast<int>(smem));
+          launch_kernel<kernel>(1, threads, smem, nullptr, map, a, o);
+        });
+    TORCH_CHECK(known, "simtest tma_load: unknown bug ", bug);
     return out;
   }
   if (name == "tma_store") {
@@ -425,19 +414,15 @@ at::Tensor run_gemm(const std::vector<at::Tensor>& in, const std::vector<int64_t
   const size_t smem = kGemmStages * kGemmStageBytes + kGemmTile * kGemmTile * 4 + 1024;
   const dim3 grid(static_cast<unsigned>((n + kGemmTile - 1) / kGemmTile),
                   static_cast<unsigned>((m + kGemmTile - 1) / kGemmTile));
-#define OVK_LAUNCH(B)                                                           \
-  set_max_dynamic_smem<gemm_kernel<B>>(static_cast<int>(smem));                 \
-  launch_kernel<gemm_kernel<B>>(grid, 384, smem, nullptr, maps);
-  switch (static_cast<GemmBug>(args[0])) {
-    case GemmBug::kNone: OVK_LAUNCH(GemmBug::kNone) break;
-    case GemmBug::kWrongSwizzle: OVK_LAUNCH(GemmBug::kWrongSwizzle) break;
-    case GemmBug::kNoProxyFence: OVK_LAUNCH(GemmBug::kNoProxyFence) break;
-    case GemmBug::kExpectTxWrong: OVK_LAUNCH(GemmBug::kExpectTxWrong) break;
-    case GemmBug::kReleaseEarly: OVK_LAUNCH(GemmBug::kReleaseEarly) break;
-    case GemmBug::kNoEmptyWait: OVK_LAUNCH(GemmBug::kNoEmptyWait) break;
-    default: TORCH_CHECK(false, "simtest gemm: unknown bug ", args[0]);
-  }
-#undef OVK_LAUNCH
+  using B = GemmBug;
+  const bool known = with_constant<B::kNone, B::kWrongSwizzle, B::kNoProxyFence, B::kExpectTxWrong,
+                                   B::kReleaseEarly, B::kNoEmptyWait>(
+      static_cast<B>(args[0]), [&](auto b) {
+        constexpr auto kernel = gemm_kernel<decltype(b)::value>;
+        set_max_dynamic_smem<kernel>(static_cast<int>(smem));
+        launch_kernel<kernel>(grid, 384, smem, nullptr, maps);
+      });
+  TORCH_CHECK(known, "simtest gemm: unknown bug ", args[0]);
   return in[2];
 }
 

@@ -11,6 +11,7 @@
 #include "../cuda/dynamic_smem.cuh"
 #include "../cuda/launch.cuh"
 #include "../cuda/mbarrier.cuh"
+#include "planted_bug.h"
 
 namespace overfeat_kernels {
 namespace {
@@ -386,16 +387,10 @@ at::Tensor run(const std::string& name, const at::Tensor& input, int64_t arg) {
     return small;
   }
   if (name == "race_cases") {
-    switch (arg) {
-      case 0: launch_kernel<race_cases_kernel<0>>(1, kBlock, 0, nullptr, in, o); break;
-      case 1: launch_kernel<race_cases_kernel<1>>(1, kBlock, 0, nullptr, in, o); break;
-      case 2: launch_kernel<race_cases_kernel<2>>(1, kBlock, 0, nullptr, in, o); break;
-      case 3: launch_kernel<race_cases_kernel<3>>(1, kBlock, 0, nullptr, in, o); break;
-      case 4: launch_kernel<race_cases_kernel<4>>(1, kBlock, 0, nullptr, in, o); break;
-      case 5: launch_kernel<race_cases_kernel<5>>(1, kBlock, 0, nullptr, in, o); break;
-      case 6: launch_kernel<race_cases_kernel<6>>(1, kBlock, 0, nullptr, in, o); break;
-      default: TORCH_CHECK(false, "simtest: unknown race case ", arg);
-    }
+    const bool known = with_constant<0, 1, 2, 3, 4, 5, 6>(static_cast<int>(arg), [&](auto c) {
+      launch_kernel<race_cases_kernel<decltype(c)::value>>(1, kBlock, 0, nullptr, in, o);
+    });
+    TORCH_CHECK(known, "simtest: unknown race case ", arg);
     return out.narrow(0, 0, kBlock);
   }
   if (name == "divergent_barrier") {
@@ -440,21 +435,14 @@ at::Tensor run(const std::string& name, const at::Tensor& input, int64_t arg) {
   }
   if (name == "mbarrier_bug") {
     using B = MBarrierBug;
-    switch (static_cast<B>(arg)) {
-      case B::MissingArrival: launch_kernel<mbarrier_bug_kernel<B::MissingArrival>>(1, 64, 0, nullptr, o); break;
-      case B::OverArrival: launch_kernel<mbarrier_bug_kernel<B::OverArrival>>(1, 64, 0, nullptr, o); break;
-      case B::TxNeverLands: launch_kernel<mbarrier_bug_kernel<B::TxNeverLands>>(1, 64, 0, nullptr, o); break;
-      case B::TxTooMuch: launch_kernel<mbarrier_bug_kernel<B::TxTooMuch>>(1, 64, 0, nullptr, o); break;
-      case B::Uninitialised: launch_kernel<mbarrier_bug_kernel<B::Uninitialised>>(1, 64, 0, nullptr, o); break;
-      case B::Overwritten: launch_kernel<mbarrier_bug_kernel<B::Overwritten>>(1, 64, 0, nullptr, o); break;
-      case B::NotShared: launch_kernel<mbarrier_bug_kernel<B::NotShared>>(1, 64, 0, nullptr, o); break;
-      case B::Misaligned: launch_kernel<mbarrier_bug_kernel<B::Misaligned>>(1, 64, 0, nullptr, o); break;
-      case B::InitWhileWaited: launch_kernel<mbarrier_bug_kernel<B::InitWhileWaited>>(1, 64, 0, nullptr, o); break;
-      case B::HalfAtSyncthreads: launch_kernel<mbarrier_bug_kernel<B::HalfAtSyncthreads>>(1, 64, 0, nullptr, o); break;
-      case B::SpinOnTestWait: launch_kernel<mbarrier_bug_kernel<B::SpinOnTestWait>>(1, 64, 0, nullptr, o); break;
-      case B::ArriveCount: launch_kernel<mbarrier_bug_kernel<B::ArriveCount>>(1, 64, 0, nullptr, o); break;
-      default: TORCH_CHECK(false, "simtest: unknown mbarrier bug ", arg);
-    }
+    const bool known =
+        with_constant<B::MissingArrival, B::OverArrival, B::TxNeverLands, B::TxTooMuch,
+                      B::Uninitialised, B::Overwritten, B::NotShared, B::Misaligned,
+                      B::InitWhileWaited, B::HalfAtSyncthreads, B::SpinOnTestWait, B::ArriveCount>(
+            static_cast<B>(arg), [&](auto b) {
+              launch_kernel<mbarrier_bug_kernel<decltype(b)::value>>(1, 64, 0, nullptr, o);
+            });
+    TORCH_CHECK(known, "simtest: unknown mbarrier bug ", arg);
     return out.narrow(0, 0, 64);
   }
   if (name == "dynamic_smem") {

@@ -46,6 +46,20 @@ void element(const TensorMapSpec& s, const int64_t* x, unsigned char* out) {
   std::memcpy(out, static_cast<const unsigned char*>(s.global) + offset, e);
 }
 
+// Calls f(j) for every element j (an index per dimension, innermost first) of a box of
+// n[i] elements in dimension i, in the box's memory order: dimension 0 fastest.
+template <class F>
+void walk_box(const std::array<uint32_t, 5>& n, const F& f) {
+  for (uint32_t j4 = 0; j4 < n[4]; ++j4)
+    for (uint32_t j3 = 0; j3 < n[3]; ++j3)
+      for (uint32_t j2 = 0; j2 < n[2]; ++j2)
+        for (uint32_t j1 = 0; j1 < n[1]; ++j1)
+          for (uint32_t j0 = 0; j0 < n[0]; ++j0) {
+            const uint32_t j[5] = {j0, j1, j2, j3, j4};
+            f(j);
+          }
+}
+
 // The box of a tiled load, logical (unswizzled) bytes, innermost first (5.5.3).
 std::vector<unsigned char> tiled_box(const TensorMapSpec& s, const int32_t* coords) {
   const uint32_t e = overfeat_kernels::tma::dtype_bytes(s.dtype);
@@ -56,19 +70,14 @@ std::vector<unsigned char> tiled_box(const TensorMapSpec& s, const int32_t* coor
   }
   std::vector<unsigned char> out(overfeat_kernels::tma::box_bytes(s));
   size_t at = 0;
-  for (uint32_t j4 = 0; j4 < n[4]; ++j4)
-    for (uint32_t j3 = 0; j3 < n[3]; ++j3)
-      for (uint32_t j2 = 0; j2 < n[2]; ++j2)
-        for (uint32_t j1 = 0; j1 < n[1]; ++j1)
-          for (uint32_t j0 = 0; j0 < n[0]; ++j0) {
-            const uint32_t j[5] = {j0, j1, j2, j3, j4};
-            int64_t x[5] = {};
-            for (uint32_t i = 0; i < s.rank; ++i) {
-              x[i] = int64_t(coords[i]) + int64_t(j[i]) * (i == 0 ? 1 : s.element_strides[i]);
-            }
-            element(s, x, out.data() + at);
-            at += e;
-          }
+  walk_box(n, [&](const uint32_t* j) {
+    int64_t x[5] = {};
+    for (uint32_t i = 0; i < s.rank; ++i) {
+      x[i] = int64_t(coords[i]) + int64_t(j[i]) * (i == 0 ? 1 : s.element_strides[i]);
+    }
+    element(s, x, out.data() + at);
+    at += e;
+  });
   return out;
 }
 
@@ -141,24 +150,19 @@ void read_store(BulkStore& op) {
   std::array<uint32_t, 5> n{1, 1, 1, 1, 1};
   for (uint32_t i = 0; i < s.rank; ++i) n[i] = s.box[i];
   size_t at = 0;
-  for (uint32_t j4 = 0; j4 < n[4]; ++j4)
-    for (uint32_t j3 = 0; j3 < n[3]; ++j3)
-      for (uint32_t j2 = 0; j2 < n[2]; ++j2)
-        for (uint32_t j1 = 0; j1 < n[1]; ++j1)
-          for (uint32_t j0 = 0; j0 < n[0]; ++j0, at += e) {
-            const uint32_t j[5] = {j0, j1, j2, j3, j4};
-            int64_t offset = 0;
-            bool inside = true;
-            for (uint32_t i = 0; i < s.rank; ++i) {
-              const int64_t x = int64_t(op.coords[i]) + j[i];
-              inside = inside && x < int64_t(s.dims[i]);
-              offset += x * int64_t(s.strides[i]);
-            }
-            if (!inside) continue;  // clipped, as the GPU does
-            const unsigned char* from = shared_pointer(op.site, swizzled(src, at, s.swizzle), e);
-            op.dsts.push_back(const_cast<unsigned char*>(static_cast<const unsigned char*>(s.global)) + offset);
-            op.bytes.insert(op.bytes.end(), from, from + e);
-          }
+  walk_box(n, [&](const uint32_t* j) {
+    const size_t here = at;
+    at += e;
+    int64_t offset = 0;
+    for (uint32_t i = 0; i < s.rank; ++i) {
+      const int64_t x = int64_t(op.coords[i]) + j[i];
+      if (x >= int64_t(s.dims[i])) return;  // clipped, as the GPU does
+      offset += x * int64_t(s.strides[i]);
+    }
+    const unsigned char* from = shared_pointer(op.site, swizzled(src, here, s.swizzle), e);
+    op.dsts.push_back(const_cast<unsigned char*>(static_cast<const unsigned char*>(s.global)) + offset);
+    op.bytes.insert(op.bytes.end(), from, from + e);
+  });
   op.read = true;
 }
 
