@@ -57,6 +57,22 @@ CONFIGS = [
     (2, 5, 64, 13, 17, 1, "channels_last", True, True),
     (1, 4, 130, 9, 20, 1, "strided", True, False),
 ]
+# Enough tiles (more than half the SMs) that no dtype splits: the plain epilogue of the
+# slices path (VGG's path past the first layer) on 1-pixel-high and 1-pixel-wide maps too.
+NO_SPLIT_CONFIGS = [
+    (3, 17, 136, 33, 33, 1, "nchw", True, True),
+    (34, 17, 256, 1, 33, 1, "channels_last", False, True),
+    (20, 64, 256, 33, 1, 1, "strided", True, False),
+]
+# More tap-chunk shapes (C <= 4: every dtype): K 96 and 256, H and W in {1, 2, 7, 13, 14,
+# 16, 33}.
+TAP_CHUNK_CONFIGS = [
+    (1, 3, 256, 14, 2, 1, "nchw", True, True),
+    (2, 4, 96, 33, 14, 0, "channels_last", False, True),
+    (1, 1, 17, 2, 16, 1, "strided", True, False),
+    (2, 4, 64, 13, 1, 1, "channels_last", True, True),
+    (1, 3, 96, 16, 7, 1, "nchw", False, False),
+]
 
 
 def _truncate_tf32(t):
@@ -91,11 +107,11 @@ def _run(args, algos=FORCE):
     return out, simulator.launch_counts()
 
 
-def _slices(c, dtype):
-    """Reduction steps of the kernel: taps x 128-byte channel slices (few channels: one
-    step, all nine taps' 16-byte chunks)."""
+def _slices(c, dtype, tap_chunks=True):
+    """Reduction steps of the kernel: taps x 128-byte channel slices (few channels, where
+    the variant applies: one step, all nine taps' 16-byte chunks)."""
     e = 4 if dtype == TF32 else 2
-    if c <= 16 // e:
+    if tap_chunks and c <= 16 // e:
         return 1
     cp = -(-c * e // 16) * 16 // e
     return 9 * -(-cp * e // 128)
@@ -107,7 +123,7 @@ def _expected_split(cfg, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("cfg", CONFIGS, ids=_name)
+@pytest.mark.parametrize("cfg", CONFIGS + NO_SPLIT_CONFIGS + TAP_CHUNK_CONFIGS, ids=_name)
 def test_forward(cfg, dtype):
     x, w, b, pad, relu = _inputs(cfg, _dtype(dtype))
     with _tf32(dtype == TF32):
@@ -129,8 +145,12 @@ def test_forward(cfg, dtype):
 # Grad-input: the same kernel on grad_output with the filters flipped and transposed and
 # padding 2 - pad, the ReLU mask (the forward's output, or any tensor standing in for it)
 # applied in shared memory between TMA's landing and wgmma. A subset of the configurations
-# (here K is the GEMM's channels: grad-input always reads slices).
-GRAD_CONFIGS = [CONFIGS[i] for i in (0, 1, 2, 4, 7, 8, 9, 13, 14)]
+# (here K is the GEMM's channels: grad-input always reads slices), and two with enough
+# tiles that no dtype splits (K = 3; H = 2 and 33, W = 33).
+GRAD_CONFIGS = [CONFIGS[i] for i in (0, 1, 2, 4, 7, 8, 9, 13, 14)] + [
+    (3, 136, 3, 33, 33, 1, "nchw", False, False),
+    (36, 136, 17, 2, 33, 1, "strided", False, False),
+]
 
 
 def _grad_input_case(cfg, dtype, masked):
@@ -139,8 +159,8 @@ def _grad_input_case(cfg, dtype, masked):
     shape = (n, k, h + 2 * pad - 2, wd + 2 * pad - 2)
     grad = make_map(shape, _dtype(dtype), "cpu", cfg[6])
     mask = None
-    if masked:
-        mask = make_map(shape, _dtype(dtype), "cpu", "channels_last")
+    if masked:  # in the case's layout: the op copies an NCHW or strided mask for TMA
+        mask = make_map(shape, _dtype(dtype), "cpu", cfg[6])
         tiny = torch.finfo(_dtype(dtype)).smallest_normal / 4
         special = torch.tensor([0.0, -0.0, float("nan"), float("inf"), -float("inf"), tiny, -tiny])
         picked = special[torch.randint(0, special.numel(), shape)].to(mask.dtype)
@@ -162,6 +182,8 @@ def test_grad_input(cfg, dtype, masked):
     names = [k.replace(" ", "") for k in launches if WGMMA in k]
     # The last two switches: kMasked, kPool (grad-input never pools).
     assert names and all(k.endswith(f",{str(masked).lower()},false>") for k in names), launches
+    split = _grad_input_units(cfg, dtype)[1]
+    assert any(REDUCE in name for name in launches) == (split > 1), (split, launches)
     assert gi.shape == x.shape
     # grad-input = conv3x3(grad · (mask > 0), weight flipped and transposed, 2 - pad).
     g = grad if mask is None else torch.where(mask > 0, grad, torch.zeros((), dtype=grad.dtype))
@@ -169,9 +191,24 @@ def test_grad_input(cfg, dtype, masked):
     _assert_forward_matches(gi, g, wt, None, 2 - pad, False, dtype)
 
 
-def test_grad_input_schedule_independent():
-    cfg = (1, 40, 96, 9, 12, 1, "channels_last", True, True)
-    x, w, pad, grad, mask = _grad_input_case(cfg, torch.bfloat16, True)
+def _grad_input_units(cfg, dtype):
+    """(work units, split) of a grad-input: the GEMM's N is C, its map the input's."""
+    n, c, k, h, w = cfg[:5]
+    bh, bw, split = _C.wgmma_config(n, h, w, c, _slices(k, dtype, tap_chunks=False), 132)
+    return n * -(-h // bh) * -(-w // bw) * -(-c // 128) * split, split
+
+
+@pytest.mark.parametrize(
+    ("cfg", "dtype", "masked"),
+    [
+        ((1, 40, 96, 9, 12, 1, "channels_last", True, True), torch.bfloat16, True),  # split-K
+        ((1, 40, 96, 9, 12, 1, "nchw", True, True), torch.float16, False),
+        ((70, 136, 8, 2, 33, 1, "channels_last", True, True), TF32, True),  # 140 units
+    ],
+    ids=["split_k_masked", "split_k_plain", "persistent_masked"],
+)
+def test_grad_input_schedule_independent(cfg, dtype, masked):
+    x, w, pad, grad, mask = _grad_input_case(cfg, dtype, masked)
 
     def calls():
         return list(
@@ -180,25 +217,41 @@ def test_grad_input_schedule_independent():
             )[:1]
         )
 
-    simulator.assert_schedule_independent(calls)
+    with _tf32(dtype == TF32):
+        simulator.assert_schedule_independent(calls)
 
 
 def test_the_grid_takes_split_k_and_both_variants():
-    """The configurations above exercise split-K, the tap chunks and several tiles."""
+    """The configurations above exercise split-K, the tap chunks and several tiles; the
+    no-split ones do not split in any dtype; the grad-input grid has both."""
     splits = [_expected_split(cfg, torch.bfloat16) for cfg in CONFIGS]
     assert sum(s > 1 for s in splits) >= 3, splits
     assert any(cfg[1] < 8 for cfg in CONFIGS)
+    assert all(cfg[1] <= 4 for cfg in TAP_CHUNK_CONFIGS)
+    for dtype in DTYPES:
+        assert all(_expected_split(cfg, dtype) == 1 for cfg in NO_SPLIT_CONFIGS)
+        grad_splits = [_grad_input_units(cfg, dtype)[1] for cfg in GRAD_CONFIGS]
+        assert grad_splits[-2:] == [1, 1] and max(grad_splits) > 1, grad_splits
+    assert _grad_input_units((70, 136, 8, 2, 33, 1), TF32) == (140, 1)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, TF32], ids=str)
-@pytest.mark.parametrize("split", [False, True], ids=["one_part", "split_k"])
-def test_schedule_independent(dtype, split):
-    cfg = (
-        (1, 96, 20, 7, 9, 1, "channels_last", True, True)
-        if split
-        else (3, 17, 136, 33, 33, 1, "channels_last", True, True)
-    )  # 90 tiles, more than the SMs / 2
-    assert (_expected_split(cfg, dtype) > 1) == split
+# Forward: split-K; one part over 90 tiles (more than the SMs / 2); the tap chunks over
+# 135 work units, more than the 132 SMs (persistent CTAs take a second unit).
+SCHEDULE_CASES = {
+    "split_k": (1, 96, 20, 7, 9, 1, "channels_last", True, True),
+    "one_part": (3, 17, 136, 33, 33, 1, "channels_last", True, True),
+    "tap_chunks_persistent": (3, 3, 264, 33, 33, 1, "nchw", True, True),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", list(SCHEDULE_CASES))
+def test_schedule_independent(dtype, case):
+    cfg = SCHEDULE_CASES[case]
+    assert (_expected_split(cfg, dtype) > 1) == (case == "split_k")
+    if case == "tap_chunks_persistent":
+        bh, bw, _ = _C.wgmma_config(3, 33, 33, 264, 1, 132)
+        assert 3 * -(-33 // bh) * -(-33 // bw) * 3 == 135
     x, w, b, pad, relu = _inputs(cfg, _dtype(dtype))
 
     def calls():
@@ -407,16 +460,21 @@ def test_a_build_without_sm90a_neither_plans_nor_times_it():
 def test_persistent_ctas_take_several_units(what, cfg, dtype):
     n, c, k, h, w, pad = cfg[:6]
     gemm_n, oh, ow = (c, h, w) if what == "grad_input" else (k, h + 2 * pad - 2, w + 2 * pad - 2)
-    slices = _slices(k if what == "grad_input" else c, dtype)
+    slices = _slices(k, dtype, False) if what == "grad_input" else _slices(c, dtype)
     bh, bw, split = _C.wgmma_config(n, oh, ow, gemm_n, slices, 132)
     units = n * -(-oh // bh) * -(-ow // bw) * -(-gemm_n // 128) * split
     assert units > 132 and split == 1, units
     if what == "grad_input":
         x, wt, pad, grad, mask = _grad_input_case(cfg, dtype, True)
+        simulator.reset_launch_counts()
         with _tf32(dtype == TF32), simulator.simulate_cuda():
             gi, _, _ = torch.ops.overfeat_kernels.conv3x3_backward.default(
                 grad, x, wt, mask, pad, [True, False, False], [5, 0]
             )
+        launches = simulator.launch_counts()
+        names = [k.replace(" ", "") for k in launches if WGMMA in k]
+        assert names and all(k.endswith(",true,false>") for k in names), launches
+        assert not any(REDUCE in k for k in launches), launches
         g = torch.where(mask > 0, grad, torch.zeros((), dtype=grad.dtype))
         _assert_forward_matches(gi, g, wt.flip(2, 3).transpose(0, 1).contiguous(), None,
                                 2 - pad, False, dtype)  # fmt: skip
