@@ -270,13 +270,13 @@ def fastest(times: dict[str, float], key: str) -> tuple[float, str] | None:
     return min(found) if found else None
 
 
-def conv_rows(layers, batches, dtype_names, quick) -> list[dict]:
+def conv_rows(layers, batches, dtype_names, quick, rows: list | None = None) -> list[dict]:
     torch.backends.cudnn.benchmark = True
     fns = {"ours": _ours_fwd, "cudnn": _cudnn_fwd, "eager": _eager_fwd, "auto": _auto_fwd}
     bwd_fns = {"ours_bwd": _ours_bwd, "cudnn_bwd": _cudnn_bwd}
     # On compute capability 9.0: the Hopper kernel and the mma.sync one, each forced.
     hopper = _hopper_kernel_available()
-    rows = []
+    rows = [] if rows is None else rows  # the caller's list keeps rows if interrupted
     for dname in dtype_names:
         dtype, tf32 = DTYPE_CONFIGS[dname]
         torch.backends.cudnn.allow_tf32 = tf32
@@ -384,14 +384,14 @@ def pool_ops(k: int, h: int, w: int, fmt, in_bytes: int, out_bytes: int) -> dict
     }
 
 
-def pool_rows(copy_gbs: float, quick: bool) -> list[dict]:
+def pool_rows(copy_gbs: float, quick: bool, rows: list | None = None) -> list[dict]:
     shapes = [
         ("overfeat.scale6", 32, 1024, 35, 44),
         ("vgg16.pool5", 32, 512, 14, 14),
         ("vgg16.pool5.b1", 1, 512, 14, 14),  # small: does the work fill the SMs?
     ]
     dtypes = [torch.bfloat16] if quick else [torch.bfloat16, torch.float32]
-    rows = []
+    rows = [] if rows is None else rows  # the caller's list keeps rows if interrupted
     for label, n, c, h, w in shapes:
         for dtype in dtypes:
             elem = torch.finfo(dtype).bits // 8
@@ -447,10 +447,10 @@ def fused_bytes(n, c, k, h, w, pool, offsets, elem) -> dict[str, int]:
     return {"fused": common, "unfused": common + 2 * elem * n * k * h * w}
 
 
-def fused_rows(batches: list[int], quick: bool) -> list[dict]:
+def fused_rows(batches: list[int], quick: bool, rows: list | None = None) -> list[dict]:
     torch.backends.cudnn.benchmark = True
     dtype, elem = torch.bfloat16, 2
-    rows = []
+    rows = [] if rows is None else rows  # the caller's list keeps rows if interrupted
     for name, c, k, h, w, pool, offsets in FUSED_LAYERS:
         pooling = (
             (lambda y, pool=pool: ok.offset_max_pool2d(y, pool))
@@ -502,7 +502,7 @@ def fused_rows(batches: list[int], quick: bool) -> list[dict]:
     return rows
 
 
-def tail_rows(quick: bool) -> list[dict]:
+def tail_rows(quick: bool, rows: list | None = None) -> list[dict]:
     """OverFeat accurate's fine-stride tail at the six scales (batch 1, bf16)."""
     dtype = torch.bfloat16
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -514,7 +514,7 @@ def tail_rows(quick: bool) -> list[dict]:
         t = F.relu(F.conv2d(t, w6, dilation=dilation))
         return F.conv2d(F.relu(F.conv2d(t, w7)), w8)
 
-    rows = []
+    rows = [] if rows is None else rows  # the caller's list keeps rows if interrupted
     scales = OVERFEAT_SCALES[-2:] if quick else OVERFEAT_SCALES
     for hin, win in scales:
         h, w = overfeat_accurate_layer5(hin, win)
@@ -575,6 +575,56 @@ def print_conv_row(r: dict) -> None:
 
 def geomean(values: list[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
+
+
+def summarize_conv(result: dict) -> None:
+    """Adds the VGG-16 geomeans per dtype (over the rows measured: `rows` says how many of
+    the 13 layers x batches) and auto's picks to `result`, and prints them."""
+    conv = result["conv"]
+    summary = {}
+    for dname in DTYPE_CONFIGS:
+        vgg = [r for r in conv if r["dtype"] == dname and r["layer"].startswith("vgg16")]
+        if not vgg:
+            continue
+        s = summary[dname] = {
+            "rows": len(vgg),
+            "geomean_ratio_vs_cudnn": geomean([r["ratio_vs_cudnn"] for r in vgg]),
+            "geomean_ratio_vs_eager": geomean([r["ratio_vs_eager"] for r in vgg]),
+            "geomean_bwd_ratio_vs_cudnn": geomean(
+                [r["bwd_ratio_vs_cudnn"] for r in vgg if "bwd_ratio_vs_cudnn" in r]
+            ),
+            "geomean_auto_ratio_vs_cudnn": geomean([r["auto_ratio_vs_cudnn"] for r in vgg]),
+        }
+        for key in ("wgmma", "tc"):
+            for base in ("cudnn", "eager"):
+                if all(f"{key}_ms" in r for r in vgg):
+                    s[f"geomean_{key}_ratio_vs_{base}"] = geomean(
+                        [r[f"{key}_ratio_vs_{base}"] for r in vgg]
+                    )
+            if all(f"{key}_dgrad_ms" in r for r in vgg):
+                s[f"geomean_{key}_dgrad_ratio_vs_cudnn"] = geomean(
+                    [r[f"{key}_dgrad_ratio_vs_cudnn"] for r in vgg]
+                )
+        for key in ("ratio_vs_cudnn", "ratio_vs_eager", "auto_ratio_vs_cudnn"):
+            s[f"geomean_queued_{key}"] = geomean([r[f"queued_{key}"] for r in vgg])
+    result["conv_summary_vgg16"] = summary
+    result["conv_choices"] = ok.conv_choices()
+    wins = choice_counts(result["conv_choices"])
+    result["conv_choice_counts"] = wins
+    for direction, counts in wins.items():
+        picked = ", ".join(f"{name} {n}" for name, n in sorted(counts.items()))
+        print(f"  auto's picks, {direction}: {picked}")
+    for dname, s in summary.items():
+        line = (
+            f"  VGG-16 {dname} ({s['rows']} rows): geomean x{s['geomean_ratio_vs_cudnn']:.2f} vs "
+            f"cuDNN conv, x{s['geomean_ratio_vs_eager']:.2f} vs eager conv+bias+relu, backward "
+            f"x{s['geomean_bwd_ratio_vs_cudnn']:.2f} vs cuDNN; queued: x"
+            f"{s['geomean_queued_ratio_vs_cudnn']:.2f} vs cuDNN, auto x"
+            f"{s['geomean_queued_auto_ratio_vs_cudnn']:.2f} vs cuDNN"
+        )
+        if "geomean_wgmma_ratio_vs_cudnn" in s:
+            line += f"; wgmma x{s['geomean_wgmma_ratio_vs_cudnn']:.2f} vs cuDNN"
+        print(line)
 
 
 def environment() -> dict[str, str]:
@@ -643,62 +693,34 @@ def main(argv: list[str] | None = None) -> int:
     result["ceilings"] = ceil
     print("  ceilings: " + ", ".join(f"{k} {v:.0f}" for k, v in ceil.items()))
     sections = set(args.sections.split(","))
-    if "conv" in sections:
-        if args.quick:
-            layers = [VGG16_LAYERS[1], VGG16_LAYERS[5], VGG16_LAYERS[10], OVERFEAT_LAYERS[2]]
-            conv = conv_rows(layers, [8], ["bf16"], quick=True)
-        else:
-            dtypes = args.dtypes.split(",") if args.dtypes else list(DTYPE_CONFIGS)
-            batches = [int(b) for b in args.batches.split(",")] if args.batches else [1, 8, 32]
-            conv = conv_rows(VGG16_LAYERS + OVERFEAT_LAYERS, batches, dtypes, quick=False)
-        result["conv"] = conv
-        summary = {}
-        for dname in DTYPE_CONFIGS:
-            vgg = [r for r in conv if r["dtype"] == dname and r["layer"].startswith("vgg16")]
-            if vgg:
-                summary[dname] = {
-                    "geomean_ratio_vs_cudnn": geomean([r["ratio_vs_cudnn"] for r in vgg]),
-                    "geomean_ratio_vs_eager": geomean([r["ratio_vs_eager"] for r in vgg]),
-                    "geomean_bwd_ratio_vs_cudnn": geomean(
-                        [r["bwd_ratio_vs_cudnn"] for r in vgg if "bwd_ratio_vs_cudnn" in r]
-                    ),
-                    "geomean_auto_ratio_vs_cudnn": geomean([r["auto_ratio_vs_cudnn"] for r in vgg]),
-                    **{
-                        f"geomean_{key}_ratio_vs_{base}": geomean(
-                            [r[f"{key}_ratio_vs_{base}"] for r in vgg]
-                        )
-                        for key in ("wgmma", "tc")
-                        for base in ("cudnn", "eager")
-                        if all(f"{key}_ms" in r for r in vgg)
-                    },
-                }
-                for key in ("ratio_vs_cudnn", "ratio_vs_eager", "auto_ratio_vs_cudnn"):
-                    summary[dname][f"geomean_queued_{key}"] = geomean(
-                        [r[f"queued_{key}"] for r in vgg]
-                    )
-        result["conv_summary_vgg16"] = summary
-        result["conv_choices"] = ok.conv_choices()
-        wins = choice_counts(result["conv_choices"])
-        result["conv_choice_counts"] = wins
-        for direction, counts in wins.items():
-            picked = ", ".join(f"{name} {n}" for name, n in sorted(counts.items()))
-            print(f"  auto's picks, {direction}: {picked}")
-        for dname, s in summary.items():
-            print(
-                f"  VGG-16 {dname}: geomean x{s['geomean_ratio_vs_cudnn']:.2f} vs cuDNN conv, "
-                f"x{s['geomean_ratio_vs_eager']:.2f} vs eager conv+bias+relu, backward "
-                f"x{s['geomean_bwd_ratio_vs_cudnn']:.2f} vs cuDNN; queued: x"
-                f"{s['geomean_queued_ratio_vs_cudnn']:.2f} vs cuDNN, auto x"
-                f"{s['geomean_queued_auto_ratio_vs_cudnn']:.2f} vs cuDNN"
-            )
-        write_results(result, "bench_ops", args.out)  # kept if a later section fails
-    if "pool" in sections:
-        result["pool"] = pool_rows(ceil["copy_GBps"], args.quick)
-    if "tail" in sections:
-        result["tail"] = tail_rows(args.quick)
-    if "fused" in sections:
-        batches = [int(b) for b in args.batches.split(",")] if args.batches else [8, 32]
-        result["fused"] = fused_rows(batches, args.quick)
+    # Each section appends to its list in `result` row by row: a run cut short (Ctrl-C, or
+    # `timeout --signal=INT` in a GPU lease) still writes every row it measured.
+    try:
+        if "conv" in sections:
+            conv = result.setdefault("conv", [])
+            if args.quick:
+                layers = [VGG16_LAYERS[1], VGG16_LAYERS[5], VGG16_LAYERS[10], OVERFEAT_LAYERS[2]]
+                conv_rows(layers, [8], ["bf16"], quick=True, rows=conv)
+            else:
+                dtypes = args.dtypes.split(",") if args.dtypes else list(DTYPE_CONFIGS)
+                batches = [int(b) for b in args.batches.split(",")] if args.batches else [1, 8, 32]
+                conv_rows(VGG16_LAYERS + OVERFEAT_LAYERS, batches, dtypes, False, rows=conv)
+            summarize_conv(result)
+            write_results(result, "bench_ops", args.out)  # kept if a later section fails
+        if "pool" in sections:
+            pool_rows(ceil["copy_GBps"], args.quick, rows=result.setdefault("pool", []))
+        if "tail" in sections:
+            tail_rows(args.quick, rows=result.setdefault("tail", []))
+        if "fused" in sections:
+            batches = [int(b) for b in args.batches.split(",")] if args.batches else [8, 32]
+            fused_rows(batches, args.quick, rows=result.setdefault("fused", []))
+    except KeyboardInterrupt:
+        result["interrupted"] = True
+        print("bench_ops: interrupted; writing the rows measured so far", file=sys.stderr)
+        if result.get("conv") and "conv_summary_vgg16" not in result:
+            summarize_conv(result)  # over the rows measured: see "interrupted"
+        write_results(result, "bench_ops", args.out)
+        return 130
     write_results(result, "bench_ops", args.out)
     return 0
 

@@ -40,6 +40,9 @@ export PYTHONUNBUFFERED=1
 
 arch=$($PYTHON -c "import torch; print('{}.{}'.format(*torch.cuda.get_device_capability()))") || {
   echo "gpu_check: no CUDA GPU visible to torch" >&2; exit 2; }
+# On compute capability 9.0 the Hopper conv kernel (wgmma, setmaxnreg) needs sm_90a's
+# code: "9.0" alone builds without it, and every Hopper test and column would be skipped.
+[ "$arch" = "9.0" ] && arch=9.0a
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$arch}
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 status=0
@@ -51,7 +54,7 @@ if has build; then
     2>/dev/null; then
     echo "[gpu_check] CUDA kernels already built in place"
   else
-    echo "[gpu_check] building for sm_${arch/./} (log: $out/build.log)"
+    echo "[gpu_check] building for $TORCH_CUDA_ARCH_LIST (log: $out/build.log)"
     start=$(date +%s)
     if ! limit 200 $PYTHON -m pip install --no-build-isolation --no-deps -e . \
         > "$out/build.log" 2>&1; then
@@ -60,6 +63,12 @@ if has build; then
     echo "[gpu_check] built in $(( $(date +%s) - start )) s"
   fi
   $PYTHON -m overfeat_kernels info | tee "$out/info.json"
+  if [ "$arch" = "9.0a" ] && ! $PYTHON -c "import sys; from overfeat_kernels.ops._ext import _C
+sys.exit(0 if _C.build_has_sm90a else 1)" 2>/dev/null; then
+    echo "[gpu_check] the build has no sm_90a code (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST):" \
+      "the Hopper kernel's tests and benchmark columns will be skipped" >&2
+    status=1
+  fi
 fi
 
 if has tests; then

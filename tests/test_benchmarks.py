@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import json
 import time
 from pathlib import Path
 
@@ -136,3 +137,49 @@ def test_bench_queued_times_bursts_of_calls_per_call(monkeypatch):
     bursts = len(seen) - 2 - len(sets)
     assert bursts > 0 and bursts % 3 == 0 and bursts // 3 >= len(sets)
     assert set(seen) == {0, 1, 2}  # every input set is used
+
+
+def _conv_row(layer, ours, cudnn, wgmma=None):
+    row = {"layer": layer, "dtype": "bf16", "ratio_vs_cudnn": cudnn / ours}
+    row.update(ratio_vs_eager=2.0, auto_ratio_vs_cudnn=1.0, bwd_ratio_vs_cudnn=0.5)
+    row.update(queued_ratio_vs_cudnn=1.0, queued_ratio_vs_eager=1.0, queued_auto_ratio_vs_cudnn=1.0)
+    if wgmma is not None:
+        row.update(wgmma_ms=wgmma, wgmma_ratio_vs_cudnn=cudnn / wgmma, wgmma_ratio_vs_eager=3.0)
+        row.update(wgmma_dgrad_ms=1.0, wgmma_dgrad_ratio_vs_cudnn=0.8)
+    return row
+
+
+def test_summarize_conv_geomeans_over_the_vgg_rows(monkeypatch):
+    monkeypatch.setattr(bench_ops.ok, "conv_choices", dict)
+    rows = [_conv_row("vgg16.conv1_1", 2.0, 1.0, 0.5), _conv_row("vgg16.conv1_2", 1.0, 2.0, 1.0)]
+    result = {"conv": [*rows, _conv_row("overfeat.conv5", 1.0, 9.0)]}  # not VGG-16: left out
+    bench_ops.summarize_conv(result)
+    s = result["conv_summary_vgg16"]["bf16"]
+    assert s["rows"] == 2
+    assert s["geomean_ratio_vs_cudnn"] == pytest.approx(1.0)  # sqrt(0.5 * 2)
+    assert s["geomean_wgmma_ratio_vs_cudnn"] == pytest.approx(2.0)  # sqrt(2 * 2)
+    assert s["geomean_wgmma_dgrad_ratio_vs_cudnn"] == pytest.approx(0.8)
+    result["conv"][1].pop("wgmma_ms")  # a column missing in one row: no geomean for it
+    bench_ops.summarize_conv(result)
+    assert "geomean_wgmma_ratio_vs_cudnn" not in result["conv_summary_vgg16"]["bf16"]
+
+
+def test_an_interrupted_run_writes_the_rows_it_measured(monkeypatch, tmp_path):
+    """A GPU lease stops a step with SIGINT at its time limit: the JSON keeps every finished
+    row and says it was interrupted."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(bench_ops, "environment", lambda: {"device": "test"})
+    monkeypatch.setattr(bench_ops, "ceilings", lambda quick: {"copy_GBps": 1.0})
+    monkeypatch.setattr(bench_ops.ok, "conv_choices", dict)
+
+    def two_rows_then_interrupt(layers, batches, dtypes, quick, rows):
+        rows.append(_conv_row("vgg16.conv1_1", 2.0, 1.0))
+        rows.append(_conv_row("vgg16.conv1_2", 1.0, 2.0))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench_ops, "conv_rows", two_rows_then_interrupt)
+    out = tmp_path / "conv.json"
+    assert bench_ops.main(["--sections", "conv,pool", "--out", str(out)]) == 130
+    doc = json.loads(out.read_text())
+    assert doc["interrupted"] is True and len(doc["conv"]) == 2 and "pool" not in doc
+    assert doc["conv_summary_vgg16"]["bf16"]["rows"] == 2
