@@ -264,6 +264,16 @@ def _cudnn_bwd(x, wt, b, g):
     )
 
 
+def _ours_wgrad(x, wt, b, g):  # grad_weight alone: the figure that decides its kernel
+    return torch.ops.overfeat_kernels.conv3x3_backward(g, x, wt, None, 1, [False, True, False])
+
+
+def _cudnn_wgrad(x, wt, b, g):
+    return torch.ops.aten.convolution_backward(
+        g, x, wt, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [False, True, False]
+    )
+
+
 def fastest(times: dict[str, float], key: str) -> tuple[float, str] | None:
     """(time, format) of the faster memory format measured for `key`, or None."""
     found = [(times[f"{key}_{f}"], f) for f in FORMATS if f"{key}_{f}" in times]
@@ -273,7 +283,12 @@ def fastest(times: dict[str, float], key: str) -> tuple[float, str] | None:
 def conv_rows(layers, batches, dtype_names, quick, rows: list | None = None) -> list[dict]:
     torch.backends.cudnn.benchmark = True
     fns = {"ours": _ours_fwd, "cudnn": _cudnn_fwd, "eager": _eager_fwd, "auto": _auto_fwd}
-    bwd_fns = {"ours_bwd": _ours_bwd, "cudnn_bwd": _cudnn_bwd}
+    bwd_fns = {
+        "ours_bwd": _ours_bwd,
+        "cudnn_bwd": _cudnn_bwd,
+        "ours_wgrad": _ours_wgrad,
+        "cudnn_wgrad": _cudnn_wgrad,
+    }
     # On compute capability 9.0: the Hopper kernel and the mma.sync one, each forced.
     hopper = _hopper_kernel_available()
     rows = [] if rows is None else rows  # the caller's list keeps rows if interrupted
@@ -291,14 +306,16 @@ def conv_rows(layers, batches, dtype_names, quick, rows: list | None = None) -> 
                     make = functools.partial(conv_inputs, n, c, k, h, w, dtype, fmt)
                     sets = rotation(make, bytes_per_set)
                     todo = dict(fns, **(bwd_fns if not quick or fname == "nhwc" else {}))
-                    # channels_last only: the Hopper kernel's native layout (and time).
-                    if hopper and (dtype != torch.float32 or tf32) and fname == "nhwc":
+                    # The forced forwards in both formats (NCHW: with the conversion copy
+                    # to the kernels' NHWC operand); grad-input in channels_last only.
+                    if hopper and (dtype != torch.float32 or tf32):
                         todo.update(wgmma=_forced_fwd("wgmma"), tc=_forced_fwd("tc"))
-                        todo.update(
-                            wgmma_dgrad=_forced_dgrad("wgmma"),
-                            tc_dgrad=_forced_dgrad("tc"),
-                            cudnn_dgrad=_forced_dgrad(None),
-                        )
+                        if fname == "nhwc":
+                            todo.update(
+                                wgmma_dgrad=_forced_dgrad("wgmma"),
+                                tc_dgrad=_forced_dgrad("tc"),
+                                cudnn_dgrad=_forced_dgrad(None),
+                            )
                     for key, fn in todo.items():
                         t[f"{key}_{fname}"] = bench(fn, sets)
                     for key, fn in fns.items():
@@ -336,6 +353,9 @@ def conv_rows(layers, batches, dtype_names, quick, rows: list | None = None) -> 
                     row["ours_bwd_ms"], _ = fastest(t, "ours_bwd")
                     row["cudnn_bwd_ms"], _ = fastest(t, "cudnn_bwd")
                     row["bwd_ratio_vs_cudnn"] = row["cudnn_bwd_ms"] / row["ours_bwd_ms"]
+                    row["ours_wgrad_ms"], _ = fastest(t, "ours_wgrad")
+                    row["cudnn_wgrad_ms"], _ = fastest(t, "cudnn_wgrad")
+                    row["wgrad_ratio_vs_cudnn"] = row["cudnn_wgrad_ms"] / row["ours_wgrad_ms"]
                 rows.append(row)
                 print_conv_row(row)
     torch.backends.cudnn.allow_tf32 = True
@@ -592,6 +612,9 @@ def summarize_conv(result: dict) -> None:
             "geomean_ratio_vs_eager": geomean([r["ratio_vs_eager"] for r in vgg]),
             "geomean_bwd_ratio_vs_cudnn": geomean(
                 [r["bwd_ratio_vs_cudnn"] for r in vgg if "bwd_ratio_vs_cudnn" in r]
+            ),
+            "geomean_wgrad_ratio_vs_cudnn": geomean(
+                [r["wgrad_ratio_vs_cudnn"] for r in vgg if "wgrad_ratio_vs_cudnn" in r]
             ),
             "geomean_auto_ratio_vs_cudnn": geomean([r["auto_ratio_vs_cudnn"] for r in vgg]),
         }

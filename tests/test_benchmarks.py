@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
+import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -40,6 +42,9 @@ def test_conv_functions_agree(fmt):
     base = bench_ops._cudnn_bwd(x, w, b, g)
     for i in (0, 1):
         torch.testing.assert_close(ours[i], base[i], rtol=1e-4, atol=1e-4)
+    ours_gw, base_gw = bench_ops._ours_wgrad(x, w, b, g), bench_ops._cudnn_wgrad(x, w, b, g)
+    torch.testing.assert_close(ours_gw[1], base[1], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(base_gw[1], base[1], rtol=1e-4, atol=1e-4)
 
 
 def _cpu_conv_inputs(fmt):
@@ -183,3 +188,42 @@ def test_an_interrupted_run_writes_the_rows_it_measured(monkeypatch, tmp_path):
     doc = json.loads(out.read_text())
     assert doc["interrupted"] is True and len(doc["conv"]) == 2 and "pool" not in doc
     assert doc["conv_summary_vgg16"]["bf16"]["rows"] == 2
+
+
+STUB_PYTHON = """#!/usr/bin/env bash
+# Stands in for python3 in scripts/gpu_check.sh: a GPU of capability $STUB_CC, no build yet.
+case "$*" in
+  *get_device_capability*) echo "$STUB_CC" ;;
+  "-m pip install"*) echo "$TORCH_CUDA_ARCH_LIST" > "$STUB_OUT/arch" ;;
+  "-m overfeat_kernels info") echo "{}" ;;
+  *build_has_sm90a*) [ "$STUB_SM90A" = 1 ] ;;
+  *) exit 1 ;;
+esac
+"""
+
+
+@pytest.mark.parametrize(
+    ("cc", "sm90a", "arch", "rc"),
+    [("9.0", "1", "9.0a", 0), ("9.0", "0", "9.0a", 1), ("8.0", "0", "8.0", 0)],
+    ids=["hopper", "hopper_without_sm90a", "ampere"],
+)
+def test_gpu_check_builds_hopper_for_sm90a(tmp_path, cc, sm90a, arch, rc):
+    """On compute capability 9.0 the lease builds for 9.0a (the Hopper kernel's code), and
+    its build step fails if the module still lacks it."""
+    stub = tmp_path / "python"
+    stub.write_text(STUB_PYTHON)
+    stub.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(stub), "STUB_CC": cc, "STUB_SM90A": sm90a}
+    env["STUB_OUT"] = str(tmp_path)
+    env.pop("TORCH_CUDA_ARCH_LIST", None)
+    script = Path(__file__).parents[1] / "scripts" / "gpu_check.sh"
+    done = subprocess.run(
+        ["bash", str(script), str(tmp_path / "out"), "--lease", "build"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == rc, done.stdout + done.stderr
+    assert (tmp_path / "arch").read_text().strip() == arch
+    assert ("no sm_90a code" in done.stderr) == (rc == 1)
