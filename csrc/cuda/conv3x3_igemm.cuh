@@ -304,33 +304,26 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   };
 
   // ---- the ReLU mask (kMasked) -----------------------------------------------------------
-  // Each thread zeroes, in the stage its own copies have just filled, the elements of its A
-  // vectors whose mask element is not > 0: after its wait_group, before the barrier that
-  // publishes the stage (cp_async_pipeline's `landed`), so the warps' ldmatrix reads
-  // masked operands and no masked copy of grad_output is ever written. The mask vectors
-  // come from global memory one k-block ahead (cursor mk), in registers, so their latency
-  // hides behind a k-block of mma.
-  [[maybe_unused]] uint4 mask_reg[Cfg::kARows];
+  // relu_mask.cuh's StagedMask: each thread masks its own A vectors in the landed stage;
+  // the mask vectors come from global memory one k-block ahead (cursor mk).
+  [[maybe_unused]] StagedMask<T, Cfg::kARows> mask;
   [[maybe_unused]] KBlockCursor mk;
   [[maybe_unused]] const int64_t mask_delta =
       kMasked ? reinterpret_cast<const char*>(p.mask) - reinterpret_cast<const char*>(p.in) : 0;
   const auto prefetch_mask = [&]() {
     const uint32_t taps = rows_inside(mk);
-#pragma unroll
-    for (int j = 0; j < Cfg::kARows; ++j) {
+    mask.prefetch([&](int j) {
       const auto* src = reinterpret_cast<const uint4*>(a_addr[j] + mask_delta + int64_t(mk.a));
-      mask_reg[j] = (taps & (1u << (9 * j))) != 0 ? __ldg(src) : uint4{0u, 0u, 0u, 0u};
-    }
+      return (taps & (1u << (9 * j))) != 0 ? __ldg(src) : uint4{0u, 0u, 0u, 0u};
+    });
     mk.advance(p.cp, kBK, static_cast<int>(sizeof(T)), next_row);
   };
   // cp_async_pipeline's `landed`: does nothing unless kMasked.
   const auto apply_mask = [&](unsigned char* st, int kb) {
     if constexpr (kMasked) {
-#pragma unroll
-      for (int j = 0; j < Cfg::kARows; ++j) {
-        auto* v = reinterpret_cast<uint4*>(st + st_a + j * Cfg::kRowsPerPass * kRowBytes);
-        *v = keep_where_positive<T>(*v, mask_reg[j]);
-      }
+      mask.apply([&](int j) {
+        return reinterpret_cast<uint4*>(st + st_a + j * Cfg::kRowsPerPass * kRowBytes);
+      });
       if (kb + 1 < k_blocks) prefetch_mask();
     }
   };
@@ -338,15 +331,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
     if (k_blocks > 0) prefetch_mask();
   }
 
-  float acc[kMi][kNi][4];
-#pragma unroll
-  for (int i = 0; i < kMi; ++i) {
-#pragma unroll
-    for (int j = 0; j < kNi; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
-    }
-  }
+  float acc[kMi][kNi][4] = {};
 
   // ldmatrix row addresses (byte offsets in a stage): lane l gives row l % 8 of matrix
   // l / 8. A (x4 = rows 0-7 / 8-15 × k-vectors 0 / 1 of a 16 × 16 tile: a0..a3); B (x4 =

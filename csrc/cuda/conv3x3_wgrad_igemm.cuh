@@ -177,32 +177,28 @@ __global__ void __launch_bounds__(kThreads) wgrad_igemm_kernel(const Params<T> p
     ld_stage = ld_stage == (kStages - 1) * kStageBytes ? 0 : ld_stage + kStageBytes;
   };
 
-  // The ReLU mask (kMasked), as in conv3x3_igemm.cuh: after its wait_group each thread
-  // zeroes the elements of its own G vectors in the landed stage whose mask element is not
-  // > 0, with the mask vectors loaded into registers one k-block ahead.
-  [[maybe_unused]] uint4 mask_reg[kLoadRows];
+  // The ReLU mask (kMasked), as in conv3x3_igemm.cuh: relu_mask.cuh's StagedMask over
+  // each thread's own G vectors.
+  [[maybe_unused]] StagedMask<T, kLoadRows> mask;
   [[maybe_unused]] int64_t mk_px = first_block * kBK + lrow;  // row 0's pixel, next prefetch
   [[maybe_unused]] uint64_t mk_ptr =
       reinterpret_cast<uint64_t>(p.mask) + uint64_t((mk_px * p.kp + k0 + lv * kVec) * kB);
   const uint64_t row_pass_bytes = uint64_t(int64_t(kRowsPerPass) * p.kp * kB);
   const auto prefetch_mask = [&]() {
-#pragma unroll
-    for (int j = 0; j < kLoadRows; ++j) {
+    mask.prefetch([&](int j) {
       const bool ok = a_vec_ok && mk_px + j * kRowsPerPass < p.pixels;
       const auto* src = reinterpret_cast<const uint4*>(mk_ptr + j * row_pass_bytes);
-      mask_reg[j] = ok ? __ldg(src) : uint4{0u, 0u, 0u, 0u};
-    }
+      return ok ? __ldg(src) : uint4{0u, 0u, 0u, 0u};
+    });
     mk_px += kBK;
     mk_ptr += g_step;
   };
   // cp_async_pipeline's `landed`: does nothing unless kMasked.
   const auto apply_mask = [&](unsigned char* st, int kb) {
     if constexpr (kMasked) {
-#pragma unroll
-      for (int j = 0; j < kLoadRows; ++j) {
-        auto* v = reinterpret_cast<uint4*>(st + L::swizzled(lrow + j * kRowsPerPass, lv));
-        *v = keep_where_positive<T>(*v, mask_reg[j]);
-      }
+      mask.apply([&](int j) {
+        return reinterpret_cast<uint4*>(st + L::swizzled(lrow + j * kRowsPerPass, lv));
+      });
       if (kb + 1 < k_blocks) prefetch_mask();
     }
   };
@@ -210,15 +206,7 @@ __global__ void __launch_bounds__(kThreads) wgrad_igemm_kernel(const Params<T> p
     if (k_blocks > 0) prefetch_mask();
   }
 
-  float acc[kMi][kNi][4];
-#pragma unroll
-  for (int i = 0; i < kMi; ++i) {
-#pragma unroll
-    for (int j = 0; j < kNi; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
-    }
-  }
+  float acc[kMi][kNi][4] = {};
 
   // 16-bit: ldmatrix.x4.trans row addresses: lane l gives pixel row l % 8 of matrix l / 8.
   // A (a0..a3 = filters 0-7 / 8-15 × pixels 0-7 / 8-15): matrix q holds filters

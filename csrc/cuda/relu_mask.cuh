@@ -30,4 +30,32 @@ __device__ __forceinline__ uint4 keep_where_positive(uint4 g, uint4 m) {
           keep_where_positive_word<T>(g.z, m.z), keep_where_positive_word<T>(g.w, m.w)};
 }
 
+// The mask vectors of a thread's grad_output copies in one k-block of the mma.sync
+// backward kernels, held in registers: loaded one k-block ahead (their latency hides
+// behind a k-block of mma), applied in the stage the copies have just landed in, after
+// the thread's wait_group and before the barrier that publishes the stage
+// (cp_async_pipeline's `landed`), so ldmatrix reads masked operands and no masked copy of
+// grad_output is ever written.
+template <typename T, int kRows>
+struct StagedMask {
+  uint4 v[kRows];
+
+  // load(j): copy j's mask vector (zeros where the copy was zero-filled).
+  template <class Load>
+  __device__ __forceinline__ void prefetch(const Load& load) {
+#pragma unroll
+    for (int j = 0; j < kRows; ++j) v[j] = load(j);
+  }
+
+  // slot(j): where copy j landed in the stage.
+  template <class Slot>
+  __device__ __forceinline__ void apply(const Slot& slot) const {
+#pragma unroll
+    for (int j = 0; j < kRows; ++j) {
+      uint4* s = slot(j);
+      *s = keep_where_positive<T>(*s, v[j]);
+    }
+  }
+};
+
 }  // namespace overfeat_kernels
