@@ -12,6 +12,7 @@ STG.E.128 against narrower ones). Evidence of design, never speed.
 
 Usage:
     python benchmarks/sass_report.py --build               # nvcc csrc/cuda/*.cu, sm_80 + sm_90a
+                                                           # (its warnings: "build_warnings")
     python benchmarks/sass_report.py --object sm_90=x.o    # an object built elsewhere
     options: --json PATH (default benchmarks/results/sass_report.json), --cuobjdump PATH
 
@@ -324,8 +325,10 @@ def report_object(path: str, arch: str, cuobjdump: str) -> list[KernelReport]:
     return out
 
 
-def build_objects(archs: list[str], out_dir: str) -> list[tuple[str, str]]:
-    """nvcc -cubin each csrc/cuda/*.cu for each arch, with the project's flags."""
+def build_objects(archs: list[str], out_dir: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """nvcc -cubin each csrc/cuda/*.cu for each arch, with the project's flags: the objects
+    and the compiler's warning lines (ptxas's among them: spills, "wgmma ... serialized"),
+    each as "arch file: line"."""
     nvcc = find_tool("nvcc")
     if nvcc is None:
         raise SystemExit("sass_report: nvcc not found (set CUDA_HOME or put it on PATH)")
@@ -338,7 +341,7 @@ def build_objects(archs: list[str], out_dir: str) -> list[tuple[str, str]]:
         f"-I{sysconfig.get_paths()['include']}",
         f"-I{cuda_home}/include",
     ]
-    objects = []
+    objects, warnings = [], []
     for arch in archs:
         for src in sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu"))):
             if os.path.basename(src) in SM90A_SOURCES and arch != "sm_90a":
@@ -348,12 +351,17 @@ def build_objects(archs: list[str], out_dir: str) -> list[tuple[str, str]]:
                 *(nvcc, "-std=c++20", "-O3", f"-arch={arch}", "-cubin"),
                 *("-DOVERFEAT_WITH_CUDA=1", "-D_GLIBCXX_USE_CXX11_ABI=1"),
                 *(["-DOVERFEAT_HAS_SM90A=1"] if arch == "sm_90a" else []),
-                *("-DTORCH_EXTENSION_NAME=_C", "--expt-relaxed-constexpr"),
+                *("-DTORCH_EXTENSION_NAME=_C", "--expt-relaxed-constexpr", "-Xptxas=-warn-spills"),
                 *(*incs, src, "-o", obj),
             ]
-            subprocess.run(cmd, check=True, capture_output=True)
+            done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+            warnings += [
+                f"{arch} {os.path.basename(src)}: {line.strip()}"
+                for line in done.stderr.splitlines()
+                if "warning" in line.lower()
+            ]
             objects.append((arch, obj))
-    return objects
+    return objects, warnings
 
 
 def table(reports: list[KernelReport]) -> str:
@@ -402,18 +410,24 @@ def main(argv: list[str] | None = None) -> int:
     if cuobjdump is None:
         raise SystemExit("sass_report: cuobjdump not found (pip install nvidia-cuda-cuobjdump)")
     objects = [tuple(o.split("=", 1)) for o in args.object]
+    warnings: list[str] | None = None  # the compiler's, when this run builds
     with tempfile.TemporaryDirectory() as tmp:
         if args.build:
-            objects += build_objects(args.arch or ["sm_80", "sm_90a"], tmp)
+            built, warnings = build_objects(args.arch or ["sm_80", "sm_90a"], tmp)
+            objects += built
         if not objects:
             ap.error("nothing to report: give --build or --object ARCH=PATH")
         reports = [r for arch, path in objects for r in report_object(path, arch, cuobjdump)]
     if args.only:
         reports = [r for r in reports if args.only in r.name]
     print(table(reports))
+    for line in warnings or []:
+        print(f"warning: {line}")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         doc = {"h100_limits": H100, "kernels": [asdict(r) for r in reports]}
+        if warnings is not None:
+            doc["build_warnings"] = warnings
         with open(args.json, "w") as f:
             json.dump(doc, f, indent=1)
             f.write("\n")

@@ -153,6 +153,18 @@ def test_hopper_kernels_do_not_spill_and_run_on_wgmma_and_tma():
         assert k["threads_per_block"] == 384 and k["blocks_per_sm"] == 1, where
 
 
+def test_the_build_of_the_report_had_no_serialized_wgmma_or_spill_warnings():
+    """ptxas serialises wgmma (warning C7510 and kin: "wgmma.mma_async instructions are
+    serialized ...") when it cannot keep a group in flight, e.g. when accumulators are touched
+    between wgmma and its wait; that would quietly cost Hopper kernels most of their rate.
+    The committed report's build lists every compiler warning."""
+    with open(REPORT) as f:
+        doc = json.load(f)
+    assert "build_warnings" in doc, "regenerate with `python benchmarks/sass_report.py --build`"
+    bad = [w for w in doc["build_warnings"] if "serializ" in w.lower() or "spill" in w.lower()]
+    assert not bad, bad
+
+
 def test_large_configuration_meets_the_static_targets():
     # The targets, for the large tile of bf16 / fp16: HMMA >= 40 % of the hottest loop's
     # instructions (every forward variant: with and without a channel tail, 9 taps or the
@@ -220,3 +232,37 @@ def test_memory_bound_kernels_do_not_spill_and_move_16_byte_vectors():
             assert g["STG.128"] > 0 and g["STG.narrow"] == 0, where
         if nhwc:
             assert g["LDG.narrow"] == 0, where
+
+
+def _readme_hopper_rows():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    rows = {}
+    for line in readme.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 8 and cells[1].startswith("168"):
+            rows[cells[0]] = cells
+    return rows
+
+
+def test_readme_hopper_table_matches_the_report():
+    """The README's table of Hopper variants states the committed report's numbers."""
+    rows = _readme_hopper_rows()
+    assert set(rows) == {"slices", "slices, pooled", "grad-input, masked", "tap chunks",
+                         "tap chunks, pooled"}  # fmt: skip
+    for k in _report():
+        if not any(t in k["name"] for t in sass_report.HOPPER_KERNELS):
+            continue
+        chunks, _, masked, pooled = (a.strip() == "true" for a in k["name"][:-1].split(",")[1:])
+        variant = ("tap chunks" if chunks else "grad-input, masked" if masked else "slices") + (
+            ", pooled" if pooled else ""
+        )
+        name, regs, spill, _, _, blocks, consumer, producer = rows[variant]
+        assert regs == f"{k['registers']} → {' / '.join(map(str, k['setmaxnreg']))}", name
+        assert spill == str(k["spill_bytes"]) and blocks == str(k["blocks_per_sm"]), name
+        c = k["hottest_loop"]["counts"]
+        assert consumer == f"{c['HGMMA']} / {c['SYNCS']} / {c['other']}", (name, k["name"])
+        p = k["producer_loop"]
+        low, _, high = producer.split(" / ")[2].partition("–")
+        assert producer.startswith(f"{p['counts']['UTMALDG']} / {p['counts']['SYNCS']} / "), name
+        assert int(low) <= p["total"] <= int(high or low), (name, k["name"], p["total"])
