@@ -102,7 +102,8 @@ template <bool kMasked, bool kTapChunks>
 constexpr uint32_t kStageBytes = kTapChunks ? kChunkABytes + kChunkBBytes
                                             : kABytes + kBBytes + (kMasked ? kABytes : 0);
 // Ring slots: 4 of 32 KB; 3 of the masked (48 KB) and tap-chunk (40 KB) slots, so that the
-// epilogue's staging fits beside them.
+// epilogue's staging fits beside them (4 masked ones never fit, 4 tap-chunk ones not with
+// tf32's staging; a tap-chunk tile is one reduction step, so 3 slots hold two tiles ahead).
 template <bool kMasked, bool kTapChunks>
 constexpr int kStages = kMasked || kTapChunks ? 3 : 4;
 constexpr int kProducerRegs = 40, kConsumerRegs = 232;
