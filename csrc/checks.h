@@ -144,6 +144,16 @@ inline void check_conv3x3_args(const at::Tensor& input, const at::Tensor& weight
 // conv3x3's output shape after its pooling: pool = 0 (none) or k >= 2, max-pooled k x k
 // with stride k (floor), or with pool_offsets at every pixel offset (offset_max_pool2d's
 // shape). Call after check_conv3x3_args.
+// conv3x3's output size for a conv map of n x k x h x w pooled with `pool` x `pool` windows
+// (0: none): F.max_pool2d's (floor), or with `offsets` offset_max_pool2d's (n·pool² images
+// of pooled_extent). No checks: check_conv3x3_pool_args makes them.
+inline std::vector<int64_t> conv3x3_pooled_size(int64_t n, int64_t k, int64_t h, int64_t w,
+                                                int64_t pool, bool offsets) {
+  if (pool == 0) return {n, k, h, w};
+  if (!offsets) return {n, k, h / pool, w / pool};
+  return {n * pool * pool, k, pooled_extent(h, pool), pooled_extent(w, pool)};
+}
+
 inline std::vector<int64_t> check_conv3x3_pool_args(const at::Tensor& input,
                                                     const at::Tensor& weight, int64_t padding,
                                                     int64_t pool, bool offsets) {
@@ -154,11 +164,11 @@ inline std::vector<int64_t> check_conv3x3_pool_args(const at::Tensor& input,
                     ": pool must be 0 (no pooling) or a window size >= 2, got ", pool);
   TORCH_CHECK_VALUE(!offsets || pool >= 2, op,
                     ": pool_offsets=True needs a pool window size >= 2, got pool=", pool);
-  if (pool == 0) return {n, k, h, w};
+  if (pool == 0) return conv3x3_pooled_size(n, k, h, w, pool, offsets);
   if (!offsets) {
     TORCH_CHECK_VALUE(h >= pool && w >= pool, op, ": output of spatial size ", h, "x", w,
                       " is too small for max pooling with pool=", pool);
-    return {n, k, h / pool, w / pool};
+    return conv3x3_pooled_size(n, k, h, w, pool, offsets);
   }
   const int64_t ho = pooled_extent(h, pool), wo = pooled_extent(w, pool);
   TORCH_CHECK_VALUE(ho >= 1 && wo >= 1, op, ": output of spatial size ", h, "x", w,
@@ -168,7 +178,7 @@ inline std::vector<int64_t> check_conv3x3_pool_args(const at::Tensor& input,
   TORCH_CHECK_VALUE(!c10::mul_overflows(pool, pool, &kk) && !c10::mul_overflows(n, kk, &batch),
                     op, ": pool=", pool, " is too large: the pooled batch (", n, " * ", pool,
                     "**2) does not fit in 64 bits");
-  return {batch, k, ho, wo};
+  return conv3x3_pooled_size(n, k, h, w, pool, offsets);
 }
 
 inline void check_conv_algos(at::IntArrayRef algos, bool backward) {

@@ -250,21 +250,22 @@ inline constexpr WgmmaBlock kWgmmaBlocks[] = {{8, 16}, {4, 32}, {16, 8}, {2, 64}
 inline constexpr WgmmaBlock kWgmmaBlocksPool3[] = {{6, 21}, {3, 42}, {21, 6}, {42, 3}};
 
 // The block of `blocks` (in order; sides multiples of `pool` when pooling) that covers an
-// out_h x out_w map with the fewest blocks; ties go to the earlier, squarer block. `count`:
-// how many it takes.
+// out_h x out_w map with the fewest blocks; ties go to the earlier, squarer block. `count`,
+// when given: how many it takes.
 template <size_t kN>
 inline WgmmaBlock fewest_wgmma_blocks(const WgmmaBlock (&blocks)[kN], int64_t out_h,
-                                      int64_t out_w, int pool, int64_t* count) {
+                                      int64_t out_w, int pool, int64_t* count = nullptr) {
   WgmmaBlock best{0, 0};
-  *count = -1;
+  int64_t fewest = -1;
   for (const WgmmaBlock& b : blocks) {
     if (pool != 0 && (b.h % pool != 0 || b.w % pool != 0)) continue;
     const int64_t c = plan_ceil_div(out_h, b.h) * plan_ceil_div(out_w, b.w);
-    if (*count < 0 || c < *count) {
-      *count = c;
+    if (fewest < 0 || c < fewest) {
+      fewest = c;
       best = b;
     }
   }
+  if (count != nullptr) *count = fewest;
   return best;
 }
 
@@ -307,10 +308,9 @@ inline WgmmaConfig choose_wgmma_config(int64_t n, int64_t out_h, int64_t out_w, 
     c.block_w = pool * (b.b + 1) - 1;
     return c;
   }
-  int64_t pooled_blocks = 0;
   const int64_t ph = out_h / pool * pool, pw = out_w / pool * pool;
-  const WgmmaBlock b = pool == 3 ? fewest_wgmma_blocks(kWgmmaBlocksPool3, ph, pw, pool, &pooled_blocks)
-                                 : fewest_wgmma_blocks(kWgmmaBlocks, ph, pw, pool, &pooled_blocks);
+  const WgmmaBlock b = pool == 3 ? fewest_wgmma_blocks(kWgmmaBlocksPool3, ph, pw, pool)
+                                 : fewest_wgmma_blocks(kWgmmaBlocks, ph, pw, pool);
   c.block_h = b.h;
   c.block_w = b.w;
   return c;

@@ -451,14 +451,8 @@ void igemm_conv(const at::Tensor& in_nhwc, int64_t in_h, int64_t in_w, const at:
   const int64_t out_h = taps == 9 ? in_h + 2 * pad - 2 : in_h;
   const int64_t out_w = taps == 9 ? in_w + 2 * pad - 2 : in_w;
   const int64_t n = in_nhwc.size(0);
-  if (pool == 0) {
-    TORCH_INTERNAL_ASSERT(out.size(0) == n && out.size(2) == out_h && out.size(3) == out_w);
-  } else if (pool_offsets) {
-    TORCH_INTERNAL_ASSERT(out.size(0) == n * pool * pool && out.size(2) == pooled_extent(out_h, pool) &&
-                          out.size(3) == pooled_extent(out_w, pool));
-  } else {
-    TORCH_INTERNAL_ASSERT(out.size(0) == n && out.size(2) == out_h / pool && out.size(3) == out_w / pool);
-  }
+  TORCH_INTERNAL_ASSERT(out.sizes() == at::IntArrayRef(conv3x3_pooled_size(
+                                           n, out.size(1), out_h, out_w, pool, pool_offsets)));
   p.n = n;
   p.m = n * out_h * out_w;
   p.h = static_cast<int>(in_h);

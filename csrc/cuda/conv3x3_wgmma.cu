@@ -83,16 +83,9 @@ void wgmma_conv(const at::Tensor& in_nhwc, const at::Tensor& filt, const at::Ten
   const bool offsets = cfg.pool_offsets;
   const int64_t out_h = pool == 0 || offsets ? conv_h : conv_h / pool * pool;
   const int64_t out_w = pool == 0 || offsets ? conv_w : conv_w / pool * pool;
-  if (pool == 0) {
-    TORCH_INTERNAL_ASSERT(out.size(0) == n && out.size(2) == conv_h && out.size(3) == conv_w);
-  } else if (offsets) {
-    TORCH_INTERNAL_ASSERT((pool == 2 || pool == 3) && out.size(0) == n * pool * pool &&
-                          out.size(2) == pooled_extent(conv_h, pool) &&
-                          out.size(3) == pooled_extent(conv_w, pool));
-  } else {
-    TORCH_INTERNAL_ASSERT((pool == 2 || pool == 3) && out.size(0) == n &&
-                          out.size(2) == conv_h / pool && out.size(3) == conv_w / pool);
-  }
+  TORCH_INTERNAL_ASSERT((pool == 0 || pool == 2 || pool == 3) &&
+                        out.sizes() == at::IntArrayRef(conv3x3_pooled_size(
+                                           n, k, conv_h, conv_w, pool, offsets)));
   if (n == 0 || k == 0 || out_h <= 0 || out_w <= 0) return;
   TORCH_INTERNAL_ASSERT(cfg.block_h * cfg.block_w <= kBM && cfg.split >= 1);
   if (pool == 0) {
